@@ -1,0 +1,20 @@
+"""metalr: learned, transferable learning-rate schedules (MLR-SNet and relatives)."""
+
+from metalr.hookspecs import hookimpl
+from metalr.plugins import (
+    DuplicateComponentError,
+    Registry,
+    UnknownComponentError,
+    get_registry,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DuplicateComponentError",
+    "Registry",
+    "UnknownComponentError",
+    "get_registry",
+    "hookimpl",
+    "__version__",
+]

@@ -1,0 +1,219 @@
+"""The bilevel engine: Algorithm 1 of the MLR-SNet paper, on `higher`.
+
+Two levels, named as in the paper: the *base* level trains the model's weights w with the real
+optimizer; the *meta* level trains the policy's parameters theta on the meta set through a
+one-step look-ahead of that same optimizer. Because the batch gradient g_t does not depend on
+theta, the look-ahead needs no second forward/backward of the batch and no Hessian:
+``d w_hat / d theta = -(d lr / d theta) * direction(g_t, optimizer state)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import higher
+import torch
+from torch import nn
+
+from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
+
+
+class TrainingDiverged(RuntimeError):
+    """The LR or the loss stopped being finite."""
+
+
+@dataclass
+class EngineConfig:
+    epochs: int
+    batch_size: int = 128
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    t_val: int | None = None  # steps between meta-updates; None: twice per epoch
+    meta_batch_size: int = 128
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    meta_train: bool = True  # False: meta-test, theta frozen, no meta set used
+    clip_grad_norm: float | None = None
+    eval_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
+    eval_splits: tuple[str, ...] = ("train", "meta", "test")
+
+
+@dataclass
+class StepResult:
+    lr: float
+    loss: torch.Tensor
+    meta_loss: torch.Tensor | None
+
+
+@dataclass
+class History:
+    """What one training run produced, step by step and epoch by epoch."""
+
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    wall_time: float = 0.0
+
+
+def is_meta_learned(policy: Any) -> bool:
+    return getattr(policy, "learns_by", None) == "hypergradient"
+
+
+class Engine:
+    """Trains one model with one policy; meta-trains the policy when it learns by hypergradient."""
+
+    def __init__(
+        self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
+        policy: LRPolicy, config: EngineConfig,
+    ):
+        self.task, self.model, self.optimizer, self.policy, self.cfg = (
+            task, model, optimizer, policy, config
+        )
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.meta_learning = config.meta_train and is_meta_learned(policy)
+        if is_meta_learned(policy):
+            policy.frozen = not config.meta_train
+        self.meta_optimizer = (
+            torch.optim.Adam(
+                policy.meta_parameters(), lr=config.meta_lr, weight_decay=config.meta_weight_decay
+            )
+            if self.meta_learning
+            else None
+        )
+        self._fmodel: Any = None
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
+
+    @property
+    def fmodel(self):
+        """The functional view of the model used for virtual steps, patched once per run."""
+        if self._fmodel is None:
+            self._fmodel = higher.monkeypatch(
+                self.model, copy_initial_weights=False, track_higher_grads=True
+            )
+        return self._fmodel
+
+    def step(self, batch: Batch, meta_batch: Batch | None = None, step: int = 0,
+             epoch: int = 0) -> StepResult:
+        """One iteration of Algorithm 1: meta-update theta when given a meta batch, then step w."""
+        model, opt, policy, task = self.model, self.optimizer, self.policy, self.task
+        # Training loss L_t and its gradient g_t, computed once and used by both steps below.
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        loss.backward()
+        if self.cfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
+        ctx = self._context(loss, batch, step, epoch)
+        meta_loss = None
+        if meta_batch is not None:
+            # Virtual step (Eq. 10) through a differentiable copy of the *real* optimizer, its
+            # momentum buffers / Adam moments and weight decay included. The surrogate <w, g_t>
+            # has gradient g_t, so higher gets the batch gradient without a second backward.
+            w = [p.detach().requires_grad_() for p in self.params]
+            surrogate = sum((wi * gi).sum() for wi, gi in zip(w, ctx.grads))
+            diffopt = higher.optim.get_diff_optim(opt, self.params, track_higher_grads=True)
+            w_hat = diffopt.step(surrogate, params=w, override={"lr": [policy.virtual_lr(ctx)]})
+            # Meta loss at the virtual weights and its gradient w.r.t. theta (Eq. 9).
+            meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)
+            theta = list(policy.meta_parameters())
+            for p, g in zip(theta, torch.autograd.grad(meta_loss, theta)):
+                p.grad = g
+            self.meta_optimizer.step()
+            meta_loss = meta_loss.detach()
+        # Real step (Eq. 11) with the freshly updated theta, reusing g_t.
+        lr = float(policy.lr(ctx))
+        if not math.isfinite(lr) or lr < 0:
+            raise TrainingDiverged(f"the policy gave LR {lr} at step {step}")
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        return StepResult(lr, loss.detach(), meta_loss)
+
+    def _context(self, loss: torch.Tensor, batch: Batch, step: int, epoch: int) -> StepContext:
+        loss = loss.detach()
+        return StepContext(
+            step=step, epoch=epoch, loss=loss, loss_input=loss / self.task.loss_scale,
+            params=self.params,
+            grads=[p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params],
+            optimizer=self.optimizer,
+            batch_loss=functools.partial(self._functional_loss, batch),
+            meta_grads=self._meta_grads if self.cfg.meta_train else None,
+        )
+
+    def _functional_loss(self, batch: Batch, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        mapping = dict(zip(self._names, params))
+        call = functools.partial(torch.func.functional_call, self.model, mapping)
+        return self.task.loss(lambda *a, **k: call(a, k), batch)
+
+    def _meta_grads(self) -> list[torch.Tensor]:
+        batch = self.task.meta_batch(self.cfg.meta_batch_size, self.meta_generator)
+        loss = self.task.loss(self.model, batch)
+        return list(torch.autograd.grad(loss, self.params))
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of every split, with schedule-free optimizers switched to their eval weights."""
+        swap = callable(getattr(self.optimizer, "eval", None))
+        if swap:
+            self.optimizer.eval()
+        metrics = {}
+        for split in self.cfg.eval_splits:
+            for key, value in self.task.evaluate(self.model, split).items():
+                metrics[f"{split}_{key}"] = value
+        if swap:
+            self.optimizer.train()
+        return metrics
+
+    def fit(
+        self,
+        on_epoch: Callable[[int, Mapping[str, float], History], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> History:
+        """Train for ``cfg.epochs`` epochs; ``on_epoch(epoch, metrics, history)`` after each."""
+        cfg, task = self.cfg, self.task
+        steps_per_epoch = task.num_train_batches(cfg.batch_size)
+        t_val = cfg.t_val or max(1, steps_per_epoch // 2)
+        self.policy.start(RunInfo(cfg.epochs, steps_per_epoch, self.optimizer, cfg.device,
+                                  cfg.seed, task))
+        generator = torch.Generator().manual_seed(cfg.seed)
+        history, step = History(), 0
+        start = time.perf_counter()
+        for epoch in range(cfg.epochs):
+            self.model.train()
+            if callable(getattr(self.optimizer, "train", None)):
+                self.optimizer.train()
+            losses, meta_losses = [], []
+            for batch in task.train_batches(cfg.batch_size, generator):
+                meta_batch = None
+                if self.meta_learning and step % t_val == 0:
+                    meta_batch = task.meta_batch(cfg.meta_batch_size, self.meta_generator)
+                result = self.step(batch, meta_batch, step, epoch)
+                history.lrs.append(result.lr)
+                losses.append(result.loss)
+                if result.meta_loss is not None:
+                    meta_losses.append(result.meta_loss)
+                step += 1
+            epoch_losses = torch.stack(losses).tolist()
+            history.losses.extend(epoch_losses)
+            metrics = {"epoch": epoch + 1, "train_batch_loss": sum(epoch_losses) / len(epoch_losses),
+                       "lr": history.lrs[-1]}
+            if not math.isfinite(metrics["train_batch_loss"]):
+                raise TrainingDiverged(f"the training loss became {metrics['train_batch_loss']} "
+                                       f"in epoch {epoch + 1}")
+            if meta_losses:
+                metrics["virtual_meta_loss"] = torch.stack(meta_losses).mean().item()
+            if (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.epochs:
+                metrics.update(self.evaluate())
+            metrics["wall_time"] = time.perf_counter() - start
+            history.epochs.append(metrics)
+            self.policy.end_epoch(epoch, metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics, history)
+            if progress is not None:
+                progress(1)
+        history.wall_time = time.perf_counter() - start
+        return history

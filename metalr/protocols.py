@@ -1,0 +1,144 @@
+"""The contracts between the engine and the components that plugins provide.
+
+The engine only ever talks to these protocols; a plugin is free to implement them however it
+likes. Each kind is registered through its own hook in :mod:`metalr.hookspecs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+Batch = Any
+"""Whatever a task's batches are; only the task itself looks inside."""
+
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model factory needs to know about the data it will see."""
+
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    kind: Literal["classification", "language-model"] = "classification"
+
+
+@dataclass
+class RunInfo:
+    """Handed to an LR policy once, before the first step."""
+
+    epochs: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    seed: int
+    task: Task
+
+
+@dataclass
+class StepContext:
+    """Everything an LR policy may look at when it chooses the LR of one training step.
+
+    ``grads`` is the gradient of this batch's loss at ``params``; it has no graph. The two
+    callables are there for rules that need more than first-order information on the batch
+    (RTHO's Hessian-vector products) or a look at the meta set (hypergradient rules).
+    """
+
+    step: int
+    epoch: int
+    loss: torch.Tensor
+    loss_input: torch.Tensor
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    batch_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    meta_grads: Callable[[], list[torch.Tensor]] | None = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """Data with train / meta / test splits, the loss, the metrics and the loss normalisation.
+
+    ``loss_scale`` normalises the loss before a meta-learner sees it (1 for images, ln(vocab)
+    for language models, paper Appendix B). ``metric`` names the headline test metric.
+    """
+
+    spec: ModelSpec
+    loss_scale: float
+    default_gamma: float
+    metric: str
+    higher_is_better: bool
+
+    def setup(self, seed: int, device: torch.device) -> None: ...
+
+    def num_train_batches(self, batch_size: int) -> int: ...
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def meta_batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+
+    def loss(self, model: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
+
+
+ModelFactory = Callable[..., nn.Module]
+"""``factory(spec: ModelSpec, **options) -> nn.Module``."""
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+"""``factory(params, **options) -> torch.optim.Optimizer``; the LR is set by the policy every step."""
+
+
+@runtime_checkable
+class LRPolicy(Protocol):
+    """Chooses the learning rate of every training step."""
+
+    def start(self, run: RunInfo) -> None: ...
+
+    def lr(self, ctx: StepContext) -> float: ...
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
+
+
+@runtime_checkable
+class MetaLearner(LRPolicy, Protocol):
+    """An LR policy with parameters theta.
+
+    ``learns_by`` says who trains theta. ``"hypergradient"``: the engine does, by Algorithm 1,
+    using :meth:`virtual_lr`. ``"self"``: the learner trains itself from what it sees in
+    :meth:`lr` and :meth:`end_epoch` (an RL controller, say); the engine only saves it.
+    ``frozen`` is set by the engine in meta-test mode.
+    """
+
+    learns_by: Literal["hypergradient", "self"]
+    frozen: bool
+
+    def meta_parameters(self) -> Iterable[nn.Parameter]: ...
+
+    def virtual_lr(self, ctx: StepContext) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Any: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Where parameters, metrics and artifacts of runs go."""
+
+    def start_run(
+        self, experiment: str, name: str, params: Mapping[str, Any], parent: str | None = None
+    ) -> str: ...
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None: ...
+
+    def end_run(self, run_id: str, status: RunStatus) -> None: ...
+
+    def close(self) -> None: ...

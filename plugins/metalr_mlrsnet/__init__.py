@@ -1,0 +1,12 @@
+"""Meta-learned LR policies: MLR-SNet (an LSTM, paper Eq. 7) and its memoryless MLP variant."""
+
+from metalr import hookimpl
+
+from .lstm import MLRSNet, MLRSNetOptions
+from .mlp import MLPNet, MLPNetOptions
+
+
+@hookimpl
+def register_lr_policies(register):
+    register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
+    register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")

@@ -1,0 +1,25 @@
+"""A multilayer perceptron over the flattened input."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from metalr.protocols import ModelSpec
+
+
+class MLPOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden: list[int] = Field(default_factory=lambda: [100, 100], description="widths of hidden layers")
+
+
+def build_mlp(spec: ModelSpec, hidden: list[int]) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(spec.input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, spec.num_outputs))
+    return nn.Sequential(*layers)

@@ -1,0 +1,28 @@
+"""The plainest policy: one LR for the whole run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from metalr.protocols import RunInfo, StepContext
+
+
+class FixedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(0.1, gt=0, description="the learning rate of every step")
+
+
+class FixedLR:
+    def __init__(self, lr: float):
+        self._lr = float(lr)
+
+    def start(self, run: RunInfo) -> None:
+        pass
+
+    def lr(self, ctx: StepContext) -> float:
+        return self._lr
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
