@@ -20,6 +20,7 @@ import higher
 import torch
 from torch import nn
 
+from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
 from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
 
 
