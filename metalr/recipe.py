@@ -132,8 +132,9 @@ def load_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems += _pydantic_problems(exc, Recipe)
+    problems += check_components(data, registry or get_registry())
     if recipe is not None:
-        problems += check_components(recipe, registry or get_registry())
+        problems += check_semantics(recipe)
     if problems:
         raise RecipeError(source, problems)
     return recipe
@@ -166,28 +167,49 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return problems
 
 
-def check_components(recipe: Recipe, registry: Registry) -> list[Problem]:
-    """Check that every named component exists and that its options fit its schema."""
-    refs: list[tuple[str, str, ComponentRef]] = [("task", "task", recipe.task),
-                                                 ("model", "model", recipe.model)]
-    for name, method in recipe.methods.items():
-        refs.append((f"methods.{name}.optimizer", "optimizer", method.optimizer))
-        refs.append((f"methods.{name}.lr_policy", "lr_policy", method.lr_policy))
-    if recipe.tracking is not None:
-        refs.append(("tracking", "tracker", recipe.tracking))
+def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(path, kind, raw reference)`` of every component a (possibly invalid) recipe names."""
+    refs = [("task", "task", data.get("task")), ("model", "model", data.get("model"))]
+    methods = data.get("methods")
+    if isinstance(methods, dict):
+        for name, method in methods.items():
+            if isinstance(method, dict):
+                refs.append((f"methods.{name}.optimizer", "optimizer", method.get("optimizer")))
+                refs.append((f"methods.{name}.lr_policy", "lr_policy", method.get("lr_policy")))
+    if data.get("tracking", "mlflow") not in ("none", None):
+        refs.append(("tracking", "tracker", data.get("tracking", "mlflow")))
+    return refs
+
+
+def check_components(data: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Check that every named component exists and that its options fit its schema.
+
+    Works on the raw recipe, so that these problems are reported together with structural ones.
+    """
     problems = []
-    for path, kind, ref in refs:
+    for path, kind, raw in _refs(data):
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            continue  # the structural check reports it
         try:
-            component = registry.get(kind, ref.name)
+            component = registry.get(kind, raw["name"])
         except UnknownComponentError as exc:
-            problems.append(Problem(f"{path}.name", f"{ref.name!r}: {exc}"))
+            problems.append(Problem(f"{path}.name", f"{raw['name']!r}: {exc}"))
             continue
-        if component.options is None:
+        options = raw.get("options", {})
+        if component.options is None or not isinstance(options, dict):
             continue
         try:
-            component.options.model_validate(ref.options)
+            component.options.model_validate(options)
         except ValidationError as exc:
             problems += _pydantic_problems(exc, component.options, prefix=f"{path}.options")
+    return problems
+
+
+def check_semantics(recipe: Recipe) -> list[Problem]:
+    """Checks across keys, once the recipe has the right shape."""
+    problems = []
     for name, method in recipe.methods.items():
         meta = method.meta
         late = [e for e in meta.save_epochs if not 1 <= e <= recipe.train.epochs]

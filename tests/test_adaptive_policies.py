@@ -161,22 +161,27 @@ def test_hd_variant_must_match_the_optimizer():
 # ---------------------------------------------------------------------------------------- L4
 
 
+@pytest.mark.parametrize("grad_average", [0.0, 0.9], ids=["batch-grad", "averaged-grad"])
 @pytest.mark.parametrize("kind", ["sgd", "heavy-ball", "adam"])
-def test_l4_lr_sequence_matches_hand_computation(kind):
-    steps, alpha, gamma, tau = 15, 0.15, 0.9, 50.0
+def test_l4_lr_sequence_matches_hand_computation(kind, grad_average):
+    steps, alpha, gamma, tau, b = 15, 0.15, 0.9, 50.0, grad_average
     w = torch.nn.Parameter(W0.clone())
     opt = make_opt(kind, [w])
-    lrs = drive(L4(alpha=alpha, gamma=gamma, forget_time=tau), [w], opt, quadratic, steps)
+    policy = L4(alpha=alpha, gamma=gamma, forget_time=tau, grad_average=b)
+    lrs = drive(policy, [w], opt, quadratic, steps)
 
     x, l_min, direction, expected, min_moved = W0.clone(), None, HandDirection(kind), [], False
-    for _ in range(steps):
+    avg = torch.zeros_like(x)
+    for t in range(1, steps + 1):
         loss, g = float(0.5 * x @ A @ x), A @ x
         if l_min is None:
             l_min = 0.75 * loss
         elif loss < l_min:
             l_min, min_moved = loss, True
+        avg = b * avg + (1 - b) * g
+        g_hat = avg / (1 - b**t)  # = g when b == 0
         v = direction(g)
-        eta = alpha * (loss - gamma * l_min) / (float(g @ v) + 1e-12)
+        eta = alpha * (loss - gamma * l_min) / (float(g_hat @ v) + 1e-12)
         eta = max(eta, 0.0)
         l_min *= 1 + 1 / tau
         expected.append(eta)

@@ -1,0 +1,61 @@
+"""The digits task: 1,797 real 8x8 images from ``sklearn.datasets.load_digits``.
+
+The test split is held out by a fixed data seed (the same for every run, so test sets are
+comparable across seeds); the meta split is then carved from the rest by the run seed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from metalr.data import Batch, TensorClassificationTask, disjoint_split
+from metalr.protocols import ModelSpec
+
+NUM_SAMPLES = 1797
+
+
+class DigitsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    test_size: int = Field(297, ge=1, le=NUM_SAMPLES - 2, description="samples held out for test")
+    meta_size: int = Field(200, ge=0, description="training samples held out as the meta set")
+    data_seed: int = Field(0, description="seed of the test split (fixed across runs)")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixels are 0..16
+    return x, torch.as_tensor(d.target, dtype=torch.long)
+
+
+class Digits(TensorClassificationTask):
+    spec = ModelSpec(input_shape=(1, 8, 8), num_outputs=10)
+
+    def __init__(self, test_size: int = 297, meta_size: int = 200, data_seed: int = 0):
+        super().__init__(meta_size)
+        if not 0 < test_size < NUM_SAMPLES:
+            raise ValueError(f"test_size must be in 1..{NUM_SAMPLES - 1}, got {test_size}")
+        self.test_size, self.data_seed = test_size, data_seed
+
+    def load(self) -> tuple[Batch, Batch]:
+        x, y = _load_digits()
+        self.test_idx, self.pool_idx = disjoint_split(len(y), [self.test_size, -1], self.data_seed)
+        # Standardise with statistics of the non-test pool only, so no test information leaks.
+        pool = x[self.pool_idx]
+        mean, std = pool.mean(), pool.std()
+        x = (x - mean) / std
+        return (x[self.pool_idx], y[self.pool_idx]), (x[self.test_idx], y[self.test_idx])
+
+    def setup(self, seed: int, device: torch.device) -> None:
+        super().setup(seed, device)
+        # Report indices into the full dataset, so splits can be checked against each other.
+        self.indices = {
+            "train": self.pool_idx[self.indices["train"]],
+            "meta": self.pool_idx[self.indices["meta"]],
+            "test": self.test_idx,
+        }
