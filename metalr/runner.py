@@ -125,7 +125,8 @@ class Runner:
                     bar.set_postfix_str(name)
                     result = self._run_method(name, method, task, tracker, parent, out, bar.update)
                     summary.results.append(result)
-                    bar.write(self._line(result, task.metric))
+                    if self.progress:
+                        bar.write(self._line(result, task.metric))
             histories = {r.name: r.history for r in summary.results if r.history}
             if histories:
                 for path in (plot_lr(histories, out / "lr.png"),

@@ -1,0 +1,256 @@
+"""Hand-designed schedules, computed by torch's own ``torch.optim.lr_scheduler`` classes.
+
+The engine owns the real optimizer's LR (it writes the policy's float into every param group
+each step), so a torch scheduler cannot drive that optimizer directly. Each policy here instead
+builds its scheduler in :meth:`start` over a private dummy optimizer (one zero-size parameter)
+holding the initial LR, advances it per epoch or per iteration as the schedule needs, and
+returns the dummy's current LR from :meth:`lr`. The LR values are therefore exactly torch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.optim import lr_scheduler
+
+from metalr.protocols import RunInfo, StepContext
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(0.1, gt=0, description="the initial learning rate (paper: SGD 0.1)")
+
+
+class _AnnealOptions(_Options):
+    eta_min: float = Field(0.0, ge=0, description="the lowest LR of the cosine")
+
+    @model_validator(mode="after")
+    def _eta_min_below_lr(self):
+        if self.eta_min > self.lr:
+            raise ValueError(f"eta_min ({self.eta_min}) must not exceed lr ({self.lr})")
+        return self
+
+
+class ExponentialOptions(_Options):
+    gamma: float = Field(0.95, gt=0, le=1, description="LR factor per epoch (paper: 0.95)")
+
+
+class MultiStepOptions(_Options):
+    milestones: list[int] | None = Field(
+        None,
+        description="epochs (0-based, strictly increasing) after which the LR is multiplied by "
+        "`factor`; unset: every 30% of the run, the paper's 60 of 200 epochs",
+    )
+    factor: float = Field(0.1, gt=0, lt=1, description="LR factor at each milestone")
+
+    @model_validator(mode="after")
+    def _increasing(self):
+        m = self.milestones
+        if m is not None and (any(e < 1 for e in m) or any(a >= b for a, b in zip(m, m[1:]))):
+            raise ValueError(f"milestones must be positive and strictly increasing, got {m}")
+        return self
+
+
+class SGDROptions(_AnnealOptions):
+    T_0: int = Field(10, ge=1, description="epochs until the first restart")
+    T_mult: int = Field(2, ge=1, description="each period is T_mult times the previous one")
+    eta_min: float = Field(1e-5, ge=0, description="the LR at the end of every period")
+
+
+class CosineOptions(_AnnealOptions):
+    pass
+
+
+class PlateauOptions(_Options):
+    monitor: str = Field(
+        "meta_loss", min_length=1,
+        description="the end-of-epoch metric watched, e.g. meta_loss (PTB's validation split)",
+    )
+    mode: Literal["min", "max"] = Field("min", description="min for losses, max for accuracies")
+    factor: float = Field(0.25, gt=0, lt=1, description="LR factor when the metric stalls")
+    patience: int = Field(0, ge=0, description="non-improving epochs tolerated before a cut")
+    threshold: float = Field(1e-4, ge=0, description="relative change that counts as improving")
+    min_lr: float = Field(0.0, ge=0, description="the LR is never cut below this")
+
+
+def _dummy_optimizer(lr: float) -> torch.optim.Optimizer:
+    """A private optimizer whose only job is to carry the LR a torch scheduler writes."""
+    return torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=lr)
+
+
+class _TorchSchedule:
+    """Base of the policies: the dummy optimizer, the scheduler and the common protocol."""
+
+    def __init__(self, lr: float):
+        self.initial_lr = float(lr)
+        self._opt: torch.optim.Optimizer | None = None
+        self._sched: lr_scheduler.LRScheduler | None = None
+        self._run: RunInfo | None = None
+
+    def _build(self, opt: torch.optim.Optimizer, run: RunInfo) -> lr_scheduler.LRScheduler:
+        raise NotImplementedError
+
+    def start(self, run: RunInfo) -> None:
+        """Build a fresh scheduler, so that one policy object can serve several runs."""
+        if run.epochs < 1 or run.steps_per_epoch < 1:
+            raise ValueError(f"need at least one epoch and one step per epoch, got {run.epochs} "
+                             f"epochs of {run.steps_per_epoch} steps")
+        self._run = run
+        self._opt = _dummy_optimizer(self.initial_lr)
+        self._sched = self._build(self._opt, run)
+
+    def _advance(self, *args: float) -> None:
+        # The dummy never has a gradient, so its step() does nothing; it is called only so that
+        # torch does not warn about a scheduler stepped before its optimizer.
+        self._opt.step()
+        self._sched.step(*args)
+
+    @property
+    def current_lr(self) -> float:
+        if self._opt is None:
+            raise RuntimeError(f"{type(self).__name__}.start(run) must be called before lr()")
+        return float(self._opt.param_groups[0]["lr"])
+
+    def lr(self, ctx: StepContext) -> float:
+        return self.current_lr
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+
+class ExponentialLR(_TorchSchedule):
+    """``lr * gamma**epoch``, changed once per epoch (torch's ``ExponentialLR``)."""
+
+    def __init__(self, lr: float = 0.1, gamma: float = 0.95):
+        super().__init__(lr)
+        self.gamma = float(gamma)
+
+    def _build(self, opt, run):
+        return lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._advance()
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """The paper's "divide by 10 every 60 of 200 epochs", scaled: a cut every 30% of the run.
+
+    200 epochs give [60, 120, 180]; 10 epochs give [3, 6, 9].
+    """
+    period = max(1, round(0.3 * epochs))
+    return list(range(period, epochs, period))
+
+
+class MultiStepLR(_TorchSchedule):
+    """Step decay: the LR is multiplied by ``factor`` after each milestone epoch (``MultiStepLR``).
+
+    Without milestones the paper's schedule is scaled to the run (:func:`default_milestones`), so
+    a recipe shortened for a CPU still decays the same number of times.
+    """
+
+    def __init__(self, lr: float = 0.1, milestones: list[int] | None = None, factor: float = 0.1):
+        super().__init__(lr)
+        self.milestones = None if milestones is None else [int(m) for m in milestones]
+        self.factor = float(factor)
+
+    def _build(self, opt, run):
+        milestones = self.milestones if self.milestones is not None else default_milestones(
+            run.epochs)
+        self.used_milestones = milestones
+        return lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=self.factor)
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self._advance()
+
+
+class _PerIteration(_TorchSchedule):
+    """Tracks where in its epoch each step falls, to step the scheduler per iteration."""
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self._epoch, self._epoch_start = 0, 0
+
+    def _fractional_epoch(self, ctx: StepContext) -> float:
+        if ctx.epoch != self._epoch:
+            self._epoch, self._epoch_start = ctx.epoch, ctx.step
+        return ctx.epoch + (ctx.step - self._epoch_start) / self._run.steps_per_epoch
+
+
+class SGDR(_PerIteration):
+    """Cosine annealing with warm restarts (Loshchilov & Hutter), torch's
+    ``CosineAnnealingWarmRestarts`` stepped every iteration at the fractional epoch
+    ``epoch + i / steps_per_epoch``, as torch's documentation shows."""
+
+    def __init__(self, lr: float = 0.1, T_0: int = 10, T_mult: int = 2, eta_min: float = 1e-5):
+        super().__init__(lr)
+        self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), float(eta_min)
+
+    def _build(self, opt, run):
+        return lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=self.T_0, T_mult=self.T_mult, eta_min=self.eta_min)
+
+    def lr(self, ctx: StepContext) -> float:
+        if self._opt is None:
+            return self.current_lr  # raises the "call start() first" error
+        self._advance(self._fractional_epoch(ctx))
+        return self.current_lr
+
+
+class CosineLR(_TorchSchedule):
+    """One cosine from ``lr`` towards ``eta_min`` over the whole run, one value per iteration
+    (torch's ``CosineAnnealingLR`` with ``T_max = epochs * steps_per_epoch``)."""
+
+    def __init__(self, lr: float = 0.1, eta_min: float = 0.0):
+        super().__init__(lr)
+        self.eta_min = float(eta_min)
+
+    def _build(self, opt, run):
+        self._t = 0
+        return lr_scheduler.CosineAnnealingLR(
+            opt, T_max=run.epochs * run.steps_per_epoch, eta_min=self.eta_min)
+
+    def lr(self, ctx: StepContext) -> float:
+        if self._opt is None:
+            return self.current_lr
+        # torch's cosine is recursive: advance one scheduler step per training step taken.
+        while self._t < ctx.step:
+            self._advance()
+            self._t += 1
+        return self.current_lr
+
+
+class PlateauLR(_TorchSchedule):
+    """Cut the LR by ``factor`` when a validation metric stops improving (``ReduceLROnPlateau``).
+
+    Defaults are the PyTorch word-language-model recipe the paper's PTB baselines use: watch the
+    validation loss (here the meta split's loss), divide by 4 after one non-improving epoch.
+    Epochs without the metric (not evaluated, ``eval_every > 1``) are skipped; the engine always
+    evaluates the last epoch, so a metric still missing there is a misnamed one and an error.
+    """
+
+    def __init__(self, lr: float = 0.1, monitor: str = "meta_loss", mode: str = "min",
+                 factor: float = 0.25, patience: int = 0, threshold: float = 1e-4,
+                 min_lr: float = 0.0):
+        super().__init__(lr)
+        self.monitor, self.mode = monitor, mode
+        self.factor, self.patience = float(factor), int(patience)
+        self.threshold, self.min_lr = float(threshold), float(min_lr)
+
+    def _build(self, opt, run):
+        self._seen = False
+        return lr_scheduler.ReduceLROnPlateau(
+            opt, mode=self.mode, factor=self.factor, patience=self.patience,
+            threshold=self.threshold, min_lr=self.min_lr)
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        value = metrics.get(self.monitor)
+        if value is None:
+            if epoch + 1 >= self._run.epochs and not self._seen:
+                raise KeyError(f"plateau: metric {self.monitor!r} was never reported; the "
+                               f"end-of-epoch metrics are {sorted(metrics)}")
+            return
+        self._seen = True
+        self._advance(float(value))  # torch counts a NaN as "not improving"; so do we
