@@ -94,9 +94,8 @@ class ProdigyOptions(_AdamLike):
 
 class DAdaptSGDOptions(_Options):
     momentum: float = Field(
-        0.9, ge=0, lt=1,
-        description="0.9 as in D-Adaptation's CIFAR runs and the paper's SGD baselines "
-        "(the package's default is 0)",
+        0.0, ge=0, lt=1,
+        description="the package's default 0; 0.9 diverged on small CPU tasks here",
     )
     d0: float = Field(1e-6, gt=0)
     growth_rate: float = Field(float("inf"), gt=1)
