@@ -55,14 +55,40 @@ class Method(_Strict):
     optimizer: ComponentRef
     lr_policy: ComponentRef
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    tune: str | None = Field(
+        None, description="an lr_policy option (e.g. lr) chosen on the meta split from tuning.grid"
+    )
+
+
+class TuningConfig(_Strict):
+    """The DeepOBS protocol: pick a value on the meta split with one seed, then rerun with all.
+
+    The choice is made on the meta (validation) split, never on the test split.
+    """
+
+    grid: list[float] = Field(
+        default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1
+    )
+    seed: int | None = Field(None, description="unset: the first of train.seeds")
+    epochs: int | None = Field(None, gt=0, description="unset: train.epochs")
 
 
 class TrainConfig(_Strict):
     epochs: int = Field(gt=0)
     seed: int = 0
+    seeds: list[int] = Field(
+        default_factory=list, description="run every method with each seed; empty: [seed]"
+    )
     batch_size: int = Field(128, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int = Field(1, gt=0, description="epochs between evaluations")
+    explode_factor: float = Field(
+        1e3, gt=1, description="a batch loss above this times the first one counts as divergence"
+    )
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
     clip_grad_norm: float | None = Field(None, gt=0, description="unset: the task's default, if any")
 
 
@@ -73,6 +99,7 @@ class Recipe(_Strict):
     model: ComponentRef
     train: TrainConfig
     methods: dict[str, Method] = Field(min_length=1)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     tracking: ComponentRef | None = Field(
         default_factory=lambda: ComponentRef(name="mlflow"), description="`none` runs untracked"
     )
@@ -132,9 +159,10 @@ def load_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems += _pydantic_problems(exc, Recipe)
-    problems += check_components(data, registry or get_registry())
+    registry = registry or get_registry()
+    problems += check_components(data, registry)
     if recipe is not None:
-        problems += check_semantics(recipe)
+        problems += check_semantics(recipe, registry)
     if problems:
         raise RecipeError(source, problems)
     return recipe
@@ -207,7 +235,15 @@ def check_components(data: dict[str, Any], registry: Registry) -> list[Problem]:
     return problems
 
 
-def check_semantics(recipe: Recipe) -> list[Problem]:
+def _option_fields(policy: str, registry: Registry) -> list[str] | None:
+    try:
+        options = registry.get("lr_policy", policy).options
+    except UnknownComponentError:
+        return None  # reported by check_components
+    return list(options.model_fields) if options is not None else None
+
+
+def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
     """Checks across keys, once the recipe has the right shape."""
     problems = []
     for name, method in recipe.methods.items():
@@ -216,6 +252,14 @@ def check_semantics(recipe: Recipe) -> list[Problem]:
         if late:
             problems.append(Problem(f"methods.{name}.meta.save_epochs",
                                     f"{late} outside 1..train.epochs ({recipe.train.epochs})"))
+        if method.tune is not None:
+            opts = _option_fields(method.lr_policy.name, registry)
+            if opts is not None and method.tune not in opts:
+                close = difflib.get_close_matches(method.tune, opts, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; options: {', '.join(opts)}"
+                problems.append(Problem(f"methods.{name}.tune",
+                                        f"{method.tune!r} is not an option of "
+                                        f"{method.lr_policy.name!r}{hint}"))
         if meta.weights is not None and not Path(meta.weights).is_file():
             problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: no such file"))
     if recipe.train.device == "cuda" and not torch.cuda.is_available():
@@ -245,7 +289,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
 
 
-_TYPE_TAGS = {"ComponentRef", "MetaConfig", "str", "int", "float", "bool", "none", "list", "dict"}
+_TYPE_TAGS = {"ComponentRef", "MetaConfig", "TuningConfig", "str", "int", "float", "bool", "none", "list", "dict"}
 
 
 def _fields_at(model: Any, loc: list[str]) -> list[str]:

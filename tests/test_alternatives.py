@@ -110,7 +110,7 @@ class EvalWatcher:
 
 
 def schedulefree_x(beta_key: str):
-    """Schedule-Free trains at y = (1 - beta) z + beta x and evaluates x = (y - (1-beta) z) / beta."""
+    """Schedule-Free trains at y = (1 - beta) z + beta x, evaluates x = (y - (1-beta) z) / beta."""
     def expected(optimizer, params):
         group = optimizer.param_groups[0]
         beta = group["momentum"] if beta_key == "momentum" else group["betas"][0]
@@ -127,9 +127,9 @@ def test_schedulefree_evaluates_x_and_restores_y(reg, digits, monkeypatch, name,
     watcher.check()
 
 
-def test_dog_evaluates_its_average_and_restores_the_training_weights(reg, digits, monkeypatch):
+def test_dog_evaluates_its_average_and_restores_training(reg, digits, monkeypatch):
     pytest.importorskip("dog")
-    watcher = EvalWatcher(monkeypatch, lambda optimizer, params: flat(optimizer.averaged_parameters))
+    watcher = EvalWatcher(monkeypatch, lambda opt, params: flat(opt.averaged_parameters))
     train(reg, digits, "dog", watch=watcher)
     watcher.check()
 

@@ -30,10 +30,10 @@ def register_lr_policies(register):
     register("exponential", ExponentialLR, options=ExponentialOptions,
              summary="lr * gamma**epoch (torch ExponentialLR), paper: gamma 0.95")
     register("multistep", MultiStepLR, options=MultiStepOptions,
-             summary="x factor at milestone epochs (torch MultiStepLR); default /10 every 30% of the run")
+             summary="x factor at milestone epochs (torch MultiStepLR); /10 every 30% of the run")
     register("sgdr", SGDR, options=SGDROptions,
              summary="cosine with warm restarts per iteration (torch CosineAnnealingWarmRestarts)")
     register("cosine", CosineLR, options=CosineOptions,
              summary="one cosine over the whole run, per iteration (torch CosineAnnealingLR)")
     register("plateau", PlateauLR, options=PlateauOptions,
-             summary="/4 when the validation metric stalls (torch ReduceLROnPlateau, word-LM recipe)")
+             summary="/4 when the validation metric stalls (torch ReduceLROnPlateau)")
