@@ -25,7 +25,11 @@ from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
 
 
 class TrainingDiverged(RuntimeError):
-    """The LR or the loss stopped being finite."""
+    """The LR or the loss stopped being finite, or the loss exploded; carries the history so far."""
+
+    def __init__(self, message: str, history: History | None = None):
+        super().__init__(message)
+        self.history = history
 
 
 @dataclass
@@ -41,6 +45,7 @@ class EngineConfig:
     meta_train: bool = True  # False: meta-test, theta frozen, no meta set used
     clip_grad_norm: float | None = None
     eval_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
+    explode_factor: float = 1e3  # a batch loss above this times the first one is divergence
     eval_splits: tuple[str, ...] = ("train", "meta", "test")
 
 
@@ -192,19 +197,26 @@ class Engine:
                 meta_batch = None
                 if self.meta_learning and step % t_val == 0:
                     meta_batch = task.meta_batch(cfg.meta_batch_size, self.meta_generator)
-                result = self.step(batch, meta_batch, step, epoch)
+                try:
+                    result = self.step(batch, meta_batch, step, epoch)
+                except TrainingDiverged as exc:
+                    exc.history = history
+                    raise
                 history.lrs.append(result.lr)
                 losses.append(result.loss)
                 if result.meta_loss is not None:
                     meta_losses.append(result.meta_loss)
                 step += 1
             epoch_losses = torch.stack(losses).tolist()
+            first_step = len(history.losses)
             history.losses.extend(epoch_losses)
+            limit = cfg.explode_factor * abs(history.losses[0])
+            for i, value in enumerate(epoch_losses):  # checked once an epoch: no per-step sync
+                if not math.isfinite(value) or value > limit:
+                    raise TrainingDiverged(f"training loss {value:.4g} at step {first_step + i} "
+                                           f"(epoch {epoch + 1})", history)
             metrics = {"epoch": epoch + 1, "train_batch_loss": sum(epoch_losses) / len(epoch_losses),
                        "lr": history.lrs[-1]}
-            if not math.isfinite(metrics["train_batch_loss"]):
-                raise TrainingDiverged(f"the training loss became {metrics['train_batch_loss']} "
-                                       f"in epoch {epoch + 1}")
             if meta_losses:
                 metrics["virtual_meta_loss"] = torch.stack(meta_losses).mean().item()
             if (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.epochs:

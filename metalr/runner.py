@@ -1,8 +1,9 @@
-"""Runs a validated recipe: every method side by side on the same data, seed and initial weights.
+"""Runs a validated recipe: every method and seed side by side, one parent run, one child per run.
 
-One parent run per recipe and one child run per method in the tracker; files go to the run's
-output folder. A method that diverges is marked FAILED and the others go on; an interrupt marks
-the runs KILLED. Nothing is ever left RUNNING.
+Methods with ``tune:`` first get their option chosen on the meta split with one seed (the
+DeepOBS protocol), then every method runs with every seed. For a given seed all methods see the
+same data split, shuffling and initial weights. A run that diverges is marked FAILED and the
+others go on; an interrupt marks the runs KILLED. Nothing is left RUNNING.
 """
 
 from __future__ import annotations
@@ -22,54 +23,31 @@ from tqdm.auto import tqdm
 from metalr.engine import Engine, EngineConfig, History, TrainingDiverged, is_meta_learned
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
-from metalr.protocols import RunStatus, Tracker
+from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
-from metalr.weights import save_meta_learner
+from metalr.results import MethodResult, RunSummary
+from metalr.weights import read_meta_learner, save_meta_learner
 
 
-@dataclass
-class MethodResult:
-    name: str
-    status: RunStatus
-    history: History | None = None
-    error: str | None = None
-    run_id: str | None = None
-    files: dict[str, Path] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Job:
+    """One training run: a method, a seed, and the tuned option's value if any."""
 
-    def final(self, key: str) -> float | None:
-        if self.history is None:
-            return None
-        values = [e[key] for e in self.history.epochs if key in e]
-        return values[-1] if values else None
-
-
-@dataclass
-class RunSummary:
-    recipe: Recipe
-    output_dir: Path
-    metric: str
-    results: list[MethodResult]
-    run_id: str | None = None
+    method: str
+    seed: int
+    epochs: int
+    tuned: tuple[str, float] | None = None
+    tuning: bool = False
 
     @property
-    def ok(self) -> bool:
-        return all(r.status == "FINISHED" for r in self.results)
+    def label(self) -> str:
+        if self.tuning:
+            return f"{self.method}/tune {self.tuned[0]}={self.tuned[1]:g}"
+        return f"{self.method}/seed{self.seed}"
 
-    def table(self) -> str:
-        """A Markdown table: test metric, final LR, wall time, status per method."""
-        rows = [f"| method | test {self.metric} | test loss | final LR | wall time (s) | status |",
-                "| --- | --- | --- | --- | --- | --- |"]
-        for r in self.results:
-            m, loss = r.final(f"test_{self.metric}"), r.final("test_loss")
-            lr = r.history.lrs[-1] if r.history and r.history.lrs else None
-            wall = r.history.wall_time if r.history else None
-            rows.append(f"| {r.name} | {_fmt(m, '.4f')} | {_fmt(loss, '.4f')} | {_fmt(lr, '.4g')} "
-                        f"| {_fmt(wall, '.1f')} | {r.status} |")
-        return "\n".join(rows)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    @property
+    def folder(self) -> str:
+        return self.label.replace("/", "-").replace(" ", "-")
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,6 +79,16 @@ class Runner:
         self.registry = registry or get_registry()
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
+        self._tasks: dict[int, Task] = {}
+
+    def task(self, seed: int) -> Task:
+        """The task set up for a seed (the split depends on it), built once per seed."""
+        if seed not in self._tasks:
+            ref = self.recipe.task
+            task = self.registry.get("task", ref.name).build(**ref.options)
+            task.setup(seed, self.device)
+            self._tasks[seed] = task
+        return self._tasks[seed]
 
     def run(self) -> RunSummary:
         recipe, reg = self.recipe, self.registry
@@ -109,42 +97,60 @@ class Runner:
             if recipe.tracking is not None else None
         )
         out = new_output_dir(recipe.output_dir, recipe.name)
-        resolved = recipe.resolved()
-        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        task = reg.get("task", recipe.task.name).build(**recipe.task.options)
-        task.setup(recipe.train.seed, self.device)
-        summary = RunSummary(recipe, out, task.metric, [])
-        with self._tracked(tracker, recipe.name, flatten(resolved), None) as parent:
-            summary.run_id = parent
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+        seeds = recipe.train.all_seeds
+        tune_seed = recipe.tuning.seed if recipe.tuning.seed is not None else seeds[0]
+        tune_epochs = recipe.tuning.epochs or recipe.train.epochs
+        tuning_jobs = [Job(name, tune_seed, tune_epochs, (m.tune, v), tuning=True)
+                       for name, m in recipe.methods.items() if m.tune
+                       for v in recipe.tuning.grid]
+        final_count = len(recipe.methods) * len(seeds)
+        total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
+        summary = RunSummary(recipe.name, out, self.task(seeds[0]).metric,
+                             self.task(seeds[0]).higher_is_better)
+        try:
+            with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None) as parent, \
+                    tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
+                         dynamic_ncols=True) as bar:
+                summary.run_id = parent
+                if tracker is not None:
+                    tracker.log_artifact(parent, str(out / "recipe.yaml"))
+                for job in tuning_jobs:
+                    summary.tuning.append(self._run_job(job, tracker, parent, out, bar))
+                chosen = summary.choose_tuned()
+                for name in recipe.methods:
+                    for seed in seeds:
+                        tuned = chosen.get(name)
+                        job = Job(name, seed, recipe.train.epochs, tuned)
+                        summary.results.append(self._run_job(job, tracker, parent, out, bar))
+                self._write_outputs(summary, tracker, parent)
+        finally:
             if tracker is not None:
-                tracker.log_artifact(parent, str(out / "recipe.yaml"))
-            total = recipe.train.epochs * len(recipe.methods)
-            with tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
-                      dynamic_ncols=True) as bar:
-                for name, method in recipe.methods.items():
-                    bar.set_postfix_str(name)
-                    result = self._run_method(name, method, task, tracker, parent, out, bar.update)
-                    summary.results.append(result)
-                    if self.progress:
-                        bar.write(self._line(result, task.metric))
-            histories = {r.name: r.history for r in summary.results if r.history}
-            if histories:
-                for path in (plot_lr(histories, out / "lr.png"),
-                             plot_curves(histories, out / "curves.png", task.metric)):
-                    if tracker is not None:
-                        tracker.log_artifact(parent, str(path))
-            (out / "results.md").write_text(summary.table() + "\n")
-            if tracker is not None:
-                tracker.log_artifact(parent, str(out / "results.md"))
-        if tracker is not None:
-            tracker.close()
+                tracker.close()
         return summary
 
-    @staticmethod
-    def _line(result: MethodResult, metric: str) -> str:
+    def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, parent: str | None):
+        out = summary.output_dir
+        first = {}
+        for r in summary.results:  # the first finished seed of each method, for LR figures
+            if r.history is not None and r.method not in first:
+                first[r.method] = r.history
+        paths = [out / "results.md", out / "results.csv"]
+        paths[0].write_text(summary.markdown() + "\n")
+        paths[1].write_text(summary.csv())
+        if first:
+            paths.append(plot_lr(first, out / "lr.png"))
+            paths.append(plot_curves(summary.mean_histories(), out / "curves.png", summary.metric))
+        if tracker is not None:
+            for path in paths:
+                tracker.log_artifact(parent, str(path))
+
+    def _line(self, result: MethodResult) -> str:
         if result.status != "FINISHED":
-            return f"{result.name}: {result.status} ({result.error})"
-        return (f"{result.name}: test {metric} {result.final('test_' + metric):.4f}, "
+            return f"{result.label}: {result.status} ({result.error})"
+        m = self.task(result.seed).metric
+        split = "meta" if result.tuning else "test"
+        return (f"{result.label}: {split} {m} {result.final(f'{split}_{m}'):.4f}, "
                 f"final LR {result.history.lrs[-1]:.4g}, {result.history.wall_time:.1f} s")
 
     @contextmanager
@@ -165,45 +171,55 @@ class Runner:
         finally:
             tracker.end_run(run_id, status)
 
-    def _run_method(self, name: str, method: Method, task: Any, tracker: Tracker | None,
-                    parent: str | None, out: Path, advance) -> MethodResult:
-        recipe, reg, train = self.recipe, self.registry, self.recipe.train
-        folder = out / name
-        folder.mkdir()
-        torch.manual_seed(train.seed)  # same initial weights for every method
+    def _build(self, job: Job, method: Method, task: Task):
+        reg, recipe = self.registry, self.recipe
+        torch.manual_seed(job.seed)  # the same initial weights for every method of a seed
         model = reg.get("model", recipe.model.name).build(task.spec, **recipe.model.options)
         model.to(self.device)
         optimizer = reg.get("optimizer", method.optimizer.name).build(
             model.parameters(), **method.optimizer.options)
-        policy = reg.get("lr_policy", method.lr_policy.name).build(**method.lr_policy.options)
-        learned = is_meta_learned(policy)
-        if learned and method.meta.weights:
-            from metalr.weights import read_meta_learner
-
+        options = dict(method.lr_policy.options)
+        if job.tuned is not None:
+            options[job.tuned[0]] = job.tuned[1]
+        policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
+        if is_meta_learned(policy) and method.meta.weights:
             policy.load_state_dict(read_meta_learner(method.meta.weights)[2])
+        return model, optimizer, policy, options
+
+    def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
+                 bar: tqdm) -> MethodResult:
+        recipe, train = self.recipe, self.recipe.train
+        method = recipe.methods[job.method]
+        task = self.task(job.seed)
+        model, optimizer, policy, options = self._build(job, method, task)
+        learned = is_meta_learned(policy)
         config = EngineConfig(
-            epochs=train.epochs, batch_size=train.batch_size, seed=train.seed, device=self.device,
+            epochs=job.epochs, batch_size=train.batch_size, seed=job.seed, device=self.device,
             t_val=method.meta.t_val, meta_batch_size=method.meta.batch_size,
             meta_lr=method.meta.lr, meta_weight_decay=method.meta.weight_decay,
             meta_train=method.meta.mode == "meta-train",
             clip_grad_norm=train.clip_grad_norm or getattr(task, "clip_grad_norm", None),
-            eval_every=train.eval_every,
+            eval_every=train.eval_every, explode_factor=train.explode_factor,
         )
         engine = Engine(task, model, optimizer, policy, config)
-        result = MethodResult(name, "FAILED")
-        params = flatten({"method": name, **method.model_dump(mode="json"),
-                          "train": train.model_dump(mode="json")})
-        policy_opts = dict(method.lr_policy.options)
+        result = MethodResult(job.method, job.seed, "FAILED", label=job.label,
+                              tuned=job.tuned, tuning=job.tuning)
+        folder = out / job.folder
+        folder.mkdir()
+        params = flatten({"method": job.method, "seed": job.seed, "tuning": job.tuning,
+                          **method.model_dump(mode="json"),
+                          "lr_policy": {"name": method.lr_policy.name, "options": options},
+                          "train": {**train.model_dump(mode="json"), "epochs": job.epochs}})
+        logged = 0  # steps whose LR and loss have gone to the tracker
+        run_id = None
 
         def save_theta(tag: str) -> None:
-            opts = {**policy_opts, **({"gamma": float(policy.gamma)} if hasattr(policy, "gamma") else {})}
+            opts = {**options, **({"gamma": float(policy.gamma)} if hasattr(policy, "gamma") else {})}
             path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
                                      opts, policy, extra={"metalr.recipe": recipe.name})
             result.files[tag] = path
             if tracker is not None:
                 tracker.log_artifact(run_id, str(path), "theta")
-
-        logged = 0  # steps whose LR and loss have gone to the tracker
 
         def on_epoch(epoch: int, metrics: Mapping[str, float], history: History) -> None:
             nonlocal logged
@@ -217,22 +233,34 @@ class Runner:
                 save_theta(f"epoch{epoch + 1:04d}")
 
         try:
-            with self._tracked(tracker, name, params, parent) as run_id:
+            with self._tracked(tracker, job.label, params, parent) as run_id:
                 result.run_id = run_id
-                history = engine.fit(on_epoch=on_epoch, progress=advance)
+                try:
+                    history = engine.fit(on_epoch=on_epoch, progress=bar.update)
+                except TrainingDiverged as exc:
+                    result.error = f"{job.method}, seed {job.seed}: {exc}"
+                    result.history = exc.history
+                    raise
                 result.history = history
                 if learned:
                     save_theta("final")
-                (folder / "history.json").write_text(json.dumps(
-                    {"lrs": history.lrs, "losses": history.losses, "epochs": history.epochs,
-                     "wall_time": history.wall_time}))
-                files = [plot_lr({name: history}, folder / "lr.png"),
-                         plot_curves({name: history}, folder / "curves.png", task.metric)]
-                if tracker is not None:
-                    for path in files:
-                        tracker.log_artifact(run_id, str(path))
-        except TrainingDiverged as exc:
-            result.error = f"{name}, seed {train.seed}: {exc}"
-            return result
-        result.status = "FINISHED"
+                self._save_history(folder, history, task.metric, tracker, run_id, job.label)
+        except TrainingDiverged:
+            bar.update(job.epochs - len(result.history.epochs if result.history else []))
+        else:
+            result.status = "FINISHED"
+        if self.progress:
+            bar.write(self._line(result))
         return result
+
+    @staticmethod
+    def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,
+                      run_id: str | None, label: str) -> None:
+        (folder / "history.json").write_text(json.dumps(
+            {"lrs": history.lrs, "losses": history.losses, "epochs": history.epochs,
+             "wall_time": history.wall_time}))
+        files = [plot_lr({label: history}, folder / "lr.png"),
+                 plot_curves({label: history}, folder / "curves.png", metric)]
+        if tracker is not None:
+            for path in files:
+                tracker.log_artifact(run_id, str(path))

@@ -83,13 +83,13 @@ def test_run_tracks_everything_and_saved_theta_reproduces_lrs(run_dir, recorder,
 
     parent, children = runs_of(client, "e2e")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert set(children) == {"mlrsnet", "fixed"}
+    assert set(children) == {"mlrsnet/seed0", "fixed/seed0"}
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert parent[0].data.params["train.epochs"] == "2"
     parent_files = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    assert {"recipe.yaml", "lr.png", "curves.png", "results.md"} <= parent_files
+    assert {"recipe.yaml", "lr.png", "curves.png", "results.md", "results.csv"} <= parent_files
 
-    run = children["mlrsnet"]
+    run = children["mlrsnet/seed0"]
     run_id = run.info.run_id
     for key in ["train_batch_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                 "meta_loss", "virtual_meta_loss", "lr"]:
@@ -118,7 +118,7 @@ def test_run_tracks_everything_and_saved_theta_reproduces_lrs(run_dir, recorder,
     recipe.write_text(yaml.safe_dump(test_recipe))
     assert main(["run", str(recipe), "-q"]) == 0
     _, frozen_children = runs_of(client, "e2e-test")
-    frozen_id = frozen_children["frozen"].info.run_id
+    frozen_id = frozen_children["frozen/seed0"].info.run_id
     logged = sorted(client.get_metric_history(frozen_id, "step_lr"), key=lambda m: m.step)
     losses = sorted(client.get_metric_history(frozen_id, "step_train_loss"), key=lambda m: m.step)
     net.start(RunInfo(2, 8, None, torch.device("cpu"), 0, types.SimpleNamespace(default_gamma=1.0)))
@@ -142,7 +142,7 @@ def test_interrupted_run_is_marked_killed(run_dir, monkeypatch):
     monkeypatch.setattr(engine.Engine, "evaluate", interrupt)  # a Ctrl-C at the first evaluation
     assert main(["run", str(recipe), "-q"]) == 130
     parent, children = runs_of(client, "e2e")
-    assert parent[0].info.status == "KILLED" and children["fixed"].info.status == "KILLED"
+    assert parent[0].info.status == "KILLED" and children["fixed/seed0"].info.status == "KILLED"
 
 
 def test_untracked_run_writes_only_its_output_folder(tmp_path, monkeypatch):
@@ -154,5 +154,5 @@ def test_untracked_run_writes_only_its_output_folder(tmp_path, monkeypatch):
     assert main(["run", str(recipe), "-q"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e2e.yaml", "out"]
     (folder,) = (tmp_path / "out").iterdir()
-    history = json.loads((folder / "fixed" / "history.json").read_text())
+    history = json.loads((folder / "fixed-seed0" / "history.json").read_text())
     assert len(history["lrs"]) == 12 and set(history["lrs"]) == {0.05}

@@ -71,6 +71,9 @@ CASES = [
     (None, ["task.name.x=1"], "task.name: is 'mnist1d', not a mapping"),
     (None, ["methods.m.lr_policy.options.gamma=-1"], "methods.m.lr_policy.options.gamma: -1"),
     (None, ["methods.m.meta.lr=fast"], "methods.m.meta.lr: 'fast'"),
+    (None, ["methods.f.tune=lrr"], "methods.f.tune: 'lrr' is not an option of 'fixed'; did you mean 'lr'?"),
+    (None, ["tuning.grid=[]"], "tuning.grid: []"),
+    (None, ["train.seeds=zero"], "train.seeds: 'zero'"),
 ]
 
 

@@ -1,0 +1,75 @@
+"""A small suite: several methods and seeds, tuning on the meta split, a diverging method."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from metalr.recipe import Recipe
+from metalr.runner import Runner
+
+SUITE = {
+    "name": "suite",
+    "task": {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}},
+    "model": {"name": "mlp", "options": {"hidden": [32]}},
+    "train": {"epochs": 2, "seeds": [0, 1], "batch_size": 64, "device": "cpu"},
+    "tuning": {"grid": [0.001, 0.1], "epochs": 2},
+    "methods": {
+        "sgd-tuned": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                      "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}, "tune": "lr"},
+        "exploding": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                      "lr_policy": {"name": "fixed", "options": {"lr": 500.0}}},
+        "mlrsnet": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                    "lr_policy": {"name": "mlrsnet", "options": {"gamma": 0.5}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite")
+    uri = f"sqlite:///{tmp / 'store.db'}"
+    recipe = Recipe.model_validate({**SUITE, "output_dir": str(tmp / "out"),
+                                    "tracking": {"name": "mlflow", "options": {"tracking_uri": uri}}})
+    return Runner(recipe, progress=False).run(), MlflowClient(uri)
+
+
+def test_tuning_chooses_on_the_meta_split(summary):
+    result, _ = summary
+    tuning = {r.tuned[1]: r.final("meta_accuracy") for r in result.tuning}
+    assert set(tuning) == {0.001, 0.1}
+    best = max(tuning, key=tuning.get)
+    tuned_runs = [r for r in result.results if r.method == "sgd-tuned"]
+    assert [r.seed for r in tuned_runs] == [0, 1]
+    assert all(r.tuned == ("lr", best) for r in tuned_runs)
+    assert all(set(r.history.lrs) == {best} for r in tuned_runs)
+
+
+def test_diverging_method_fails_and_the_rest_goes_on(summary):
+    result, client = summary
+    exploding = [r for r in result.results if r.method == "exploding"]
+    assert [r.status for r in exploding] == ["FAILED", "FAILED"]
+    assert "exploding, seed 1" in exploding[1].error and "step" in exploding[1].error
+    assert all(r.status == "FINISHED" for r in result.results if r.method != "exploding")
+    assert not result.ok
+    exp = client.get_experiment_by_name("suite")
+    runs = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert runs["exploding/seed0"] == "FAILED" and runs["mlrsnet/seed1"] == "FINISHED"
+    assert runs["sgd-tuned/tune lr=0.1"] == "FINISHED" and runs["suite"] == "FINISHED"
+
+
+def test_tables_and_figures(summary):
+    result, _ = summary
+    out = result.output_dir
+    for name in ["results.md", "results.csv", "lr.png", "curves.png", "recipe.yaml"]:
+        assert (out / name).is_file(), name
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"sgd-tuned", "exploding", "mlrsnet"}
+    assert rows["exploding"]["runs"].startswith("0/2 finished (FAILED")
+    assert rows["sgd-tuned"]["tuned"].startswith("lr=")
+    mean, std = rows["mlrsnet"]["final test accuracy"].split(" ± ")
+    accs = [r.final("test_accuracy") for r in result.results if r.method == "mlrsnet"]
+    assert float(mean) == pytest.approx(sum(accs) / 2, abs=1e-4)
+    assert "| exploding |" in (out / "results.md").read_text()
