@@ -7,11 +7,13 @@ from metalr.plugins import (
     UnknownComponentError,
     get_registry,
 )
+from metalr.scheduler import LearnedLR
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DuplicateComponentError",
+    "LearnedLR",
     "Registry",
     "UnknownComponentError",
     "get_registry",

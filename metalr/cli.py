@@ -58,12 +58,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _cmd_nets(args: argparse.Namespace) -> int:
+    from metalr.scheduler import describe_shipped_nets
+
+    nets = describe_shipped_nets()
+    if args.json:
+        print(json.dumps(nets, indent=2))
+        return 0
+    for n in nets:
+        print(f"{n['name']}: {len(n['files'])} x {n['policy']} {json.dumps(n['options'])}, "
+              f"gamma {n['gamma']:g}\n  {n['summary']}\n  files: {', '.join(n['files'])}\n"
+              f"  card: {n['card']}")
+    if not nets:
+        print("no shipped nets")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metalr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list every component, its kind and its source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
+    p = sub.add_parser("nets", help="list the meta-learned nets shipped with metalr")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_nets)
     for name, func, text in [("validate", _cmd_validate, "check a recipe without running it"),
                              ("run", _cmd_run, "run a recipe")]:
         p = sub.add_parser(name, help=text)

@@ -58,6 +58,7 @@ class Method(_Strict):
     tune: str | None = Field(
         None, description="an lr_policy option (e.g. lr) chosen on the meta split from tuning.grid"
     )
+    tune_grid: list[float] | None = Field(None, min_length=1, description="unset: tuning.grid")
 
 
 class TuningConfig(_Strict):
@@ -81,6 +82,10 @@ class TrainConfig(_Strict):
     )
     batch_size: int = Field(128, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; unset: torch's default. 1 suits tiny models "
+        "and shared machines, where spinning threads of several processes thrash"
+    )
     eval_every: int = Field(1, gt=0, description="epochs between evaluations")
     explode_factor: float = Field(
         1e3, gt=1, description="a batch loss above this times the first one counts as divergence"

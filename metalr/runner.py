@@ -92,6 +92,8 @@ class Runner:
 
     def run(self) -> RunSummary:
         recipe, reg = self.recipe, self.registry
+        if recipe.train.threads is not None:
+            torch.set_num_threads(recipe.train.threads)
         tracker: Tracker | None = (
             reg.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
             if recipe.tracking is not None else None
@@ -103,7 +105,7 @@ class Runner:
         tune_epochs = recipe.tuning.epochs or recipe.train.epochs
         tuning_jobs = [Job(name, tune_seed, tune_epochs, (m.tune, v), tuning=True)
                        for name, m in recipe.methods.items() if m.tune
-                       for v in recipe.tuning.grid]
+                       for v in (m.tune_grid or recipe.tuning.grid)]
         final_count = len(recipe.methods) * len(seeds)
         total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
         summary = RunSummary(recipe.name, out, self.task(seeds[0]).metric,

@@ -4,9 +4,11 @@ from metalr import hookimpl
 
 from .lstm import MLRSNet, MLRSNetOptions
 from .mlp import MLPNet, MLPNetOptions
+from .transfer import MLRSNetTransfer, TransferOptions
 
 
 @hookimpl
 def register_lr_policies(register):
     register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
     register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")
+    register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions, summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")

@@ -1,0 +1,366 @@
+"""Meta-learned LR schedules as plug-and-play schedulers (paper Eq. 12 and Appendix C).
+
+A meta-trained MLR-SNet is a fixed function from the training loss (and its own carried LSTM
+state) to the LR. Transferring it means running it frozen on a new task. Following the paper's
+Appendix C, k nets saved at different meta-training epochs are switched over k equal phases of
+the new run, because a single net has only seen a short stretch of training.
+
+:class:`PhasedNets` is the one implementation of that meta-test schedule. :class:`LearnedLR`
+wraps it for a plain PyTorch loop; the engine's ``mlrsnet-transfer`` policy wraps it for recipes,
+so the two give the same LR for the same losses (``tests/test_scheduler.py``).
+
+Nets are loaded only from safetensors (:mod:`metalr.weights`): loading a net never runs code
+from the file, so a pickle (``.pt``/``.pth``) posing as a net is refused.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metalr.weights import WeightsError, read_meta_learner
+
+NETS_DIR = Path(__file__).parent / "nets"
+"""Nets shipped inside the package: ``nets/<name>/*.safetensors`` plus a ``card.md``."""
+
+NetSpec = str | Path
+_EPOCH_FILE = re.compile(r"theta-epoch(\d+)\.safetensors$")
+
+
+# -- which nets ---------------------------------------------------------------------------------
+
+def shipped_nets() -> dict[str, list[Path]]:
+    """Shipped net names and their files, in file-name (= meta-training epoch) order."""
+    if not NETS_DIR.is_dir():
+        return {}
+    found = {d.name: sorted(d.glob("*.safetensors")) for d in sorted(NETS_DIR.iterdir())
+             if d.is_dir()}
+    return {name: files for name, files in found.items() if files}
+
+
+def net_card(name: str) -> str:
+    """The model card of a shipped net (what it was trained on, how, and how to cite)."""
+    card = NETS_DIR / name / "card.md"
+    if name not in shipped_nets() or not card.is_file():
+        raise KeyError(f"no shipped net {name!r}; shipped: {sorted(shipped_nets())}")
+    return card.read_text()
+
+
+def describe_shipped_nets() -> list[dict[str, Any]]:
+    """Name, files, policy, options, gamma and one-line summary of each shipped net."""
+    out = []
+    for name, files in shipped_nets().items():
+        policy, options, tensors, _ = read_meta_learner(files[0])
+        card = NETS_DIR / name / "card.md"
+        lines = card.read_text().splitlines() if card.is_file() else []
+        summary = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")), "")
+        out.append({"name": name, "files": [f.name for f in files], "policy": policy,
+                    "options": options, "gamma": float(tensors["gamma"]),
+                    "summary": summary, "card": str(card)})
+    return out
+
+
+def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
+    """Files for a mix of file paths and shipped names, in order.
+
+    A shipped name stands for all of its nets in meta-training order (its k phases). An
+    existing file wins over a shipped name of the same spelling.
+    """
+    if isinstance(specs, (str, Path)):
+        specs = [specs]
+    if not specs:
+        raise ValueError("no nets given")
+    shipped, files = shipped_nets(), []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif str(spec) in shipped:
+            files.extend(shipped[str(spec)])
+        else:
+            raise FileNotFoundError(
+                f"{str(spec)!r} is neither a file nor a shipped net (shipped: "
+                f"{', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists them)")
+    return files
+
+
+def load_net(path: str | Path) -> nn.Module:
+    """Rebuild one saved loss-to-LR net through the registry, frozen; safetensors only."""
+    from metalr.plugins import get_registry
+
+    name, options, tensors, _ = read_meta_learner(path)  # refuses anything but safetensors
+    net = get_registry().get("lr_policy", name).build(**options)
+    if not (isinstance(net, nn.Module) and callable(getattr(net, "initial_state", None))
+            and isinstance(getattr(net, "gamma", None), torch.Tensor)):
+        raise WeightsError(f"{path}: policy {name!r} is not a loss-to-LR net (like 'mlrsnet'): "
+                           "it cannot be used as a transferred schedule")
+    net.load_state_dict(tensors)
+    net.requires_grad_(False)  # theta* is fixed at meta-test (Eq. 12)
+    return net
+
+
+def load_nets(specs: NetSpec | Sequence[NetSpec]) -> list[nn.Module]:
+    return [load_net(path) for path in resolve_nets(specs)]
+
+
+def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
+    """The paper's rule (App. C) for k nets out of an E-epoch meta-train.
+
+    Epochs ``ceil(E * l / (k - 1))`` for ``l = 0 .. k-1``, clipped to at least 1 (nets are saved
+    after an epoch, so "epoch 0" means the first saved one). E = 200, k = 3 gives 1, 100, 200.
+    """
+    if k < 2:
+        raise ValueError(f"the ceiling rule needs k >= 2 nets, got {k} (for one net, pass its file)")
+    if meta_epochs < 1:
+        raise ValueError(f"meta_epochs must be >= 1, got {meta_epochs}")
+    return [max(1, -(-meta_epochs * l // (k - 1))) for l in range(k)]  # exact integer ceiling
+
+
+def pick_nets(folder: str | Path, k: int, meta_epochs: int | None = None) -> list[Path]:
+    """The k ``theta-epochNNNN.safetensors`` files of a meta-train run named by the ceiling rule.
+
+    ``folder`` is a method's output folder (``<output>/<method>-seed<seed>/``). ``meta_epochs``
+    defaults to ``train.epochs`` of the ``recipe.yaml`` the runner wrote beside it. The last
+    epoch's net may come from ``theta-final.safetensors``.
+    """
+    folder = Path(folder)
+    if meta_epochs is None:
+        meta_epochs = _recipe_epochs(folder.parent / "recipe.yaml")
+    wanted = ceiling_epochs(meta_epochs, k)
+    saved = {int(m.group(1)): p for p in folder.glob("theta-epoch*.safetensors")
+             if (m := _EPOCH_FILE.search(p.name))}
+    final = folder / "theta-final.safetensors"
+    if meta_epochs not in saved and final.is_file():
+        saved[meta_epochs] = final
+    missing = sorted(set(wanted) - set(saved))
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: no nets for epochs {missing}; the ceiling rule for k={k} over "
+            f"{meta_epochs} epochs needs meta.save_epochs={sorted(set(wanted))}")
+    return [saved[e] for e in wanted]
+
+
+def _recipe_epochs(recipe: Path) -> int:
+    import yaml
+
+    if not recipe.is_file():
+        raise ValueError(f"{recipe}: not found; pass meta_epochs (the meta-train's epochs)")
+    return int(yaml.safe_load(recipe.read_text())["train"]["epochs"])
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+def phase_of(step: int, total_steps: int, k: int) -> int:
+    """The phase (0 .. k-1) of 0-based ``step`` when ``total_steps`` are cut into k equal phases.
+
+    Steps past ``total_steps`` stay in the last phase, so a run that goes on longer than
+    planned keeps the last net rather than failing.
+    """
+    return min(k - 1, step * k // total_steps)
+
+
+def _state_tensors(state: Any) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [t for s in state for t in _state_tensors(s)]
+    return []
+
+
+def _map_state(state: Any, fn) -> Any:
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_state(s, fn) for s in state)
+    return state
+
+
+class PhasedNets:
+    """k frozen nets, each driving one of k equal phases of a run, with one carried state.
+
+    The LSTM state is zeroed once when a run starts and **carried over** from one net into the
+    next, as the reference code's ``meta_test.py`` does (it loads the next net's weights into
+    the same module and keeps its hidden state). All nets must therefore share one state shape.
+    Each net keeps its own saved gamma unless :meth:`set_gamma` overrides it.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module]):
+        if not nets:
+            raise ValueError("PhasedNets needs at least one net")
+        shapes = [[t.shape for t in _state_tensors(n.initial_state(torch.device("cpu")))]
+                  for n in nets]
+        if any(type(n) is not type(nets[0]) or s != shapes[0] for n, s in zip(nets, shapes)):
+            raise ValueError("the nets of a phased schedule must share their kind and state shape "
+                             "(the state is carried from one net into the next)")
+        self.nets = list(nets)
+        self.total_steps = 1
+        self.step = 0
+        self.state: Any = None
+
+    @property
+    def k(self) -> int:
+        return len(self.nets)
+
+    def set_gamma(self, gamma: float) -> None:
+        """Override every net's LR scale (output in ``[0, gamma]``)."""
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        for net in self.nets:
+            net.gamma.fill_(float(gamma))
+
+    def start(self, total_steps: int, device: torch.device | str = "cpu") -> None:
+        """Begin a run of ``total_steps`` steps: zero state, phase 0."""
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        for net in self.nets:
+            net.to(device)
+        self.total_steps, self.step, self.state = int(total_steps), 0, None  # None: zero state
+
+    @property
+    def phase(self) -> int:
+        """The phase (net index) the next call to :meth:`lr` uses."""
+        return phase_of(self.step, self.total_steps, self.k)
+
+    def lr(self, loss_input: torch.Tensor | float) -> float:
+        """The LR of this step from this step's (normalised) loss; advances the state once."""
+        net = self.nets[self.phase]
+        x = torch.as_tensor(loss_input).detach().to(device=net.gamma.device, dtype=net.gamma.dtype)
+        with torch.no_grad():
+            lr, self.state = net(x, self.state)
+        self.step += 1
+        return float(lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers: loadable with ``torch.load(weights_only=True)``."""
+        return {"step": self.step, "total_steps": self.total_steps, "k": self.k,
+                "state": _map_state(self.state, lambda t: t.detach().cpu().clone()),
+                "gamma": [float(n.gamma) for n in self.nets]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["k"]) != self.k:
+            raise ValueError(f"state is for {state['k']} nets, this schedule has {self.k}")
+        device = self.nets[0].gamma.device
+        self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
+        self.state = _map_state(state["state"], lambda t: t.to(device))
+        for net, gamma in zip(self.nets, state["gamma"]):
+            net.gamma.fill_(float(gamma))
+
+
+# -- the scheduler ------------------------------------------------------------------------------
+
+class LearnedLR:
+    """A meta-learned LR schedule for any ``torch.optim`` optimizer, in a plain PyTorch loop.
+
+    Call order, once per batch (paper Eq. 12: the LR of step t is computed from the loss of
+    batch t, at the weights that step starts from)::
+
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        scheduler.step(loss)   # sets the LR of the optimizer.step() just below
+        optimizer.step()
+
+    This differs from torch's epoch schedulers, which are stepped *after* ``optimizer.step()``
+    and set the LR of the following step: a learned schedule needs this batch's loss, which
+    exists only after the forward pass. There is therefore no initial LR to pick: the first
+    ``step(loss)`` sets the first LR, and the constructor leaves the optimizer's LR alone.
+    ``optimizer.step()`` without a preceding ``step(loss)`` warns once.
+
+    Every param group gets the same LR. With k nets, step t (0-based) uses net
+    ``floor(t * k / total_steps)``; steps past ``total_steps`` keep the last net. The LSTM state
+    carries over from one net into the next (see :class:`PhasedNets`).
+
+    ``gamma`` overrides the LR scale saved with the nets (the net's output lies in
+    ``[0, gamma]``); ``loss_scale`` divides the loss before the net sees it and must match
+    meta-training (1 for classification, ln(vocabulary) for language models). The nets run on
+    ``device`` (default CPU: they are tiny; the loss is copied there, one scalar per step).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, nets: Sequence[nn.Module],
+                 total_steps: int, *, gamma: float | None = None, loss_scale: float = 1.0,
+                 device: torch.device | str = "cpu"):
+        if not loss_scale > 0:
+            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        self.optimizer = optimizer
+        self.loss_scale = float(loss_scale)
+        self.phases = PhasedNets(nets)
+        if gamma is not None:
+            self.phases.set_gamma(gamma)
+        self.phases.start(total_steps, device)
+        self._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
+        self._armed = False  # a step(loss) has set the LR of the next optimizer.step()
+        self._warned = False
+        ref = weakref.ref(self)  # the optimizer must not keep a dropped scheduler alive
+
+        def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            scheduler = ref()
+            if scheduler is not None:
+                scheduler._before_optimizer_step()
+
+        self._hook = optimizer.register_step_pre_hook(before_step)
+
+    @classmethod
+    def from_pretrained(cls, nets: NetSpec | Sequence[NetSpec], optimizer: torch.optim.Optimizer,
+                        *, total_steps: int, gamma: float | None = None, loss_scale: float = 1.0,
+                        device: torch.device | str = "cpu") -> LearnedLR:
+        """Load shipped nets by name (``metalr nets`` lists them) or saved nets by file path.
+
+        A list mixes both; its order is the order of the phases. Only safetensors are read.
+        """
+        return cls(optimizer, load_nets(nets), total_steps, gamma=gamma, loss_scale=loss_scale,
+                   device=device)
+
+    @property
+    def total_steps(self) -> int:
+        return self.phases.total_steps
+
+    @property
+    def last_step(self) -> int:
+        """How many LRs have been set so far."""
+        return self.phases.step
+
+    def step(self, loss: torch.Tensor | float) -> None:
+        """Set the LR of the coming ``optimizer.step()`` from this batch's training loss."""
+        lr = self.phases.lr(torch.as_tensor(loss).detach() / self.loss_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        self._armed = True
+
+    def get_last_lr(self) -> list[float]:
+        """The LR per param group set by the last ``step(loss)`` (before any: the optimizer's)."""
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, LSTM state, gammas and last LR: a resumed loop continues the same LRs.
+
+        The nets' weights are not included (they are frozen and come from their files), just
+        as torch's schedulers leave the optimizer out of theirs.
+        """
+        return {**self.phases.state_dict(), "last_lr": list(self._last_lr),
+                "loss_scale": self.loss_scale}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.phases.load_state_dict(state_dict)
+        self._last_lr = [float(v) for v in state_dict["last_lr"]]
+        self.loss_scale = float(state_dict["loss_scale"])
+
+    def _before_optimizer_step(self) -> None:
+        if not self._armed and not self._warned:
+            self._warned = True
+            warnings.warn("optimizer.step() ran without a scheduler.step(loss) before it: call "
+                          "scheduler.step(loss) after loss.backward() and before "
+                          "optimizer.step(), because the learned LR of a step depends on that "
+                          "step's loss", UserWarning, stacklevel=3)
+        self._armed = False
+
+    def __repr__(self) -> str:
+        return (f"LearnedLR(k={self.phases.k}, step={self.last_step}/{self.total_steps}, "
+                f"gamma={[float(n.gamma) for n in self.phases.nets]})")

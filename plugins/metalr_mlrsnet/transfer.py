@@ -1,0 +1,60 @@
+"""Meta-test of saved MLR-SNets inside the engine (paper Eq. 12 and Appendix C).
+
+k frozen nets are switched over k equal phases of the new run's ``epochs * steps_per_epoch``
+steps, through :class:`metalr.scheduler.PhasedNets`: the same code as the plain-loop
+:class:`metalr.LearnedLR`, so a recipe and a hand-written loop give the same LRs.
+
+This is a plain LR policy, not a meta-learner: it has no ``learns_by``, so the engine never
+builds a hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
+
+gamma at transfer time is each net's saved gamma buffer (the scale it was meta-trained with),
+unless the ``gamma`` option overrides it for all nets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from metalr.protocols import RunInfo, StepContext
+from metalr.scheduler import PhasedNets, load_nets, resolve_nets
+
+DEFAULT_NETS = "mnist1d-mlp"
+
+
+class TransferOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nets: list[str] = Field(
+        default_factory=lambda: [DEFAULT_NETS], min_length=1,
+        description="safetensors files or shipped names (`metalr nets`), one per phase, in "
+                    "order; a shipped name stands for all its nets")
+    gamma: float | None = Field(
+        None, gt=0, description="override the LR scale saved with the nets (unset: keep it)")
+
+    @field_validator("nets")
+    @classmethod
+    def _nets_exist(cls, nets: list[str]) -> list[str]:
+        try:  # a missing file or unknown name fails `metalr validate`, not the run
+            resolve_nets(nets)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+        return nets
+
+
+class MLRSNetTransfer:
+    """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run."""
+
+    def __init__(self, nets: list[str] | None = None, gamma: float | None = None):
+        self.phases = PhasedNets(load_nets(nets or [DEFAULT_NETS]))
+        if gamma is not None:
+            self.phases.set_gamma(gamma)
+
+    def start(self, run: RunInfo) -> None:
+        self.phases.start(run.epochs * run.steps_per_epoch, run.device)
+
+    def lr(self, ctx: StepContext) -> float:
+        return self.phases.lr(ctx.loss_input)
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
