@@ -1,4 +1,4 @@
-"""The `metalr` command: plugins, validate, run.
+"""The `metalr` command: plugins, validate, run, nets.
 
 Exit codes: 0 success, 1 a run failed, 2 a bad recipe or override (nothing tracked, nothing
 written), 130 interrupted.

@@ -28,7 +28,8 @@ from torch import nn
 from metalr.weights import WeightsError, read_meta_learner
 
 NETS_DIR = Path(__file__).parent / "nets"
-"""Nets shipped inside the package: ``nets/<name>/*.safetensors`` plus a ``card.md``."""
+"""Nets shipped inside the package: ``nets/<name>/*.safetensors`` plus a ``card.md``; the file
+names sort in phase order (``theta-epochNNNN``, zero-padded)."""
 
 NetSpec = str | Path
 _EPOCH_FILE = re.compile(r"theta-epoch(\d+)\.safetensors$")
@@ -43,14 +44,6 @@ def shipped_nets() -> dict[str, list[Path]]:
     found = {d.name: sorted(d.glob("*.safetensors")) for d in sorted(NETS_DIR.iterdir())
              if d.is_dir()}
     return {name: files for name, files in found.items() if files}
-
-
-def net_card(name: str) -> str:
-    """The model card of a shipped net (what it was trained on, how, and how to cite)."""
-    card = NETS_DIR / name / "card.md"
-    if name not in shipped_nets() or not card.is_file():
-        raise KeyError(f"no shipped net {name!r}; shipped: {sorted(shipped_nets())}")
-    return card.read_text()
 
 
 def describe_shipped_nets() -> list[dict[str, Any]]:
@@ -117,7 +110,7 @@ def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
     after an epoch, so "epoch 0" means the first saved one). E = 200, k = 3 gives 1, 100, 200.
     """
     if k < 2:
-        raise ValueError(f"the ceiling rule needs k >= 2 nets, got {k} (for one net, pass its file)")
+        raise ValueError(f"the ceiling rule needs k >= 2 nets, got {k} (one net: pass its file)")
     if meta_epochs < 1:
         raise ValueError(f"meta_epochs must be >= 1, got {meta_epochs}")
     return [max(1, -(-meta_epochs * l // (k - 1))) for l in range(k)]  # exact integer ceiling
@@ -301,9 +294,10 @@ class LearnedLR:
 
         def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             scheduler = ref()
-            if scheduler is not None:
+            if scheduler is not None and getattr(opt, "_metalr_learned_lr", None) is ref:
                 scheduler._before_optimizer_step()
 
+        optimizer._metalr_learned_lr = ref  # only the newest scheduler of an optimizer watches
         self._hook = optimizer.register_step_pre_hook(before_step)
 
     @classmethod

@@ -9,6 +9,7 @@ here to add about one second to every run's end, which is why this thread exists
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import threading
 import time
 from collections.abc import Mapping
@@ -50,13 +51,21 @@ class MLflowTracker:
         from mlflow.entities import Param
 
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            experiment, artifact_location=self._artifact_location(experiment))
         tags = {"mlflow.parentRunId": parent} if parent else {}
         run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_CHUNK):
             self.client.log_batch(run_id, params=items[i : i + _PARAMS_CHUNK])
         return run_id
+
+    def _artifact_location(self, experiment: str) -> str | None:
+        """Artifacts beside a SQLite store, not in ./mlruns of whatever folder we run from."""
+        if not self.uri.startswith("sqlite:///"):
+            return None  # the server or store decides
+        db = Path(self.uri[len("sqlite:///"):]).resolve()
+        return (db.parent / "mlruns" / experiment).as_uri()
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric

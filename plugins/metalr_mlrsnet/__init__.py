@@ -11,4 +11,5 @@ from .transfer import MLRSNetTransfer, TransferOptions
 def register_lr_policies(register):
     register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
     register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")
-    register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions, summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")
+    register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions,
+             summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")

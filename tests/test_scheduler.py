@@ -1,0 +1,270 @@
+"""Plug-and-play learned schedules: LearnedLR in a plain loop, mlrsnet-transfer in the engine.
+
+Both run the same frozen nets through one implementation (metalr.scheduler.PhasedNets); these
+tests hold them to the same LRs, to exact resumption, and to never unpickling a file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalr import LearnedLR
+from metalr.cli import main
+from metalr.engine import Engine, EngineConfig, is_meta_learned
+from metalr.scheduler import (
+    ceiling_epochs,
+    load_nets,
+    phase_of,
+    pick_nets,
+    shipped_nets,
+)
+from metalr.weights import WeightsError
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "scheduler.md"
+TASK = {"num_samples": 600, "meta_size": 100}  # 380 training samples: 6 steps of 64 per epoch
+
+
+def _task(registry, seed):
+    task = registry.get("task", "mnist1d").build(**TASK)
+    task.setup(seed, torch.device("cpu"))
+    return task
+
+
+def _model(registry, task, seed):
+    torch.manual_seed(seed)  # the engine's runner does the same before building the model
+    return registry.get("model", "mlp").build(task.spec, hidden=[32])
+
+
+def _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs, stop=None):
+    """A plain PyTorch loop over the engine's data order; returns the LRs applied."""
+    generator = torch.Generator().manual_seed(seed)
+    lrs, step = [], 0
+    for _ in range(epochs):
+        for batch in task.train_batches(batch_size, generator):
+            if stop is not None and step >= stop:
+                return lrs
+            optimizer.zero_grad()
+            loss = task.loss(model, batch)
+            loss.backward()
+            scheduler.step(loss)
+            optimizer.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+            step += 1
+    return lrs
+
+
+def test_scheduler_gives_the_engines_meta_test_lrs(registry):
+    seed, epochs, batch_size = 3, 3, 64
+    task = _task(registry, seed)
+    model = _model(registry, task, seed)
+    optimizer = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
+                                                       weight_decay=5e-4)
+    policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"])
+    assert not is_meta_learned(policy)  # the engine must never meta-train a transferred net
+    theta = [p.clone() for net in policy.phases.nets for p in net.state_dict().values()]
+    config = EngineConfig(epochs=epochs, batch_size=batch_size, seed=seed, meta_train=False,
+                          eval_splits=("test",))
+    history = Engine(task, model, optimizer, policy, config).fit()
+    after = [p for net in policy.phases.nets for p in net.state_dict().values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, theta, strict=True))
+
+    task = _task(registry, seed)
+    model = _model(registry, task, seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+    total = epochs * task.num_train_batches(batch_size)
+    scheduler = LearnedLR.from_pretrained("mnist1d-mlp", optimizer, total_steps=total)
+    lrs = _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs)
+
+    assert len(lrs) == total == 18
+    assert lrs == history.lrs  # bit for bit: same losses, same nets, same phases
+    assert {policy.phases.phase, scheduler.phases.phase} == {2}
+    assert len(set(lrs)) > 3
+
+
+def test_phases_switch_nets_and_carry_the_lstm_state():
+    files = shipped_nets()["mnist1d-mlp"]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    scheduler = LearnedLR.from_pretrained(files, optimizer, total_steps=9)
+    losses = [2.3, 2.0, 1.7, 1.5, 1.2, 1.0, 0.8, 0.7, 0.6, 0.5]  # one step past total_steps
+    lrs = []
+    for loss in losses:
+        scheduler.step(torch.tensor(loss))
+        lrs.append(scheduler.get_last_lr()[0])
+
+    def replay(switch: bool, carry: bool) -> list[float]:
+        nets, state, out = load_nets(files), None, []
+        for t, loss in enumerate(losses):
+            phase = min(2, t * 3 // 9) if switch else 0
+            if not carry and t in (3, 6):
+                state = None
+            with torch.no_grad():
+                lr, state = nets[phase](torch.tensor(loss), state)
+            out.append(float(lr))
+        return out
+
+    assert lrs == replay(switch=True, carry=True)
+    assert lrs != replay(switch=False, carry=True)  # the switch changes the LRs
+    assert lrs != replay(switch=True, carry=False)  # so does carrying the state
+    assert [phase_of(t, 10, 3) for t in (0, 3, 4, 6, 7, 9, 15)] == [0, 0, 1, 1, 2, 2, 2]
+
+
+def test_ceiling_rule_and_picking_nets_from_a_run(tmp_path):
+    assert ceiling_epochs(200, 3) == [1, 100, 200]  # the paper's choice
+    assert ceiling_epochs(60, 3) == [1, 30, 60]
+    assert ceiling_epochs(10, 4) == [1, 4, 7, 10]
+    assert ceiling_epochs(1, 3) == [1, 1, 1]
+    with pytest.raises(ValueError, match="k >= 2"):
+        ceiling_epochs(60, 1)
+    run = tmp_path / "quickstart-1" / "mlrsnet-seed0"
+    run.mkdir(parents=True)
+    (run.parent / "recipe.yaml").write_text("train: {epochs: 60}\n")
+    net = shipped_nets()["mnist1d-mlp"][0]
+    for name in ("theta-epoch0001", "theta-epoch0030", "theta-epoch0045", "theta-final"):
+        shutil.copyfile(net, run / f"{name}.safetensors")
+    assert [p.name for p in pick_nets(run, 3)] == [
+        "theta-epoch0001.safetensors", "theta-epoch0030.safetensors", "theta-final.safetensors"]
+    with pytest.raises(FileNotFoundError, match=re.escape("save_epochs=[1, 20, 40, 60]")):
+        pick_nets(run, 4)
+
+
+# phases are steps 0-5, 6-11 and 12-17: resume at a switch, and mid-phase before one
+@pytest.mark.parametrize("stop", [6, 4])
+def test_state_dict_round_trip_continues_the_same_lrs(registry, tmp_path, stop):
+    seed, epochs, batch_size = 5, 3, 64
+    task = _task(registry, seed)
+    total = epochs * task.num_train_batches(batch_size)
+
+    def fresh():
+        model = _model(registry, task, seed)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+        return model, opt, LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=total)
+
+    model, opt, sched = fresh()
+    reference = _hand_loop(task, model, sched, opt, batch_size, seed, epochs)
+
+    model, opt, sched = fresh()
+    first = _hand_loop(task, model, sched, opt, batch_size, seed, epochs, stop=stop)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict()}, path)
+    checkpoint = torch.load(path, weights_only=True)
+    model, opt, sched = fresh()
+    model.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["opt"])
+    assert sched.phases.step == 0
+    sched.load_state_dict(checkpoint["sched"])
+    assert sched.last_step == stop and sched.get_last_lr() == [reference[stop - 1]]
+
+    # continue on the batches the interrupted loop had not reached
+    batches, generator = [], torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        batches.extend(task.train_batches(batch_size, generator))
+    rest = []
+    for batch in batches[stop:]:
+        opt.zero_grad()
+        loss = task.loss(model, batch)
+        loss.backward()
+        sched.step(loss)
+        opt.step()
+        rest.append(opt.param_groups[0]["lr"])
+    assert first + rest == reference
+
+    # without the scheduler's state (LSTM state, step count) the LRs would not continue
+    model, opt, sched = fresh()
+    model.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["opt"])
+    loss = task.loss(model, batches[stop])
+    sched.step(loss)
+    assert sched.get_last_lr()[0] != reference[stop]
+
+
+class _Payload:
+    """Unpickling this runs open(marker, "w"): the file appears if anything unpickles it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["theta-final.safetensors", "net.pt"])
+def test_a_pickle_posing_as_a_net_is_refused(registry, tmp_path, name):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / name
+    evil.write_bytes(pickle.dumps({"gamma": _Payload(marker)}))
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    with pytest.raises(WeightsError, match="(?s)not a safetensors file.*never from pickle"):
+        LearnedLR.from_pretrained(str(evil), opt, total_steps=10)
+    with pytest.raises(WeightsError, match="never from pickle"):
+        registry.get("lr_policy", "mlrsnet-transfer").build(nets=[str(evil)])
+    assert not marker.exists()
+    pickle.loads(evil.read_bytes())  # the payload is live: unpickling does create the marker
+    assert marker.exists()
+
+
+def test_every_shipped_net_loads_and_is_listed(capsys):
+    shipped = shipped_nets()
+    assert "mnist1d-mlp" in shipped
+    for name, files in shipped.items():
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        sched = LearnedLR.from_pretrained(name, opt, total_steps=6)
+        gammas = [float(n.gamma) for n in sched.phases.nets]
+        assert sched.phases.k == len(files) >= 1
+        sched.step(torch.tensor(2.3))
+        assert 0 < sched.get_last_lr()[0] <= max(gammas)
+        card = (files[0].parent / "card.md").read_text()
+        assert "Cite" in card and "test accuracy" in card
+    assert main(["nets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in shipped)
+    assert main(["nets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {n["name"]: len(n["files"]) for n in listed} == {k: len(v) for k, v in shipped.items()}
+
+
+def test_gamma_is_the_saved_buffer_unless_overridden(registry):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
+    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, gamma=0.25)
+    policy = registry.get("lr_policy", "mlrsnet-transfer").build(gamma=0.25)
+    assert [float(n.gamma) for n in saved.phases.nets] == [1.0, 1.0, 1.0]
+    policy.phases.start(6)
+    for loss in (2.3, 1.9, 1.4, 1.1, 0.9, 0.7):
+        saved.step(loss)
+        scaled.step(loss)
+        assert scaled.get_last_lr()[0] == 0.25 * saved.get_last_lr()[0]  # exact: 0.25 = 2**-2
+        assert policy.phases.lr(torch.tensor(loss)) == scaled.get_last_lr()[0]
+
+
+def test_optimizer_step_before_scheduler_step_warns():
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=0.0)
+    sched = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=4)
+    param.grad = torch.ones(1)
+    sched.step(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # the documented order: no warning
+    with pytest.warns(UserWarning, match=r"call scheduler.step\(loss\) after loss.backward"):
+        opt.step()
+
+
+def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
+    code = "\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S))
+    monkeypatch.chdir(tmp_path)  # the example writes checkpoint.pt into its working directory
+    namespace: dict = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    scheduler = namespace["scheduler"]
+    assert scheduler.last_step == scheduler.total_steps == 32
+    assert namespace["resumed"].state_dict()["step"] == 32
+    assert "epoch 4: loss" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint.pt").is_file()
