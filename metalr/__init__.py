@@ -16,7 +16,7 @@ __all__ = [
     "LearnedLR",
     "Registry",
     "UnknownComponentError",
+    "__version__",
     "get_registry",
     "hookimpl",
-    "__version__",
 ]

@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     summary = Runner(recipe, progress=not args.quiet).run()
     print()
-    print(summary.table())
+    print(summary.markdown())
     print(f"\nfigures and tables: {summary.output_dir}/ (lr.png, curves.png, results.md, results.csv)")
     if recipe.tracking is not None:
         print(f"tracked in MLflow experiment {recipe.name!r}: run `mlflow ui` to browse")

@@ -28,11 +28,6 @@ class MethodResult:
     tuning: bool = False
     files: dict[str, Path] = field(default_factory=dict)
 
-    # kept for callers that think of a result as one method
-    @property
-    def name(self) -> str:
-        return self.method
-
     def final(self, key: str) -> float | None:
         if self.history is None:
             return None
@@ -119,9 +114,6 @@ class RunSummary:
         lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
         lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
         return "\n".join(lines)
-
-    def table(self) -> str:
-        return self.markdown()
 
     def csv(self) -> str:
         buffer = io.StringIO()

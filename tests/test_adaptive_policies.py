@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 
+import metalr_adaptive
 import pydantic
 import pytest
 import torch
-
-import metalr_adaptive
-from metalr.plugins import Registry
-from metalr.protocols import RunInfo, StepContext
 from metalr_adaptive import L4, RTHO, HypergradientDescent, MissingMetaSplitError
 from metalr_adaptive.directions import UnsupportedOptimizerError, update_direction
+
+from metalr.plugins import Registry
+from metalr.protocols import RunInfo, StepContext
 
 DT = torch.float64
 
@@ -144,7 +144,7 @@ def test_hd_clamps_to_max_lr_and_never_goes_negative():
 def test_hd_raises_on_a_non_finite_lr():
     w = torch.nn.Parameter(W0.clone())
     opt = make_opt("sgd", [w])
-    bad = lambda step, ps: quadratic(step, ps) * (math.inf if step == 1 else 1.0)  # noqa: E731
+    bad = lambda step, ps: quadratic(step, ps) * (math.inf if step == 1 else 1.0)
     with pytest.raises(FloatingPointError, match="hd"):
         drive(HypergradientDescent(lr=0.1), [w], opt, bad, 3)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 
+import metalr_alternatives
 import pydantic
 import pytest
 import torch
+from metalr_alternatives import RECOMMENDED_LR, MissingExtraError
 
-import metalr_alternatives
 from metalr.engine import Engine, EngineConfig
 from metalr.plugins import Registry
-from metalr_alternatives import RECOMMENDED_LR, MissingExtraError
 
 PACKAGES = {
     "sgd-schedulefree": "schedulefree",

@@ -106,7 +106,7 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
         return task.loss(lambda x: functional_call(model, w_hat, (x,)), meta_batch)
 
     reference = torch.func.grad(meta_loss)(theta0)
-    flat = lambda d: torch.cat([d[n].reshape(-1) for n in theta0])  # noqa: E731
+    flat = lambda d: torch.cat([d[n].reshape(-1) for n in theta0])
     e, r = flat(engine_grad), flat(reference)
     assert r.norm() > 0
     assert (e - r).norm() / r.norm() < 1e-6

@@ -259,7 +259,7 @@ def test_optimizer_step_before_scheduler_step_warns():
 
 
 def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
-    code = "\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S))
+    code = "\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL))
     monkeypatch.chdir(tmp_path)  # the example writes checkpoint.pt into its working directory
     namespace: dict = {}
     exec(compile(code, str(DOCS), "exec"), namespace)

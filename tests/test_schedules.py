@@ -13,9 +13,6 @@ import math
 import pydantic
 import pytest
 import torch
-
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import LRPolicy, RunInfo, StepContext
 from metalr_schedules import (
     SGDR,
     CosineLR,
@@ -30,6 +27,9 @@ from metalr_schedules.torch_schedules import (
     PlateauOptions,
     SGDROptions,
 )
+
+from metalr.engine import Engine, EngineConfig
+from metalr.protocols import LRPolicy, RunInfo, StepContext
 
 
 def drive(policy, epochs: int, steps_per_epoch: int, metrics=None) -> list[list[float]]:

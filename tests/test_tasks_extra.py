@@ -6,15 +6,15 @@ import functools
 import math
 
 import higher
-import pytest
-import torch
-from torch.nn import functional as F
-
 import metalr_digits
 import metalr_text
-from metalr.plugins import Registry
+import pytest
+import torch
 from metalr_digits.task import NUM_SAMPLES, Digits
 from metalr_text.task import EOS, UNK, PydocLM, pydoc_text, tokenize
+from torch.nn import functional as F
+
+from metalr.plugins import Registry
 
 CPU = torch.device("cpu")
 

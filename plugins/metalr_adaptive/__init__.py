@@ -19,12 +19,12 @@ from .l4 import L4, L4Options
 from .rtho import RTHO, MissingMetaSplitError, RTHOOptions
 
 __all__ = [
+    "L4",
+    "RTHO",
     "HDOptions",
     "HypergradientDescent",
-    "L4",
     "L4Options",
     "MissingMetaSplitError",
-    "RTHO",
     "RTHOOptions",
 ]
 

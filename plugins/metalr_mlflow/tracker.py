@@ -9,10 +9,10 @@ here to add about one second to every run's end, which is why this thread exists
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
