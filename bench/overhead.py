@@ -1,6 +1,6 @@
 """What meta-learning and the toolkit cost, as ratios measured side by side in one process.
 
-    python bench/overhead.py [--epochs 4] [--pairs 3]
+    python bench/overhead.py [--epochs 6] [--pairs 5]
 
 Every ratio is the median over ``--pairs`` alternated pairs of runs with the same data, seed
 and epochs. Printed first for the tiny MLP (per-step Python overhead dominates; information
@@ -133,8 +133,8 @@ def ratios(reg, task, model_name, model_opts, epochs, pairs, root: Path) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     reg = get_registry()

@@ -24,7 +24,7 @@ def plot_lr(histories: Mapping[str, History], path: Path) -> Path:
         ax.plot(range(1, len(h.lrs) + 1), h.lrs, label=name, lw=1)
     ax.set(xlabel="step", ylabel="learning rate", yscale="log", title="Applied learning rate")
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # tight_layout costs ~0.3 s
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -42,7 +42,7 @@ def plot_curves(histories: Mapping[str, History], path: Path, metric: str = "acc
                 ax.plot(*zip(*points), label=name, marker=".", lw=1)
         ax.set(xlabel="epoch", title=title)
     axes[0].legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.25)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
