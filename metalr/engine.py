@@ -132,7 +132,10 @@ class Engine:
             self.meta_optimizer.step()
             meta_loss = meta_loss.detach()
         # Real step (Eq. 11) with the freshly updated theta, reusing g_t.
-        lr = float(policy.lr(ctx))
+        try:
+            lr = float(policy.lr(ctx))
+        except ArithmeticError as exc:  # a rule that found its own numbers non-finite
+            raise TrainingDiverged(f"{exc} (step {step})") from exc
         if not math.isfinite(lr) or lr < 0:
             raise TrainingDiverged(f"the policy gave LR {lr} at step {step}")
         for group in opt.param_groups:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,6 +249,10 @@ class Runner:
                     save_theta("final")
                 self._save_history(folder, history, task.metric, tracker, run_id, job.label)
         except TrainingDiverged:
+            bar.update(job.epochs - len(result.history.epochs if result.history else []))
+        except Exception as exc:  # one broken run must not take a long suite down
+            result.error = f"{job.method}, seed {job.seed}: {type(exc).__name__}: {exc}"
+            bar.write(traceback.format_exc())
             bar.update(job.epochs - len(result.history.epochs if result.history else []))
         else:
             result.status = "FINISHED"

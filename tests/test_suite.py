@@ -73,3 +73,50 @@ def test_tables_and_figures(summary):
     accs = [r.final("test_accuracy") for r in result.results if r.method == "mlrsnet"]
     assert float(mean) == pytest.approx(sum(accs) / 2, abs=1e-4)
     assert "| exploding |" in (out / "results.md").read_text()
+
+
+class _Raising:
+    """A policy that fails at its third step, the way a numerical rule or a bug would."""
+
+    def __init__(self, error: str):
+        self.error, self.steps = error, 0
+
+    def start(self, run):
+        pass
+
+    def lr(self, ctx):
+        self.steps += 1
+        if self.steps == 3:
+            raise FloatingPointError("rule: nan") if self.error == "nan" else KeyError("bug")
+        return 0.05
+
+    def end_epoch(self, epoch, metrics):
+        pass
+
+
+def test_a_failing_rule_or_a_bug_fails_one_run_only(tmp_path):
+    import types
+
+    from metalr import hookimpl
+    from metalr.plugins import Registry
+
+    @hookimpl
+    def register_lr_policies(register):
+        register("raising", _Raising)
+
+    registry = Registry(strict=False).load_entry_points()
+    registry.add_plugin(types.SimpleNamespace(register_lr_policies=register_lr_policies), "tests")
+    sgd = {"name": "sgd", "options": {"momentum": 0.9}}
+    recipe = Recipe.model_validate({
+        **SUITE, "train": {**SUITE["train"], "seeds": [0]}, "tracking": "none",
+        "output_dir": str(tmp_path), "methods": {
+            "nan": {"optimizer": sgd, "lr_policy": {"name": "raising", "options": {"error": "nan"}}},
+            "bug": {"optimizer": sgd, "lr_policy": {"name": "raising", "options": {"error": "bug"}}},
+            "fine": {"optimizer": sgd, "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}},
+        }})
+    result = Runner(recipe, registry=registry, progress=False).run()
+    status = {r.method: (r.status, r.error) for r in result.results}
+    assert status["fine"] == ("FINISHED", None)
+    assert status["nan"][0] == "FAILED" and "nan, seed 0: rule: nan (step 2)" in status["nan"][1]
+    assert status["bug"][0] == "FAILED" and "KeyError" in status["bug"][1]
+    assert "| nan |" in (result.output_dir / "results.md").read_text()
