@@ -61,10 +61,12 @@ def describe_shipped_nets() -> list[dict[str, Any]]:
 
 
 def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
-    """Files for a mix of file paths and shipped names, in order.
+    """Files for a mix of file paths, shipped names and MLflow artifacts, in order.
 
     A shipped name stands for all of its nets in meta-training order (its k phases). An
-    existing file wins over a shipped name of the same spelling.
+    existing file wins over a shipped name of the same spelling. ``runs:/<run id>/<path>``
+    (e.g. ``runs:/abc123/theta/theta-final.safetensors``) is downloaded from the tracking store
+    named by ``MLFLOW_TRACKING_URI`` into a temporary folder.
     """
     if isinstance(specs, (str, Path)):
         specs = [specs]
@@ -72,6 +74,9 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         raise ValueError("no nets given")
     shipped, files = shipped_nets(), []
     for spec in specs:
+        if str(spec).startswith("runs:/"):
+            files.append(_download(str(spec)))
+            continue
         path = Path(spec).expanduser()
         if path.is_file():
             files.append(path)
@@ -82,6 +87,17 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
                 f"{str(spec)!r} is neither a file nor a shipped net (shipped: "
                 f"{', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists them)")
     return files
+
+
+def _download(uri: str) -> Path:
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    try:
+        return Path(download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="metalr-")))
+    except Exception as exc:  # MLflow raises several types for a missing run or path
+        raise FileNotFoundError(f"{uri!r}: cannot download it from the tracking store: {exc}") from None
 
 
 def load_net(path: str | Path) -> nn.Module:

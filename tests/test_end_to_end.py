@@ -111,6 +111,10 @@ def test_run_tracks_everything_and_saved_theta_reproduces_lrs(run_dir, recorder,
     local = Path(client.download_artifacts(run_id, "theta/theta-final.safetensors", str(tmp)))
     net = load_meta_learner(local)
     assert float(net.gamma) == 0.5
+    from metalr.scheduler import resolve_nets  # an MLflow run as the source of a transfer
+
+    (via_run,) = resolve_nets(f"runs:/{run_id}/theta/theta-final.safetensors")
+    assert via_run.read_bytes() == local.read_bytes()
     test_recipe = dict(RECIPE, name="e2e-test", methods={"frozen": {
         "optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
         "lr_policy": {"name": "mlrsnet", "options": {"gamma": 0.5}},
