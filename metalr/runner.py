@@ -217,7 +217,9 @@ class Runner:
         run_id = None
 
         def save_theta(tag: str) -> None:
-            opts = {**options, **({"gamma": float(policy.gamma)} if hasattr(policy, "gamma") else {})}
+            opts = dict(options)
+            if opts.get("gamma") is None and hasattr(policy, "gamma"):  # resolved from the task
+                opts["gamma"] = float(policy.gamma)
             path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
                                      opts, policy, extra={"metalr.recipe": recipe.name})
             result.files[tag] = path
