@@ -1,0 +1,27 @@
+"""Every shipped recipe runs end to end at a tiny budget (`tox -e slow`, or `pytest -m slow`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metalr.recipe import load_recipe
+from metalr.runner import Runner
+
+pytestmark = pytest.mark.slow
+
+RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
+                 for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES)
+def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])
+    recipe = load_recipe(path, ["train.epochs=2", "train.seeds=[0]", "tuning.epochs=1",
+                                "tracking=none", f"output_dir={tmp_path}"])
+    summary = Runner(recipe, progress=False).run()
+    assert summary.results
+    for r in summary.results + summary.tuning:
+        # a method may diverge (that is a result); it may not crash (that is a bug)
+        assert r.status == "FINISHED" or "Error:" not in (r.error or ""), (r.label, r.error)
