@@ -1,4 +1,8 @@
-"""Figures of runs: the LR each method applied (paper Fig. 4) and the training curves."""
+"""Figures of runs: the LR each method applied (paper Fig. 4) and the training curves.
+
+Suites compare twenty-odd methods, so colours cycle through a 20-colour map with a second line
+style, and the legend sits outside the axes.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,38 @@ def _pyplot():
     return plt
 
 
+def _styles(n: int) -> list[dict]:
+    plt = _pyplot()
+    colours = plt.get_cmap("tab20" if n > 10 else "tab10").colors
+    return [{"color": colours[i % len(colours)], "ls": ("-", "--", ":")[i // len(colours) % 3]}
+            for i in range(n)]
+
+
+_LEGEND_COLUMN = 1.7  # inches per legend column
+
+
+def _columns(n: int) -> int:
+    return 0 if n <= 1 else 1 + (n - 1) // 18
+
+
+def _legend(fig, ax, n: int) -> float:
+    """Put the legend right of the axes; return the figure fraction left for the plots."""
+    cols = _columns(n)
+    if not cols:
+        return 0.98
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, ncol=cols, frameon=False)
+    return 1 - (0.1 + _LEGEND_COLUMN * cols) / fig.get_figwidth()
+
+
 def plot_lr(histories: Mapping[str, History], path: Path) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, h in histories.items():
-        ax.plot(range(1, len(h.lrs) + 1), h.lrs, label=name, lw=1)
+    n = len(histories)
+    fig, ax = plt.subplots(figsize=(6.5 + _LEGEND_COLUMN * _columns(n), 3.8))
+    for (name, h), style in zip(histories.items(), _styles(n)):
+        ax.plot(range(1, len(h.lrs) + 1), h.lrs, label=name, lw=1, **style)
     ax.set(xlabel="step", ylabel="learning rate", yscale="log", title="Applied learning rate")
-    ax.legend()
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.9)  # tight_layout costs ~0.3 s
+    right = _legend(fig, ax, n)
+    fig.subplots_adjust(left=0.1, right=right, bottom=0.14, top=0.9)  # tight_layout costs ~0.3 s
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -34,15 +62,18 @@ def plot_curves(histories: Mapping[str, History], path: Path, metric: str = "acc
     plt = _pyplot()
     panels = [("train_batch_loss", "training loss (batch mean)"), ("test_loss", "test loss"),
               (f"test_{metric}", f"test {metric}"), ("meta_loss", "meta-set loss")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    n = len(histories)
+    fig, axes = plt.subplots(1, 4, figsize=(16 + _LEGEND_COLUMN * _columns(n), 3.6))
     for ax, (key, title) in zip(axes, panels):
-        for name, h in histories.items():
+        for (name, h), style in zip(histories.items(), _styles(n)):
             points = [(e["epoch"], e[key]) for e in h.epochs if key in e]
             if points:
-                ax.plot(*zip(*points), label=name, marker=".", lw=1)
+                ax.plot(*zip(*points), label=name, lw=1, **style)
         ax.set(xlabel="epoch", title=title)
-    axes[0].legend()
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.25)
+        if key.endswith("loss"):
+            ax.set_yscale("log")
+    right = _legend(fig, axes[-1], n)
+    fig.subplots_adjust(left=0.04, right=right, bottom=0.14, top=0.9, wspace=0.25)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
