@@ -70,7 +70,10 @@ class RunSummary:
         return list(dict.fromkeys(r.method for r in self.results))
 
     def choose_tuned(self) -> dict[str, tuple[str, float]]:
-        """Per tuned method, the grid value with the best final *meta*-split metric."""
+        """Per tuned method, the grid value with the best final *meta*-split metric.
+
+        A method none of whose tuning runs finished is left out: it keeps the recipe's value.
+        """
         key = f"meta_{self.metric}"
         chosen: dict[str, tuple[str, float, float]] = {}
         for r in self.tuning:
@@ -80,9 +83,7 @@ class RunSummary:
             score = value if self.higher_is_better else -value
             if r.method not in chosen or score > chosen[r.method][2]:
                 chosen[r.method] = (r.tuned[0], r.tuned[1], score)
-        for r in self.tuning:  # nothing finished: fall back to the recipe's own value
-            chosen.setdefault(r.method, None)
-        return {m: (c[0], c[1]) for m, c in chosen.items() if c is not None}
+        return {m: (c[0], c[1]) for m, c in chosen.items()}
 
     def rows(self) -> list[dict[str, str]]:
         m = self.metric
