@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -62,16 +63,46 @@ class Method(_Strict):
 
 
 class TuningConfig(_Strict):
-    """The DeepOBS protocol: pick a value on the meta split with one seed, then rerun with all.
+    """The DeepOBS protocol over several seeds: each grid value runs with every tuning seed on the
+    meta split; values that diverged or ended at chance on any seed are rejected, the best mean of
+    the rest is kept (see :meth:`metalr.results.RunSummary.grid_points`), then all seeds rerun.
 
-    The choice is made on the meta (validation) split, never on the test split.
+    The choice is made on the meta (validation) split, never on the test split. One seed is not
+    enough: a large LR can win on one seed and diverge on the next.
     """
 
     grid: list[float] = Field(
         default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1
     )
-    seed: int | None = Field(None, description="unset: the first of train.seeds")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="unset: the first two of train.seeds, or [seed, seed + 1] "
+        "when there is one seed"
+    )
     epochs: int | None = Field(None, gt=0, description="unset: train.epochs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_alias(cls, data: Any) -> Any:
+        """``tuning.seed: s`` (deprecated) is ``tuning.seeds: [s]``."""
+        if not isinstance(data, dict) or "seed" not in data:
+            return data
+        data = dict(data)
+        seed = data.pop("seed")
+        if seed is None:
+            return data
+        if data.get("seeds") is not None:
+            raise ValueError("give tuning.seeds only (tuning.seed is its deprecated one-seed form)")
+        warnings.warn("tuning.seed is deprecated: write tuning.seeds: [seed] (tuning over one "
+                      "seed can choose a value that diverges on the others)", FutureWarning,
+                      stacklevel=2)
+        data["seeds"] = [seed]
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> TuningConfig:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"tuning.seeds {self.seeds} repeats a seed")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -116,6 +147,14 @@ class Recipe(_Strict):
         if isinstance(data, dict) and data.get("tracking") in ("none", None) and "tracking" in data:
             data = {**data, "tracking": None}
         return data
+
+    @model_validator(mode="after")
+    def _default_tuning_seeds(self) -> Recipe:
+        """Fill in tuning.seeds, so that the resolved recipe says which seeds tuning used."""
+        if self.tuning.seeds is None:
+            seeds = self.train.all_seeds
+            self.tuning.seeds = seeds[:2] if len(seeds) > 1 else [seeds[0], seeds[0] + 1]
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in: what is logged as the run's parameters."""

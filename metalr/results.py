@@ -1,6 +1,24 @@
 """Results of a recipe run and the tables made from them (Markdown and CSV).
 
 Statistics are over the seeds that finished; failed runs are counted and shown, never averaged.
+
+Tuning (the DeepOBS protocol over several seeds) is decided here too. A grid point is *rejected*
+when any of its tuning seeds
+
+- did not finish (it diverged: non-finite or exploding loss or LR, or the rule failed), or has no
+  finite final meta metric;
+- ended at chance, for classification tasks (``spec.kind == "classification"``, a metric where
+  higher is better): final meta metric <= 1 / num_outputs + ``CHANCE_MARGIN``. A net that
+  collapsed to one class scores that class's share of the meta split, about 1 / num_outputs;
+  the margin absorbs the class imbalance and sampling noise of a small meta split;
+- ended no better than at its first evaluation, for every other task (a language model's
+  perplexity, say, where no chance level is known from the task's spec): final meta metric not
+  strictly better than the first evaluated epoch's. It needs two evaluations (tuning.epochs of
+  at least 2 with eval_every 1); with one, only the divergence rule applies.
+
+Among the surviving points the best mean over the tuning seeds of the final meta metric wins;
+an exact tie goes to the better worst seed, then to the value listed first in the grid. When no
+point survives, the method keeps its recipe's value and the tables say so.
 """
 
 from __future__ import annotations
@@ -11,8 +29,25 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from metalr.engine import History
+
+CHANCE_MARGIN = 0.05
+"""Final meta accuracy up to 1 / num_outputs plus this counts as chance (see the module doc)."""
+
+
+def chance_level(task: Any) -> float | None:
+    """The headline metric of a model that learned nothing, where the task's spec tells it.
+
+    Classification with a higher-is-better metric (accuracy): 1 / num_outputs. Otherwise None,
+    and tuning falls back to "better than at the first evaluation".
+    """
+    spec = getattr(task, "spec", None)
+    if (spec is not None and spec.kind == "classification" and task.higher_is_better
+            and spec.num_outputs >= 2):
+        return 1.0 / spec.num_outputs
+    return None
 
 
 @dataclass
@@ -61,6 +96,7 @@ class RunSummary:
     results: list[MethodResult] = field(default_factory=list)
     tuning: list[MethodResult] = field(default_factory=list)
     run_id: str | None = None
+    chance: float | None = None  # the meta metric of a model that learned nothing, if known
 
     @property
     def ok(self) -> bool:
@@ -69,21 +105,69 @@ class RunSummary:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r.method for r in self.results))
 
-    def choose_tuned(self) -> dict[str, tuple[str, float]]:
-        """Per tuned method, the grid value with the best final *meta*-split metric.
+    def _rejection(self, run: MethodResult) -> str | None:
+        """Why one tuning run disqualifies its grid point (the rule is in the module doc)."""
+        m, key = self.metric, f"meta_{self.metric}"
+        if run.status != "FINISHED":
+            error = (run.error or "").removeprefix(f"{run.method}, seed {run.seed}: ")
+            return f"seed {run.seed} {run.status}" + (f" ({error})" if error else "")
+        value = run.final(key)
+        if value is None or not math.isfinite(value):
+            return f"seed {run.seed}: no finite meta {m}"
+        if self.chance is not None:
+            threshold = self.chance + CHANCE_MARGIN
+            if value <= threshold:
+                return f"seed {run.seed} at chance (meta {m} {value:.4f} <= {threshold:.4f})"
+            return None
+        evaluated = [e[key] for e in run.history.epochs if key in e]
+        if len(evaluated) >= 2:
+            first = evaluated[0]
+            better = value > first if self.higher_is_better else value < first
+            if not better:
+                return (f"seed {run.seed} no better than at its first evaluation "
+                        f"(meta {m} {first:.4g} -> {value:.4g})")
+        return None
 
-        A method none of whose tuning runs finished is left out: it keeps the recipe's value.
-        """
+    def grid_points(self) -> list[GridPoint]:
+        """Every tuned method's grid points in grid order, each rejected, kept or chosen."""
         key = f"meta_{self.metric}"
-        chosen: dict[str, tuple[str, float, float]] = {}
+        points: dict[tuple[str, float], GridPoint] = {}
         for r in self.tuning:
+            point = points.setdefault((r.method, r.tuned[1]),
+                                      GridPoint(r.method, r.tuned[0], r.tuned[1]))
+            point.runs.append(r)
+            reason = self._rejection(r)
+            if reason is not None:
+                point.rejected.append(reason)
             value = r.final(key) if r.status == "FINISHED" else None
-            if value is None or not math.isfinite(value):
+            point.scores.append(value if value is not None and math.isfinite(value) else None)
+        sign = 1.0 if self.higher_is_better else -1.0
+        best: dict[str, tuple[tuple[float, float], GridPoint]] = {}
+        for point in points.values():  # grid order: on a full tie the first listed stays
+            if point.rejected:
                 continue
-            score = value if self.higher_is_better else -value
-            if r.method not in chosen or score > chosen[r.method][2]:
-                chosen[r.method] = (r.tuned[0], r.tuned[1], score)
-        return {m: (c[0], c[1]) for m, c in chosen.items()}
+            rank = (sign * point.mean, min(sign * v for v in point.scores))
+            if point.method not in best or rank > best[point.method][0]:
+                best[point.method] = (rank, point)
+        for _, point in best.values():
+            point.chosen = True
+        return list(points.values())
+
+    def choose_tuned(self) -> dict[str, tuple[str, float]]:
+        """Per tuned method, the chosen grid value; a method with no surviving point is left out
+        (it keeps the recipe's value)."""
+        return {p.method: (p.option, p.value) for p in self.grid_points() if p.chosen}
+
+    def tuning_note(self, method: str) -> str:
+        """The `tuned` column: the chosen value and how many grid points were rejected."""
+        points = [p for p in self.grid_points() if p.method == method]
+        if not points:
+            return ""
+        rejected = sum(bool(p.rejected) for p in points)
+        chosen = [p for p in points if p.chosen]
+        if not chosen:
+            return f"recipe's {points[0].option} (all {len(points)} grid points rejected)"
+        return f"{chosen[0].option}={chosen[0].value:g} ({rejected} of {len(points)} rejected)"
 
     def rows(self) -> list[dict[str, str]]:
         m = self.metric
@@ -92,6 +176,7 @@ class RunSummary:
             runs = [r for r in self.results if r.method == method]
             done = [r for r in runs if r.status == "FINISHED"]
             tuned = runs[0].tuned
+            note = self.tuning_note(method) or (f"{tuned[0]}={tuned[1]:g}" if tuned else "")
             lrs = [r.history.lrs[-1] for r in done if r.history.lrs]
             rows.append({
                 "method": method,
@@ -101,7 +186,7 @@ class RunSummary:
                 "final LR": f"{statistics.fmean(lrs):.4g}" if lrs else "-",
                 "wall time per run (s)": (f"{statistics.fmean(r.history.wall_time for r in done):.1f}"
                                           if done else "-"),
-                "tuned": f"{tuned[0]}={tuned[1]:g}" if tuned else "",
+                "tuned": note,
                 "runs": f"{len(done)}/{len(runs)} finished" + (
                     "" if len(done) == len(runs) else " (FAILED: " + "; ".join(
                         r.error or r.status for r in runs if r.status != "FINISHED") + ")"),
@@ -109,22 +194,48 @@ class RunSummary:
         return rows
 
     def markdown(self) -> str:
-        rows = self.rows()
-        if not rows:
-            return "(no runs)"
-        head = list(rows[0])
-        lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-        lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
-        return "\n".join(lines)
+        return _markdown(self.rows()) or "(no runs)"
 
     def csv(self) -> str:
-        buffer = io.StringIO()
-        rows = self.rows()
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return buffer.getvalue()
+        return _csv(self.rows())
+
+    def tuning_rows(self) -> list[dict[str, str]]:
+        """One row per grid point: mean final meta metric over the tuning seeds, and status."""
+        m = self.metric
+        rows = []
+        for p in self.grid_points():
+            finite = [v for v in p.scores if v is not None]
+            rows.append({
+                "method": p.method,
+                "grid point": f"{p.option}={p.value:g}",
+                f"mean final meta {m}": f"{statistics.fmean(finite):.4f}" if finite else "-",
+                "per seed": ", ".join(
+                    f"seed {r.seed}: " + (f"{v:.4f}" if v is not None else r.status)
+                    for r, v in zip(p.runs, p.scores)),
+                "status": ("chosen" if p.chosen else "rejected: " + "; ".join(p.rejected)
+                           if p.rejected else "kept"),
+            })
+        return rows
+
+    def tuning_markdown(self) -> str:
+        """The tuning table under a heading, or "" when no method was tuned."""
+        rows = self.tuning_rows()
+        if not rows:
+            return ""
+        seeds = sorted({r.seed for r in self.tuning})
+        return (f"### Tuning on the meta split (seeds {', '.join(map(str, seeds))})\n\n"
+                f"A grid point is rejected when a seed diverged or {self._rule()}; among the "
+                "rest the best mean wins.\n\n"
+                + _markdown(rows))
+
+    def tuning_csv(self) -> str:
+        return _csv(self.tuning_rows())
+
+    def _rule(self) -> str:
+        if self.chance is not None:
+            return (f"ended at chance (final meta {self.metric} <= "
+                    f"{self.chance + CHANCE_MARGIN:.4g})")
+        return f"ended with a meta {self.metric} no better than at its first evaluation"
 
     def mean_histories(self) -> dict[str, History]:
         """Per method, the epoch metrics averaged over its finished seeds (for the curves)."""
@@ -140,3 +251,41 @@ class RunSummary:
                 epochs.append({k: statistics.fmean(r[k] for r in rows) for k in keys})
             out[method] = History(lrs=done[0].lrs, epochs=epochs)
         return out
+
+
+@dataclass
+class GridPoint:
+    """One value of a tuned option, run with every tuning seed."""
+
+    method: str
+    option: str
+    value: float
+    runs: list[MethodResult] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)  # final meta metric, per run
+    rejected: list[str] = field(default_factory=list)  # why, per offending seed
+    chosen: bool = False
+
+    @property
+    def mean(self) -> float:
+        """Mean final meta metric over the seeds (nan when one is missing: a rejected point)."""
+        if not self.scores or any(v is None for v in self.scores):
+            return math.nan
+        return statistics.fmean(self.scores)
+
+
+def _markdown(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()

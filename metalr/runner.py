@@ -1,8 +1,9 @@
 """Runs a validated recipe: every method and seed side by side, one parent run, one child per run.
 
-Methods with ``tune:`` first get their option chosen on the meta split with one seed (the
-DeepOBS protocol), then every method runs with every seed. For a given seed all methods see the
-same data split, shuffling and initial weights. A run that diverges is marked FAILED and the
+Methods with ``tune:`` first get their option chosen on the meta split (the DeepOBS protocol,
+run with every tuning seed; a value that diverged or ended at chance on any seed is rejected, see
+:mod:`metalr.results`), then every method runs with every seed. For a given seed all methods see
+the same data split, shuffling and initial weights. A run that diverges is marked FAILED and the
 others go on; an interrupt marks the runs KILLED. Nothing is left RUNNING.
 """
 
@@ -26,7 +27,7 @@ from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
-from metalr.results import MethodResult, RunSummary
+from metalr.results import MethodResult, RunSummary, chance_level
 from metalr.weights import read_meta_learner, save_meta_learner
 
 
@@ -43,7 +44,7 @@ class Job:
     @property
     def label(self) -> str:
         if self.tuning:
-            return f"{self.method}/tune {self.tuned[0]}={self.tuned[1]:g}"
+            return f"{self.method}/tune {self.tuned[0]}={self.tuned[1]:g}/seed{self.seed}"
         return f"{self.method}/seed{self.seed}"
 
     @property
@@ -102,15 +103,16 @@ class Runner:
         out = new_output_dir(recipe.output_dir, recipe.name)
         (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
         seeds = recipe.train.all_seeds
-        tune_seed = recipe.tuning.seed if recipe.tuning.seed is not None else seeds[0]
         tune_epochs = recipe.tuning.epochs or recipe.train.epochs
-        tuning_jobs = [Job(name, tune_seed, tune_epochs, (m.tune, v), tuning=True)
+        tuning_jobs = [Job(name, seed, tune_epochs, (m.tune, v), tuning=True)
                        for name, m in recipe.methods.items() if m.tune
-                       for v in (m.tune_grid or recipe.tuning.grid)]
+                       for v in (m.tune_grid or recipe.tuning.grid)
+                       for seed in recipe.tuning.seeds]
         final_count = len(recipe.methods) * len(seeds)
         total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
         summary = RunSummary(recipe.name, out, self.task(seeds[0]).metric,
-                             self.task(seeds[0]).higher_is_better)
+                             self.task(seeds[0]).higher_is_better,
+                             chance=chance_level(self.task(seeds[0])))
         try:
             with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None) as parent, \
                     tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
@@ -139,8 +141,12 @@ class Runner:
             if r.history is not None and r.method not in first:
                 first[r.method] = r.history
         paths = [out / "results.md", out / "results.csv"]
-        paths[0].write_text(summary.markdown() + "\n")
+        tuning = summary.tuning_markdown()
+        paths[0].write_text(summary.markdown() + "\n" + (f"\n{tuning}\n" if tuning else ""))
         paths[1].write_text(summary.csv())
+        if summary.tuning:
+            paths.append(out / "tuning.csv")
+            paths[-1].write_text(summary.tuning_csv())
         if first:
             paths.append(plot_lr(first, out / "lr.png"))
             paths.append(plot_curves(summary.mean_histories(), out / "curves.png", summary.metric))

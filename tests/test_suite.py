@@ -15,7 +15,7 @@ SUITE = {
     "task": {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}},
     "model": {"name": "mlp", "options": {"hidden": [32]}},
     "train": {"epochs": 2, "seeds": [0, 1], "batch_size": 64, "device": "cpu"},
-    "tuning": {"grid": [0.001, 0.1], "epochs": 2},
+    "tuning": {"grid": [0.001, 0.1], "epochs": 4},  # 0.001 learns nothing in 4 epochs: rejected
     "methods": {
         "sgd-tuned": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
                       "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}, "tune": "lr"},
@@ -38,9 +38,12 @@ def summary(tmp_path_factory):
 
 def test_tuning_chooses_on_the_meta_split(summary):
     result, _ = summary
-    tuning = {r.tuned[1]: r.final("meta_accuracy") for r in result.tuning}
-    assert set(tuning) == {0.001, 0.1}
-    best = max(tuning, key=tuning.get)
+    # every grid value ran with both tuning seeds (the first two of train.seeds)
+    assert sorted((r.tuned[1], r.seed) for r in result.tuning) == [
+        (0.001, 0), (0.001, 1), (0.1, 0), (0.1, 1)]
+    mean = {v: sum(r.final("meta_accuracy") for r in result.tuning if r.tuned[1] == v) / 2
+            for v in (0.001, 0.1)}
+    best = max(mean, key=mean.get)
     tuned_runs = [r for r in result.results if r.method == "sgd-tuned"]
     assert [r.seed for r in tuned_runs] == [0, 1]
     assert all(r.tuned == ("lr", best) for r in tuned_runs)
@@ -57,7 +60,7 @@ def test_diverging_method_fails_and_the_rest_goes_on(summary):
     exp = client.get_experiment_by_name("suite")
     runs = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
     assert runs["exploding/seed0"] == "FAILED" and runs["mlrsnet/seed1"] == "FINISHED"
-    assert runs["sgd-tuned/tune lr=0.1"] == "FINISHED" and runs["suite"] == "FINISHED"
+    assert runs["sgd-tuned/tune lr=0.1/seed1"] == "FINISHED" and runs["suite"] == "FINISHED"
 
 
 def test_tables_and_figures(summary):
@@ -68,7 +71,10 @@ def test_tables_and_figures(summary):
     rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert set(rows) == {"sgd-tuned", "exploding", "mlrsnet"}
     assert rows["exploding"]["runs"].startswith("0/2 finished (FAILED")
-    assert rows["sgd-tuned"]["tuned"].startswith("lr=")
+    assert rows["sgd-tuned"]["tuned"] == "lr=0.1 (1 of 2 rejected)"
+    text = (out / "results.md").read_text()
+    assert "### Tuning on the meta split (seeds 0, 1)" in text
+    assert "| sgd-tuned | lr=0.1 |" in text and (out / "tuning.csv").is_file()
     mean, std = rows["mlrsnet"]["final test accuracy"].split(" ± ")
     accs = [r.final("test_accuracy") for r in result.results if r.method == "mlrsnet"]
     assert float(mean) == pytest.approx(sum(accs) / 2, abs=1e-4)
