@@ -129,10 +129,17 @@ class MetaLearner(LRPolicy, Protocol):
 
 @runtime_checkable
 class Tracker(Protocol):
-    """Where parameters, metrics and artifacts of runs go."""
+    """Where parameters, metrics and artifacts of runs go.
+
+    ``tags`` of :meth:`start_run` are string labels of the run that are not recipe parameters:
+    the provenance of :mod:`metalr.provenance` (device, threads, CPU capability, versions, git
+    commit). A tracker whose ``start_run`` has no ``tags`` argument still works; its runs go
+    without them (``provenance.json`` in the output folder has them all the same).
+    """
 
     def start_run(
-        self, experiment: str, name: str, params: Mapping[str, Any], parent: str | None = None
+        self, experiment: str, name: str, params: Mapping[str, Any], parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> str: ...
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None: ...

@@ -9,6 +9,7 @@ others go on; an interrupt marks the runs KILLED. Nothing is left RUNNING.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import traceback
@@ -22,6 +23,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from metalr import provenance
 from metalr.engine import Engine, EngineConfig, History, TrainingDiverged, is_meta_learned
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
@@ -63,6 +65,15 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def start_run(tracker: Tracker, experiment: str, name: str, params: Mapping[str, Any],
+              parent: str | None, tags: Mapping[str, str]) -> str:
+    """``tracker.start_run`` with tags, or without them for a tracker that takes none."""
+    args = inspect.signature(tracker.start_run).parameters
+    if "tags" in args or any(a.kind is a.VAR_KEYWORD for a in args.values()):
+        return tracker.start_run(experiment, name, params, parent, tags=tags)
+    return tracker.start_run(experiment, name, params, parent)
+
+
 def new_output_dir(root: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
@@ -82,6 +93,7 @@ class Runner:
         self.progress = progress
         self.device = resolve_device(recipe.train.device)
         self._tasks: dict[int, Task] = {}
+        self.provenance: dict[str, str] = {}
 
     def task(self, seed: int) -> Task:
         """The task set up for a seed (the split depends on it), built once per seed."""
@@ -96,12 +108,14 @@ class Runner:
         recipe, reg = self.recipe, self.registry
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
+        self.provenance = provenance.collect(self.device)
         tracker: Tracker | None = (
             reg.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
             if recipe.tracking is not None else None
         )
         out = new_output_dir(recipe.output_dir, recipe.name)
         (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+        (out / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
         seeds = recipe.train.all_seeds
         tune_epochs = recipe.tuning.epochs or recipe.train.epochs
         tuning_jobs = [Job(name, seed, tune_epochs, (m.tune, v), tuning=True)
@@ -120,6 +134,7 @@ class Runner:
                 summary.run_id = parent
                 if tracker is not None:
                     tracker.log_artifact(parent, str(out / "recipe.yaml"))
+                    tracker.log_artifact(parent, str(out / "provenance.json"))
                 for job in tuning_jobs:
                     summary.tuning.append(self._run_job(job, tracker, parent, out, bar))
                 chosen = summary.choose_tuned()
@@ -169,7 +184,7 @@ class Runner:
         if tracker is None:
             yield None
             return
-        run_id = tracker.start_run(self.recipe.name, name, params, parent)
+        run_id = start_run(tracker, self.recipe.name, name, params, parent, self.provenance)
         status: RunStatus = "FAILED"
         try:
             yield run_id

@@ -154,8 +154,18 @@ def check_optimizer(component: Component, options: dict[str, Any]) -> None:
 
 
 def check_tracker(component: Component, options: dict[str, Any]) -> None:
+    """A parent and a child run, with params, tags (provenance), a metric and a status."""
+    import inspect
+
     tracker = component.build(**options)
-    run = tracker.start_run("metalr-conformance", "check", {"a": 1})
-    tracker.log_metrics(run, {"x": 1.0}, 0)
-    tracker.end_run(run, "FINISHED")
+    params = inspect.signature(tracker.start_run).parameters
+    assert "tags" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()), (
+        f"{component.name}: start_run must take tags= (the run's provenance)")
+    tags = {"metalr.device": "cpu", "metalr.torch_threads": "1"}
+    parent = tracker.start_run("metalr-conformance", "check", {"a": 1}, tags=tags)
+    assert isinstance(parent, str) and parent, f"{component.name}: start_run must return a run id"
+    child = tracker.start_run("metalr-conformance", "check/child", {"b": 2}, parent, tags=tags)
+    tracker.log_metrics(child, {"x": 1.0}, 0)
+    tracker.end_run(child, "FINISHED")
+    tracker.end_run(parent, "FINISHED")
     tracker.close()

@@ -47,14 +47,16 @@ class MLflowTracker:
         self._worker.start()
 
     def start_run(self, experiment: str, name: str, params: Mapping[str, Any],
-                  parent: str | None = None) -> str:
+                  parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         from mlflow.entities import Param
 
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
             experiment, artifact_location=self._artifact_location(experiment))
-        tags = {"mlflow.parentRunId": parent} if parent else {}
-        run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        run_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        run_id = self.client.create_run(exp_id, run_name=name, tags=run_tags).info.run_id
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_CHUNK):
             self.client.log_batch(run_id, params=items[i : i + _PARAMS_CHUNK])

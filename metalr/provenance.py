@@ -1,0 +1,78 @@
+"""What a run needs to be reproduced, beyond its recipe: the machine-side settings.
+
+A seeded run repeats exactly on one machine with the same torch, thread count and CPU kernels,
+but the same seed gives different numbers when those change: torch picks its CPU kernels by ISA
+(``ATEN_CPU_CAPABILITY``: default, avx2, avx512, ...) and sums in a different order with another
+thread count (docs/design.md, "Determinism"). These tags go on every tracked run and into
+``provenance.json`` beside the run's ``recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+_GIT_TIMEOUT = 1.0  # seconds per git call; normally a few milliseconds in all
+
+
+def collect(device: torch.device) -> dict[str, str]:
+    """The tags of a run on ``device``, as strings (call it after the thread count is set)."""
+    import metalr  # here, not at the top: metalr/__init__ is still importing when we are
+
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    tags = {
+        "metalr.device": str(device),
+        "metalr.torch_threads": str(torch.get_num_threads()),
+        "metalr.cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "metalr.torch_version": torch.__version__,
+        "metalr.python_version": platform.python_version(),
+        "metalr.version": metalr.__version__,
+        "metalr.platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        tags["metalr.gpu"] = torch.cuda.get_device_name(device)
+        tags["metalr.cuda_version"] = str(torch.version.cuda)
+    tags.update(git_state())
+    return tags
+
+
+def git_state(source: Path | None = None) -> dict[str, str]:
+    """``metalr.git_commit`` and ``metalr.git_dirty`` when metalr runs from a git checkout.
+
+    Empty when git is missing, slow or refuses, or when the package is not tracked by the
+    repository around it (an installed copy in a virtualenv inside some project's checkout).
+    Dirty means tracked files differ from the commit; untracked files are not looked at. Two git
+    calls, run side by side: a few milliseconds.
+    """
+    source = source or Path(__file__).resolve().parent
+    calls = {"tracked": ["ls-files", "--error-unmatch", "--", "__init__.py"],
+             "status": ["status", "--porcelain=v2", "--branch", "--untracked-files=no"]}
+    procs: dict[str, subprocess.Popen] = {}
+    out: dict[str, str | None] = {}
+    try:
+        for key, args in calls.items():
+            procs[key] = subprocess.Popen(
+                ["git", "--no-optional-locks", "-C", str(source), *args], text=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for key, proc in procs.items():
+            stdout, _ = proc.communicate(timeout=_GIT_TIMEOUT)
+            out[key] = stdout if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if out.get("tracked") is None or out.get("status") is None:
+        return {}
+    lines = out["status"].splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if commit is None or commit == "(initial)":
+        return {}
+    dirty = any(not line.startswith("#") for line in lines if line.strip())
+    return {"metalr.git_commit": commit, "metalr.git_dirty": "true" if dirty else "false"}
