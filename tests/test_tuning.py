@@ -24,7 +24,8 @@ from metalr.runner import Runner
 def tuning_run(value: float, seed: int, meta: list[float], status: str = "FINISHED",
                method: str = "m", metric: str = "accuracy") -> MethodResult:
     history = History(epochs=[{"epoch": i + 1, f"meta_{metric}": v} for i, v in enumerate(meta)])
-    error = None if status == "FINISHED" else f"{method}, seed {seed}: training loss 1e+04 at step 9"
+    error = None if status == "FINISHED" else (
+        f"{method}, seed {seed}: training loss 1e+04 at step 9")
     return MethodResult(method, seed, status, label=f"{method}/tune lr={value:g}/seed{seed}",
                         history=history, error=error, tuned=("lr", value), tuning=True)
 
@@ -172,7 +173,8 @@ def test_a_value_that_collapses_on_one_seed_is_not_chosen(tmp_path, one_thread):
     assert final["sgdm"].tuned == ("lr", 0.01) and set(final["sgdm"].history.lrs) == {0.01}
     assert final["hopeless"].tuned is None and set(final["hopeless"].history.lrs) == {0.05}
 
-    rows = {row["method"]: row for row in csv.DictReader((result.output_dir / "results.csv").open())}
+    out = result.output_dir
+    rows = {row["method"]: row for row in csv.DictReader((out / "results.csv").open())}
     assert rows["sgdm"]["tuned"] in ("lr=0.01 (1 of 3 rejected)", "lr=0.01 (2 of 3 rejected)")
     assert rows["hopeless"]["tuned"] == "recipe's lr (all 2 grid points rejected)"
     text = (result.output_dir / "results.md").read_text()
