@@ -79,7 +79,8 @@ def test_git_state_of_a_checkout_a_folder_and_no_git(tmp_path, monkeypatch):
     assert provenance.git_state(package) == {}  # inside a checkout but not tracked by it
     subprocess.run([*git, "add", "pkg"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = head.strip()
     assert provenance.git_state(package) == {"metalr.git_commit": head, "metalr.git_dirty": "false"}
     (package / "__init__.py").write_text("x = 2\n")
     assert provenance.git_state(package)["metalr.git_dirty"] == "true"
@@ -155,6 +156,7 @@ def test_a_tracker_without_tags_still_works_but_fails_conformance(tmp_path):
     summary = Runner(recipe, registry=registry, progress=False).run()
     assert summary.ok and [name for name, _ in made[0].runs] == [
         "prov", "fixed/tune lr=0.05/seed0", "fixed/seed0"]
-    assert json.loads((summary.output_dir / "provenance.json").read_text())["metalr.device"] == "cpu"
+    written = json.loads((summary.output_dir / "provenance.json").read_text())
+    assert written["metalr.device"] == "cpu"
     with pytest.raises(AssertionError, match="start_run must take tags"):
         check_tracker(registry.get("tracker", "tagless"), {})
