@@ -18,6 +18,8 @@ from higher.optim import DifferentiableOptimizer, register_optim
 class TorchAdam(DifferentiableOptimizer):
     """``torch.optim.Adam`` (no amsgrad, no maximize) as a differentiable step."""
 
+    decoupled = False  # AdamW: weight decay shrinks the weights instead of joining the gradient
+
     def _update(self, grouped_grads, **kwargs) -> None:
         for group_idx, (group, grads) in enumerate(zip(self.param_groups, grouped_grads)):
             if group.get("amsgrad") or group.get("maximize"):
@@ -32,7 +34,10 @@ class TorchAdam(DifferentiableOptimizer):
                 # torch keeps the step count in a tensor but does this arithmetic in Python floats
                 step = state["step"] = float(state["step"]) + 1
                 if group["weight_decay"] != 0:
-                    g = g + group["weight_decay"] * p
+                    if self.decoupled:
+                        p = p * (1 - group["lr"] * group["weight_decay"])
+                    else:
+                        g = g + group["weight_decay"] * p
                 m = state["exp_avg"] = state["exp_avg"] * beta1 + (1 - beta1) * g
                 v = state["exp_avg_sq"] = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
                 bias1 = 1 - beta1**step
@@ -42,4 +47,11 @@ class TorchAdam(DifferentiableOptimizer):
                 group["params"][p_idx] = p - (group["lr"] / bias1) * m / denom
 
 
+class TorchAdamW(TorchAdam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay, ``w *= 1 - lr * wd`` first."""
+
+    decoupled = True
+
+
 register_optim(torch.optim.Adam, TorchAdam)
+register_optim(torch.optim.AdamW, TorchAdamW)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
+from metalr.probe import ProbeResult, probe_lr
 from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
 
 
@@ -64,6 +65,8 @@ class History:
     losses: list[float] = field(default_factory=list)
     epochs: list[dict[str, float]] = field(default_factory=list)
     wall_time: float = 0.0
+    probe: ProbeResult | None = None  # the LR probe, when the policy asked for one
+    t_val: int | None = None  # steps between meta-updates, when meta-training
 
 
 def is_meta_learned(policy: Any) -> bool:
@@ -86,11 +89,13 @@ class Engine:
             policy.frozen = not config.meta_train
         self.meta_optimizer = (
             torch.optim.Adam(
-                policy.meta_parameters(), lr=config.meta_lr, weight_decay=config.meta_weight_decay
+                list(policy.meta_parameters()), lr=config.meta_lr,
+                weight_decay=config.meta_weight_decay,
             )
             if self.meta_learning
             else None
         )
+        self.probe_result: ProbeResult | None = None
         self._fmodel: Any = None
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -126,7 +131,7 @@ class Engine:
             w_hat = diffopt.step(surrogate, params=w, override={"lr": [policy.virtual_lr(ctx)]})
             # Meta loss at the virtual weights and its gradient w.r.t. theta (Eq. 9).
             meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)
-            theta = list(policy.meta_parameters())
+            theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
             for p, g in zip(theta, torch.autograd.grad(meta_loss, theta)):
                 p.grad = g
             self.meta_optimizer.step()
@@ -164,6 +169,17 @@ class Engine:
         loss = self.task.loss(self.model, batch)
         return list(torch.autograd.grad(loss, self.params))
 
+    def _probe(self, total_steps: int, steps_per_epoch: int) -> ProbeResult:
+        """The run's best fixed LR from a short probe (:mod:`metalr.probe`), measured once."""
+        if self.probe_result is None:
+            cfg = self.cfg
+            self.probe_result = probe_lr(
+                self.task, self.model, self.optimizer, total_steps=total_steps,
+                steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
+                meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
+                clip_grad_norm=cfg.clip_grad_norm)
+        return self.probe_result
+
     def evaluate(self) -> dict[str, float]:
         """Metrics of every split, with schedule-free optimizers switched to their eval weights."""
         swap = callable(getattr(self.optimizer, "eval", None))
@@ -185,12 +201,18 @@ class Engine:
         """Train for ``cfg.epochs`` epochs; ``on_epoch(epoch, metrics, history)`` after each."""
         cfg, task = self.cfg, self.task
         steps_per_epoch = task.num_train_batches(cfg.batch_size)
-        t_val = cfg.t_val or max(1, steps_per_epoch // 2)
-        self.policy.start(RunInfo(cfg.epochs, steps_per_epoch, self.optimizer, cfg.device,
-                                  cfg.seed, task))
-        generator = torch.Generator().manual_seed(cfg.seed)
         history, step = History(), 0
         start = time.perf_counter()
+        run = RunInfo(cfg.epochs, steps_per_epoch, self.optimizer, cfg.device, cfg.seed, task,
+                      probe=functools.partial(self._probe, cfg.epochs * steps_per_epoch,
+                                              steps_per_epoch))
+        self.policy.start(run)
+        if self.probe_result is not None:
+            history.probe = self.probe_result
+        t_val = cfg.t_val or (self.policy.meta_period(run) if self.meta_learning
+                              else max(1, steps_per_epoch // 2))
+        history.t_val = t_val if self.meta_learning else None
+        generator = torch.Generator().manual_seed(cfg.seed)
         for epoch in range(cfg.epochs):
             self.model.train()
             if callable(getattr(self.optimizer, "train", None)):
@@ -198,7 +220,7 @@ class Engine:
             losses, meta_losses = [], []
             for batch in task.train_batches(cfg.batch_size, generator):
                 meta_batch = None
-                if self.meta_learning and step % t_val == 0:
+                if self.meta_learning and step % t_val == 0 and self.policy.meta_active(step):
                     meta_batch = task.meta_batch(cfg.meta_batch_size, self.meta_generator)
                 try:
                     result = self.step(batch, meta_batch, step, epoch)

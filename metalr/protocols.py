@@ -38,6 +38,13 @@ class RunInfo:
     device: torch.device
     seed: int
     task: Task
+    probe: Callable[[], Any] | None = None
+    """Measures the run's best fixed LR (:func:`metalr.probe.probe_lr`) on first call, then
+    returns the same :class:`metalr.probe.ProbeResult`; None where no probe is possible."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 @dataclass
@@ -113,14 +120,23 @@ class MetaLearner(LRPolicy, Protocol):
     using :meth:`virtual_lr`. ``"self"``: the learner trains itself from what it sees in
     :meth:`lr` and :meth:`end_epoch` (an RL controller, say); the engine only saves it.
     ``frozen`` is set by the engine in meta-test mode.
+
+    ``meta_parameters`` yields tensors or torch param-group dicts (a group may carry its own
+    ``lr`` and ``weight_decay`` for the meta optimizer). ``meta_period`` is the number of steps
+    between meta-updates when the recipe leaves ``meta.t_val`` unset, and ``meta_active(step)``
+    says whether theta is meta-updated at a step at all (e.g. not during a cool-down).
     """
 
     learns_by: Literal["hypergradient", "self"]
     frozen: bool
 
-    def meta_parameters(self) -> Iterable[nn.Parameter]: ...
+    def meta_parameters(self) -> Iterable[nn.Parameter | dict[str, Any]]: ...
 
     def virtual_lr(self, ctx: StepContext) -> torch.Tensor: ...
+
+    def meta_period(self, run: RunInfo) -> int: ...
+
+    def meta_active(self, step: int) -> bool: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 

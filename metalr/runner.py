@@ -30,7 +30,7 @@ from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
 from metalr.results import MethodResult, RunSummary, chance_level
-from metalr.weights import read_meta_learner, save_meta_learner
+from metalr.weights import load_meta_learner, save_meta_learner
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class Runner:
             options[job.tuned[0]] = job.tuned[1]
         policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
         if is_meta_learned(policy) and method.meta.weights:
-            policy.load_state_dict(read_meta_learner(method.meta.weights)[2])
+            load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
         return model, optimizer, policy, options
 
     def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
@@ -238,11 +238,8 @@ class Runner:
         run_id = None
 
         def save_theta(tag: str) -> None:
-            opts = dict(options)
-            if opts.get("gamma") is None and hasattr(policy, "gamma"):  # resolved from the task
-                opts["gamma"] = float(policy.gamma)
             path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
-                                     opts, policy, extra={"metalr.recipe": recipe.name})
+                                     policy, extra={"metalr.recipe": recipe.name})
             result.files[tag] = path
             if tracker is not None:
                 tracker.log_artifact(run_id, str(path), "theta")
@@ -286,9 +283,20 @@ class Runner:
     @staticmethod
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,
                       run_id: str | None, label: str) -> None:
+        probe = history.probe
         (folder / "history.json").write_text(json.dumps(
             {"lrs": history.lrs, "losses": history.losses, "epochs": history.epochs,
-             "wall_time": history.wall_time}))
+             "wall_time": history.wall_time, "t_val": history.t_val,
+             "probe": None if probe is None else {
+                 "lr": probe.lr, "best": probe.best, "initial_loss": probe.initial_loss,
+                 "steps_per_point": probe.steps_per_point, "at_edge": probe.at_edge,
+                 "losses": {f"{k:.6g}": v for k, v in probe.losses.items()}}}))
+        if tracker is not None:
+            setup = {"probe_lr": probe.lr} if probe is not None else {}
+            if history.t_val is not None:
+                setup["meta_t_val"] = history.t_val
+            if setup:
+                tracker.log_metrics(run_id, setup, 0)
         files = [plot_lr({label: history}, folder / "lr.png"),
                  plot_curves({label: history}, folder / "curves.png", metric)]
         if tracker is not None:

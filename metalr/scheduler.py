@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metalr.weights import WeightsError, read_meta_learner
+from metalr.weights import load_meta_learner, read_meta_learner
 
 NETS_DIR = Path(__file__).parent / "nets"
 """Nets shipped inside the package: ``nets/<name>/*.safetensors`` plus a ``card.md``; the file
@@ -54,8 +54,9 @@ def describe_shipped_nets() -> list[dict[str, Any]]:
         card = NETS_DIR / name / "card.md"
         lines = card.read_text().splitlines() if card.is_file() else []
         summary = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")), "")
+        gamma = tensors["log_gamma"].exp() if "log_gamma" in tensors else tensors["gamma"]
         out.append({"name": name, "files": [f.name for f in files], "policy": policy,
-                    "options": options, "gamma": float(tensors["gamma"]),
+                    "options": options, "gamma": float(gamma),
                     "summary": summary, "card": str(card)})
     return out
 
@@ -100,23 +101,9 @@ def _download(uri: str) -> Path:
         raise FileNotFoundError(f"{uri!r}: cannot download it from the tracking store: {exc}") from None
 
 
-def load_net(path: str | Path) -> nn.Module:
-    """Rebuild one saved loss-to-LR net through the registry, frozen; safetensors only."""
-    from metalr.plugins import get_registry
-
-    name, options, tensors, _ = read_meta_learner(path)  # refuses anything but safetensors
-    net = get_registry().get("lr_policy", name).build(**options)
-    if not (isinstance(net, nn.Module) and callable(getattr(net, "initial_state", None))
-            and isinstance(getattr(net, "gamma", None), torch.Tensor)):
-        raise WeightsError(f"{path}: policy {name!r} is not a loss-to-LR net (like 'mlrsnet'): "
-                           "it cannot be used as a transferred schedule")
-    net.load_state_dict(tensors)
-    net.requires_grad_(False)  # theta* is fixed at meta-test (Eq. 12)
-    return net
-
-
 def load_nets(specs: NetSpec | Sequence[NetSpec]) -> list[nn.Module]:
-    return [load_net(path) for path in resolve_nets(specs)]
+    """Frozen loss-to-LR nets for files, shipped names or MLflow artifacts (safetensors only)."""
+    return [load_meta_learner(path, frozen=True) for path in resolve_nets(specs)]
 
 
 def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
@@ -222,7 +209,20 @@ class PhasedNets:
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         for net in self.nets:
-            net.gamma.fill_(float(gamma))
+            net.set_gamma(float(gamma))
+
+    @property
+    def ref_lr(self) -> float:
+        """The LR the first net's scale was calibrated to (its meta-training run's probe)."""
+        return float(self.nets[0].ref_lr)
+
+    def rescale_to(self, lr: float) -> None:
+        """Scale every net by ``lr / ref_lr``: the schedule relative to its start carries over."""
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        factor = lr / self.ref_lr
+        for net in self.nets:
+            net.rescale(factor)
 
     def start(self, total_steps: int, device: torch.device | str = "cpu") -> None:
         """Begin a run of ``total_steps`` steps: zero state, phase 0."""
@@ -240,26 +240,28 @@ class PhasedNets:
     def lr(self, loss_input: torch.Tensor | float) -> float:
         """The LR of this step from this step's (normalised) loss; advances the state once."""
         net = self.nets[self.phase]
-        x = torch.as_tensor(loss_input).detach().to(device=net.gamma.device, dtype=net.gamma.dtype)
+        x = torch.as_tensor(loss_input).detach().to(device=net.ref_lr.device, dtype=net.ref_lr.dtype)
         with torch.no_grad():
             lr, self.state = net(x, self.state)
+        factor = net.envelope(self.step, self.total_steps)
         self.step += 1
-        return float(lr)
+        return float(lr) * factor
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers: loadable with ``torch.load(weights_only=True)``."""
         return {"step": self.step, "total_steps": self.total_steps, "k": self.k,
                 "state": _map_state(self.state, lambda t: t.detach().cpu().clone()),
-                "gamma": [float(n.gamma) for n in self.nets]}
+                "gamma": [float(n.gamma) for n in self.nets],
+                "ref_lr": [float(n.ref_lr) for n in self.nets]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["k"]) != self.k:
             raise ValueError(f"state is for {state['k']} nets, this schedule has {self.k}")
-        device = self.nets[0].gamma.device
+        device = self.nets[0].ref_lr.device
         self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
         self.state = _map_state(state["state"], lambda t: t.to(device))
-        for net, gamma in zip(self.nets, state["gamma"]):
-            net.gamma.fill_(float(gamma))
+        for net, gamma, ref in zip(self.nets, state["gamma"], state.get("ref_lr", [None] * self.k)):
+            net.set_gamma(float(gamma), ref_lr=ref)
 
 
 # -- the scheduler ------------------------------------------------------------------------------
@@ -286,20 +288,28 @@ class LearnedLR:
     ``floor(t * k / total_steps)``; steps past ``total_steps`` keep the last net. The LSTM state
     carries over from one net into the next (see :class:`PhasedNets`).
 
-    ``gamma`` overrides the LR scale saved with the nets (the net's output lies in
-    ``[0, gamma]``); ``loss_scale`` divides the loss before the net sees it and must match
+    ``lr`` rescales the nets so that their schedule starts from it: each net's scale is
+    multiplied by ``lr / ref_lr``, where ``ref_lr`` is the LR the nets were calibrated to in
+    meta-training (the shape of the schedule transfers, the absolute LR comes from your run).
+    Unset, the nets keep the absolute scale they were meta-trained with, which suits only a
+    model and optimizer like theirs (their model card says which). ``gamma`` instead sets the
+    upper bound of every net's output directly. ``loss_scale`` divides the loss before the net sees it and must match
     meta-training (1 for classification, ln(vocabulary) for language models). The nets run on
     ``device`` (default CPU: they are tiny; the loss is copied there, one scalar per step).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, nets: Sequence[nn.Module],
-                 total_steps: int, *, gamma: float | None = None, loss_scale: float = 1.0,
-                 device: torch.device | str = "cpu"):
+                 total_steps: int, *, lr: float | None = None, gamma: float | None = None,
+                 loss_scale: float = 1.0, device: torch.device | str = "cpu"):
         if not loss_scale > 0:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        if lr is not None and gamma is not None:
+            raise ValueError("give lr (where the schedule starts) or gamma (its bound), not both")
         self.optimizer = optimizer
         self.loss_scale = float(loss_scale)
         self.phases = PhasedNets(nets)
+        if lr is not None:
+            self.phases.rescale_to(lr)
         if gamma is not None:
             self.phases.set_gamma(gamma)
         self.phases.start(total_steps, device)
@@ -318,14 +328,15 @@ class LearnedLR:
 
     @classmethod
     def from_pretrained(cls, nets: NetSpec | Sequence[NetSpec], optimizer: torch.optim.Optimizer,
-                        *, total_steps: int, gamma: float | None = None, loss_scale: float = 1.0,
+                        *, total_steps: int, lr: float | None = None,
+                        gamma: float | None = None, loss_scale: float = 1.0,
                         device: torch.device | str = "cpu") -> LearnedLR:
         """Load shipped nets by name (``metalr nets`` lists them) or saved nets by file path.
 
         A list mixes both; its order is the order of the phases. Only safetensors are read.
         """
-        return cls(optimizer, load_nets(nets), total_steps, gamma=gamma, loss_scale=loss_scale,
-                   device=device)
+        return cls(optimizer, load_nets(nets), total_steps, lr=lr, gamma=gamma,
+                   loss_scale=loss_scale, device=device)
 
     @property
     def total_steps(self) -> int:

@@ -25,12 +25,18 @@ class WeightsError(ValueError):
 
 
 def save_meta_learner(
-    path: str | Path, policy_name: str, options: dict[str, Any], policy: Any,
-    extra: dict[str, str] | None = None,
+    path: str | Path, policy_name: str, policy: Any, extra: dict[str, str] | None = None,
 ) -> Path:
+    """Write theta and, in the header, the policy name and the options that rebuild it.
+
+    The options come from ``policy.options()``: for the loss-to-LR nets they leave gamma out,
+    because the learned scale lives in the tensors (``log_gamma``, ``ref_lr``) and a header that
+    repeated it could disagree with them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    options = policy.options() if callable(getattr(policy, "options", None)) else {}
     metadata = {POLICY_KEY: policy_name, OPTIONS_KEY: json.dumps(options), **(extra or {})}
     tmp = path.with_suffix(path.suffix + ".part")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -54,12 +60,51 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
         ) from None
     if POLICY_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors header has no {POLICY_KEY!r}: not saved by metalr")
-    return metadata[POLICY_KEY], json.loads(metadata.get(OPTIONS_KEY, "{}")), tensors, metadata
+    try:
+        options = json.loads(metadata.get(OPTIONS_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path}: header {OPTIONS_KEY!r} is not JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise WeightsError(f"{path}: header {OPTIONS_KEY!r} is not a JSON object")
+    return metadata[POLICY_KEY], options, tensors, metadata
 
 
-def load_meta_learner(path: str | Path, registry: Registry | None = None) -> Any:
-    """Rebuild a saved meta-learner through the registry and load its parameters."""
+def is_loss_to_lr_net(policy: Any) -> bool:
+    """A net from the loss to the LR with a scale (MLR-SNet, the MLP variant, a third party's)."""
+    return (isinstance(policy, torch.nn.Module) and callable(getattr(policy, "initial_state", None))
+            and callable(getattr(policy, "rescale", None))
+            and isinstance(getattr(policy, "gamma", None), torch.Tensor))
+
+
+def load_meta_learner(
+    path: str | Path, into: Any = None, *, policy_name: str | None = None,
+    frozen: bool = False, registry: Registry | None = None,
+) -> Any:
+    """The one way a saved net is loaded.
+
+    With ``into`` (a policy built from a recipe, for ``meta.weights``): the file must hold a net
+    of ``policy_name`` of the same shape; its theta is loaded into ``into``, whose own options
+    (a gamma the recipe set included) win. Without: the net is rebuilt from the file's header
+    through the registry; it must be a loss-to-LR net. ``frozen`` stops gradients (meta-test).
+    """
     name, options, tensors, _ = read_meta_learner(path)
-    policy = (registry or get_registry()).get("lr_policy", name).build(**options)
-    policy.load_state_dict(tensors)
-    return policy
+    if into is None:
+        try:
+            into = (registry or get_registry()).get("lr_policy", name).build(**options)
+        except Exception as exc:
+            raise WeightsError(f"{path}: cannot rebuild policy {name!r} with the options in "
+                               f"its header ({exc})") from None
+        if not is_loss_to_lr_net(into):
+            raise WeightsError(f"{path}: policy {name!r} is not a loss-to-LR net (like "
+                               "'mlrsnet'): it cannot be used as a learned schedule")
+    elif policy_name is not None and name != policy_name:
+        raise WeightsError(f"{path}: holds a {name!r} net, not {policy_name!r}")
+    try:
+        into.load_state_dict(tensors)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different "
+                           f"hidden size or layers?): {first}") from None
+    if frozen:
+        into.requires_grad_(False)
+    return into

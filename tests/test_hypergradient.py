@@ -41,10 +41,13 @@ def torch_sgd_direction(w, g, state, group):
     return d + mu * buf if group["nesterov"] else buf
 
 
-def torch_adam_step(w, g, state, group, lr):
+def torch_adam_step(w, g, state, group, lr, decoupled=False):
     b1, b2 = group["betas"]
     k = float(state["step"]) + 1
-    d = g + group["weight_decay"] * w
+    if decoupled:  # AdamW: shrink the weights, then Adam on the plain gradient
+        w, d = w * (1 - lr * group["weight_decay"]), g
+    else:
+        d = g + group["weight_decay"] * w
     m = b1 * state["exp_avg"] + (1 - b1) * d
     v = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
     return w - lr / (1 - b1**k) * m / (v.sqrt() / (1 - b2**k) ** 0.5 + group["eps"])
@@ -54,19 +57,23 @@ CASES = [
     ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
     ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
     ("adam", {"weight_decay": 1e-4}),
+    ("adamw", {"weight_decay": 1e-2}),
 ]
 
 
+@pytest.mark.parametrize("learn_scale", [False, True])
 @pytest.mark.parametrize("policy_name", ["mlrsnet", "mlp-lr"])
 @pytest.mark.parametrize("opt_name,opt_options", CASES)
 def test_hypergradient_matches_torch_func_and_finite_differences(
-    registry, task, opt_name, opt_options, policy_name
+    registry, task, opt_name, opt_options, policy_name, learn_scale
 ):
+    """Through the LR alone, and with log(gamma) learned too (the auto preset's scale)."""
     torch.manual_seed(0)
     model = registry.get("model", "mlp").build(task.spec, hidden=[16]).double()
     opt = registry.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     gamma = 0.05 if opt_name == "sgd" else 0.01
-    policy = registry.get("lr_policy", policy_name).build(gamma=gamma).double()
+    policy = registry.get("lr_policy", policy_name).build(
+        gamma=gamma, learn_scale=learn_scale, cooldown=0.0).double()
     engine = Engine(task, model, opt, policy, EngineConfig(epochs=1, batch_size=64, t_val=10**9))
     from metalr.protocols import RunInfo
 
@@ -82,11 +89,13 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
     state0 = {n: copy.deepcopy(opt.state[p]) for n, p in model.named_parameters()}
     group = opt.param_groups[0]
     lstm_state0 = copy.deepcopy(policy.state)
-    theta0 = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    buffers = dict(policy.named_buffers())
+    theta0 = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    assert ("log_gamma" in theta0) == learn_scale
+    fixed = {**dict(policy.named_buffers()),
+             **{n: p for n, p in policy.named_parameters() if not p.requires_grad}}
 
     engine.step(batch, meta_batch)
-    engine_grad = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    engine_grad = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
 
     # --- the independent computation -------------------------------------------------------
     def batch_loss(w):
@@ -97,12 +106,13 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
     g = dict(zip(names, torch.autograd.grad(loss0, list(w_leaf.values()))))
 
     def meta_loss(theta):
-        lr, _ = functional_call(policy, {**theta, **buffers}, (loss0.detach(), lstm_state0))
+        lr, _ = functional_call(policy, {**theta, **fixed}, (loss0.detach(), lstm_state0))
         if opt_name == "sgd":
             w_hat = {n: w0[n] - lr * torch_sgd_direction(w0[n], g[n], state0[n], group)
                      for n in names}
         else:
-            w_hat = {n: torch_adam_step(w0[n], g[n], state0[n], group, lr) for n in names}
+            w_hat = {n: torch_adam_step(w0[n], g[n], state0[n], group, lr, opt_name == "adamw")
+                     for n in names}
         return task.loss(lambda x: functional_call(model, w_hat, (x,)), meta_batch)
 
     reference = torch.func.grad(meta_loss)(theta0)

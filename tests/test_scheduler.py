@@ -67,7 +67,9 @@ def test_scheduler_gives_the_engines_meta_test_lrs(registry):
     model = _model(registry, task, seed)
     optimizer = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
                                                        weight_decay=5e-4)
-    policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"])
+    # scale "saved": the nets' own absolute scale, as LearnedLR without lr= uses it
+    policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"],
+                                                                 scale="saved")
     assert not is_meta_learned(policy)  # the engine must never meta-train a transferred net
     theta = [p.clone() for net in policy.phases.nets for p in net.state_dict().values()]
     config = EngineConfig(epochs=epochs, batch_size=batch_size, seed=seed, meta_train=False,
@@ -89,6 +91,32 @@ def test_scheduler_gives_the_engines_meta_test_lrs(registry):
     assert len(set(lrs)) > 3
 
 
+def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
+    """scale auto: the nets start from the new run's probed LR; their weights stay as saved."""
+    seed, epochs, batch_size = 3, 2, 64
+    task = _task(registry, seed)
+    model = _model(registry, task, seed)
+    optimizer = registry.get("optimizer", "adam").build(model.parameters())
+    policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"])
+    saved = LearnedLR.from_pretrained("mnist1d-mlp", torch.optim.SGD(model.parameters()),
+                                      total_steps=1)
+    weights = [{k: v.clone() for k, v in net.state_dict().items()
+                if k not in ("log_gamma", "ref_lr")} for net in policy.phases.nets]
+    config = EngineConfig(epochs=epochs, batch_size=batch_size, seed=seed, meta_train=False,
+                          eval_splits=("test",))
+    history = Engine(task, model, optimizer, policy, config).fit()
+    probe = history.probe
+    assert probe is not None and probe.lr <= 0.1  # Adam's scale, not SGD's
+    for net, old, before in zip(policy.phases.nets, saved.phases.nets, weights):
+        assert float(net.ref_lr) == pytest.approx(probe.lr, rel=1e-5)
+        factor = probe.lr / float(old.ref_lr)  # every net moves by the same factor
+        assert float(net.gamma) == pytest.approx(float(old.gamma) * factor, rel=1e-5)
+        after = {k: v for k, v in net.state_dict().items() if k not in ("log_gamma", "ref_lr")}
+        assert all(torch.equal(after[k], before[k]) for k in before)
+    assert max(history.lrs) < 2 * probe.lr * max(
+        float(n.gamma) / float(n.ref_lr) for n in saved.phases.nets) / 2 + 1e-12
+
+
 def test_phases_switch_nets_and_carry_the_lstm_state():
     files = shipped_nets()["mnist1d-mlp"]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
@@ -107,7 +135,7 @@ def test_phases_switch_nets_and_carry_the_lstm_state():
                 state = None
             with torch.no_grad():
                 lr, state = nets[phase](torch.tensor(loss), state)
-            out.append(float(lr))
+            out.append(float(lr) * nets[phase].envelope(t, 9))  # the cool-down of the run's end
         return out
 
     assert lrs == replay(switch=True, carry=True)

@@ -1,62 +1,219 @@
-"""What the LSTM and MLP meta-learners share: the output scale gamma and the policy plumbing."""
+"""What the LSTM and MLP meta-learners share: the LR scale, the cool-down, the policy plumbing.
+
+The output is ``gamma * sigmoid(net(loss)) * cooldown(progress)``. Two presets set the defaults
+of the options below (docs/design.md, "Learned schedules that work untuned"):
+
+- ``paper``: gamma is the task's constant (1 for images, 40 for text), fixed; meta-updates twice
+  an epoch; no cool-down. Exactly the paper's Eq. 7 and Algorithm 1.
+- ``auto`` (default): gamma = 2x the LR a short probe of this very run chose
+  (:mod:`metalr.probe`), so the net starts there; at least ``min_meta_updates`` meta-updates
+  however short the run; the last ``cooldown`` fraction of the run decays the LR linearly to
+  zero with theta frozen. ``learn_scale`` (meta-learning log(gamma) too) is off in both: measured,
+  it mostly speeds up the one-step hypergradient's drift to small LRs.
+
+An explicit ``gamma`` always wins: it is used as given, never probed, and not learned unless
+``learn_scale: true`` asks for it (then it is the starting value).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from metalr.protocols import RunInfo, StepContext
+
+Preset = Literal["auto", "paper"]
+
+
+class ScaleOptions(BaseModel):
+    """Options of every loss-to-LR net: how its scale and its meta-learning budget are set."""
+
+    model_config = ConfigDict(extra="forbid")
+    preset: Preset = Field("auto", description="auto: probed, learned scale + cool-down; "
+                           "paper: the paper's gamma and meta settings")
+    gamma: float | None = Field(
+        None, gt=0, description="LR scale, output in [0, gamma]; set: used as given, never "
+        "probed. Unset: from `scale`")
+    scale: Literal["probe", "task"] | None = Field(
+        None, description="where an unset gamma comes from: probe (a short LR probe of the "
+        "run) or task (1 images, 40 text); unset: auto probe, paper task")
+    learn_scale: bool = Field(
+        False, description="meta-learn log(gamma) as well, with its own meta LR (scale_lr)")
+    scale_lr: float = Field(0.03, gt=0, description="meta LR (Adam) of log(gamma)")
+    start_factor: float = Field(
+        1.0, gt=0, le=1, description="with a probed scale: start at this fraction of the "
+        "probe's best LR")
+    cooldown: float | None = Field(
+        None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
+        "and theta frozen (unset: auto 0.2, paper 0)")
+    min_meta_updates: int | None = Field(
+        None, ge=0, description="meta-updates at least, when meta.t_val is unset; 0: none, "
+        "twice an epoch as the paper (unset: auto 100, paper 0)")
+
+    @model_validator(mode="after")
+    def _fill_preset(self) -> ScaleOptions:
+        auto = self.preset == "auto"
+        if self.scale is None:
+            self.scale = "probe" if auto else "task"
+        if self.cooldown is None:
+            self.cooldown = 0.2 if auto else 0.0
+        if self.min_meta_updates is None:
+            self.min_meta_updates = 100 if auto else 0
+        return self
+
+
+def cooldown_factor(step: int, total_steps: int, cooldown: float) -> float:
+    """1 before the last ``n = round(cooldown * total_steps)`` steps, then ``(total - step) /
+    (n + 1)``: linear from just under 1 to ``1 / (n + 1)`` at the last step."""
+    if cooldown <= 0 or total_steps <= 0:
+        return 1.0
+    length = max(1, round(cooldown * total_steps))
+    left = max(total_steps - step, 1)  # steps left, this one included
+    return min(1.0, left / (length + 1))
 
 
 class LossToLR(nn.Module):
     """A net from the (normalised) training loss to an LR in ``[0, gamma]``.
 
-    gamma is a buffer, so it travels with the saved parameters: a net transferred to a new task
-    keeps the scale it was meta-trained with unless the recipe names another. When the option is
-    left unset it comes from the task at the start of the run (1 for images, 40 for text).
+    ``log_gamma`` and ``ref_lr`` travel with the saved parameters. ``ref_lr`` is the LR the
+    scale was calibrated to (the probe's best, or gamma/2 for a given gamma): a saved net dropped
+    into a new run under ``auto`` is rescaled by ``new probe / ref_lr``, so what transfers is
+    the schedule relative to its start, not an absolute LR from another model.
     """
 
     learns_by: Literal["hypergradient", "self"] = "hypergradient"
 
-    def __init__(self, gamma: float | None):
+    def __init__(self, preset: Preset = "auto", gamma: float | None = None,
+                 scale: Literal["probe", "task"] | None = None,
+                 learn_scale: bool = False, scale_lr: float = 0.03,
+                 start_factor: float = 1.0, cooldown: float | None = None,
+                 min_meta_updates: int | None = None, **_: Any):
         super().__init__()
+        opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
+                            scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
+                            min_meta_updates=min_meta_updates)
+        self.preset, self.learn_scale, self.scale_lr = opts.preset, opts.learn_scale, opts.scale_lr
+        self.start_factor, self.scale = opts.start_factor, opts.scale
+        self.cooldown, self.min_meta_updates = opts.cooldown, opts.min_meta_updates
         self.frozen = False
-        self._gamma_given = gamma is not None
-        self.register_buffer("gamma", torch.tensor(float(gamma if gamma is not None else 1.0)))
+        # where gamma came from: the recipe ("option"), or a calibration already done in this
+        # object or in the file it was loaded from ("calibrated"); None: not set yet
+        self.gamma_source: Literal["option", "calibrated"] | None = (
+            "option" if gamma is not None else None)
+        g = float(gamma if gamma is not None else 1.0)
+        self.log_gamma = nn.Parameter(torch.tensor(math.log(g)), requires_grad=self.learn_scale)
+        self.register_buffer("ref_lr", torch.tensor(g / 2))
         self.state: Any = None
+        self.total_steps = 0
+        self.probe: Any = None  # the ProbeResult that set gamma, if any
 
     # -- subclasses -------------------------------------------------------------------------
     def initial_state(self, device: torch.device) -> Any:
         return None
 
-    def forward(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def raw(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """``(sigmoid output in (0, 1), next state)`` for one normalised loss."""
         raise NotImplementedError
+
+    # -- the scale --------------------------------------------------------------------------
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The current bound of the output (a detached value; the graph goes through log_gamma)."""
+        return self.log_gamma.detach().exp()
+
+    def set_gamma(self, gamma: float, ref_lr: float | None = None) -> None:
+        with torch.no_grad():
+            self.log_gamma.fill_(math.log(float(gamma)))
+            self.ref_lr.fill_(float(ref_lr if ref_lr is not None else gamma / 2))
+
+    def rescale(self, factor: float) -> None:
+        """Multiply the LR scale (and its reference) by ``factor``."""
+        with torch.no_grad():
+            self.log_gamma.add_(math.log(factor))
+            self.ref_lr.mul_(factor)
+
+    def forward(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        p, state = self.raw(x, state)
+        return self.log_gamma.exp() * p, state
+
+    def calibrate(self, run: RunInfo) -> None:
+        """Set gamma for this run unless the recipe fixed it (see the module docstring)."""
+        if self.gamma_source == "option":
+            return
+        if self.scale == "task" or run.probe is None:
+            if self.gamma_source is None:
+                self.set_gamma(float(run.task.default_gamma))
+        else:
+            self.probe = run.probe()
+            start = self.probe.lr * self.start_factor
+            if self.gamma_source == "calibrated":  # keep the learned shape, move its start
+                self.rescale(start / float(self.ref_lr))
+            else:
+                self.set_gamma(2 * start, ref_lr=start)
+        self.gamma_source = "calibrated"
 
     # -- the LRPolicy / MetaLearner protocol -----------------------------------------------
     def start(self, run: RunInfo) -> None:
-        if not self._gamma_given:
-            self.gamma.fill_(float(run.task.default_gamma))
+        self.total_steps = run.total_steps
         self.to(run.device)
+        self.calibrate(run)
         self.state = self.initial_state(run.device)
 
     def meta_parameters(self):
-        return self.parameters()
+        net = [p for name, p in self.named_parameters() if name != "log_gamma"]
+        groups: list[dict[str, Any]] = [{"params": net}]
+        if self.learn_scale:
+            groups.append({"params": [self.log_gamma], "lr": self.scale_lr, "weight_decay": 0.0})
+        return groups
+
+    def meta_period(self, run: RunInfo) -> int:
+        twice_an_epoch = max(1, run.steps_per_epoch // 2)
+        if not self.min_meta_updates:
+            return twice_an_epoch
+        active = max(1, round(run.total_steps * (1 - self.cooldown)))
+        return max(1, min(twice_an_epoch, active // self.min_meta_updates))
+
+    def envelope(self, step: int, total_steps: int) -> float:
+        """The factor on the net's output at 0-based ``step`` of ``total_steps`` (the cool-down)."""
+        return cooldown_factor(step, total_steps, self.cooldown)
+
+    def meta_active(self, step: int) -> bool:
+        return self.envelope(step, self.total_steps) >= 1.0
 
     def virtual_lr(self, ctx: StepContext) -> torch.Tensor:
-        lr, _ = self(ctx.loss_input.to(self.gamma.dtype), self.state)
-        return lr
+        lr, _ = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
+        return lr * self.envelope(ctx.step, self.total_steps)
 
     def lr(self, ctx: StepContext) -> float:
         with torch.no_grad():
-            lr, self.state = self(ctx.loss_input.to(self.gamma.dtype), self.state)
-        return float(lr)
+            lr, self.state = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
+        return float(lr) * self.envelope(ctx.step, self.total_steps)
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
 
+    def options(self) -> dict[str, Any]:
+        """The options that rebuild this net (saved in a net file's header)."""
+        return {"preset": self.preset, "scale": self.scale, "learn_scale": self.learn_scale,
+                "scale_lr": self.scale_lr, "start_factor": self.start_factor,
+                "cooldown": self.cooldown,
+                "min_meta_updates": self.min_meta_updates}
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        self._gamma_given = self._gamma_given or "gamma" in state_dict
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Load theta; files written before ``log_gamma`` existed carry a ``gamma`` buffer."""
+        state = dict(state_dict)
+        if "gamma" in state and "log_gamma" not in state:
+            gamma = state.pop("gamma")
+            state["log_gamma"] = gamma.log()
+            state.setdefault("ref_lr", gamma / 2)
+        if self.gamma_source == "option":  # a recipe's gamma wins over the file's
+            state["log_gamma"], state["ref_lr"] = self.log_gamma.detach().clone(), self.ref_lr.clone()
+        else:
+            self.gamma_source = "calibrated"
+        with torch.no_grad():
+            return super().load_state_dict(state, strict=strict, assign=assign)

@@ -10,19 +10,15 @@ where in training it is; detaching it keeps a meta-update's cost independent of 
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from .base import LossToLR
+from .base import LossToLR, ScaleOptions
 
 
-class MLRSNetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MLRSNetOptions(ScaleOptions):
     hidden: int = Field(40, ge=1, description="LSTM hidden size (paper: 40)")
     layers: int = Field(1, ge=1, description="stacked LSTM layers")
-    gamma: float | None = Field(
-        None, gt=0, description="LR scale: output in [0, gamma]; unset = the task's default"
-    )
 
 
 class _Cell(nn.Module):
@@ -40,8 +36,8 @@ class _Cell(nn.Module):
 
 
 class MLRSNet(LossToLR):
-    def __init__(self, hidden: int = 40, layers: int = 1, gamma: float | None = None):
-        super().__init__(gamma)
+    def __init__(self, hidden: int = 40, layers: int = 1, **scale):
+        super().__init__(**scale)
         self.hidden = hidden
         self.cells = nn.ModuleList(_Cell(1 if i == 0 else hidden, hidden) for i in range(layers))
         self.out = nn.Linear(hidden, 1)  # W3
@@ -50,7 +46,10 @@ class MLRSNet(LossToLR):
         zeros = torch.zeros(1, self.hidden, device=device, dtype=self.out.weight.dtype)
         return [(zeros, zeros) for _ in self.cells]
 
-    def forward(self, x, state):
+    def options(self):
+        return {"hidden": self.hidden, "layers": len(self.cells), **super().options()}
+
+    def raw(self, x, state):
         if state is None:
             state = self.initial_state(x.device)
         inp = x.reshape(1, 1)
@@ -59,4 +58,4 @@ class MLRSNet(LossToLR):
             h, c = cell(inp, h, c)
             new_state.append((h.detach(), c.detach()))
             inp = h
-        return self.gamma * torch.sigmoid(self.out(inp)).reshape(()), new_state
+        return torch.sigmoid(self.out(inp)).reshape(()), new_state

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from .base import LossToLR
+from .base import LossToLR, ScaleOptions
 
 
-class MLPNetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MLPNetOptions(ScaleOptions):
     hidden: int = Field(40, ge=1)
     layers: int = Field(2, ge=1, description="hidden layers")
-    gamma: float | None = Field(None, gt=0, description="LR scale; unset = the task's default")
 
 
 class MLPNet(LossToLR):
-    def __init__(self, hidden: int = 40, layers: int = 2, gamma: float | None = None):
-        super().__init__(gamma)
+    def __init__(self, hidden: int = 40, layers: int = 2, **scale):
+        super().__init__(**scale)
+        self.hidden, self.layers = hidden, layers
         dims = [1] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims, dims[1:]):
             mods += [nn.Linear(a, b), nn.ReLU()]
         self.net = nn.Sequential(*mods, nn.Linear(dims[-1], 1))
 
-    def forward(self, x, state):
-        return self.gamma * torch.sigmoid(self.net(x.reshape(1, 1))).reshape(()), None
+    def options(self):
+        return {"hidden": self.hidden, "layers": self.layers, **super().options()}
+
+    def raw(self, x, state):
+        return torch.sigmoid(self.net(x.reshape(1, 1))).reshape(()), None

@@ -7,13 +7,19 @@ steps, through :class:`metalr.scheduler.PhasedNets`: the same code as the plain-
 This is a plain LR policy, not a meta-learner: it has no ``learns_by``, so the engine never
 builds a hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
 
-gamma at transfer time is each net's saved gamma buffer (the scale it was meta-trained with),
-unless the ``gamma`` option overrides it for all nets.
+The LR scale at transfer time (``scale: auto``, the default) comes from the new run itself: the
+short probe of :mod:`metalr.probe` finds this run's best fixed LR, and every net is rescaled by
+``best / ref_lr`` (``ref_lr``: the LR the nets were calibrated to when meta-trained), so the
+schedule keeps its shape relative to its start on any model and optimizer. ``scale: saved``
+keeps the absolute scale the nets were meta-trained with; a ``gamma`` option sets the bound of
+every net's output directly and wins over both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,8 +35,10 @@ class TransferOptions(BaseModel):
         default_factory=lambda: [DEFAULT_NETS], min_length=1,
         description="safetensors files or shipped names (`metalr nets`), one per phase, in "
                     "order; a shipped name stands for all its nets")
+    scale: Literal["auto", "saved"] = Field(
+        "auto", description="auto: rescale the nets to this run's probed LR; saved: keep theirs")
     gamma: float | None = Field(
-        None, gt=0, description="override the LR scale saved with the nets (unset: keep it)")
+        None, gt=0, description="set the bound of every net's output (wins over scale)")
 
     @field_validator("nets")
     @classmethod
@@ -45,13 +53,18 @@ class TransferOptions(BaseModel):
 class MLRSNetTransfer:
     """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run."""
 
-    def __init__(self, nets: list[str] | None = None, gamma: float | None = None):
+    def __init__(self, nets: list[str] | None = None, scale: str = "auto",
+                 gamma: float | None = None):
         self.phases = PhasedNets(load_nets(nets or [DEFAULT_NETS]))
+        self.scale, self.probe, self.gamma_given = scale, None, gamma is not None
         if gamma is not None:
             self.phases.set_gamma(gamma)
 
     def start(self, run: RunInfo) -> None:
-        self.phases.start(run.epochs * run.steps_per_epoch, run.device)
+        if self.scale == "auto" and not self.gamma_given and run.probe is not None:
+            self.probe = run.probe()
+            self.phases.rescale_to(self.probe.lr)
+        self.phases.start(run.total_steps, run.device)
 
     def lr(self, ctx: StepContext) -> float:
         return self.phases.lr(ctx.loss_input)

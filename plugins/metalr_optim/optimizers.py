@@ -1,4 +1,4 @@
-"""torch's own SGD and Adam, so that `higher` can build their differentiable copies.
+"""torch's own SGD, Adam and AdamW, so that `higher` can build their differentiable copies.
 
 The LR is not an option: the policy sets it on every step (for Adam that is the paper's
 Appendix F, "MLR-SNet on top of Adam").
@@ -46,5 +46,13 @@ def build_sgd(params: Iterable[torch.Tensor], **options) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=_UNSET_LR, **options)
 
 
+class AdamWOptions(AdamOptions):
+    weight_decay: float = Field(1e-2, ge=0, description="decoupled weight decay (torch's default)")
+
+
 def build_adam(params: Iterable[torch.Tensor], **options) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=_UNSET_LR, **options)
+
+
+def build_adamw(params: Iterable[torch.Tensor], **options) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=_UNSET_LR, **options)

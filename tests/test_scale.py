@@ -1,0 +1,268 @@
+"""Learned schedules that work untuned: the LR probe, the learned scale, the meta-update budget,
+the cool-down, and one loader for saved nets whose recipe gamma always wins (issue 7)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from metalr.engine import Engine, EngineConfig
+from metalr.probe import HEADROOM, decade_grid, probe_lr
+from metalr.protocols import ModelSpec, RunInfo
+from metalr.weights import WeightsError, load_meta_learner, read_meta_learner, save_meta_learner
+
+
+class Quadratic:
+    """f(w) = h/2 |w - 1|^2 with noiseless batches: k SGD steps from w = 0 leave
+    f_k = h/2 (1 - lr h)^(2k) d, smallest at lr = 1/h exactly."""
+
+    spec = ModelSpec((1,), 1)
+    loss_scale, default_gamma, metric, higher_is_better = 1.0, 1.0, "loss", False
+
+    def __init__(self, h: float):
+        self.h = h
+
+    def setup(self, seed: int, device: torch.device) -> None:
+        pass
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return 4
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[None]:
+        return iter([None] * 4)
+
+    def meta_batch(self, batch_size: int, generator: torch.Generator) -> None:
+        return None
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return 0.5 * self.h * ((model(None) - 1) ** 2).sum()
+
+    def evaluate(self, model, split):
+        return {"loss": float(self.loss(model, None))}
+
+
+class Point(nn.Module):
+    def __init__(self, dim: int = 5):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return self.w
+
+
+@pytest.mark.parametrize("h", [0.3, 3.0, 30.0, 300.0])
+def test_probe_finds_the_best_lr_of_a_quadratic(h):
+    """The grid point nearest 1/h in log space wins; the model is left as it was. On a quadratic
+    SGD diverges above 2/h, so sqrt(10) above the winner there is no headroom: the probe backs
+    off half a decade (metalr.probe.HEADROOM)."""
+    task, model = Quadratic(h), Point()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = probe_lr(task, model, opt, total_steps=400, steps_per_epoch=4, batch_size=1,
+                      meta_batch_size=1, seed=0)
+    tried = sorted(result.losses)
+    nearest = min(tried, key=lambda lr: abs(math.log(lr * h)))
+    assert result.best == pytest.approx(nearest)
+    assert abs(math.log10(result.best * h)) <= 0.25 + 1e-9  # within a quarter decade of 1/h
+    assert result.best * HEADROOM > 2 / h  # so the step above diverges ...
+    assert result.backed_off and result.lr == pytest.approx(result.best / HEADROOM)  # ... back off
+    assert result.initial_loss == pytest.approx(0.5 * h * 5)
+    assert torch.equal(model.w, torch.zeros(5))  # the run starts where it would have
+    assert not opt.state  # the real optimizer was never stepped
+
+
+class Saturating(Quadratic):
+    """(1 - tanh w)^2: any step far enough to the right is as good as the best, never worse."""
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return ((1 - torch.tanh(model(None))) ** 2).sum()
+
+
+def test_probe_keeps_a_best_lr_with_headroom():
+    task, model = Saturating(1.0), Point()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = probe_lr(task, model, opt, total_steps=400, steps_per_epoch=4, batch_size=1,
+                      meta_batch_size=1, seed=0)
+    assert result.losses[result.best * HEADROOM] <= result.losses[result.best] + 1e-6
+    assert not result.backed_off and result.lr == result.best
+
+
+def test_probe_grid_follows_the_optimizer_family():
+    w = [nn.Parameter(torch.zeros(1))]
+    plain = decade_grid(torch.optim.SGD(w, lr=0.1))
+    heavy = decade_grid(torch.optim.SGD(w, lr=0.1, momentum=0.9))
+    adam = decade_grid(torch.optim.Adam(w))
+    assert heavy == pytest.approx([lr * 0.1 for lr in plain])  # 1/(1 - mu) longer steps
+    assert max(adam) <= 0.1 < max(plain)
+
+
+def test_probe_extends_past_an_edge():
+    """1/h far above the decades: the grid extends once, then refines around the new best."""
+    task, model = Quadratic(1 / 1000), Point()
+    result = probe_lr(task, model, torch.optim.SGD(model.parameters(), lr=0.0),
+                      total_steps=400, steps_per_epoch=4, batch_size=1, meta_batch_size=1,
+                      seed=0)
+    assert result.best == pytest.approx(1000.0)
+    assert result.at_edge
+
+
+def _digits(registry, seed=0):
+    task = registry.get("task", "digits").build(meta_size=200)
+    task.setup(seed, torch.device("cpu"))
+    return task
+
+
+def _engine(registry, task, opt_name, policy, epochs, seed=0, **opt_options):
+    torch.manual_seed(seed)
+    model = registry.get("model", "cnn-digits").build(task.spec)
+    opt = registry.get("optimizer", opt_name).build(model.parameters(), **opt_options)
+    return Engine(task, model, opt, policy, EngineConfig(epochs=epochs, seed=seed))
+
+
+@pytest.mark.parametrize("opt_name,options", [("sgd", {"momentum": 0.9}), ("adam", {})])
+def test_default_scale_comes_from_the_probe_of_the_run(registry, opt_name, options):
+    task = _digits(registry)
+    policy = registry.get("lr_policy", "mlrsnet").build()
+    engine = _engine(registry, task, opt_name, policy, epochs=1, **options)
+    history = engine.fit()
+    probe = history.probe
+    assert probe is not None and policy.probe is probe
+    assert float(policy.ref_lr) == pytest.approx(probe.lr, rel=1e-6)
+    # the first LR is the net's output at the start: gamma * sigmoid(~0) = the start LR
+    assert history.lrs[0] == pytest.approx(float(policy.ref_lr), rel=0.25)
+    if opt_name == "adam":
+        assert probe.lr <= 0.03  # Adam's scale, not SGD's: gamma 1 diverges at step 1
+
+
+def test_explicit_gamma_is_never_probed_or_learned(registry):
+    task = _digits(registry)
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.02)
+    history = _engine(registry, task, "sgd", policy, epochs=1, momentum=0.9).fit()
+    assert history.probe is None
+    assert float(policy.gamma) == pytest.approx(0.02)
+    assert not policy.learn_scale and max(history.lrs) <= 0.02
+
+
+def test_paper_preset_is_the_papers_settings(registry):
+    task = _digits(registry)
+    policy = registry.get("lr_policy", "mlrsnet").build(preset="paper")
+    engine = _engine(registry, task, "sgd", policy, epochs=2, momentum=0.9)
+    history = engine.fit()
+    assert history.probe is None and float(policy.gamma) == task.default_gamma == 1.0
+    assert policy.cooldown == 0 and not policy.learn_scale
+    assert history.t_val == task.num_train_batches(128) // 2  # twice an epoch
+    assert len(engine.meta_optimizer.param_groups) == 1  # no scale group
+
+
+def test_short_runs_get_enough_meta_updates_and_a_wrong_scale_moves(registry):
+    """A 330-step run meta-updates at least 100 times before its cool-down, and a scale 30x too
+    low is raised by the learned log(gamma) within the run."""
+    task = _digits(registry)
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=2e-3, learn_scale=True)
+    engine = _engine(registry, task, "sgd", policy, epochs=30, momentum=0.9)
+    steps = 30 * task.num_train_batches(128)
+    run = RunInfo(30, task.num_train_batches(128), engine.optimizer, torch.device("cpu"), 0, task)
+    policy.total_steps = steps
+    t_val = policy.meta_period(run)
+    active = sum(policy.meta_active(s) for s in range(steps))
+    assert active == round(0.8 * steps) and len(range(0, active, t_val)) >= 100
+    start = float(policy.gamma)
+    history = engine.fit()
+    assert history.t_val == t_val
+    assert float(policy.gamma) > 3 * start  # the one-step hypergradient raised it
+
+
+def test_cooldown_decays_to_zero_with_theta_frozen(registry):
+    task = _digits(registry)
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.05, learn_scale=True,
+                                                        cooldown=0.5)
+    engine = _engine(registry, task, "sgd", policy, epochs=2, momentum=0.9)
+    theta = {}
+
+    def on_epoch(epoch, metrics, history):
+        theta[epoch] = [p.detach().clone() for p in policy.parameters()]
+
+    history = engine.fit(on_epoch=on_epoch)
+    steps = len(history.lrs)
+    assert steps == 2 * task.num_train_batches(128)
+    # the second half is the cool-down: no meta-update changed theta in it
+    assert all(torch.equal(a, b) for a, b in zip(theta[0], theta[1]))
+    length = round(0.5 * steps)
+    for s in range(steps - length, steps):
+        assert policy.envelope(s, steps) == pytest.approx((steps - s) / (length + 1))
+    assert policy.envelope(steps - length - 1, steps) == 1.0
+    assert history.lrs[-1] < history.lrs[steps - length - 1] / (length + 1) * 1.5
+
+
+def test_cooldown_follows_the_horizon(registry):
+    """Fractions of the run, so a net transfers to 0.5x or 4x the steps with the same shape."""
+    net = registry.get("lr_policy", "mlrsnet").build()
+    for total in (50, 100, 400):
+        factors = [net.envelope(s, total) for s in range(total)]
+        assert sum(f < 1 for f in factors) == round(0.2 * total)
+        assert factors[-1] == pytest.approx(1 / (round(0.2 * total) + 1))
+
+
+# -- one loader; a recipe's gamma wins --------------------------------------------------------
+
+def _trained_net(registry, tmp_path, gamma=0.7):
+    net = registry.get("lr_policy", "mlrsnet").build(gamma=gamma, learn_scale=True)
+    with torch.no_grad():
+        net.out.bias.add_(0.5)
+        net.log_gamma.add_(0.1)  # as if meta-training had moved it
+    path = save_meta_learner(tmp_path / "net.safetensors", "mlrsnet", net)
+    return net, path
+
+
+def test_a_recipe_gamma_survives_meta_weights(registry, tmp_path):
+    source, path = _trained_net(registry, tmp_path)
+    name, options, tensors, _ = read_meta_learner(path)
+    assert "gamma" not in options  # the scale lives in the tensors only: nothing to disagree
+    into = registry.get("lr_policy", "mlrsnet").build(gamma=0.2)
+    load_meta_learner(path, into, policy_name="mlrsnet")
+    assert float(into.gamma) == pytest.approx(0.2)
+    assert torch.equal(into.out.bias, source.out.bias)  # theta itself did load
+    plain = registry.get("lr_policy", "mlrsnet").build()
+    load_meta_learner(path, plain, policy_name="mlrsnet")
+    assert float(plain.gamma) == pytest.approx(float(source.gamma))  # no gamma: the file's
+
+
+def test_the_runner_keeps_a_recipe_gamma_with_meta_weights(registry, tmp_path):
+    from metalr.recipe import Recipe
+    from metalr.runner import Runner
+
+    _, path = _trained_net(registry, tmp_path, gamma=3.0)
+    recipe = Recipe.model_validate({
+        "name": "gamma-wins", "task": {"name": "digits", "options": {"meta_size": 200}},
+        "model": {"name": "cnn-digits"}, "train": {"epochs": 1, "seed": 0},
+        "methods": {"m": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                          "lr_policy": {"name": "mlrsnet", "options": {"gamma": 0.01}},
+                          "meta": {"mode": "meta-test", "weights": str(path)}}},
+        "tracking": "none", "output_dir": str(tmp_path / "out")})
+    summary = Runner(recipe, progress=False).run()
+    (result,) = summary.results
+    assert result.status == "FINISHED" and max(result.history.lrs) <= 0.01
+
+
+def test_loader_errors_name_the_file(registry, tmp_path):
+    _, path = _trained_net(registry, tmp_path)
+    wide = registry.get("lr_policy", "mlrsnet").build(hidden=8)
+    with pytest.raises(WeightsError, match=r"net.safetensors: its tensors do not fit"):
+        load_meta_learner(path, wide, policy_name="mlrsnet")
+    with pytest.raises(WeightsError, match=r"holds a 'mlrsnet' net, not 'mlp-lr'"):
+        load_meta_learner(path, registry.get("lr_policy", "mlp-lr").build(),
+                          policy_name="mlp-lr")
+    net = load_meta_learner(path, frozen=True)
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_adamw_is_an_optimizer_with_an_exact_virtual_step(registry):
+    """Listed, and its differentiable copy is registered (the step itself: test_hypergradient)."""
+    import higher.optim
+
+    opt = registry.get("optimizer", "adamw").build([nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 1e-2
+    assert type(opt) in higher.optim._opt_mapping
