@@ -8,6 +8,7 @@ registered name, before any data is touched.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 import warnings
@@ -287,10 +288,16 @@ def _option_fields(policy: str, registry: Registry) -> list[str] | None:
     return list(options.model_fields) if options is not None else None
 
 
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
     """Checks across keys, once the recipe has the right shape."""
     problems = []
     for name, method in recipe.methods.items():
+        if not _METHOD_NAME.fullmatch(name):  # it becomes a run name, a folder and param keys
+            problems.append(Problem(f"methods.{name}", "a method name is letters, digits and "
+                                    "`_ . -` (it names runs, folders and tracked parameters)"))
         meta = method.meta
         late = [e for e in meta.save_epochs if not 1 <= e <= recipe.train.epochs]
         if late:

@@ -296,3 +296,18 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     assert namespace["resumed"].state_dict()["step"] == 32
     assert "epoch 4: loss" in capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_lr_rescales_the_schedule_relative_to_its_start():
+    """lr= maps each net's calibration LR (ref_lr) to lr: every LR scales by lr / ref_lr."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
+    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.002)
+    factor = 0.002 / float(saved.phases.nets[0].ref_lr)
+    assert [float(n.ref_lr) for n in scaled.phases.nets] == pytest.approx([0.002] * 3)
+    for loss in (2.3, 1.9, 1.4, 1.1, 0.9, 0.7):
+        saved.step(loss)
+        scaled.step(loss)
+        assert scaled.get_last_lr()[0] == pytest.approx(factor * saved.get_last_lr()[0], rel=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.1, gamma=0.2)
