@@ -6,10 +6,13 @@ of the options below (docs/design.md, "Learned schedules that work untuned"):
 - ``paper``: gamma is the task's constant (1 for images, 40 for text), fixed; meta-updates twice
   an epoch; no cool-down. Exactly the paper's Eq. 7 and Algorithm 1.
 - ``auto`` (default): gamma = 2x the LR a short probe of this very run chose
-  (:mod:`metalr.probe`), so the net starts there; at least ``min_meta_updates`` meta-updates
-  however short the run; the last ``cooldown`` fraction of the run decays the LR linearly to
-  zero with theta frozen. ``learn_scale`` (meta-learning log(gamma) too) is off in both: measured,
-  it mostly speeds up the one-step hypergradient's drift to small LRs.
+  (:mod:`metalr.probe`), so the net starts there; the last ``cooldown`` fraction of the run
+  decays the LR linearly to zero with theta frozen.
+
+``learn_scale`` (meta-learning log(gamma) too) is off in both, and with it the meta-update budget
+(``min_meta_updates``: at least 100 meta-updates however short the run, which a learned scale
+needs to move): measured, more one-step meta-updates mostly speed up the hypergradient's drift
+to small LRs (docs/design.md).
 
 An explicit ``gamma`` always wins: it is used as given, never probed, and not learned unless
 ``learn_scale: true`` asks for it (then it is the starting value).
@@ -53,7 +56,7 @@ class ScaleOptions(BaseModel):
         "and theta frozen (unset: auto 0.2, paper 0)")
     min_meta_updates: int | None = Field(
         None, ge=0, description="meta-updates at least, when meta.t_val is unset; 0: none, "
-        "twice an epoch as the paper (unset: auto 100, paper 0)")
+        "twice an epoch as the paper (unset: 100 with learn_scale, else 0)")
 
     @model_validator(mode="after")
     def _fill_preset(self) -> ScaleOptions:
@@ -62,8 +65,8 @@ class ScaleOptions(BaseModel):
             self.scale = "probe" if auto else "task"
         if self.cooldown is None:
             self.cooldown = 0.2 if auto else 0.0
-        if self.min_meta_updates is None:
-            self.min_meta_updates = 100 if auto else 0
+        if self.min_meta_updates is None:  # extra meta-updates pay only with a scale to learn
+            self.min_meta_updates = 100 if self.learn_scale else 0
         return self
 
 
