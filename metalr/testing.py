@@ -81,6 +81,10 @@ def check_lr_policy(component: Component, options: dict[str, Any]) -> None:
     for method in ("start", "lr", "end_epoch"):
         assert callable(getattr(policy, method, None)), f"{component.name}: no {method}()"
     learned = is_meta_learned(policy)
+    if learned:  # what the engine calls on a hypergradient meta-learner
+        for method in ("meta_parameters", "virtual_lr", "meta_period", "meta_active",
+                       "state_dict", "load_state_dict"):
+            assert callable(getattr(policy, method, None)), f"{component.name}: no {method}()"
     before = {k: v.clone() for k, v in policy.state_dict().items()} if learned else {}
     history = _engine(task, _mlp(task.spec), policy, t_val=4).fit()
     assert history.lrs, f"{component.name}: no steps were taken"
