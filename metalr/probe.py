@@ -2,15 +2,24 @@
 
 A learned schedule outputs an LR in ``[0, gamma]``; what gamma should be depends on the model,
 the optimizer and the data, and no single constant fits them all (gamma 1, the paper's, leaves a
-momentum CNN at chance and makes Adam diverge at step 1). The probe answers "which LR is right
-here?" the way a practitioner's LR sweep does, at a fraction of the cost: from the run's own
-initial weights and on its own first batches, a few steps of fixed-LR training for each point of
-a log grid, each judged by the loss on fixed meta batches (never the test split). Coarse decades first, then the two
-half-decades around the best; a best value at the edge of the grid extends the grid once; a
-best value with no headroom above it (see ``HEADROOM``) is backed off by half a decade.
+momentum CNN at chance and makes Adam diverge at step 1). The probe asks the question a
+practitioner's LR sweep asks, at a fraction of the cost: from the run's own initial weights and
+on its own first batches, a few steps of fixed-LR training for each point of a log grid, each
+judged by the loss on fixed meta batches (never the test split). Decades first, then the
+half-decades around the best; a best value at the edge of the grid extends the grid once.
+
+Which point to start from is the delicate part. The point with the lowest loss after a few steps
+is a short-horizon answer: too low where large steps pay later (the MNIST-1D MLP with momentum
+generalises best from 0.5; its probe's best is 0.1-0.3) and too high where they hurt later (the
+language model's best after 10 steps, 32, ends 30% worse than 20). What a few steps do measure
+well is where training stops working. So the probe finds the **edge**: the largest LR, climbing
+half-decades from the best and then one quarter-decade, that still keeps half of the best
+point's improvement over the untrained loss, and the run starts at **half the edge**: below where training breaks, as high as
+is safe. (The run's own data order matters for the same reason: with another order Adam on the
+MNIST-1D CNN kept working at 0.03 in the probe, while the real run died at 0.03.)
 
 Known limits (docs/design.md): training that starts on a long plateau makes every point look the
-same, and noisy labels make the short-horizon winner too large for a long run.
+same, and noisy labels make the short-horizon picture misleading for a long run.
 """
 
 from __future__ import annotations
@@ -26,31 +35,27 @@ from torch import nn
 from metalr.protocols import Batch, Task
 
 
-HEADROOM = math.sqrt(10)
-"""How far above the chosen LR training must still work. The point that wins a few steps is
-often at the edge of stability (on a quadratic the best LR, 1/h, is half the divergent one, 2/h),
-and a long run's LR does not stay put: the net's output moves, curvature grows as training goes
-on. So the winner is kept only if ``HEADROOM`` times it still keeps at least half the winner's
-improvement over the untrained loss; otherwise the probe backs off by that factor. Seen here:
-the MLP on MNIST-1D, momentum 0.9, one seed's probe preferred 1.0 over 0.316 by 2%; started at
-1.0, the run sat at chance for 40 epochs."""
+HALF_DECADE = math.sqrt(10)
+QUARTER_DECADE = 10 ** 0.25
 
 
 @dataclass
 class ProbeResult:
-    """What the probe chose and every point measured (``losses[lr]``: mean meta loss after it)."""
+    """What the probe measured (``losses[lr]``: mean meta loss after it) and chose.
+
+    ``best`` had the lowest loss; ``edge`` is the largest LR found (half-decades up from the
+    best, then one quarter-decade) that still keeps half of ``best``'s improvement over the
+    untrained loss; ``lr = edge / 2`` is where the
+    run starts (why: :func:`probe_lr`).
+    """
 
     lr: float
     losses: dict[float, float] = field(default_factory=dict)
     steps_per_point: int = 0
     at_edge: bool = False
-    best: float = 0.0  # the point with the lowest loss; ``lr`` is it or HEADROOM below it
+    best: float = 0.0
+    edge: float = 0.0
     initial_loss: float = math.nan  # the meta loss of the untrained model
-
-    @property
-    def backed_off(self) -> bool:
-        return self.lr < self.best
-
 
 
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
@@ -125,22 +130,26 @@ def probe_lr(
             for lr in (best / math.sqrt(10), best * math.sqrt(10)):
                 run(lr)
             best = min(losses, key=losses.__getitem__)
-        chosen = best
-        if math.isfinite(losses[best]):  # headroom: see HEADROOM
-            up = run(best * HEADROOM) if grid is None else _nearest(losses, best * HEADROOM)
-            if up is not None and not up <= initial - 0.5 * (initial - losses[best]):
-                chosen = best / HEADROOM
-                if grid is None:
-                    run(chosen)
-                elif _nearest(losses, chosen) is None:
-                    chosen = best  # a given grid has nothing below: keep its best
+        edge = best
+        if math.isfinite(losses[best]):
+            keep = initial - 0.5 * (initial - losses[best])  # half the best improvement
+            if grid is None:  # climb half-decades while training still works
+                top = max(coarse) * 10
+                x = best * HALF_DECADE
+                while x <= top * 1.001 and run(x) <= keep:
+                    edge, x = x, x * HALF_DECADE
+                if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
+                    edge *= QUARTER_DECADE
+            else:
+                edge = max(lr for lr, value in losses.items() if value <= keep)
     finally:
         model.load_state_dict(weights)
         torch.set_rng_state(rng)
     if not math.isfinite(losses[best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
-    return ProbeResult(chosen, dict(sorted(losses.items())), steps, at_edge, best, initial)
+    return ProbeResult(edge / 2, dict(sorted(losses.items())), steps, at_edge, best, edge,
+                       initial)
 
 
 def _nearest(losses: dict[float, float], lr: float) -> float | None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from metalr.engine import Engine, EngineConfig
-from metalr.probe import HEADROOM, decade_grid, probe_lr
+from metalr.probe import HALF_DECADE, decade_grid, probe_lr
 from metalr.protocols import ModelSpec, RunInfo
 from metalr.weights import WeightsError, load_meta_learner, read_meta_learner, save_meta_learner
 
@@ -55,39 +55,56 @@ class Point(nn.Module):
 
 
 @pytest.mark.parametrize("h", [0.3, 3.0, 30.0, 300.0])
-def test_probe_finds_the_best_lr_of_a_quadratic(h):
-    """The grid point nearest 1/h in log space wins; the model is left as it was. On a quadratic
-    SGD diverges above 2/h, so sqrt(10) above the winner there is no headroom: the probe backs
-    off half a decade (metalr.probe.HEADROOM)."""
+def test_probe_on_a_quadratic(h):
+    """On f = h/2 |w - 1|^2 every probe loss has a closed form, f0 (1 - lr h)^(2k): the best grid
+    point is the one nearest 1/h, the edge is the last LR climbing from it (half-decades, then a
+    quarter) that keeps half the best improvement, always below the divergent 2/h, and the run
+    starts at half the edge. The model and the optimizer are left as they were."""
     task, model = Quadratic(h), Point()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     result = probe_lr(task, model, opt, total_steps=400, steps_per_epoch=4, batch_size=1,
                       meta_batch_size=1, seed=0)
-    tried = sorted(result.losses)
-    nearest = min(tried, key=lambda lr: abs(math.log(lr * h)))
+    f0, k = 0.5 * h * 5, result.steps_per_point
+
+    def closed(lr):
+        return f0 * (1 - lr * h) ** (2 * k)
+
+    for lr, loss in result.losses.items():
+        if math.isfinite(loss):
+            assert loss == pytest.approx(closed(lr), rel=1e-3, abs=1e-6)
+    nearest = min(result.losses, key=lambda lr: abs(math.log(lr * h)))
     assert result.best == pytest.approx(nearest)
     assert abs(math.log10(result.best * h)) <= 0.25 + 1e-9  # within a quarter decade of 1/h
-    assert result.best * HEADROOM > 2 / h  # so the step above diverges ...
-    assert result.backed_off and result.lr == pytest.approx(result.best / HEADROOM)  # ... back off
-    assert result.initial_loss == pytest.approx(0.5 * h * 5)
+    keep = f0 - 0.5 * (f0 - closed(result.best))
+    edge = result.best
+    while closed(edge * HALF_DECADE) <= keep:
+        edge *= HALF_DECADE
+    if closed(edge * 10 ** 0.25) <= keep:
+        edge *= 10 ** 0.25
+    assert result.edge == pytest.approx(edge) and result.edge < 2 / h
+    assert result.lr == pytest.approx(result.edge / 2)
+    assert result.initial_loss == pytest.approx(f0)
     assert torch.equal(model.w, torch.zeros(5))  # the run starts where it would have
     assert not opt.state  # the real optimizer was never stepped
 
 
 class Saturating(Quadratic):
-    """(1 - tanh w)^2: any step far enough to the right is as good as the best, never worse."""
+    """(1 - tanh w)^2: a step far enough to the right is as good as the best, never worse."""
 
     def loss(self, model, batch) -> torch.Tensor:
         return ((1 - torch.tanh(model(None))) ** 2).sum()
 
 
-def test_probe_keeps_a_best_lr_with_headroom():
+def test_probe_climbs_to_the_edge_where_larger_steps_keep_working():
     task, model = Saturating(1.0), Point()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     result = probe_lr(task, model, opt, total_steps=400, steps_per_epoch=4, batch_size=1,
                       meta_batch_size=1, seed=0)
-    assert result.losses[result.best * HEADROOM] <= result.losses[result.best] + 1e-6
-    assert not result.backed_off and result.lr == result.best
+    keep = result.initial_loss - 0.5 * (result.initial_loss - result.losses[result.best])
+    climbed = [lr for lr in result.losses if result.best <= lr <= result.edge]
+    assert result.edge >= 10 * result.best  # it climbed past the best
+    assert all(result.losses[lr] <= keep for lr in climbed)
+    assert result.lr == pytest.approx(result.edge / 2)
 
 
 def test_probe_grid_follows_the_optimizer_family():
@@ -134,7 +151,7 @@ def test_default_scale_comes_from_the_probe_of_the_run(registry, opt_name, optio
     # the first LR is the net's output at the start: gamma * sigmoid(~0) = the start LR
     assert history.lrs[0] == pytest.approx(float(policy.ref_lr), rel=0.25)
     if opt_name == "adam":
-        assert probe.lr <= 0.03  # Adam's scale, not SGD's: gamma 1 diverges at step 1
+        assert probe.lr <= 0.1  # Adam's scale, not SGD's: gamma 1 (LR 0.5) diverges at step 1
 
 
 def test_explicit_gamma_is_never_probed_or_learned(registry):
