@@ -26,7 +26,7 @@ from metalr.scheduler import (
     pick_nets,
     shipped_nets,
 )
-from metalr.weights import WeightsError
+from metalr.weights import WeightsError, read_meta_learner
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scheduler.md"
 TASK = {"num_samples": 600, "meta_size": 100}  # 380 training samples: 6 steps of 64 per epoch
@@ -264,12 +264,16 @@ def test_gamma_is_the_saved_buffer_unless_overridden(registry):
     saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
     scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, gamma=0.25)
     policy = registry.get("lr_policy", "mlrsnet-transfer").build(gamma=0.25)
-    assert [float(n.gamma) for n in saved.phases.nets] == [1.0, 1.0, 1.0]
+    files = shipped_nets()["mnist1d-mlp"]
+    in_files = [float(read_meta_learner(f)[2]["log_gamma"].exp()) for f in files]
+    assert [float(n.gamma) for n in saved.phases.nets] == pytest.approx(in_files)
     policy.phases.start(6)
     for loss in (2.3, 1.9, 1.4, 1.1, 0.9, 0.7):
+        phase = saved.phases.phase
         saved.step(loss)
         scaled.step(loss)
-        assert scaled.get_last_lr()[0] == 0.25 * saved.get_last_lr()[0]  # exact: 0.25 = 2**-2
+        factor = 0.25 / float(saved.phases.nets[phase].gamma)
+        assert scaled.get_last_lr()[0] == pytest.approx(factor * saved.get_last_lr()[0])
         assert policy.phases.lr(torch.tensor(loss)) == scaled.get_last_lr()[0]
 
 
