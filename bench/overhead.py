@@ -13,6 +13,11 @@ training step takes about 20 ms here:
 3. meta-test (frozen MLR-SNet) / fixed-LR training
 4. metalr fixed-LR run / a hand-written PyTorch loop doing the same work
 5. tracking on (MLflow, temporary store) / tracking off, whole `metalr run` of one method
+6. MLR-SNet with default options (LR probe of the run, cool-down) / fixed-LR training: what
+   running untuned costs, the probe included (a fixed share of steps per grid point, so the
+   shorter the run, the larger its share: see docs/design.md)
+
+Ratios 1-3 use the paper's settings with gamma 0.5 (no probe, meta-updates twice an epoch).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from metalr.recipe import Recipe
 from metalr.runner import Runner
 
 SEED = 0
+PAPER = {"preset": "paper", "gamma": 0.5}
 
 
 def build(reg, task, model_name, model_opts, policy_name, policy_opts, epochs, meta_train=True):
@@ -82,7 +88,7 @@ def step_times(reg, task, model_name, model_opts, repeats=20):
     gen = torch.Generator().manual_seed(SEED)
     x, y = task.splits["train"]
     plain = build(reg, task, model_name, model_opts, "fixed", {"lr": 0.1}, 1)
-    meta = build(reg, task, model_name, model_opts, "mlrsnet", {"gamma": 0.5}, 1)
+    meta = build(reg, task, model_name, model_opts, "mlrsnet", PAPER, 1)
     for e in (plain, meta):
         e.policy.start(RunInfo(1, 1, e.optimizer, torch.device("cpu"), SEED, task))
     times = {"plain": [], "meta-free": [], "meta-update": []}
@@ -115,13 +121,15 @@ def tracked_run(task_opts, model_name, model_opts, epochs, tracking, root: Path)
 def ratios(reg, task, model_name, model_opts, epochs, pairs, root: Path) -> list[float]:
     steps = step_times(reg, task, model_name, model_opts)
     r1 = (steps["meta-update"] - steps["meta-free"]) / steps["plain"]
-    r2, r3, r4, r5, extra = [], [], [], [], []
+    r2, r3, r4, r5, r6, extra = [], [], [], [], [], []
     for _ in range(pairs):
         fixed = timed_fit(build(reg, task, model_name, model_opts, "fixed", {"lr": 0.1}, epochs))
-        r2.append(timed_fit(build(reg, task, model_name, model_opts, "mlrsnet", {"gamma": 0.5},
+        r2.append(timed_fit(build(reg, task, model_name, model_opts, "mlrsnet", PAPER,
                                   epochs)) / fixed)
-        r3.append(timed_fit(build(reg, task, model_name, model_opts, "mlrsnet", {"gamma": 0.5},
+        r3.append(timed_fit(build(reg, task, model_name, model_opts, "mlrsnet", PAPER,
                                   epochs, meta_train=False)) / fixed)
+        r6.append(timed_fit(build(reg, task, model_name, model_opts, "mlrsnet", {},
+                                  epochs)) / fixed)
         r4.append(fixed / hand_written_loop(reg, task, model_name, model_opts, epochs))
         off = tracked_run({}, model_name, model_opts, epochs, "none", root)
         on = tracked_run({}, model_name, model_opts, epochs, "mlflow", root)
@@ -132,7 +140,7 @@ def ratios(reg, task, model_name, model_opts, epochs, pairs, root: Path) -> list
           f"{task.num_train_batches(128)} steps an epoch, {epochs} epochs, {pairs} pairs; "
           f"tracking adds {statistics.median(extra):.2f} s to a run of "
           f"{off:.1f} s (untracked)")
-    return [r1] + [statistics.median(r) for r in (r2, r3, r4, r5)]
+    return [r1] + [statistics.median(r) for r in (r2, r3, r4, r5, r6)]
 
 
 def main() -> None:
@@ -149,12 +157,13 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
         tracked_run({}, "mlp", {}, 1, "mlflow", root)  # create the store before timing anything
         names = ["meta-update/step", "meta-train/fixed", "meta-test/fixed", "metalr/hand-loop",
-                 "tracking on/off"]
+                 "tracking on/off", "untuned/fixed"]
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}")
         print("tiny MLP (100-100), information only:")
         small = ratios(reg, task, "mlp", {}, args.epochs, args.pairs, root)
         print("  " + ", ".join(f"{n} {r:.3f}" for n, r in zip(names, small)))
-        print("1D-CNN, 3 layers x 128 channels (targets: <=3, <=1.10, <=1.03, <=1.05, <=1.02):")
+        print("1D-CNN, 3 layers x 128 channels (targets: <=3, <=1.10, <=1.03, <=1.05, <=1.02; "
+              "untuned/fixed: information):")
         big = ratios(reg, task, "cnn1d", {"channels": 128}, args.epochs, args.pairs, root)
         print("  " + ", ".join(names))
         print(" ".join(f"{r:.3f}" for r in big))
