@@ -37,7 +37,6 @@ from torch import nn
 
 from metalr.protocols import Batch, Task
 
-
 HALF_DECADE = math.sqrt(10)
 QUARTER_DECADE = 10 ** 0.25
 

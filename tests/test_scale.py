@@ -236,7 +236,7 @@ def _trained_net(registry, tmp_path, gamma=0.7):
 
 def test_a_recipe_gamma_survives_meta_weights(registry, tmp_path):
     source, path = _trained_net(registry, tmp_path)
-    name, options, tensors, _ = read_meta_learner(path)
+    _, options, _, _ = read_meta_learner(path)
     assert "gamma" not in options  # the scale lives in the tensors only: nothing to disagree
     into = registry.get("lr_policy", "mlrsnet").build(gamma=0.2)
     load_meta_learner(path, into, policy_name="mlrsnet")

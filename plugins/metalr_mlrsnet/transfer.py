@@ -18,7 +18,6 @@ every net's output directly and wins over both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
