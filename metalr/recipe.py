@@ -48,6 +48,9 @@ class MetaConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="Adam LR of the meta optimizer")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay of the meta optimizer")
     save_epochs: list[int] = Field(default_factory=list, description="epochs at which theta is saved")
+    save_phases: int | None = Field(
+        None, ge=2, description="save the k nets of the paper's ceiling rule for this run's "
+        "epochs (k = 3 over 60 epochs: 1, 30, 60); follows train.epochs")
     weights: str | None = Field(None, description="safetensors file to start theta from")
 
 

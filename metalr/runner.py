@@ -30,6 +30,7 @@ from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
 from metalr.results import MethodResult, RunSummary, chance_level
+from metalr.scheduler import ceiling_epochs
 from metalr.weights import load_meta_learner, save_meta_learner
 
 
@@ -235,6 +236,9 @@ class Runner:
                           "lr_policy": {"name": method.lr_policy.name, "options": options},
                           "train": {**train.model_dump(mode="json"), "epochs": job.epochs}})
         logged = 0  # steps whose LR and loss have gone to the tracker
+        save_at = set(method.meta.save_epochs)
+        if method.meta.save_phases:
+            save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
         run_id = None
 
         def save_theta(tag: str) -> None:
@@ -252,7 +256,7 @@ class Runner:
                                                  "step_train_loss": history.losses[s]}, s)
                 tracker.log_metrics(run_id, metrics, epoch + 1)
             logged = len(history.lrs)
-            if learned and epoch + 1 in method.meta.save_epochs:
+            if learned and epoch + 1 in save_at:
                 save_theta(f"epoch{epoch + 1:04d}")
 
         try:

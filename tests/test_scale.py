@@ -283,3 +283,22 @@ def test_adamw_is_an_optimizer_with_an_exact_virtual_step(registry):
     opt = registry.get("optimizer", "adamw").build([nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 1e-2
     assert type(opt) in higher.optim._opt_mapping
+
+
+@pytest.mark.parametrize("epochs,expected", [(4, {1, 2, 4}), (2, {1, 2})])
+def test_save_phases_follow_the_horizon(registry, tmp_path, epochs, expected):
+    """meta.save_phases: 3 saves the nets of the ceiling rule for whatever train.epochs is, so
+    shortening a recipe never breaks it (save_epochs: [1, 30, 60] fails validation at 20)."""
+    from metalr.recipe import Recipe
+    from metalr.runner import Runner
+
+    recipe = Recipe.model_validate({
+        "name": "phases", "task": {"name": "digits", "options": {"meta_size": 200}},
+        "model": {"name": "cnn-digits"}, "train": {"epochs": epochs, "seed": 0},
+        "methods": {"m": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                          "lr_policy": {"name": "mlrsnet", "options": {"gamma": 0.05}},
+                          "meta": {"save_phases": 3}}},
+        "tracking": "none", "output_dir": str(tmp_path / "out")})
+    (result,) = Runner(recipe, progress=False).run().results
+    saved = {int(tag[5:]) for tag in result.files if tag.startswith("epoch")}
+    assert result.status == "FINISHED" and saved == expected and "final" in result.files
