@@ -37,7 +37,7 @@ class ScaleOptions(BaseModel):
     """Options of every loss-to-LR net: how its scale and its meta-learning budget are set."""
 
     model_config = ConfigDict(extra="forbid")
-    preset: Preset = Field("auto", description="auto: probed, learned scale + cool-down; "
+    preset: Preset = Field("auto", description="auto: probed scale + cool-down; "
                            "paper: the paper's gamma and meta settings")
     gamma: float | None = Field(
         None, gt=0, description="LR scale, output in [0, gamma]; set: used as given, never "
@@ -50,7 +50,7 @@ class ScaleOptions(BaseModel):
     scale_lr: float = Field(0.03, gt=0, description="meta LR (Adam) of log(gamma)")
     start_factor: float = Field(
         1.0, gt=0, le=1, description="with a probed scale: start at this fraction of the "
-        "probe's best LR")
+        "LR the probe chose")
     cooldown: float | None = Field(
         None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
         "and theta frozen (unset: auto 0.2, paper 0)")
@@ -84,7 +84,7 @@ class LossToLR(nn.Module):
     """A net from the (normalised) training loss to an LR in ``[0, gamma]``.
 
     ``log_gamma`` and ``ref_lr`` travel with the saved parameters. ``ref_lr`` is the LR the
-    scale was calibrated to (the probe's best, or gamma/2 for a given gamma): a saved net dropped
+    scale was calibrated to (the probe's chosen start, or gamma/2 otherwise): a saved net dropped
     into a new run under ``auto`` is rescaled by ``new probe / ref_lr``, so what transfers is
     the schedule relative to its start, not an absolute LR from another model.
     """
@@ -95,7 +95,7 @@ class LossToLR(nn.Module):
                  scale: Literal["probe", "task"] | None = None,
                  learn_scale: bool = False, scale_lr: float = 0.03,
                  start_factor: float = 1.0, cooldown: float | None = None,
-                 min_meta_updates: int | None = None, **_: Any):
+                 min_meta_updates: int | None = None):
         super().__init__()
         opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
                             scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
