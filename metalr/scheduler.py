@@ -54,9 +54,8 @@ def describe_shipped_nets() -> list[dict[str, Any]]:
         card = NETS_DIR / name / "card.md"
         lines = card.read_text().splitlines() if card.is_file() else []
         summary = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")), "")
-        gamma = tensors["log_gamma"].exp() if "log_gamma" in tensors else tensors["gamma"]
         out.append({"name": name, "files": [f.name for f in files], "policy": policy,
-                    "options": options, "gamma": float(gamma),
+                    "options": options, "gamma": float(tensors["log_gamma"].exp()),
                     "summary": summary, "card": str(card)})
     return out
 
@@ -293,7 +292,8 @@ class LearnedLR:
     meta-training (the shape of the schedule transfers, the absolute LR comes from your run).
     Unset, the nets keep the absolute scale they were meta-trained with, which suits only a
     model and optimizer like theirs (their model card says which). ``gamma`` instead sets the
-    upper bound of every net's output directly. ``loss_scale`` divides the loss before the net sees it and must match
+    upper bound of every net's output directly. ``loss_scale`` divides the loss before the net
+    sees it and must match
     meta-training (1 for classification, ln(vocabulary) for language models). The nets run on
     ``device`` (default CPU: they are tiny; the loss is copied there, one scalar per step).
     """

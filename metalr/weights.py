@@ -71,8 +71,9 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
 
 def is_loss_to_lr_net(policy: Any) -> bool:
     """A net from the loss to the LR with a scale (MLR-SNet, the MLP variant, a third party's)."""
-    return (isinstance(policy, torch.nn.Module) and callable(getattr(policy, "initial_state", None))
-            and callable(getattr(policy, "rescale", None))
+    return (isinstance(policy, torch.nn.Module)
+            and all(callable(getattr(policy, m, None)) for m in ("initial_state", "rescale",
+                                                                   "set_gamma", "envelope"))
             and isinstance(getattr(policy, "gamma", None), torch.Tensor))
 
 
