@@ -28,6 +28,7 @@ same, and noisy labels make the short-horizon picture misleading for a long run.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def probe_lr(
             return known
         model.load_state_dict(weights)
         torch.set_rng_state(rng)
-        opt = type(optimizer)(model.parameters(), **{**optimizer.defaults, "lr": lr})
+        opt = _fresh(optimizer, model.parameters(), lr)
         losses[lr] = _train_and_judge(task, model, opt, steps, batch_size, seed, judge,
                                       clip_grad_norm)
         return losses[lr]
@@ -155,6 +156,17 @@ def probe_lr(
         start = math.sqrt(best * start) if start > best else start
     return ProbeResult(start, dict(sorted(losses.items())), steps, at_edge, best, edge,
                        initial)
+
+
+def _fresh(optimizer: torch.optim.Optimizer, params, lr: float) -> torch.optim.Optimizer:
+    """A new optimizer of the same class and settings, with no state and this LR.
+
+    Only the settings its constructor takes are passed: ``defaults`` may hold derived keys (torch's
+    AdamW records ``decoupled_weight_decay``, which ``AdamW()`` does not accept)."""
+    cls = type(optimizer)
+    accepted = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return cls(params, **{**settings, "lr": lr})
 
 
 def _nearest(losses: dict[float, float], lr: float) -> float | None:

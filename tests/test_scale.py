@@ -139,7 +139,10 @@ def _engine(registry, task, opt_name, policy, epochs, seed=0, **opt_options):
     return Engine(task, model, opt, policy, EngineConfig(epochs=epochs, seed=seed))
 
 
-@pytest.mark.parametrize("opt_name,options", [("sgd", {"momentum": 0.9}), ("adam", {})])
+@pytest.mark.parametrize("opt_name,options", [
+    ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True}), ("adam", {}),
+    ("adamw", {}),
+])
 def test_default_scale_comes_from_the_probe_of_the_run(registry, opt_name, options):
     task = _digits(registry)
     policy = registry.get("lr_policy", "mlrsnet").build()
@@ -150,7 +153,7 @@ def test_default_scale_comes_from_the_probe_of_the_run(registry, opt_name, optio
     assert float(policy.ref_lr) == pytest.approx(probe.lr, rel=1e-6)
     # the first LR is the net's output at the start: gamma * sigmoid(~0) = the start LR
     assert history.lrs[0] == pytest.approx(float(policy.ref_lr), rel=0.25)
-    if opt_name == "adam":
+    if opt_name.startswith("adam"):
         assert probe.lr <= 0.1  # Adam's scale, not SGD's: gamma 1 (LR 0.5) diverges at step 1
 
 
