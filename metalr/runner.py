@@ -292,7 +292,8 @@ class Runner:
             {"lrs": history.lrs, "losses": history.losses, "epochs": history.epochs,
              "wall_time": history.wall_time, "t_val": history.t_val,
              "probe": None if probe is None else {
-                 "lr": probe.lr, "best": probe.best, "initial_loss": probe.initial_loss,
+                 "lr": probe.lr, "best": probe.best, "edge": probe.edge,
+                 "initial_loss": probe.initial_loss,
                  "steps_per_point": probe.steps_per_point, "at_edge": probe.at_edge,
                  "losses": {f"{k:.6g}": v for k, v in probe.losses.items()}}}))
         if tracker is not None:
