@@ -170,7 +170,7 @@ class Engine:
         return list(torch.autograd.grad(loss, self.params))
 
     def _probe(self, total_steps: int, steps_per_epoch: int) -> ProbeResult:
-        """The run's best fixed LR from a short probe (:mod:`metalr.probe`), measured once."""
+        """The LR probe of this run (:mod:`metalr.probe`), measured once."""
         if self.probe_result is None:
             cfg = self.cfg
             self.probe_result = probe_lr(

@@ -82,7 +82,7 @@ def decade_grid(optimizer: torch.optim.Optimizer) -> list[float]:
 def probe_steps(total_steps: int, steps_per_epoch: int) -> int:
     """Steps per grid point: 2% of the run, at least 20, at most one epoch (or 20), at most the
     run. Ten steps were too few on the language model: LR 32 won there and 100 still looked
-    fine, where 20 steps show 100 diverging and the probe backs off to 10 (the tuned LR is 20)."""
+    fine, where 20 steps show 100 diverging (the tuned LR is 20)."""
     return max(1, min(total_steps, max(20, steps_per_epoch), max(20, round(0.02 * total_steps))))
 
 
@@ -92,7 +92,7 @@ def probe_lr(
     clip_grad_norm: float | None = None, grid: Sequence[float] | None = None,
     meta_batches: int = 2,
 ) -> ProbeResult:
-    """Measure the best fixed LR of a short run from the model's current weights.
+    """Probe fixed LRs for a few steps from the model's current weights; choose the start LR.
 
     The model's weights and buffers, the optimizer's state and torch's global RNG are restored
     afterwards, so the run that follows starts exactly where it would have without the probe.
@@ -130,7 +130,7 @@ def probe_lr(
             else:
                 at_edge = False
         if grid is None:  # half-decades around the best
-            for lr in (best / math.sqrt(10), best * math.sqrt(10)):
+            for lr in (best / HALF_DECADE, best * HALF_DECADE):
                 run(lr)
             best = min(losses, key=losses.__getitem__)
         edge = best

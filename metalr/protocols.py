@@ -39,7 +39,7 @@ class RunInfo:
     seed: int
     task: Task
     probe: Callable[[], Any] | None = None
-    """Measures the run's best fixed LR (:func:`metalr.probe.probe_lr`) on first call, then
+    """Probes the run's LR scale (:func:`metalr.probe.probe_lr`) on first call, then
     returns the same :class:`metalr.probe.ProbeResult`; None where no probe is possible."""
 
     @property

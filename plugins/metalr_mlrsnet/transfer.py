@@ -8,8 +8,8 @@ This is a plain LR policy, not a meta-learner: it has no ``learns_by``, so the e
 builds a hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
 
 The LR scale at transfer time (``scale: auto``, the default) comes from the new run itself: the
-short probe of :mod:`metalr.probe` finds this run's best fixed LR, and every net is rescaled by
-``best / ref_lr`` (``ref_lr``: the LR the nets were calibrated to when meta-trained), so the
+short probe of :mod:`metalr.probe` chooses this run's start LR, and every net is rescaled by
+``start / ref_lr`` (``ref_lr``: the LR the nets were calibrated to when meta-trained), so the
 schedule keeps its shape relative to its start on any model and optimizer. ``scale: saved``
 keeps the absolute scale the nets were meta-trained with; a ``gamma`` option sets the bound of
 every net's output directly and wins over both.
