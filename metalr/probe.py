@@ -12,14 +12,20 @@ Which point to start from is the delicate part. The point with the lowest loss a
 is a short-horizon answer: too low where large steps pay later (the MNIST-1D MLP with momentum
 generalises best from 0.5; its probe's best is 0.1-0.3) and too high where they hurt later (the
 language model's best after 10 steps, 32, ends 30% worse than 20). What a few steps do measure
-well is where training stops working. So the probe finds the **edge**: the largest LR, climbing
-half-decades from the best and then one quarter-decade, that still keeps half of the best
-point's improvement over the untrained loss, and the run starts at **half the edge**: below where training breaks, as high as
-is safe. Adam-like optimizers are the exception: their step is the LR whatever the gradient,
-so an LR too large does not blow up within a few steps, it degrades later (the language model
-with Adam at 0.05, half its edge: perplexity 855, against 427 at 0.03); they start at the
-geometric mean of the best point and half the edge. (The run's own data order matters for the same reason: with another order Adam on the
-MNIST-1D CNN kept working at 0.03 in the probe, while the real run died at 0.03.)
+well is where training stops working. So for SGD the probe finds the **edge**: the largest LR,
+climbing half-decades from the best and then one quarter-decade, that still keeps half of the best
+point's improvement over the untrained loss, and the run starts at **half the edge**: below where
+training breaks, as high as is safe.
+
+Adam-like optimizers are the exception: their step is the LR whatever the gradient, so an LR too
+large does not blow up within a few steps, it degrades later, and after 20 steps the losses are
+flat over two decades (the language model: 6.69-6.83 from 0.01 to 0.18; its edge is 1, where Adam
+at 0.05 ends at perplexity 855 against 427 at 0.03). Three times as many steps per point separate
+them: the best point then is 0.03 on the language model on every seed (the tuned LR), 0.01 on the
+MNIST-1D MLP and CNN (the tuned LRs; the CNN dies at 0.03), where 20 steps named anything from
+0.003 to 0.3. So Adam-like optimizers get a probe three times as long, no edge climb, and start at
+its **best** point. (The run's own data order matters for the same reason: with another order Adam
+on the MNIST-1D CNN kept working at 0.03 in the probe, while the real run died at 0.03.)
 
 Known limits (docs/design.md): training that starts on a long plateau makes every point look the
 same, and noisy labels make the short-horizon picture misleading for a long run.
@@ -40,16 +46,18 @@ from metalr.protocols import Batch, Task
 
 HALF_DECADE = math.sqrt(10)
 QUARTER_DECADE = 10 ** 0.25
+ADAPTIVE_HORIZON = 3  # Adam-like optimizers: probe steps per point, times the SGD count
 
 
 @dataclass
 class ProbeResult:
     """What the probe measured (``losses[lr]``: mean meta loss after it) and chose.
 
-    ``best`` had the lowest loss; ``edge`` is the largest LR found (half-decades up from the
-    best, then one quarter-decade) that still keeps half of ``best``'s improvement over the
-    untrained loss; ``lr`` is where the run starts: ``edge / 2``, for Adam-like optimizers
-    the geometric mean of ``best`` and ``edge / 2`` (why: the module docstring).
+    ``best`` had the lowest loss; ``edge`` is the largest LR found that still keeps half of
+    ``best``'s improvement over the untrained loss (for SGD climbing half-decades up from the
+    best, then one quarter-decade; for Adam-like optimizers among the points measured); ``lr``
+    is where the run starts: ``edge / 2`` for SGD, ``best`` of the longer probe for Adam-like
+    optimizers (why: the module docstring).
     """
 
     lr: float
@@ -97,7 +105,10 @@ def probe_lr(
     The model's weights and buffers, the optimizer's state and torch's global RNG are restored
     afterwards, so the run that follows starts exactly where it would have without the probe.
     """
+    adaptive = is_adaptive(optimizer)
     steps = probe_steps(total_steps, steps_per_epoch)
+    if adaptive:
+        steps = min(total_steps, ADAPTIVE_HORIZON * steps)
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
     meta_gen = torch.Generator().manual_seed(seed + 7919)
@@ -136,7 +147,7 @@ def probe_lr(
         edge = best
         if math.isfinite(losses[best]):
             keep = initial - 0.5 * (initial - losses[best])  # half the best improvement
-            if grid is None:  # climb half-decades while training still works
+            if grid is None and not adaptive:  # climb half-decades while training still works
                 top = max(coarse) * 10
                 x = best * HALF_DECADE
                 while x <= top * 1.001 and run(x) <= keep:
@@ -151,9 +162,7 @@ def probe_lr(
     if not math.isfinite(losses[best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
-    start = edge / 2
-    if is_adaptive(optimizer):  # see the module docstring: Adam fails late, not in the probe
-        start = math.sqrt(best * start) if start > best else start
+    start = best if adaptive else edge / 2  # Adam fails late, not in a short probe
     return ProbeResult(start, dict(sorted(losses.items())), steps, at_edge, best, edge,
                        initial)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from metalr.engine import Engine, EngineConfig
-from metalr.probe import HALF_DECADE, decade_grid, probe_lr
+from metalr.probe import HALF_DECADE, decade_grid, probe_lr, probe_steps
 from metalr.protocols import ModelSpec, RunInfo
 from metalr.weights import WeightsError, load_meta_learner, read_meta_learner, save_meta_learner
 
@@ -105,6 +105,23 @@ def test_probe_climbs_to_the_edge_where_larger_steps_keep_working():
     assert result.edge >= 10 * result.best  # it climbed past the best
     assert all(result.losses[lr] <= keep for lr in climbed)
     assert result.lr == pytest.approx(result.edge / 2)
+
+
+def test_adam_probe_is_longer_and_starts_at_its_best():
+    """Adam fails late, not within a short probe: three times the steps per point, no edge
+    climb (every point measured is on the grid or next to the best), and the start is the best
+    point; the edge is reported from the points measured."""
+    task, model = Quadratic(3.0), Point()
+    opt = torch.optim.Adam(model.parameters(), lr=0.0)
+    result = probe_lr(task, model, opt, total_steps=400, steps_per_epoch=4, batch_size=1,
+                      meta_batch_size=1, seed=0)
+    assert result.steps_per_point == 3 * probe_steps(400, 4)
+    assert result.best == min(result.losses, key=result.losses.__getitem__)
+    assert result.lr == result.best
+    keep = result.initial_loss - 0.5 * (result.initial_loss - result.losses[result.best])
+    assert result.edge == max(lr for lr, v in result.losses.items() if v <= keep)
+    assert len(result.losses) <= len(decade_grid(opt)) + 3  # grid, extension, two half-decades
+    assert torch.equal(model.w, torch.zeros(5)) and not opt.state
 
 
 def test_probe_grid_follows_the_optimizer_family():
