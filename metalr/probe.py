@@ -98,16 +98,18 @@ def probe_lr(
     task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     total_steps: int, steps_per_epoch: int, batch_size: int, meta_batch_size: int, seed: int,
     clip_grad_norm: float | None = None, grid: Sequence[float] | None = None,
-    meta_batches: int = 2,
+    meta_batches: int = 2, steps_per_point: int | None = None,
 ) -> ProbeResult:
     """Probe fixed LRs for a few steps from the model's current weights; choose the start LR.
 
     The model's weights and buffers, the optimizer's state and torch's global RNG are restored
     afterwards, so the run that follows starts exactly where it would have without the probe.
+    ``steps_per_point`` overrides the length rule (``probe_steps``, times ``ADAPTIVE_HORIZON``
+    for Adam-like optimizers); ``bench/probe_horizon.py`` uses it to show why the rule is so.
     """
     adaptive = is_adaptive(optimizer)
-    steps = probe_steps(total_steps, steps_per_epoch)
-    if adaptive:
+    steps = steps_per_point or probe_steps(total_steps, steps_per_epoch)
+    if adaptive and steps_per_point is None:
         steps = min(total_steps, ADAPTIVE_HORIZON * steps)
     weights = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
