@@ -38,7 +38,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True)
     methods = ", ".join(recipe.methods)
     print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, model {recipe.model.name}, "
           f"methods {methods}, {recipe.train.epochs} epochs)")
@@ -48,7 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from metalr.runner import Runner  # torch-heavy; not needed by the other commands
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True)
     summary = Runner(recipe, progress=not args.quiet).run()
     print()
     print(summary.markdown())
