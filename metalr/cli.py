@@ -99,8 +99,20 @@ def _interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C: runs are marke
     raise KeyboardInterrupt
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but options may come after or between the ``key=value`` overrides
+    (``metalr run r.yaml train.epochs=20 -q``): argparse stops the overrides at the first option."""
+    args, rest = parser.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)

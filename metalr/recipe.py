@@ -430,6 +430,8 @@ def check_components(data: dict[str, Any], registry: Registry) -> list[Problem]:
             component.options.model_validate(options)
         except ValidationError as exc:
             problems += _pydantic_problems(exc, component.options, prefix=f"{path}.options")
+        except Exception as exc:  # a plugin's validator that raised something else
+            problems.append(Problem(f"{path}.options", f"{type(exc).__name__}: {exc}"[:400]))
     return problems
 
 
