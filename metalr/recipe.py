@@ -195,8 +195,8 @@ class Recipe(_Strict):
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem at a dotted key path; ``line`` is the key's line in the file (0: the value came
-    from a command-line override, so no line of the file is named)."""
+    """One problem at a dotted key path; ``line`` is the key's line in the file (0: none to name,
+    because the value came from a command-line override or the message names its lines)."""
 
     path: str
     message: str

@@ -24,7 +24,7 @@ import torch
 from pydantic import ValidationError
 
 from metalr.plugins import Registry
-from metalr.recipe import Method, Problem, Recipe, _flat, _pydantic_problems, resolve_device
+from metalr.recipe import Method, Problem, Recipe, _flat, resolve_device
 from metalr.weights import WeightsError, load_meta_learner
 
 MEMORY_FACTOR = 4
@@ -156,9 +156,10 @@ def check_tune_grid(name: str, method: Method, raw: Any, data: dict[str, Any],
         try:
             schema.model_validate({**method.lr_policy.options, method.tune: value})
         except ValidationError as exc:
-            for p in _pydantic_problems(exc, schema):
+            for err in exc.errors():
+                message = err["msg"].removeprefix("Value error, ")
                 problems.append(Problem(where, f"{value!r} for {method.tune} of "
-                                        f"{method.lr_policy.name!r}: {p.message}"))
+                                        f"{method.lr_policy.name!r}: {message}"))
     return problems
 
 

@@ -30,7 +30,7 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 class YAMLProblem:
     path: str
     message: str
-    line: int | None = None
+    line: int | None = None  # 0: the message names its lines itself
 
 
 class YAMLLoadError(ValueError):
@@ -124,7 +124,7 @@ def _walk(node: yaml.Node, path: str, lines: dict[str, int], problems: list[YAML
             line = key.start_mark.line + 1
             if name in seen:
                 problems.append(YAMLProblem(child, f"duplicate key {name!r} on lines {seen[name]} "
-                                                   f"and {line}: keep one", line))
+                                                   f"and {line}: keep one", 0))
             seen[name] = line
             lines.setdefault(child, line)
             _walk(value, child, lines, problems, count)
@@ -157,5 +157,5 @@ def _pairs(node: yaml.MappingNode, count: list[int]) -> list[tuple[yaml.Node, ya
 
 def _short(exc: yaml.YAMLError) -> str:
     """PyYAML's message in one line, with its line number, and never pages long."""
-    text = " ".join(str(exc).replace(' in "<unicode string>"', "").split())
+    text = " ".join(str(exc).split()).replace(' in "<unicode string>",', ",")
     return text if len(text) <= 300 else text[:300] + " ..."
