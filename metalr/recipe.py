@@ -251,13 +251,20 @@ def load_recipe(
     problems += values + [p for p in schema if p.path not in said]
     if recipe is not None:
         problems += check_semantics(recipe, registry)
-    if recipe is not None and deep and not problems:
+    if recipe is not None and deep:
         from metalr.validation import check_deep  # builds components: only once the shape is right
 
-        problems += check_deep(recipe, data, registry)
+        said = {p.path for p in problems}
+        problems += [p for p in check_deep(recipe, data, registry)
+                     if not any(_related(p.path, q) for q in said)]  # one message per problem
     if problems:
         raise RecipeError(source, [_with_line(p, lines, overridden) for p in problems])
     return recipe
+
+
+def _related(a: str, b: str) -> bool:
+    """One key path is the other or lies inside it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def _with_line(problem: Problem, lines: dict[str, int], overridden: set[str]) -> Problem:
@@ -465,7 +472,8 @@ def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
                                         f"{method.tune!r} is not an option of "
                                         f"{method.lr_policy.name!r}{hint}"))
         if meta.weights is not None and not Path(meta.weights).is_file():
-            problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: no such file"))
+            what = "a folder, not a file" if Path(meta.weights).is_dir() else "no such file"
+            problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: {what}"))
     if recipe.train.device == "cuda" and not torch.cuda.is_available():
         problems.append(Problem("train.device", "'cuda': no CUDA device here; use auto or cpu"))
     return problems

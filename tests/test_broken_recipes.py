@@ -100,6 +100,7 @@ CASES = [
     ("lr-inf", None, ["methods.f.lr_policy.options.lr=.inf"],
      ["methods.f.lr_policy.options.lr", "inf is not a finite number"]),
     ("meta-lr-nan", None, ["methods.m.meta.lr=.nan"], ["methods.m.meta.lr", "not a finite number"]),
+    ("threads-bool", with_(("train.threads", True)), [], ["train.threads", "boolean"]),
     ("seed-beyond-int64", None, ["train.seed=99999999999999999999"], ["train.seed", "4294967295"]),
     ("seed-negative", with_(("train.seed", -1)), [], ["train.seed", "greater than or equal to 0"]),
     ("batch-beyond-int64", None, ["train.batch_size=99999999999999999999"],
@@ -141,6 +142,8 @@ CASES = [
      [], ["methods.m.meta.weights", "is not JSON"]),
     ("weights-foreign", lambda nets: with_(("methods.m.meta.weights", str(nets / "plain.safetensors"))),
      [], ["methods.m.meta.weights", "not saved by metalr"]),
+    ("weights-folder", lambda nets: with_(("methods.m.meta.weights", str(nets))), [],
+     ["methods.m.meta.weights", "a folder, not a file"]),
     ("weights-missing", with_(("methods.m.meta.weights", "/nonexistent/theta.safetensors")), [],
      ["methods.m.meta.weights", "no such file"]),
     ("transfer-pickle", lambda nets: with_(("methods.t", {
@@ -181,9 +184,14 @@ CASES = [
         "tracking_uri": "mlfow://host/x"}})), [], ["unknown scheme 'mlfow'"]),
     ("tracking-not-sqlite", lambda nets: with_(("tracking", {"name": "mlflow", "options": {
         "tracking_uri": f"sqlite:///{nets / 'theta.pt'}"}})), [], ["is not an SQLite database"]),
+    ("tracking-unreachable", with_(("tracking", {"name": "mlflow", "options": {
+        "tracking_uri": "http://127.0.0.1:9"}})), [], ["cannot reach 127.0.0.1:9"]),
     ("output-dir-is-file", lambda nets: with_(("output_dir", str(nets / "theta.pt"))), [],
      ["output_dir", "is a file, not a folder"]),
     # -- several at once -----------------------------------------------------------------------
+    ("shape-and-build-at-once", with_(("methods.m.optimizer.options.momentum", float("inf")),
+                                      ("model.options.hidden", [10**8, 10**8])), [],
+     ["2 problems", "momentum: inf is not a finite number", "smaller widths"]),
     ("three-at-once", with_(("train.epochs", True), ("name", ".."), ("trian", {})), ["train.=1"],
      ["4 problems", "train.epochs", "name", "trian", "train.=1"]),
 ]
