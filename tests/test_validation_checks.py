@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 import yaml
 
 from metalr.cli import main
-from metalr.weights import save_meta_learner
 from metalr.validation import tracking_uri_problem
+from metalr.weights import save_meta_learner
 from metalr.yaml_loader import YAMLLoadError, load_yaml
 
 BASE = {
