@@ -1,8 +1,9 @@
 """Recipes: YAML experiment descriptions, parsed into typed objects and checked as a whole.
 
 Every problem of a recipe (and of its command-line overrides) is collected into one
-:class:`RecipeError`, each with its dotted path, the bad value and the nearest valid key or
-registered name, before any data is touched.
+:class:`RecipeError`, each with its dotted path, its line in the file, the bad value and the
+nearest valid key or registered name, before any data is touched. The file is read strictly
+(:mod:`metalr.yaml_loader`); the checks that build components are in :mod:`metalr.validation`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ComponentRef(_Strict):
 
 
 class MetaConfig(_Strict):
-    """How a meta-learner's parameters theta are learned (ignored by policies without theta)."""
+    """How a meta-learner's parameters theta are learned (an error on a policy without theta)."""
 
     mode: Literal["meta-train", "meta-test"] = "meta-train"
     t_val: Count | None = Field(None, description="steps between meta-updates; unset: twice per epoch")
@@ -141,8 +142,8 @@ class TrainConfig(_Strict):
     batch_size: Count = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
-        None, ge=1, le=4096, description="torch CPU threads; unset: torch's default. 1 suits tiny models "
-        "and shared machines, where spinning threads of several processes thrash"
+        None, ge=1, le=4096, description="torch CPU threads; unset: torch's default. 1 suits tiny "
+        "models and shared machines, where spinning threads of several processes thrash"
     )
     eval_every: Count = Field(1, description="epochs between evaluations")
     explode_factor: float = Field(
@@ -169,7 +170,10 @@ class Recipe(_Strict):
     output_dir: str = Field("metalr-out", min_length=1,
                             description="runs write their files under this folder")
 
-    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -363,7 +367,7 @@ def bool_problems(data: Any, annotation: Any, path: str = "") -> list[Problem]:
             for key, value in data.items():
                 field = member.model_fields.get(key)
                 if field is not None:
-                    problems += bool_problems(value, _field_type(field),
+                    problems += bool_problems(value, field.annotation,
                                               f"{path}.{key}" if path else str(key))
             return problems
         if origin is dict and isinstance(data, dict):
@@ -377,10 +381,6 @@ def bool_problems(data: Any, annotation: Any, path: str = "") -> list[Problem]:
                 problems += bool_problems(value, item_type, f"{path}.{i}")
             return problems
     return problems
-
-
-def _field_type(field: Any) -> Any:
-    return field.annotation
 
 
 def _flat(tp: Any) -> tuple[Any, ...]:
