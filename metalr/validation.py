@@ -46,14 +46,18 @@ def check_deep(recipe: Recipe, data: dict[str, Any], registry: Registry) -> list
     task = _guarded(problems, "task", "cannot be built",
                     lambda: registry.get("task", recipe.task.name).build(**recipe.task.options))
     raw_methods = data.get("methods", {})
-    for name, method in recipe.methods.items():
-        problems += check_method(name, method, raw_methods.get(name, {}), data, recipe, registry,
-                                 task)
+    checks: list[tuple[str, Callable[[], list[Problem]]]] = [
+        (f"methods.{name}", lambda n=name, m=method: check_method(
+            n, m, raw_methods.get(n, {}), data, recipe, registry, task))
+        for name, method in recipe.methods.items()]
     if task is not None:
-        problems += check_model(recipe, registry, task)
-        problems += check_task_data(recipe, registry, task)
-    problems += check_tracking(recipe)
-    problems += check_output_dir(recipe.output_dir)
+        checks += [("model", lambda: check_model(recipe, registry, task)),
+                   ("task", lambda: check_task_data(recipe, registry, task))]
+    checks += [("tracking", lambda: check_tracking(recipe)),
+               ("output_dir", lambda: check_output_dir(recipe.output_dir))]
+    for path, check in checks:
+        found = _guarded(problems, path, "could not be checked", check)
+        problems += found or []
     return _unique(problems)
 
 
@@ -221,6 +225,8 @@ def check_model(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
 def device_memory(device: torch.device) -> int | None:
     """Total bytes of memory on ``device``'s kind, if known."""
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None  # reported by recipe.check_semantics
         return torch.cuda.get_device_properties(device.index or 0).total_memory
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

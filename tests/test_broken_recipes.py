@@ -328,3 +328,19 @@ def test_installed_command_refuses_without_traceback(tmp_path, empty_cwd, conten
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert os.listdir(empty_cwd) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cuda_asked_for_where_there_is_none(tmp_path, empty_cwd, nets, capsys, command):
+    path = write_recipe(tmp_path, with_(("model.options.hidden", [10**8, 10**8])), nets)
+    assert_refused([command, str(path), "train.device=cuda"], empty_cwd, capsys,
+                   ["train.device: 'cuda': no CUDA device here"])
+
+
+@pytest.mark.gpu
+def test_a_model_too_large_for_the_gpu(tmp_path, empty_cwd, nets, capsys):
+    """Measured against the GPU's memory, not the host's."""
+    path = write_recipe(tmp_path, with_(("model.options.hidden", [10**6, 10**6])), nets)
+    assert_refused(["validate", str(path), "train.device=cuda"], empty_cwd, capsys,
+                   ["model.options", "of cuda memory here"])
