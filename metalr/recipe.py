@@ -383,20 +383,21 @@ def bool_problems(data: Any, annotation: Any, path: str = "") -> list[Problem]:
     return problems
 
 
-def _flat(tp: Any) -> tuple[Any, ...]:
+def type_members(tp: Any) -> tuple[Any, ...]:
+    """The plain types an annotation admits (``int | None`` -> ``(int, NoneType)``)."""
     if typing.get_origin(tp) is Annotated:
-        return _flat(typing.get_args(tp)[0])
+        return type_members(typing.get_args(tp)[0])
     if typing.get_origin(tp) in (Union, types.UnionType):
-        return tuple(m for a in typing.get_args(tp) for m in _flat(a))
+        return tuple(m for a in typing.get_args(tp) for m in type_members(a))
     return (tp,)
 
 
 def _accepts_bool(tp: Any) -> bool:
-    return any(m is bool or m is Any or m is object for m in _flat(tp))
+    return any(m is bool or m is Any or m is object for m in type_members(tp))
 
 
 def _numeric(tp: Any) -> bool:
-    return any(m in (int, float) for m in _flat(tp))
+    return any(m in (int, float) for m in type_members(tp))
 
 
 def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:

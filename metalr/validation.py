@@ -24,7 +24,7 @@ import torch
 from pydantic import ValidationError
 
 from metalr.plugins import Registry
-from metalr.recipe import Method, Problem, Recipe, _flat, resolve_device
+from metalr.recipe import Method, Problem, Recipe, resolve_device, type_members
 from metalr.weights import WeightsError, load_meta_learner
 
 MEMORY_FACTOR = 4
@@ -113,7 +113,7 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
                                     f"so these settings ({keys}) would be ignored: remove them, or "
                                     "use a meta-learner such as 'mlrsnet'"))
     elif meta.weights is not None:
-        problems += check_weights(f"{at}.meta.weights", meta.weights, ref, registry)
+        problems += check_weights(f"{at}.meta.weights", meta.weights, ref.name, policy)
     elif meta.mode == "meta-test":
         problems.append(Problem(f"{at}.meta.mode", "meta-test freezes theta, so it needs "
                                 "meta.weights (a meta-trained net); without them a random, "
@@ -123,14 +123,14 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
     return problems
 
 
-def check_weights(at: str, path: str, ref: Any, registry: Registry) -> list[Problem]:
-    """Load the file into a freshly built policy, through the one loader the run uses."""
+def check_weights(at: str, path: str, policy_name: str, fresh: Any) -> list[Problem]:
+    """Load the file into ``fresh``, a policy built for this check only, through the one loader
+    the run uses: format, header, kind and shapes are checked exactly as the run will."""
     if not Path(path).is_file():
         return []  # reported by recipe.check_semantics
     try:
-        fresh = registry.get("lr_policy", ref.name).build(**ref.options)
-        load_meta_learner(path, fresh, policy_name=ref.name, registry=registry)
-    except Exception as exc:
+        load_meta_learner(path, fresh, policy_name=policy_name)
+    except Exception as exc:  # WeightsError, or whatever a plugin's load_state_dict raises
         return [Problem(at, one_line(exc))]
     return []
 
@@ -148,7 +148,7 @@ def check_tune_grid(name: str, method: Method, raw: Any, data: dict[str, Any],
     grid = raw["tune_grid"] if own else (data.get("tuning") or {}).get("grid")
     if not isinstance(grid, list):
         grid = method.tune_grid or []  # the default grid
-    kinds = _flat(schema.model_fields[method.tune].annotation)
+    kinds = type_members(schema.model_fields[method.tune].annotation)
     problems = []
     for i, value in enumerate(grid):
         where = f"{at}.{i}"
