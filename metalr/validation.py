@@ -51,8 +51,9 @@ def check_deep(recipe: Recipe, data: dict[str, Any], registry: Registry) -> list
             n, m, raw_methods.get(n, {}), data, recipe, registry, task))
         for name, method in recipe.methods.items()]
     if task is not None:
-        checks += [("model", lambda: check_model(recipe, registry, task)),
-                   ("task", lambda: check_task_data(recipe, registry, task))]
+        # the data first: a task may know its spec (a vocabulary size) only once set up
+        checks += [("task", lambda: check_task_data(recipe, registry, task)),
+                   ("model", lambda: check_model(recipe, registry, task))]
     checks += [("tracking", lambda: check_tracking(recipe)),
                ("output_dir", lambda: check_output_dir(recipe.output_dir))]
     for path, check in checks:
@@ -198,10 +199,12 @@ def check_monitor(at: str, ref: Any, registry: Registry, task: Any, policy: Any)
 def check_model(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
     """Build the model on torch's ``meta`` device (shapes, no memory) and compare its size with
     the memory of the device the run will use."""
-    ref = recipe.model
+    ref, spec = recipe.model, getattr(task, "spec", None)
+    if spec is None:
+        return []  # a task that has no spec before its (expensive) setup
     try:
         with torch.device("meta"):
-            model = registry.get("model", ref.name).build(task.spec, **ref.options)
+            model = registry.get("model", ref.name).build(spec, **ref.options)
         count = sum(p.numel() for p in model.parameters())
         size = sum(p.numel() * p.element_size() for p in model.parameters())
     except Exception as exc:
