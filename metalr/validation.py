@@ -333,13 +333,7 @@ def _sqlite_file_problem(db: Path) -> str | None:
         if not os.access(db, os.W_OK):
             return f"{db} is not writable"
         return None
-    parent = db.parent
-    if not parent.is_dir():
-        return (f"the folder {parent} does not exist (MLflow does not create it): create it or "
-                "point MLFLOW_TRACKING_URI elsewhere")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"the folder {parent} is not writable"
-    return None
+    return _folder_problem(db.parent, "store's folder")  # MLflow creates missing folders
 
 
 def _folder_problem(path: Path, what: str) -> str | None:

@@ -177,9 +177,9 @@ CASES = [
                                    ("train.batch_size", 10**7), ("methods.m", None)), [],
      ["train.batch_size", "does not fit the data", "under 2 rows"]),
     # -- where a run writes --------------------------------------------------------------------
-    ("tracking-folder-missing", with_(("tracking", {"name": "mlflow", "options": {
-        "tracking_uri": "sqlite:////nonexistent-metalr/mlflow.db"}})), [],
-     ["tracking.options.tracking_uri", "/nonexistent-metalr does not exist"]),
+    ("tracking-folder-under-file", lambda nets: with_(("tracking", {"name": "mlflow", "options": {
+        "tracking_uri": f"sqlite:///{nets / 'theta.pt'}/store/mlflow.db"}})), [],
+     ["tracking.options.tracking_uri", "theta.pt is a file, so the store's folder"]),
     ("tracking-unknown-scheme", with_(("tracking", {"name": "mlflow", "options": {
         "tracking_uri": "mlfow://host/x"}})), [], ["unknown scheme 'mlfow'"]),
     ("tracking-not-sqlite", lambda nets: with_(("tracking", {"name": "mlflow", "options": {

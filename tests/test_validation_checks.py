@@ -59,6 +59,7 @@ def test_every_duplicate_is_reported_with_both_lines():
 
 
 @pytest.mark.parametrize("uri", ["sqlite:///{tmp}/new.db", "sqlite:///{tmp}/existing.db",
+                                 "sqlite:///{tmp}/new/folder/m.db",
                                  "sqlite:///:memory:", "{tmp}/store", "file://{tmp}/store",
                                  "databricks", "postgresql://u@host/db"])
 def test_usable_tracking_uris_pass(tmp_path, uri):
@@ -70,7 +71,7 @@ def test_usable_tracking_uris_pass(tmp_path, uri):
 
 @pytest.mark.parametrize("uri,words", [
     ("sqlite://relative.db", "sqlite:///relative/path.db"),
-    ("sqlite:///{tmp}/no/such/folder/m.db", "does not exist"),
+    ("sqlite:///{tmp}/file.txt/m.db", "file.txt is a file"),
     ("sqlite:///{tmp}", "is a folder, not an SQLite database file"),
     ("{tmp}/file.txt/store", "is a file"),
     ("ftp://host/x", "unknown scheme 'ftp'"),
