@@ -38,7 +38,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True)
     methods = ", ".join(recipe.methods)
     print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, model {recipe.model.name}, "
           f"methods {methods}, {recipe.train.epochs} epochs)")
@@ -48,7 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from metalr.runner import Runner  # torch-heavy; not needed by the other commands
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True)
     summary = Runner(recipe, progress=not args.quiet).run()
     print()
     print(summary.markdown())
@@ -99,8 +99,20 @@ def _interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C: runs are marke
     raise KeyboardInterrupt
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but options may come after or between the ``key=value`` overrides
+    (``metalr run r.yaml train.epochs=20 -q``): argparse stops the overrides at the first option."""
+    args, rest = parser.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)

@@ -44,7 +44,9 @@ class TensorClassificationTask:
     loss_scale: float = 1.0
     default_gamma: float = 1.0
     metric: str = "accuracy"
+    metrics: tuple[str, ...] = ("loss", "accuracy")  # what evaluate() returns
     higher_is_better: bool = True
+    cheap_setup: bool = True  # in memory, no download: `metalr validate` sets it up to check limits
     spec: ModelSpec
 
     def __init__(self, meta_size: int = 500):

@@ -73,6 +73,12 @@ class Task(Protocol):
 
     ``loss_scale`` normalises the loss before a meta-learner sees it (1 for images, ln(vocab)
     for language models, paper Appendix B). ``metric`` names the headline test metric.
+
+    Two optional attributes let ``metalr validate`` check more before a run: ``metrics``, the
+    names :meth:`evaluate` returns (default: ``loss`` and ``metric``), against which a plateau
+    ``monitor`` is checked; and ``cheap_setup = True`` for a task whose :meth:`setup` is quick
+    and offline, which validation then runs to check data-dependent limits (``meta_size``
+    against the data, a batch size against a split).
     """
 
     spec: ModelSpec

@@ -1,30 +1,54 @@
 """Recipes: YAML experiment descriptions, parsed into typed objects and checked as a whole.
 
 Every problem of a recipe (and of its command-line overrides) is collected into one
-:class:`RecipeError`, each with its dotted path, the bad value and the nearest valid key or
-registered name, before any data is touched.
+:class:`RecipeError`, each with its dotted path, its line in the file, the bad value and the
+nearest valid key or registered name, before any data is touched. The file is read strictly
+(:mod:`metalr.yaml_loader`); the checks that build components are in :mod:`metalr.validation`.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metalr.plugins import Registry, UnknownComponentError, get_registry
+from metalr.yaml_loader import YAMLLoadError, load_yaml, read_text
+
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1
+"""Seeds stay in numpy's range, which leaves torch room for the offsets the engine adds."""
+
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Count = Annotated[int, Field(gt=0, le=INT64_MAX)]
+"""A positive count (epochs, batch size, steps) that torch can hold in an int64."""
+
+NAME_MAX = 100
+
+
+def check_name(value: str) -> str:
+    """A name that becomes a folder, a run name and a tracked key: not ``.``/``..``, not long."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError("a name is letters, digits and `_ . -` (it names runs, folders and "
+                         "tracked parameters)")
+    if set(value) == {"."}:
+        raise ValueError("a name of only dots would name the folder above; use letters")
+    if len(value) > NAME_MAX:
+        raise ValueError(f"a name is at most {NAME_MAX} characters (it becomes a folder name)")
+    return value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentRef(_Strict):
@@ -40,11 +64,11 @@ class ComponentRef(_Strict):
 
 
 class MetaConfig(_Strict):
-    """How a meta-learner's parameters theta are learned (ignored by policies without theta)."""
+    """How a meta-learner's parameters theta are learned (an error on a policy without theta)."""
 
     mode: Literal["meta-train", "meta-test"] = "meta-train"
-    t_val: int | None = Field(None, gt=0, description="steps between meta-updates; unset: twice per epoch")
-    batch_size: int = Field(128, gt=0, description="meta batch size")
+    t_val: Count | None = Field(None, description="steps between meta-updates; unset: twice per epoch")
+    batch_size: Count = Field(128, description="meta batch size")
     lr: float = Field(1e-3, gt=0, description="Adam LR of the meta optimizer")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay of the meta optimizer")
     save_epochs: list[int] = Field(default_factory=list, description="epochs at which theta is saved")
@@ -78,11 +102,11 @@ class TuningConfig(_Strict):
     grid: list[float] = Field(
         default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1
     )
-    seeds: list[int] | None = Field(
+    seeds: list[Seed] | None = Field(
         None, min_length=1, description="unset: the first two of train.seeds, or [seed, seed + 1] "
         "when there is one seed"
     )
-    epochs: int | None = Field(None, gt=0, description="unset: train.epochs")
+    epochs: Count | None = Field(None, description="unset: train.epochs")
 
     @model_validator(mode="before")
     @classmethod
@@ -110,18 +134,18 @@ class TuningConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(gt=0)
-    seed: int = 0
-    seeds: list[int] = Field(
+    epochs: Count
+    seed: Seed = 0
+    seeds: list[Seed] = Field(
         default_factory=list, description="run every method with each seed; empty: [seed]"
     )
-    batch_size: int = Field(128, gt=0)
+    batch_size: Count = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads; unset: torch's default. 1 suits tiny models "
-        "and shared machines, where spinning threads of several processes thrash"
+        None, ge=1, le=4096, description="torch CPU threads; unset: torch's default. 1 suits tiny "
+        "models and shared machines, where spinning threads of several processes thrash"
     )
-    eval_every: int = Field(1, gt=0, description="epochs between evaluations")
+    eval_every: Count = Field(1, description="epochs between evaluations")
     explode_factor: float = Field(
         1e3, gt=1, description="a batch loss above this times the first one counts as divergence"
     )
@@ -133,7 +157,7 @@ class TrainConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     description: str = ""
     task: ComponentRef
     model: ComponentRef
@@ -143,7 +167,13 @@ class Recipe(_Strict):
     tracking: ComponentRef | None = Field(
         default_factory=lambda: ComponentRef(name="mlflow"), description="`none` runs untracked"
     )
-    output_dir: str = Field("metalr-out", description="runs write their files under this folder")
+    output_dir: str = Field("metalr-out", min_length=1,
+                            description="runs write their files under this folder")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -169,11 +199,16 @@ class Recipe(_Strict):
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem at a dotted key path; ``line`` is the key's line in the file (0: none to name,
+    because the value came from a command-line override or the message names its lines)."""
+
     path: str
     message: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return text + (f" (line {self.line})" if self.line else "")
 
 
 class RecipeError(ValueError):
@@ -189,58 +224,180 @@ class RecipeError(ValueError):
 # -- loading -------------------------------------------------------------------------------
 
 def load_recipe(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None,
+    *, deep: bool = False,
 ) -> Recipe:
-    """Read, override, validate and resolve a recipe; raise :class:`RecipeError` listing all problems."""
+    """Read, override, validate and resolve a recipe; raise :class:`RecipeError` listing all problems.
+
+    ``deep`` also builds what the recipe names (policies, the model on torch's ``meta`` device,
+    a task whose setup is cheap), opens net files and checks the tracking store and the output
+    folder (:mod:`metalr.validation`): everything a run would otherwise find out after it had
+    started tracking. ``metalr validate`` and ``metalr run`` ask for it.
+    """
     source = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise RecipeError(source, [Problem("", "no such file")]) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(source, [Problem("", f"not valid YAML: {exc}")]) from None
+        data, lines = load_yaml(read_text(Path(path)))
+    except YAMLLoadError as exc:
+        raise RecipeError(source, [Problem(p.path, p.message, p.line)
+                                   for p in exc.problems]) from None
     if not isinstance(data, dict):
         raise RecipeError(source, [Problem("", "a recipe is a mapping of keys (name, task, ...)")])
-    problems = apply_overrides(data, overrides)
-    recipe = None
+    problems, overridden = apply_overrides(data, overrides)
+    values = check_values(data)
+    recipe, schema = None, []
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        problems += _pydantic_problems(exc, Recipe)
+        schema += _pydantic_problems(exc, Recipe)
     registry = registry or get_registry()
-    problems += check_components(data, registry)
+    schema += check_components(data, registry)
+    said = {p.path for p in values}  # pydantic's "should be finite" would repeat them
+    problems += values + [p for p in schema if p.path not in said]
     if recipe is not None:
         problems += check_semantics(recipe, registry)
+    if recipe is not None and deep:
+        from metalr.validation import check_deep  # builds components: only once the shape is right
+
+        said = {p.path for p in problems}
+        problems += [p for p in check_deep(recipe, data, registry)
+                     if not any(_related(p.path, q) for q in said)]  # one message per problem
     if problems:
-        raise RecipeError(source, problems)
+        raise RecipeError(source, [_with_line(p, lines, overridden) for p in problems])
     return recipe
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[Problem]:
-    """Apply ``dotted.key=value`` overrides in place; values are read as YAML (typed)."""
-    problems = []
+def _related(a: str, b: str) -> bool:
+    """One key path is the other or lies inside it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _with_line(problem: Problem, lines: dict[str, int], overridden: set[str]) -> Problem:
+    """The problem with the line of its key (or of the nearest key above it) in the file."""
+    if problem.line is not None or not problem.path:
+        return problem
+    parts = problem.path.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in overridden:
+            return problem  # the value came from the command line, not the file
+        if prefix in lines:
+            return Problem(problem.path, problem.message, lines[prefix])
+    return problem
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...],
+) -> tuple[list[Problem], set[str]]:
+    """Apply ``dotted.key=value`` overrides in place; values are read as YAML (typed).
+
+    Returns the problems and the key paths set. ``data`` must be a tree with no shared parts
+    (:func:`metalr.yaml_loader.unshare`), so that an override changes exactly the key it names.
+    """
+    problems, overridden = [], set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            problems.append(Problem(item, "an override is written key.path=value"))
+            problems.append(Problem(item, "an override is written key.path=value", 0))
+            continue
+        parts = key.split(".")
+        if any(not p.strip() for p in parts):
+            problems.append(Problem(item, f"malformed override: {key!r} has an empty key part; "
+                                          "write key.path=value, e.g. train.epochs=20", 0))
             continue
         try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        node, parts = data, key.split(".")
+            value = load_yaml(raw)[0] if raw else ""
+        except YAMLLoadError as exc:
+            if not all(p.message.startswith("not valid YAML") for p in exc.problems):
+                problems += [Problem(key, f"override value: {p.message}", 0) for p in exc.problems]
+                continue
+            value = raw  # not YAML: taken as the string it is
+        node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part) if isinstance(node, dict) else None
             if child is None and isinstance(node, dict):
                 child = node[part] = {}
             if not isinstance(child, dict):
                 problems.append(Problem(".".join(parts[: i + 1]),
-                                        f"is {child!r}, not a mapping: cannot set {key}"))
+                                        f"is {_clip(child)}, not a mapping: cannot set {key}", 0))
                 break
             node = child
         else:
             node[parts[-1]] = value
+            overridden.add(key)
+    return problems, overridden
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def check_values(data: Any, path: str = "") -> list[Problem]:
+    """Values no key accepts: infinities and NaN (``.inf``, ``.nan``), anywhere in the recipe,
+    plugin options included, and booleans where the schema asks for a number."""
+    problems = []
+    if isinstance(data, float) and not math.isfinite(data):
+        problems.append(Problem(path, f"{data!r} is not a finite number"))
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            problems += check_values(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            problems += check_values(value, f"{path}.{i}")
+    if not path:
+        problems += bool_problems(data, Recipe)
     return problems
+
+
+def bool_problems(data: Any, annotation: Any, path: str = "") -> list[Problem]:
+    """``true``/``false`` given where ``annotation`` wants a number: pydantic would read it as
+    1 or 0 (``epochs: true`` would train one epoch)."""
+    tp = annotation
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if isinstance(data, bool):
+        return [] if _accepts_bool(tp) else (
+            [Problem(path, f"{data!r}: a number is needed here, not a boolean")]
+            if _numeric(tp) else [])
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    problems: list[Problem] = []
+    for member in members:
+        origin = typing.get_origin(member)
+        if isinstance(member, type) and issubclass(member, BaseModel) and isinstance(data, dict):
+            for key, value in data.items():
+                field = member.model_fields.get(key)
+                if field is not None:
+                    problems += bool_problems(value, field.annotation,
+                                              f"{path}.{key}" if path else str(key))
+            return problems
+        if origin is dict and isinstance(data, dict):
+            value_type = typing.get_args(member)[1]
+            for key, value in data.items():
+                problems += bool_problems(value, value_type, f"{path}.{key}" if path else str(key))
+            return problems
+        if origin is list and isinstance(data, list):
+            (item_type,) = typing.get_args(member)
+            for i, value in enumerate(data):
+                problems += bool_problems(value, item_type, f"{path}.{i}")
+            return problems
+    return problems
+
+
+def type_members(tp: Any) -> tuple[Any, ...]:
+    """The plain types an annotation admits (``int | None`` -> ``(int, NoneType)``)."""
+    if typing.get_origin(tp) is Annotated:
+        return type_members(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return tuple(m for a in typing.get_args(tp) for m in type_members(a))
+    return (tp,)
+
+
+def _accepts_bool(tp: Any) -> bool:
+    return any(m is bool or m is Any or m is object for m in type_members(tp))
+
+
+def _numeric(tp: Any) -> bool:
+    return any(m in (int, float) for m in type_members(tp))
 
 
 def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -276,10 +433,13 @@ def check_components(data: dict[str, Any], registry: Registry) -> list[Problem]:
         options = raw.get("options", {})
         if component.options is None or not isinstance(options, dict):
             continue
+        problems += bool_problems(options, component.options, f"{path}.options")
         try:
             component.options.model_validate(options)
         except ValidationError as exc:
             problems += _pydantic_problems(exc, component.options, prefix=f"{path}.options")
+        except Exception as exc:  # a plugin's validator that raised something else
+            problems.append(Problem(f"{path}.options", f"{type(exc).__name__}: {exc}"[:400]))
     return problems
 
 
@@ -291,16 +451,14 @@ def _option_fields(policy: str, registry: Registry) -> list[str] | None:
     return list(options.model_fields) if options is not None else None
 
 
-_METHOD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
 def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
     """Checks across keys, once the recipe has the right shape."""
     problems = []
     for name, method in recipe.methods.items():
-        if not _METHOD_NAME.fullmatch(name):  # it becomes a run name, a folder and param keys
-            problems.append(Problem(f"methods.{name}", "a method name is letters, digits and "
-                                    "`_ . -` (it names runs, folders and tracked parameters)"))
+        try:  # it becomes a run name, a folder and param keys
+            check_name(name)
+        except ValueError as exc:
+            problems.append(Problem(f"methods.{name}", f"{_clip(name)}: {exc}"))
         meta = method.meta
         late = [e for e in meta.save_epochs if not 1 <= e <= recipe.train.epochs]
         if late:
@@ -315,7 +473,8 @@ def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
                                         f"{method.tune!r} is not an option of "
                                         f"{method.lr_policy.name!r}{hint}"))
         if meta.weights is not None and not Path(meta.weights).is_file():
-            problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: no such file"))
+            what = "a folder, not a file" if Path(meta.weights).is_dir() else "no such file"
+            problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: {what}"))
     if recipe.train.device == "cuda" and not torch.cuda.is_available():
         problems.append(Problem("train.device", "'cuda': no CUDA device here; use auto or cpu"))
     return problems
@@ -334,7 +493,8 @@ def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str
         elif err["type"] == "missing":
             problems.append(Problem(path, "required key is missing"))
         else:
-            problems.append(Problem(path, f"{err['input']!r}: {err['msg']}"))
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(path, f"{_clip(err['input'])}: {message}"))
     return problems
 
 

@@ -103,7 +103,9 @@ def load_meta_learner(
     try:
         into.load_state_dict(tensors)
     except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        # torch's first line is only "Error(s) in loading state_dict for X:"; the reason follows
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
         raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different "
                            f"hidden size or layers?): {first}") from None
     if frozen:

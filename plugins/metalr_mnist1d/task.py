@@ -15,8 +15,10 @@ from metalr.protocols import ModelSpec
 class MNIST1DOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     meta_size: int = Field(500, ge=0, description="training samples held out as the meta set")
-    num_samples: int = Field(5000, ge=100, description="generated samples (80% train, 20% test)")
-    data_seed: int = Field(42, description="seed of the generator (42 is the published dataset)")
+    num_samples: int = Field(5000, ge=100, le=1_000_000,
+                             description="generated samples (80% train, 20% test)")
+    data_seed: int = Field(42, ge=0, le=2**32 - 1,
+                           description="seed of the generator (42 is the published dataset)")
 
 
 @functools.lru_cache(maxsize=4)

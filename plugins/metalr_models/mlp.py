@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -12,7 +13,8 @@ from metalr.protocols import ModelSpec
 
 class MLPOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    hidden: list[int] = Field(default_factory=lambda: [100, 100], description="widths of hidden layers")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [100, 100], description="widths of hidden layers")
 
 
 def build_mlp(spec: ModelSpec, hidden: list[int]) -> nn.Module:

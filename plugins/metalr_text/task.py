@@ -129,7 +129,9 @@ class PydocLM:
 
     default_gamma: float = 40.0  # the paper's gamma for text (with SGD at lr 20)
     metric: str = "perplexity"
+    metrics: tuple[str, ...] = ("loss", "perplexity")  # what evaluate() returns
     higher_is_better: bool = False
+    cheap_setup: bool = True  # the corpus ships with CPython: `metalr validate` sets it up
     clip_grad_norm: float = 0.25  # the word_language_model recipe; applied by the engine
 
     def __init__(

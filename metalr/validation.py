@@ -1,0 +1,358 @@
+"""The checks that build what a recipe names, run by ``metalr validate`` and before ``metalr run``.
+
+A recipe of the right shape can still fail a run minutes in, after MLflow runs and an output
+folder exist: a net file that is a pickle or of another shape, a meta setting on a policy with
+nothing to learn, a tuned value the option refuses, a model too large for the machine, a meta
+split larger than the data, a plateau monitor no task reports, a tracking store that cannot be
+opened. Each is found here instead, by building the component the way the runner will (the
+model on torch's ``meta`` device, so no memory is allocated), before anything is tracked or
+written. Every check reports a :class:`~metalr.recipe.Problem`; none raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from pydantic import ValidationError
+
+from metalr.plugins import Registry
+from metalr.recipe import Method, Problem, Recipe, resolve_device, type_members
+from metalr.weights import WeightsError, load_meta_learner
+
+MEMORY_FACTOR = 4
+"""Copies of the weights a run holds: the weights, their gradients, the optimizer's state and the
+meta-step's look-ahead copy (a lower bound: activations come on top)."""
+
+SPLITS = ("train", "meta", "test")
+"""The splits the engine evaluates (``EngineConfig.eval_splits``); their metrics are
+``<split>_<name>`` for each name the task's ``evaluate`` returns."""
+
+ENGINE_METRICS = ("epoch", "train_batch_loss", "wall_time")
+"""End-of-epoch metrics the engine adds itself (``Engine.fit``)."""
+
+
+def check_deep(recipe: Recipe, data: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Every problem a run would meet before its first step; ``data`` is the raw recipe, which
+    still tells which keys were written and how (``10`` or ``10.0``)."""
+    problems: list[Problem] = []
+    task = _guarded(problems, "task", "cannot be built",
+                    lambda: registry.get("task", recipe.task.name).build(**recipe.task.options))
+    raw_methods = data.get("methods", {})
+    checks: list[tuple[str, Callable[[], list[Problem]]]] = [
+        (f"methods.{name}", lambda n=name, m=method: check_method(
+            n, m, raw_methods.get(n, {}), data, recipe, registry, task))
+        for name, method in recipe.methods.items()]
+    if task is not None:
+        # the data first: a task may know its spec (a vocabulary size) only once set up
+        checks += [("task", lambda: check_task_data(recipe, registry, task)),
+                   ("model", lambda: check_model(recipe, registry, task))]
+    checks += [("tracking", lambda: check_tracking(recipe)),
+               ("output_dir", lambda: check_output_dir(recipe.output_dir))]
+    for path, check in checks:
+        found = _guarded(problems, path, "could not be checked", check)
+        problems += found or []
+    return _unique(problems)
+
+
+def _guarded(problems: list[Problem], path: str, what: str, build: Callable[[], Any]) -> Any:
+    """``build()``, or None with its error, in one line, added to ``problems``."""
+    try:
+        return build()
+    except Exception as exc:
+        problems.append(Problem(path, f"{what}: {one_line(exc)}"))
+        return None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, (ValueError, WeightsError)) and first:
+        return first[:400]
+    return f"{type(exc).__name__}: {first}"[:400]
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+# -- methods ---------------------------------------------------------------------------------
+
+def has_theta(policy: Any) -> bool:
+    """A meta-learner: the engine meta-trains it (``hypergradient``) or it trains itself."""
+    return getattr(policy, "learns_by", None) in ("hypergradient", "self")
+
+
+def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], recipe: Recipe,
+                 registry: Registry, task: Any) -> list[Problem]:
+    problems: list[Problem] = []
+    at = f"methods.{name}"
+    ref = method.lr_policy
+    options_at = f"{at}.lr_policy.options.nets" if "nets" in ref.options else f"{at}.lr_policy"
+    policy = _guarded(problems, options_at, f"{ref.name!r} cannot be built",
+                      lambda: registry.get("lr_policy", ref.name).build(**ref.options))
+    opt = method.optimizer
+    _guarded(problems, f"{at}.optimizer", f"{opt.name!r} cannot be built",
+             lambda: registry.get("optimizer", opt.name).build(
+                 [torch.zeros(1, requires_grad=True)], **opt.options))
+    problems += check_tune_grid(name, method, raw, data, registry)
+    if policy is None:
+        return problems
+    meta = method.meta
+    given = raw.get("meta") if isinstance(raw, dict) else None
+    if not has_theta(policy):
+        if given:
+            keys = ", ".join(map(str, given))
+            problems.append(Problem(f"{at}.meta", f"{ref.name!r} has no parameters theta to learn, "
+                                    f"so these settings ({keys}) would be ignored: remove them, or "
+                                    "use a meta-learner such as 'mlrsnet'"))
+    elif meta.weights is not None:
+        problems += check_weights(f"{at}.meta.weights", meta.weights, ref.name, policy)
+    elif meta.mode == "meta-test":
+        problems.append(Problem(f"{at}.meta.mode", "meta-test freezes theta, so it needs "
+                                "meta.weights (a meta-trained net); without them a random, "
+                                "untrained net would be tested"))
+    if task is not None:
+        problems += check_monitor(at, ref, registry, task, policy)
+    return problems
+
+
+def check_weights(at: str, path: str, policy_name: str, fresh: Any) -> list[Problem]:
+    """Load the file into ``fresh``, a policy built for this check only, through the one loader
+    the run uses: format, header, kind and shapes are checked exactly as the run will."""
+    if not Path(path).is_file():
+        return []  # reported by recipe.check_semantics
+    try:
+        load_meta_learner(path, fresh, policy_name=policy_name)
+    except Exception as exc:  # WeightsError, or whatever a plugin's load_state_dict raises
+        return [Problem(at, one_line(exc))]
+    return []
+
+
+def check_tune_grid(name: str, method: Method, raw: Any, data: dict[str, Any],
+                    registry: Registry) -> list[Problem]:
+    """Every grid value must be one the tuned option accepts, with the recipe's other options."""
+    if method.tune is None:
+        return []
+    schema = registry.get("lr_policy", method.lr_policy.name).options
+    if schema is None or method.tune not in schema.model_fields:
+        return []  # an unknown option is reported by recipe.check_semantics
+    own = isinstance(raw, dict) and raw.get("tune_grid") is not None
+    at = f"methods.{name}.tune_grid" if own else "tuning.grid"
+    grid = raw["tune_grid"] if own else (data.get("tuning") or {}).get("grid")
+    if not isinstance(grid, list):
+        grid = method.tune_grid or []  # the default grid
+    kinds = type_members(schema.model_fields[method.tune].annotation)
+    problems = []
+    for i, value in enumerate(grid):
+        where = f"{at}.{i}"
+        if isinstance(value, float) and int in kinds and float not in kinds:
+            problems.append(Problem(where, f"{value!r}: {method.tune!r} of "
+                                    f"{method.lr_policy.name!r} is an integer option; tune it "
+                                    "with integers"))
+            continue
+        try:
+            schema.model_validate({**method.lr_policy.options, method.tune: value})
+        except ValidationError as exc:
+            for err in exc.errors():
+                message = err["msg"].removeprefix("Value error, ")
+                problems.append(Problem(where, f"{value!r} for {method.tune} of "
+                                        f"{method.lr_policy.name!r}: {message}"))
+    return problems
+
+
+def reported_metrics(task: Any, meta_learning: bool) -> list[str]:
+    """The end-of-epoch metric names a run of this task reports.
+
+    A task may declare ``metrics`` (the names its ``evaluate`` returns); else they are ``loss``
+    and its headline ``metric``.
+    """
+    names = tuple(getattr(task, "metrics", None) or ("loss", task.metric))
+    out = list(ENGINE_METRICS) + [f"{s}_{n}" for s in SPLITS for n in names]
+    return out + (["virtual_meta_loss"] if meta_learning else [])
+
+
+def check_monitor(at: str, ref: Any, registry: Registry, task: Any, policy: Any) -> list[Problem]:
+    """A policy option named ``monitor`` must name a metric the run reports (plateau's)."""
+    monitor = ref.options.get("monitor", getattr(policy, "monitor", None))
+    if not isinstance(monitor, str):
+        return []
+    known = reported_metrics(task, getattr(policy, "learns_by", None) == "hypergradient")
+    if monitor in known:
+        return []
+    close = difflib.get_close_matches(monitor, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return [Problem(f"{at}.lr_policy.options.monitor",
+                    f"{monitor!r} is not a metric task {type(task).__name__} reports{hint} "
+                    f"(reported: {', '.join(known)})")]
+
+
+# -- model and data --------------------------------------------------------------------------
+
+def check_model(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
+    """Build the model on torch's ``meta`` device (shapes, no memory) and compare its size with
+    the memory of the device the run will use."""
+    ref, spec = recipe.model, getattr(task, "spec", None)
+    if spec is None:
+        return []  # a task that has no spec before its (expensive) setup
+    try:
+        with torch.device("meta"):
+            model = registry.get("model", ref.name).build(spec, **ref.options)
+        count = sum(p.numel() for p in model.parameters())
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+    except Exception as exc:
+        if "meta" in str(exc).lower():
+            return []  # this factory needs real data to build; the run will tell
+        return [Problem("model.options", f"{ref.name!r} cannot be built with these options: "
+                                         f"{one_line(exc)}")]
+    if count == 0:
+        return [Problem("model.options", f"{ref.name!r} has no parameters with these options")]
+    device = resolve_device(recipe.train.device)
+    have = device_memory(device)
+    need = size * MEMORY_FACTOR
+    if have is not None and need > have:
+        return [Problem("model.options", f"{ref.name!r} has {count:,} parameters: about "
+                        f"{need / 2**30:,.1f} GiB with gradients, optimizer state and the "
+                        f"meta-step's copy, more than the {have / 2**30:,.1f} GiB of {device.type} "
+                        "memory here; use smaller widths")]
+    return []
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total bytes of memory on ``device``'s kind, if known."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None  # reported by recipe.check_semantics
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_task_data(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
+    """Data-dependent limits (a meta split larger than the data, a batch larger than a split),
+    found by setting the task up on the CPU, for tasks that declare ``cheap_setup`` (in memory,
+    no download)."""
+    if not getattr(task, "cheap_setup", False):
+        return []
+    problems: list[Problem] = []
+    seed = recipe.train.all_seeds[0]
+    if _guarded(problems, "task.options", f"task {recipe.task.name!r} cannot be set up",
+                lambda: task.setup(seed, torch.device("cpu")) or True) is None:
+        return problems
+    _guarded(problems, "train.batch_size", f"{recipe.train.batch_size} does not fit the data",
+             lambda: task.num_train_batches(recipe.train.batch_size))
+    for name, method in recipe.methods.items():
+        if method.meta.mode != "meta-train":
+            continue
+        ref = method.lr_policy
+        try:
+            policy = registry.get("lr_policy", ref.name).build(**ref.options)
+        except Exception:
+            continue  # reported by check_method
+        if getattr(policy, "learns_by", None) != "hypergradient":
+            continue
+        _guarded(problems, f"methods.{name}.meta.batch_size", "meta-training needs a meta "
+                 "split", lambda m=method: task.meta_batch(m.meta.batch_size,
+                                                           torch.Generator().manual_seed(0)))
+    return problems
+
+
+# -- where a run writes ----------------------------------------------------------------------
+
+MLFLOW_SCHEMES = {"", "file", "sqlite", "http", "https", "databricks", "databricks-uc", "uc",
+                  "postgresql", "mysql", "mssql"}
+
+
+def check_tracking(recipe: Recipe) -> list[Problem]:
+    """The MLflow store must be usable; checked by reading the URI, without creating anything."""
+    if recipe.tracking is None or recipe.tracking.name != "mlflow":
+        return []  # other trackers check themselves when built
+    given = recipe.tracking.options.get("tracking_uri")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = given or env or "sqlite:///mlflow.db"
+    at = ("tracking.options.tracking_uri" if given else
+          "MLFLOW_TRACKING_URI (environment)" if env else "tracking")
+    reason = tracking_uri_problem(uri)
+    return [Problem(at, f"{uri!r}: {reason}")] if reason else []
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow could not store runs at ``uri``, or None; nothing is created or written."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter: a plain folder path
+        scheme = ""
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            return "an SQLite URI is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        db = uri[len("sqlite:///"):].split("?")[0]
+        if db in ("", ":memory:"):
+            return None
+        return _sqlite_file_problem(Path(db))
+    if scheme in ("", "file"):
+        return _folder_problem(Path(parsed.path if scheme == "file" else uri), "tracking folder")
+    if scheme in ("http", "https"):
+        host, port = parsed.hostname, parsed.port or (443 if scheme == "https" else 80)
+        if not host:
+            return "no host in this URI"
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as exc:
+            return f"cannot reach {host}:{port} ({exc.strerror or exc})"
+        return None
+    if scheme in MLFLOW_SCHEMES or scheme in _plugin_schemes():
+        return None
+    return (f"unknown scheme {scheme!r}: MLflow stores runs at sqlite:///path.db, a folder, "
+            "file://, http(s)://, databricks or a database URI (postgresql://, mysql://, ...)")
+
+
+def _plugin_schemes() -> set[str]:
+    return {ep.name for ep in metadata.entry_points(group="mlflow.tracking_store")}
+
+
+def _sqlite_file_problem(db: Path) -> str | None:
+    if db.exists():
+        if not db.is_file():
+            return f"{db} is a folder, not an SQLite database file"
+        try:
+            with db.open("rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            return f"cannot read {db} ({exc.strerror or exc})"
+        if head and head != b"SQLite format 3\0":
+            return f"{db} exists and is not an SQLite database"
+        if not os.access(db, os.W_OK):
+            return f"{db} is not writable"
+        return None
+    return _folder_problem(db.parent, "store's folder")  # MLflow creates missing folders
+
+
+def _folder_problem(path: Path, what: str) -> str | None:
+    """Why a folder could not be created or written at ``path``, or None."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so the {what} {path} cannot be created"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable, so the {what} {path} cannot be created"
+    return None
+
+
+def check_output_dir(output_dir: str) -> list[Problem]:
+    reason = _folder_problem(Path(output_dir).expanduser(), "output folder")
+    return [Problem("output_dir", f"{output_dir!r}: {reason}")] if reason else []
+
