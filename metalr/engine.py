@@ -125,6 +125,8 @@ class Engine:
         self.probe_result: ProbeResult | None = None
         self._fmodel: Any = None
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
+                            if p.is_floating_point()), default=math.inf)
         self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
 
     @property
@@ -168,8 +170,8 @@ class Engine:
             lr = float(policy.lr(ctx))
         except ArithmeticError as exc:  # a rule that found its own numbers non-finite
             raise TrainingDiverged(f"{exc} (step {step})") from exc
-        if not math.isfinite(lr) or lr < 0:
-            raise TrainingDiverged(f"the policy gave LR {lr} at step {step}")
+        if not 0 <= lr <= self._max_lr:  # NaN fails too; beyond max the update overflows
+            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {step}")
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
