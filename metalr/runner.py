@@ -257,12 +257,12 @@ class Runner:
                     tracker.log_artifact(parent, str(out / "provenance.json"))
             try:
                 for job in tuning_jobs:
-                    summary.tuning.append(self._run_job(job, tracker, parent, out, bar))
+                    self._run_job(job, tracker, parent, out, bar, summary.tuning)
                 chosen = summary.choose_tuned()
                 for name in recipe.methods:
                     for seed in seeds:
                         job = Job(name, seed, recipe.train.epochs, chosen.get(name))
-                        summary.results.append(self._run_job(job, tracker, parent, out, bar))
+                        self._run_job(job, tracker, parent, out, bar, summary.results)
             finally:  # on Ctrl-C too: the tables and figures of what ran
                 self._write_outputs(summary, tracker, parent, bar)
         return summary
@@ -332,16 +332,18 @@ class Runner:
         return model, optimizer, policy
 
     def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
-                 bar: tqdm) -> MethodResult:
+                 bar: tqdm, into: list[MethodResult]) -> None:
         """One run, guarded: whatever goes wrong (building included) fails this run alone, with
-        one line on screen and the traceback in its folder; a finished one is read back."""
+        one line on screen and the traceback in its folder; a finished one is read back. The
+        result goes ``into`` the list even when Ctrl-C stops it (KILLED, with its history)."""
         method, folder = self.recipe.methods[job.method], out / job.folder
         saved = rundir.load_result(folder)
         if saved is not None and saved.status in rundir.DONE:
             bar.update(job.epochs)
             if self.progress:
                 bar.write(self._line(saved, self._metric) + " (done before)")
-            return saved
+            into.append(saved)
+            return
         self.stop.check()
         options = dict(method.lr_policy.options)
         if job.tuned is not None:
@@ -377,6 +379,7 @@ class Runner:
         except KeyboardInterrupt:
             result.status, result.error = "KILLED", "interrupted; `metalr resume` continues it"
             self._finish(folder, result, bar, epochs_done[0], job.epochs)
+            into.append(result)
             raise
         except Exception as exc:  # one broken run must not take a long suite down
             result.error = f"{job.method}, seed {job.seed}: {_one_line(exc)}"
@@ -385,7 +388,7 @@ class Runner:
         else:
             result.status = "FINISHED"
         self._finish(folder, result, bar, epochs_done[0], job.epochs)
-        return result
+        into.append(result)
 
     def _finish(self, folder: Path, result: MethodResult, bar: tqdm, done: int,
                 epochs: int) -> None:
