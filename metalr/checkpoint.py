@@ -174,12 +174,21 @@ def policy_state(policy: Any, skip: tuple[Any, ...] = ()) -> dict[str, Any]:
     """What a checkpoint keeps of a policy: its own ``state_dict()`` when it has one (and is
     not an ``nn.Module``, whose ``state_dict`` is theta alone), else its captured attributes.
     ``skip``: objects the engine saves itself (model, optimizer, task)."""
+    kind = {"type": _type_name(policy)}
     if not isinstance(policy, nn.Module) and callable(getattr(policy, "state_dict", None)):
-        return {"own": policy.state_dict()}
-    return {"captured": _capture(policy, {id(o) for o in skip})}
+        return {**kind, "own": policy.state_dict()}
+    return {**kind, "captured": _capture(policy, {id(o) for o in skip})}
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def load_policy_state(policy: Any, state: Mapping[str, Any]) -> None:
+    if state.get("type") != _type_name(policy):
+        raise CheckpointError(f"the checkpoint holds the state of a {state.get('type')} policy, "
+                              f"not of this run's {_type_name(policy)}; was the recipe changed? "
+                              "Delete the run's checkpoint files to start it over")
     if "own" in state:
         policy.load_state_dict(state["own"])
     else:

@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 import warnings
-
 from pathlib import Path
 
 from metalr.checkpoint import CheckpointError

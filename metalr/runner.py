@@ -16,6 +16,7 @@ import inspect
 import json
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,10 @@ def start_run(tracker: Tracker, experiment: str, name: str, params: Mapping[str,
         return tracker.start_run(experiment, name, params, parent, tags=tags)
     return tracker.start_run(experiment, name, params, parent)
 
+
+EXACT_SETTINGS = ("metalr.device", "metalr.torch_threads", "metalr.cpu_capability",
+                  "metalr.torch_version")
+"""Provenance keys that must not change for a resumed run to match an uninterrupted one."""
 
 OUTPUT_TAG = "metalr.output_dir"
 """Tag of every run metalr starts: the folder it writes to (``runs --clean`` checks its lock)."""
@@ -218,6 +223,8 @@ class Runner:
                         json.dumps(self.provenance, indent=2) + "\n")
                 except OSError as exc:
                     raise RunError(f"cannot write to {out}: {exc.strerror or exc}") from None
+            if resuming:
+                self._check_settings(out)
             suite = rundir.read_json(out / rundir.SUITE) or {}
             tracker: Tracker | None = (
                 reg.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
@@ -230,6 +237,17 @@ class Runner:
             finally:
                 if tracker is not None:
                     tracker.close()
+
+    def _check_settings(self, out: Path) -> None:
+        """Warn when the settings that decide the numbers changed since the run started."""
+        before = rundir.read_json(out / "provenance.json") or {}
+        changed = [f"{key.removeprefix('metalr.')} {before[key]} -> {self.provenance[key]}"
+                   for key in EXACT_SETTINGS
+                   if key in before and before[key] != self.provenance.get(key)]
+        if changed:
+            warnings.warn(f"resuming {out} with other settings ({', '.join(changed)}): the rest "
+                          "of the run will not match an uninterrupted one bit for bit",
+                          stacklevel=3)
 
     def _suite(self, out: Path, tracker: Tracker | None, parent_id: str | None) -> RunSummary:
         recipe = self.recipe
