@@ -161,10 +161,10 @@ class Tracker(Protocol):
     commit). A tracker whose ``start_run`` has no ``tags`` argument still works; its runs go
     without them (``provenance.json`` in the output folder has them all the same).
 
-    Optional, for ``metalr resume`` and ``metalr runs --clean``: ``flush()`` (block until every
-    logged metric is stored; called before each checkpoint), ``resume_run(run_id)`` (mark a
-    run RUNNING again to continue it) and ``running_runs()`` (``(run_id, tags)`` of the RUNNING
-    runs in the store).
+    Optional, for ``metalr resume`` and ``metalr runs --clean``: ``resume_run(run_id)`` (mark
+    a run RUNNING again to continue it), ``logged_steps(run_id, key) -> set[int]`` (the steps
+    of a metric that reached the store before a kill: resume sends the missing ones and skips
+    those already there) and ``running_runs()`` (``(run_id, tags)`` of the RUNNING runs).
     """
 
     def start_run(

@@ -385,7 +385,7 @@ class Runner:
                 result.run_id = run_id
                 try:
                     self._train(job, method, options, folder, tracker, run_id, bar, result,
-                                epochs_done)
+                                epochs_done, continued=known is not None)
                 except (TrainingDiverged, KeyboardInterrupt) as exc:
                     result.history = getattr(exc, "history", None) or result.history
                     raise
@@ -419,6 +419,25 @@ class Runner:
         if self.progress:
             bar.write(self._line(result, self._metric))
 
+    @staticmethod
+    def _relog(tracker: Tracker | None, run_id: str | None, history: History,
+               logged: int) -> tuple[set[int], set[int]]:
+        """On resume: send the metrics up to the checkpoint that a kill kept from the store,
+        and return the steps and epochs already there, so that none is sent twice."""
+        landed = getattr(tracker, "logged_steps", None)
+        if not callable(landed):
+            return set(), set()
+        steps = landed(run_id, "step_lr") & landed(run_id, "step_train_loss")
+        epochs = landed(run_id, "epoch")
+        for s in range(logged):
+            if s not in steps:
+                tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
+                                             "step_train_loss": history.losses[s]}, s)
+        for i, metrics in enumerate(history.epochs):
+            if i + 1 not in epochs:
+                tracker.log_metrics(run_id, metrics, i + 1)
+        return steps, epochs
+
     def _save_error(self, folder: Path, tracker: Tracker | None, run_id: str | None) -> None:
         try:
             path = folder / "error.txt"
@@ -430,7 +449,7 @@ class Runner:
 
     def _train(self, job: Job, method: Method, options: dict[str, Any], folder: Path,
                tracker: Tracker | None, run_id: str | None, bar: tqdm, result: MethodResult,
-               epochs_done: list[int]) -> None:
+               epochs_done: list[int], continued: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
         task = self.task(job.seed)
         model, optimizer, policy = self._build(job, method, task, options)
@@ -447,9 +466,13 @@ class Runner:
         found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
         state = None if found is None else found[0]
         logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker
+        landed: tuple[set[int], set[int]] = (set(), set())  # steps, epochs already in the store
         if state is not None:
             epochs_done[0] = state["epoch"]
             bar.update(state["epoch"])
+        if continued:  # into an existing run, with or without a checkpoint
+            landed = self._relog(tracker, run_id, History() if state is None else
+                                 History.from_dict(state["history"]), logged)
         save_at = set(method.meta.save_epochs)
         if method.meta.save_phases:
             save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
@@ -465,16 +488,16 @@ class Runner:
             nonlocal logged
             if tracker is not None:
                 for s in range(logged, len(history.lrs)):
-                    tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
-                                                 "step_train_loss": history.losses[s]}, s)
-                tracker.log_metrics(run_id, metrics, epoch + 1)
+                    if s not in landed[0]:
+                        tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
+                                                     "step_train_loss": history.losses[s]}, s)
+                if epoch + 1 not in landed[1]:
+                    tracker.log_metrics(run_id, metrics, epoch + 1)
             logged = len(history.lrs)
             if learned and epoch + 1 in save_at:
                 save_theta(f"epoch{epoch + 1:04d}")
 
         def on_checkpoint(engine_state: dict[str, Any]) -> None:
-            if tracker is not None and callable(getattr(tracker, "flush", None)):
-                tracker.flush()  # what the checkpoint says was logged has landed
             checkpoint.save(folder / rundir.CHECKPOINT,
                             {**engine_state, "runner": {"logged": logged, "run_id": run_id}})
 

@@ -131,9 +131,10 @@ class MLflowTracker:
         self._worker.join()
 
     # -- resume and clean-up (metalr resume, metalr runs --clean) ----------------------------
-    def flush(self) -> None:
-        """Wait until every queued metric has landed (before a checkpoint says so)."""
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which metric ``key`` has landed in the store (what a kill spared)."""
         self._drain()
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
 
     def resume_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
