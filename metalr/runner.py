@@ -12,6 +12,7 @@ Nothing is left RUNNING, and ``metalr resume RUN_DIR`` continues (:mod:`metalr.r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
@@ -226,14 +227,21 @@ class Runner:
             if resuming:
                 self._check_settings(out)
             suite = rundir.read_json(out / rundir.SUITE) or {}
-            tracker: Tracker | None = (
-                reg.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
-                if recipe.tracking is not None else None
-            )
+            tracker: Tracker | None = None
             try:
+                if recipe.tracking is not None:
+                    tracker = reg.get("tracker", recipe.tracking.name).build(
+                        **recipe.tracking.options)
                 if resuming and tracker is not None:
                     mark_killed(tracker, out)
                 return self._suite(out, tracker, suite.get("parent_run_id"))
+            except RunError:
+                raise
+            except Exception as exc:  # outside any one run (the tracker, the folder): one line
+                path = out / "error.txt"
+                with contextlib.suppress(OSError):
+                    path.write_text(traceback.format_exc())
+                raise RunError(f"{recipe.name}: {_one_line(exc)} (traceback: {path})") from exc
             finally:
                 if tracker is not None:
                     tracker.close()
