@@ -76,7 +76,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from metalr.runner import OUTPUT_TAG, mark_killed
+    from metalr.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
 
     tracker = get_registry().get("tracker", args.tracker).build(
         **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
@@ -90,7 +90,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
         for run_id, tags in tracker.running_runs():
             where = tags.get(OUTPUT_TAG)
-            alive = "running" if where and is_running(Path(where)) else "stale (process gone)"
+            if tags.get(HOST_TAG, HOST) != HOST:
+                alive = f"on {tags[HOST_TAG]} (not checked from here)"
+            elif where is None:
+                alive = "not started by metalr"
+            else:
+                alive = "running" if is_running(Path(where)) else "stale (process gone)"
             print(f"{run_id}  {tags.get('mlflow.runName', '')}  {alive}  {where or '-'}")
         return 0
     finally:

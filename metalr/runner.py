@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import socket
 import time
 import traceback
 import warnings
@@ -86,8 +87,10 @@ EXACT_SETTINGS = ("metalr.device", "metalr.torch_threads", "metalr.cpu_capabilit
                   "metalr.torch_version")
 """Provenance keys that must not change for a resumed run to match an uninterrupted one."""
 
-OUTPUT_TAG = "metalr.output_dir"
-"""Tag of every run metalr starts: the folder it writes to (``runs --clean`` checks its lock)."""
+OUTPUT_TAG, HOST_TAG = "metalr.output_dir", "metalr.host"
+"""Tags of every run metalr starts: the folder it writes to and the machine (``runs --clean``
+checks the folder's lock, on this machine only)."""
+HOST = socket.gethostname()
 
 
 def resume_run(tracker: Tracker, run_id: str) -> None:
@@ -110,8 +113,8 @@ def mark_killed(tracker: Tracker, folder: Path | None = None) -> list[str]:
         where = tags.get(OUTPUT_TAG)
         if where is None or (folder is not None and Path(where) != folder.resolve()):
             continue
-        if folder is None and rundir.is_running(Path(where)):
-            continue
+        if folder is None and (tags.get(HOST_TAG, HOST) != HOST or rundir.is_running(Path(where))):
+            continue  # another machine's run cannot be checked from here; a live one is kept
         tracker.end_run(run_id, "KILLED")
         killed.append(run_id)
     return killed
@@ -270,7 +273,7 @@ class Runner:
         metric, higher_is_better, chance = self._task_info(seeds[0])
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
         self._metric = metric
-        self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve())}
+        self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
         with self.stop, self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None,
                                       parent_id) as parent, \
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
@@ -418,12 +421,17 @@ class Runner:
 
     def _finish(self, folder: Path, result: MethodResult, bar: tqdm, done: int,
                 epochs: int) -> None:
-        """Count the run's epochs in the bar, save how it ended, say it in one line."""
+        """Count the run's epochs in the bar, save how it ended (and the history and figures
+        of one cut short), say it in one line."""
         bar.update(max(epochs - done, 0))
         try:
             rundir.save_result(folder, result)
         except OSError as exc:
             result.error = (result.error or "") + f" (result not saved: {_one_line(exc)})"
+        if result.status != "FINISHED" and result.history and result.history.lrs:
+            with contextlib.suppress(Exception):  # best effort: result.json has it all
+                self._save_history(folder, result.history, self._metric, None, None,
+                                   result.label)
         if self.progress:
             bar.write(self._line(result, self._metric))
 

@@ -168,14 +168,16 @@ def test_kill9_at_a_random_moment_then_resume_is_bit_exact(tmp_path, reference, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signals", [1, 3])
-def test_ctrl_c_writes_what_ran_marks_killed_and_resumes_exactly(tmp_path, reference, signals):
+@pytest.mark.parametrize(("signum", "signals"), [(signal.SIGINT, 1), (signal.SIGINT, 3),
+                                                 (signal.SIGTERM, 1)])
+def test_ctrl_c_writes_what_ran_marks_killed_and_resumes_exactly(tmp_path, reference, signum,
+                                                                 signals):
     proc = metalr(tmp_path, "run", str(write_recipe(tmp_path)), "-q",
                   env={checkpoint.SLEEP_ENV: "0.3"})
     wait_for(lambda: run_dir(tmp_path) is not None
              and (run_dir(tmp_path) / JOBS[1] / "checkpoint.pt").exists(), proc)
     for _ in range(signals):  # repeated Ctrl-C, milliseconds apart
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         time.sleep(0.002)
     code, out, err = finish(proc)
     folder = run_dir(tmp_path)
@@ -185,6 +187,8 @@ def test_ctrl_c_writes_what_ran_marks_killed_and_resumes_exactly(tmp_path, refer
     table = (folder / "results.md").read_text()
     assert "| multistep |" in table and "KILLED" in table  # the finished one and the partial
     assert (folder / "lr.png").exists()
+    partial = json.loads((folder / JOBS[1] / "history.json").read_text())
+    assert 0 < len(partial["lrs"]) < len(reference[JOBS[1]]["lrs"])
     statuses = {name: status for name, (_, status) in mlflow_runs(tmp_path).items()}
     assert statuses == {"faults": "KILLED", "multistep/seed0": "FINISHED",
                         "mlrsnet/seed0": "KILLED"}
