@@ -198,18 +198,26 @@ def test_ctrl_c_writes_what_ran_marks_killed_and_resumes_exactly(tmp_path, refer
     assert {s for _, s in mlflow_runs(tmp_path).values()} == {"FINISHED"}
 
 
-def test_runs_clean_marks_runs_of_dead_processes_killed(tmp_path):
+def test_runs_clean_marks_runs_of_dead_processes_killed(tmp_path, capsys):
+    from metalr.cli import build_parser
+
+    def cli(*args: str) -> str:  # in-process: `metalr runs` needs no fresh interpreter
+        parsed = build_parser().parse_args(
+            [*args, "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}"])
+        assert parsed.func(parsed) == 0
+        return capsys.readouterr().out
+
     proc = metalr(tmp_path, "run", str(write_recipe(tmp_path)), "-q",
-                  env={checkpoint.SLEEP_ENV: "0.3"})
+                  env={checkpoint.SLEEP_ENV: "5"})  # slow checkpoints: it is still running
     wait_for(lambda: run_dir(tmp_path) is not None
-             and (run_dir(tmp_path) / JOBS[0] / "checkpoint.pt").exists(), proc)
+             and any((run_dir(tmp_path) / JOBS[0]).glob(".checkpoint.pt.*")), proc)
+    assert cli("runs").count(" running ") == 2  # alive: its process holds the folder's lock
+    assert "marked 0 runs KILLED" in cli("runs", "--clean")
     proc.kill()
     proc.wait()
     assert {s for _, s in mlflow_runs(tmp_path).values()} == {"RUNNING"}
-    code, out, err = finish(metalr(tmp_path, "runs"))
-    assert code == 0 and out.count("stale (process gone)") == 2, (out, err)
-    code, out, err = finish(metalr(tmp_path, "runs", "--clean"))
-    assert code == 0 and "marked 2 runs KILLED" in out, (out, err)
+    assert cli("runs").count("stale (process gone)") == 2
+    assert "marked 2 runs KILLED" in cli("runs", "--clean")
     assert {s for _, s in mlflow_runs(tmp_path).values()} == {"KILLED"}
 
 
