@@ -81,6 +81,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     tracker = get_registry().get("tracker", args.tracker).build(
         **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
     try:
+        if not callable(getattr(tracker, "running_runs", None)):
+            print(f"metalr: the tracker {args.tracker!r} cannot list its runs", file=sys.stderr)
+            return 1
         if args.clean:
             killed = mark_killed(tracker)
             print(f"marked {len(killed)} run{'s' * (len(killed) != 1)} KILLED (RUNNING, but "

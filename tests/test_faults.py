@@ -401,3 +401,47 @@ def test_two_runs_in_the_same_second_get_their_own_folders(tmp_path):
 
     folders = {new_output_dir(tmp_path, "same") for _ in range(5)}
     assert len(folders) == 5 and all(f.is_dir() for f in folders)
+
+
+def test_a_suite_resumes_only_its_unfinished_children(tmp_path, registry):
+    """Tuning and final runs; after a "crash" one tuning run and two final runs are unfinished
+    (one with a checkpoint, one without): resume reruns exactly those, and the suite ends with
+    the numbers, the tuning choice and the MLflow runs of the uninterrupted one."""
+    methods = {"tuned": {**FIXED, "tune": "lr"}, "mlrsnet": RECIPE["methods"]["mlrsnet"]}
+    before = torch.get_num_threads()
+    try:
+        runner = suite(tmp_path, registry, methods)
+        runner.recipe.tuning.grid, runner.recipe.tuning.epochs = [0.01, 0.1], 2
+        reference = runner.run()
+        out = reference.output_dir
+        unfinished = {"tuned-tune-lr=0.1-seed1": "checkpoint", "tuned-seed0": "checkpoint",
+                      "mlrsnet-seed0": "nothing"}
+        kept = {}
+        for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+            if folder.name in unfinished:
+                (folder / "result.json").unlink()
+                (folder / "history.json").unlink()
+                if unfinished[folder.name] == "nothing":
+                    (folder / "checkpoint.pt").unlink()
+            else:
+                kept[folder.name] = (folder / "result.json").stat().st_mtime_ns
+        resumed = Runner.resumable(out, registry=registry, progress=False).run()
+    finally:
+        torch.set_num_threads(before)
+    assert len(kept) == 3 and all(
+        (out / name / "result.json").stat().st_mtime_ns == t for name, t in kept.items())
+    for a, b in zip(reference.tuning + reference.results, resumed.tuning + resumed.results,
+                    strict=True):
+        assert (a.label, a.status, a.run_id, a.tuned) == (b.label, b.status, b.run_id, b.tuned)
+        assert a.history.lrs == b.history.lrs and a.history.losses == b.history.losses
+        assert [{k: v for k, v in e.items() if k != "wall_time"} for e in a.history.epochs] == [
+            {k: v for k, v in e.items() if k != "wall_time"} for e in b.history.epochs]
+    assert resumed.run_id == reference.run_id
+    assert {s for _, s in mlflow_runs(tmp_path).values()} == {"FINISHED"}
+    assert len(mlflow_runs(tmp_path)) == 1 + 4 + 2
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    for r in resumed.results:  # rerun into its old MLflow run: every step logged once
+        steps = [m.step for m in client.get_metric_history(r.run_id, "step_lr")]
+        assert sorted(steps) == list(range(len(r.history.lrs)))
