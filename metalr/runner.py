@@ -214,30 +214,25 @@ class Runner:
         return self._execute(self.output_dir, resuming)
 
     def _execute(self, out: Path, resuming: bool) -> RunSummary:
-        recipe, reg = self.recipe, self.registry
+        recipe = self.recipe
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
         self.provenance = provenance.collect(self.device)
-        with rundir.locked(out):
-            if not resuming:
-                try:
-                    (out / "recipe.yaml").write_text(
-                        yaml.safe_dump(recipe.resolved(), sort_keys=False))
-                    (out / "provenance.json").write_text(
-                        json.dumps(self.provenance, indent=2) + "\n")
-                except OSError as exc:
-                    raise RunError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        self.stop = StopRequest()
+        with rundir.locked(out), self.stop:  # from here on Ctrl-C stops at the next safe point
             if resuming:
                 self._check_settings(out)
-            suite = rundir.read_json(out / rundir.SUITE) or {}
+            else:
+                self._write_recipe(out)
+            parent_id = (rundir.read_json(out / rundir.SUITE) or {}).get("parent_run_id")
             tracker: Tracker | None = None
             try:
                 if recipe.tracking is not None:
-                    tracker = reg.get("tracker", recipe.tracking.name).build(
+                    tracker = self.registry.get("tracker", recipe.tracking.name).build(
                         **recipe.tracking.options)
                 if resuming and tracker is not None:
                     mark_killed(tracker, out)
-                return self._suite(out, tracker, suite.get("parent_run_id"))
+                return self._suite(out, tracker, parent_id)
             except RunError:
                 raise
             except Exception as exc:  # outside any one run (the tracker, the folder): one line
@@ -248,6 +243,14 @@ class Runner:
             finally:
                 if tracker is not None:
                     tracker.close()
+
+    def _write_recipe(self, out: Path) -> None:
+        try:
+            (out / "recipe.yaml").write_text(
+                yaml.safe_dump(self.recipe.resolved(), sort_keys=False))
+            (out / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
+        except OSError as exc:
+            raise RunError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
     def _check_settings(self, out: Path) -> None:
         """Warn when the settings that decide the numbers changed since the run started."""
@@ -274,8 +277,8 @@ class Runner:
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
         self._metric = metric
         self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
-        with self.stop, self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None,
-                                      parent_id) as parent, \
+        with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None,
+                           parent_id) as parent, \
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent
