@@ -10,7 +10,8 @@ last good one untouched. :func:`load` checks the digest and falls back to ``.pre
 It also holds the generic capture of an LR policy's state (:func:`policy_state`), used for
 policies that do not define ``state_dict`` / ``load_state_dict`` themselves: their attributes
 are saved (tensors, numbers, strings, containers, nested modules, torch optimizers and
-schedulers, generators) and written back in place after ``policy.start`` has rebuilt the rest.
+schedulers, torch / NumPy / Python generators) and written back after ``policy.start`` has
+rebuilt the rest.
 """
 
 from __future__ import annotations
@@ -205,6 +206,20 @@ def _capture(value: Any, skip: set[int]) -> Any:
         return value.detach().clone()
     if isinstance(value, torch.Generator):
         return {_KIND: "generator", "state": value.get_state()}
+    if isinstance(value, random.Random):
+        return {_KIND: "py_random", "state": value.getstate()}
+    if hasattr(value, "bit_generator"):  # numpy.random.Generator
+        return {_KIND: "np_generator", "state": value.bit_generator.state}
+    if type(value).__module__ == "numpy":  # numeric arrays as tensors, scalars as numbers
+        if not hasattr(value, "dtype") or value.dtype.kind not in "fiub":
+            return _SKIP
+        if not getattr(value, "shape", ()):
+            return value.item()
+        return {_KIND: "ndarray", "dtype": str(value.dtype), "shape": list(value.shape),
+                "data": torch.from_numpy(value.copy()).reshape(-1)}
+    if isinstance(value, (set, frozenset)):
+        items = [_capture(v, skip) for v in value]
+        return _SKIP if any(i is _SKIP for i in items) else {_KIND: "set", "items": items}
     if isinstance(value, (list, tuple)):
         items = [_capture(v, skip) for v in value]
         return _SKIP if any(i is _SKIP for i in items) else type(value)(items)
@@ -248,9 +263,13 @@ def _restore(live: Any, saved: Any) -> Any:
     optimizers: others hold references to them); the value to assign otherwise."""
     if isinstance(saved, dict) and _KIND in saved:
         kind = saved[_KIND]
-        if live is None:
+        if live is None and kind not in ("ndarray", "set"):
             raise CheckpointError(f"the checkpoint has a {kind} where the policy has none "
                                   "(was it saved by another version of this policy?)")
+        if kind == "ndarray":
+            return saved["data"].cpu().numpy().astype(saved["dtype"]).reshape(saved["shape"])
+        if kind == "set":
+            return set(saved["items"])
         if kind == "module":
             nn.Module.load_state_dict(live, saved["state"])
             _restore_attrs(live, saved["attrs"])
@@ -258,6 +277,10 @@ def _restore(live: Any, saved: Any) -> Any:
             live.load_state_dict(saved["state"])
         elif kind == "generator":
             live.set_state(saved["state"].cpu())
+        elif kind == "py_random":
+            live.setstate(_tuples(saved["state"]))
+        elif kind == "np_generator":
+            live.bit_generator.state = saved["state"]
         else:
             _restore_attrs(live, saved["attrs"])
         return live

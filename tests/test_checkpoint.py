@@ -91,3 +91,47 @@ def test_a_state_that_does_not_fit_the_policy_is_a_clear_error(registry, task, t
     with pytest.raises(checkpoint.CheckpointError, match="FixedLR policy, not of this run's "
                        ".*CosineLR"):
         fresh.fit(resume=state)
+
+
+class NoisyLR:
+    """A third-party-style policy whose state is NumPy's and Python's: arrays, a NumPy
+    generator, a ``random.Random``, a set. None of it may be lost by a checkpoint."""
+
+    def __init__(self, lr: float = 0.05):
+        import random
+
+        import numpy as np
+
+        self.lr0, self.np_rng, self.py_rng = lr, np.random.default_rng(1), random.Random(2)
+        self.trace, self.seen = np.zeros(4), set()
+
+    def start(self, run):
+        pass
+
+    def lr(self, ctx):
+        self.trace = self.trace * 0.9 + self.np_rng.normal(size=4)
+        self.seen.add(ctx.step % 7)
+        return self.lr0 * (1 + 0.1 * float(self.trace.mean())) * self.py_rng.uniform(0.9, 1.1)
+
+    def end_epoch(self, epoch, metrics):
+        pass
+
+
+def test_numpy_and_python_state_of_a_policy_resumes_exactly(task, tmp_path):
+    from metalr.plugins import get_registry
+
+    registry = get_registry()
+
+    def build():
+        torch.manual_seed(0)
+        model = registry.get("model", "mlp").build(task.spec, hidden=[16])
+        opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9)
+        return Engine(task, model, opt, NoisyLR(), EngineConfig(epochs=2, batch_size=64))
+
+    reference = build().fit()
+    saved, steps = [], iter(range(10**6))
+    with pytest.raises(RunInterrupted):
+        build().fit(checkpoint=lambda s: saved.append(checkpoint.save(tmp_path / "c.pt", s)),
+                    stop=lambda: next(steps) == 30)
+    resumed = build().fit(resume=checkpoint.load(saved[-1])[0])
+    assert comparable(resumed) == comparable(reference)
