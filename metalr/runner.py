@@ -273,7 +273,7 @@ class Runner:
                        for seed in recipe.tuning.seeds]
         final_count = len(recipe.methods) * len(seeds)
         total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
-        metric, higher_is_better, chance = self._task_info(seeds[0])
+        metric, higher_is_better, chance = self._task_info(seeds)
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
         self._metric = metric
         self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
@@ -299,12 +299,16 @@ class Runner:
                 self._write_outputs(summary, tracker, parent, bar)
         return summary
 
-    def _task_info(self, seed: int) -> tuple[str, bool, float | None]:
-        """The task's headline metric, its direction and its chance level, for the tables."""
-        try:
-            task: Any = self.task(seed)
-        except Exception:  # every run then fails in its own guard, with the reason
-            task = self.registry.get("task", self.recipe.task.name).factory
+    def _task_info(self, seeds: list[int]) -> tuple[str, bool, float | None]:
+        """The task's headline metric, its direction and its chance level, for the tables:
+        from the first seed whose task sets up (the runs of the others fail in their guard)."""
+        task: Any = self.registry.get("task", self.recipe.task.name).factory
+        for seed in seeds:
+            try:
+                task = self.task(seed)
+                break
+            except Exception:  # noqa: S112  (that seed's runs fail with the reason)
+                continue
         return (getattr(task, "metric", "metric"), getattr(task, "higher_is_better", True),
                 chance_level(task))
 
@@ -323,7 +327,9 @@ class Runner:
         if result.status != "FINISHED":
             return f"{result.label}: {result.status} ({result.error})"
         split = "meta" if result.tuning else "test"
-        return (f"{result.label}: {split} {metric} {result.final(f'{split}_{metric}'):.4f}, "
+        value = result.final(f"{split}_{metric}")
+        shown = "-" if value is None else f"{value:.4f}"
+        return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}, {result.history.wall_time:.1f} s")
 
     @contextmanager

@@ -256,6 +256,21 @@ class Exploding:
         pass
 
 
+class UnreachableData:
+    """A task whose data cannot be fetched for seed 1 (say, a download that fails)."""
+
+    def __new__(cls, **options):
+        from metalr_digits.task import Digits
+
+        class Task(Digits):
+            def setup(self, seed, device):
+                if seed == 1:
+                    raise ConnectionError("https://data.example/x.npz: connection refused")
+                super().setup(seed, device)
+
+        return Task(**options)
+
+
 class BrokenFactory:
     def __init__(self, **options):
         raise RuntimeError("this policy cannot be built\nsecond line of the message")
@@ -272,9 +287,14 @@ def registry():
         register("exploding", Exploding)
         register("unbuildable", BrokenFactory)
 
+    @hookimpl
+    def register_tasks(register):
+        register("unreachable", UnreachableData)
+
     reg = Registry(strict=False).load_entry_points()
     assert reg.add_plugin(types.SimpleNamespace(register_models=register_models,
-                                                register_lr_policies=register_lr_policies),
+                                                register_lr_policies=register_lr_policies,
+                                                register_tasks=register_tasks),
                           "tests:faults")
     return reg
 
@@ -324,6 +344,19 @@ def test_nan_loss_exploding_lr_and_a_broken_factory_fail_their_run_only(
     assert len(result.history.lrs) == 21  # the epoch in which it happened, saved
     saved = json.loads((nan.output_dir / "fine-seed0" / "result.json").read_text())
     assert saved["status"] == "FAILED" and len(saved["history"]["lrs"]) == 21
+
+
+def test_a_task_that_cannot_be_set_up_fails_its_runs_only(tmp_path, registry):
+    runner = suite(tmp_path, registry, {"fine": FIXED}, epochs=1)
+    runner.recipe.task.name = "unreachable"
+    runner.recipe.train.seeds = [1, 0]  # the first seed, which names the metric, is the bad one
+    summary = runner.run()
+    (bad, good) = summary.results
+    assert (bad.seed, bad.status, good.status) == (1, "FAILED", "FINISHED")
+    assert "ConnectionError: https://data.example/x.npz: connection refused" in bad.error
+    assert summary.metric == "accuracy"
+    assert "1/2 finished (FAILED: fine, seed 1: ConnectionError" in (
+        summary.output_dir / "results.md").read_text()
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint_and_says_so_in_one_line(
