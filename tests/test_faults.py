@@ -43,6 +43,14 @@ RECIPE = {
 JOBS = ["multistep-seed0", "mlrsnet-seed0"]
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """In-process runs set the recipe's thread count (1); later tests get theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def write_recipe(tmp: Path, **changes) -> Path:
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(tmp / "out"), **changes},
@@ -116,7 +124,7 @@ def test_kill9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path, refe
     # job (the first job finished, the second has one good checkpoint): the probe's result,
     # theta, its Adam state and the LSTM state must all come back.
     proc = metalr(tmp_path, "run", str(write_recipe(tmp_path)), "-q",
-                  env={checkpoint.SLEEP_ENV: "0.4"})
+                  env={checkpoint.SLEEP_ENV: "0.25"})
 
     def in_second_write():
         folder = run_dir(tmp_path)
@@ -441,26 +449,22 @@ def test_a_suite_resumes_only_its_unfinished_children(tmp_path, registry):
     (one with a checkpoint, one without): resume reruns exactly those, and the suite ends with
     the numbers, the tuning choice and the MLflow runs of the uninterrupted one."""
     methods = {"tuned": {**FIXED, "tune": "lr"}, "mlrsnet": RECIPE["methods"]["mlrsnet"]}
-    before = torch.get_num_threads()
-    try:
-        runner = suite(tmp_path, registry, methods)
-        runner.recipe.tuning.grid, runner.recipe.tuning.epochs = [0.01, 0.1], 2
-        reference = runner.run()
-        out = reference.output_dir
-        unfinished = {"tuned-tune-lr=0.1-seed1": "checkpoint", "tuned-seed0": "checkpoint",
-                      "mlrsnet-seed0": "nothing"}
-        kept = {}
-        for folder in sorted(p for p in out.iterdir() if p.is_dir()):
-            if folder.name in unfinished:
-                (folder / "result.json").unlink()
-                (folder / "history.json").unlink()
-                if unfinished[folder.name] == "nothing":
-                    (folder / "checkpoint.pt").unlink()
-            else:
-                kept[folder.name] = (folder / "result.json").stat().st_mtime_ns
-        resumed = Runner.resumable(out, registry=registry, progress=False).run()
-    finally:
-        torch.set_num_threads(before)
+    runner = suite(tmp_path, registry, methods)
+    runner.recipe.tuning.grid, runner.recipe.tuning.epochs = [0.01, 0.1], 2
+    reference = runner.run()
+    out = reference.output_dir
+    unfinished = {"tuned-tune-lr=0.1-seed1": "checkpoint", "tuned-seed0": "checkpoint",
+                  "mlrsnet-seed0": "nothing"}
+    kept = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        if folder.name in unfinished:
+            (folder / "result.json").unlink()
+            (folder / "history.json").unlink()
+            if unfinished[folder.name] == "nothing":
+                (folder / "checkpoint.pt").unlink()
+        else:
+            kept[folder.name] = (folder / "result.json").stat().st_mtime_ns
+    resumed = Runner.resumable(out, registry=registry, progress=False).run()
     assert len(kept) == 3 and all(
         (out / name / "result.json").stat().st_mtime_ns == t for name, t in kept.items())
     for a, b in zip(reference.tuning + reference.results, resumed.tuning + resumed.results,
