@@ -224,7 +224,7 @@ def _capture(value: Any, skip: set[int]) -> Any:
         items = [_capture(v, skip) for v in value]
         return _SKIP if any(i is _SKIP for i in items) else type(value)(items)
     if isinstance(value, dict):
-        if not all(isinstance(k, (str, int, float)) for k in value):
+        if not all(isinstance(k, (str, int, float, tuple)) for k in value):
             return _SKIP
         items = {k: _capture(v, skip) for k, v in value.items()}
         return _SKIP if any(i is _SKIP for i in items.values()) else items
@@ -236,8 +236,8 @@ def _capture(value: Any, skip: set[int]) -> Any:
     if callable(getattr(value, "state_dict", None)) and callable(
             getattr(value, "load_state_dict", None)):
         return {_KIND: "state_dict", "state": value.state_dict()}  # optimizers, schedulers
-    if dataclasses.is_dataclass(value) or (hasattr(value, "__dict__") and not callable(value)
-                                           and not isinstance(value, type)):
+    if not isinstance(value, type) and (dataclasses.is_dataclass(value) or (
+            hasattr(value, "__dict__") and not callable(value))):
         return {_KIND: "object", "attrs": _capture_attrs(value, skip, frozenset())}
     return _SKIP
 
@@ -264,8 +264,9 @@ def _restore(live: Any, saved: Any) -> Any:
     if isinstance(saved, dict) and _KIND in saved:
         kind = saved[_KIND]
         if live is None and kind not in ("ndarray", "set"):
-            raise CheckpointError(f"the checkpoint has a {kind} where the policy has none "
-                                  "(was it saved by another version of this policy?)")
+            raise CheckpointError(f"the checkpoint has a {kind} where the policy has none after "
+                                  "start(); a policy that creates such objects later needs its "
+                                  "own state_dict / load_state_dict")
         if kind == "ndarray":
             return saved["data"].cpu().numpy().astype(saved["dtype"]).reshape(saved["shape"])
         if kind == "set":
@@ -310,7 +311,10 @@ def _has_kind(value: Any) -> bool:
 
 def _restore_attrs(obj: Any, attrs: Mapping[str, Any]) -> None:
     for name, saved in attrs.items():
-        object.__setattr__(obj, name, _restore(getattr(obj, name, None), saved))
+        try:
+            object.__setattr__(obj, name, _restore(getattr(obj, name, None), saved))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{type(obj).__name__}.{name}: {exc}") from None
 
 
 class _Skip:

@@ -12,11 +12,15 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metalr.checkpoint import CheckpointError
 from metalr.plugins import KINDS, get_registry
 from metalr.recipe import RecipeError, load_recipe
 from metalr.rundir import RunError
+
+if TYPE_CHECKING:
+    from metalr.results import RunSummary
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -57,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _report(summary, recipe.tracking is not None)
 
 
-def _report(summary, tracked: bool) -> int:
+def _report(summary: RunSummary, tracked: bool) -> int:
     print()
     print(summary.markdown())
     print(f"\nfigures and tables: {summary.output_dir}/ "
@@ -168,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metalr: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a read-only or full disk: the path, not a traceback
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"metalr: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"metalr: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         out = getattr(getattr(args, "runner", None), "output_dir", None)
