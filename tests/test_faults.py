@@ -122,9 +122,11 @@ def reference(tmp_path_factory) -> dict[str, object]:
 def test_kill9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path, reference):
     # Checkpoint writes pause half-way; kill -9 the run inside the second write of its second
     # job (the first job finished, the second has one good checkpoint): the probe's result,
-    # theta, its Adam state and the LSTM state must all come back.
-    proc = metalr(tmp_path, "run", str(write_recipe(tmp_path)), "-q",
-                  env={checkpoint.SLEEP_ENV: "0.25"})
+    # theta, its Adam state and the LSTM state must all come back. Metrics are held back in
+    # the tracker's queue (flush_seconds), so the kill loses them: resume must send them.
+    recipe = write_recipe(tmp_path, tracking={"name": "mlflow",
+                                              "options": {"flush_seconds": 1000}})
+    proc = metalr(tmp_path, "run", str(recipe), "-q", env={checkpoint.SLEEP_ENV: "0.25"})
 
     def in_second_write():
         folder = run_dir(tmp_path)
@@ -142,6 +144,10 @@ def test_kill9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path, refe
     assert used == job / "checkpoint.pt" and state["epoch"] == 1
     before = mlflow_runs(tmp_path)
     assert before["faults"][1] == "RUNNING" and before[JOBS[1].replace("-", "/")][1] == "RUNNING"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    assert client.get_metric_history(before["mlrsnet/seed0"][0], "step_lr") == []  # lost
 
     code, out, err = finish(metalr(tmp_path, "resume", str(folder), "-q"))
     assert code == 0, err
@@ -151,9 +157,6 @@ def test_kill9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path, refe
     assert {name: rid for name, (rid, _) in after.items()} == {
         name: rid for name, (rid, _) in before.items()}
     assert {status for _, status in after.values()} == {"FINISHED"}
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
     for key, count in [("step_lr", len(reference[JOBS[1]]["lrs"])), ("epoch", 4)]:
         steps = [m.step for m in client.get_metric_history(after["mlrsnet/seed0"][0], key)]
         assert sorted(steps) == list(range(key == "epoch", count + (key == "epoch")))  # once
