@@ -257,14 +257,14 @@ class Engine:
             history = History.from_dict(resume["history"])
             first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
-            self.load_state_dict(resume, generator)
+            self.restore(resume, generator)
         start = time.perf_counter() - history.wall_time
 
         def snapshot(epoch: int, batch: int) -> None:
             if checkpoint is not None:
                 history.wall_time = time.perf_counter() - start
-                checkpoint(self.state_dict(history, epoch, batch, step, epoch_rng,
-                                           losses, meta_losses))
+                checkpoint(self.checkpoint_state(history, epoch, batch, step, epoch_rng,
+                                                 losses, meta_losses))
 
         for epoch in range(first_epoch, cfg.epochs):
             self.model.train()
@@ -318,9 +318,9 @@ class Engine:
         return history
 
     # -- checkpoints -----------------------------------------------------------------------
-    def state_dict(self, history: History, epoch: int, batch: int, step: int,
-                   epoch_rng: torch.Tensor, losses: Sequence[torch.Tensor],
-                   meta_losses: Sequence[torch.Tensor]) -> dict[str, Any]:
+    def checkpoint_state(self, history: History, epoch: int, batch: int, step: int,
+                         epoch_rng: torch.Tensor, losses: Sequence[torch.Tensor],
+                         meta_losses: Sequence[torch.Tensor]) -> dict[str, Any]:
         """Everything that decides the rest of the run, at ``batch`` of ``epoch`` (next to run).
 
         ``epoch_rng`` is the data-order generator as the epoch began: a resumed epoch redraws
@@ -340,8 +340,8 @@ class Engine:
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any], generator: torch.Generator) -> None:
-        """Restore a :meth:`state_dict`, after ``policy.start`` rebuilt what it rebuilds."""
+    def restore(self, state: Mapping[str, Any], generator: torch.Generator) -> None:
+        """Load a :meth:`checkpoint_state`, after ``policy.start`` rebuilt what it rebuilds."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.meta_optimizer is not None:
