@@ -1,7 +1,7 @@
-"""The `metalr` command: plugins, validate, run, nets.
+"""The `metalr` command: plugins, validate, run, resume, runs, nets.
 
-Exit codes: 0 success, 1 a run failed, 2 a bad recipe or override (nothing tracked, nothing
-written), 130 interrupted.
+Exit codes: 0 success, 1 a run failed (or the output folder or tracker could not be used), 2 a
+bad recipe or override (nothing tracked, nothing written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ import json
 import signal
 import sys
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from metalr.checkpoint import CheckpointError
 from metalr.plugins import KINDS, get_registry
 from metalr.recipe import RecipeError, load_recipe
+from metalr.rundir import RunError
+
+if TYPE_CHECKING:
+    from metalr.results import RunSummary
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
@@ -49,13 +56,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from metalr.runner import Runner  # torch-heavy; not needed by the other commands
 
     recipe = load_recipe(args.recipe, args.overrides, deep=True)
-    summary = Runner(recipe, progress=not args.quiet).run()
+    args.runner = Runner(recipe, progress=not args.quiet)
+    summary = args.runner.run()
+    return _report(summary, recipe.tracking is not None)
+
+
+def _report(summary: RunSummary, tracked: bool) -> int:
     print()
     print(summary.markdown())
-    print(f"\nfigures and tables: {summary.output_dir}/ (lr.png, curves.png, results.md, results.csv)")
-    if recipe.tracking is not None:
-        print(f"tracked in MLflow experiment {recipe.name!r}: run `mlflow ui` to browse")
+    print(f"\nfigures and tables: {summary.output_dir}/ "
+          "(lr.png, curves.png, results.md, results.csv)")
+    if tracked:
+        print(f"tracked in MLflow experiment {summary.name!r}: run `mlflow ui` to browse")
     return 0 if summary.ok else 1
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from metalr.runner import Runner
+
+    args.runner = Runner.resumable(args.run_dir, progress=not args.quiet)
+    summary = args.runner.run()
+    return _report(summary, summary.run_id is not None)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from metalr.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
+
+    tracker = get_registry().get("tracker", args.tracker).build(
+        **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
+    try:
+        if not callable(getattr(tracker, "running_runs", None)):
+            print(f"metalr: the tracker {args.tracker!r} cannot list its runs", file=sys.stderr)
+            return 1
+        if args.clean:
+            killed = mark_killed(tracker)
+            print(f"marked {len(killed)} run{'s' * (len(killed) != 1)} KILLED (RUNNING, but "
+                  "the process that ran them is gone)" + "".join(f"\n  {r}" for r in killed))
+            return 0
+        from metalr.rundir import is_running
+
+        for run_id, tags in tracker.running_runs():
+            where = tags.get(OUTPUT_TAG)
+            if tags.get(HOST_TAG, HOST) != HOST:
+                alive = f"on {tags[HOST_TAG]} (not checked from here)"
+            elif where is None:
+                alive = "not started by metalr"
+            else:
+                alive = "running" if is_running(Path(where)) else "stale (process gone)"
+            print(f"{run_id}  {tags.get('mlflow.runName', '')}  {alive}  {where or '-'}")
+        return 0
+    finally:
+        tracker.close()
 
 
 def _cmd_nets(args: argparse.Namespace) -> int:
@@ -92,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=func)
+    p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
+    p.add_argument("run_dir", help="the output folder the run printed")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_resume)
+    p = sub.add_parser("runs", help="list runs left RUNNING; --clean marks dead ones KILLED")
+    p.add_argument("--clean", action="store_true",
+                   help="mark KILLED every RUNNING run whose process is gone")
+    p.add_argument("--tracker", default="mlflow", help="the tracker component (default mlflow)")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    p.set_defaults(func=_cmd_runs)
     return parser
 
 
@@ -119,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (RunError, CheckpointError) as exc:
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a read-only or full disk: the path, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"metalr: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted: runs marked KILLED", file=sys.stderr)
+        out = getattr(getattr(args, "runner", None), "output_dir", None)
+        hint = f"; `metalr resume {out}` continues them" if out else ""
+        print(f"interrupted: runs marked KILLED{hint}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ theta, the look-ahead needs no second forward/backward of the batch and no Hessi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -20,6 +21,7 @@ import higher
 import torch
 from torch import nn
 
+from metalr import checkpoint as ckpt
 from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
 from metalr.probe import ProbeResult, probe_lr
 from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
@@ -68,6 +70,31 @@ class History:
     probe: ProbeResult | None = None  # the LR probe, when the policy asked for one
     t_val: int | None = None  # steps between meta-updates, when meta-training
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (a checkpoint or a JSON file holds them exactly)."""
+        return {"lrs": list(self.lrs), "losses": list(self.losses),
+                "epochs": [dict(e) for e in self.epochs], "wall_time": self.wall_time,
+                "probe": None if self.probe is None else dataclasses.asdict(self.probe),
+                "t_val": self.t_val}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> History:
+        probe = data.get("probe")
+        if probe is not None:
+            probe = ProbeResult(**{**probe, "losses": {float(k): v
+                                                        for k, v in probe["losses"].items()}})
+        return cls(lrs=list(data["lrs"]), losses=list(data["losses"]),
+                   epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
+                   probe=probe, t_val=data.get("t_val"))
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on request (SIGINT / SIGTERM) between two steps, after a checkpoint."""
+
+    def __init__(self, history: History):
+        super().__init__("interrupted")
+        self.history = history
+
 
 def is_meta_learned(policy: Any) -> bool:
     return getattr(policy, "learns_by", None) == "hypergradient"
@@ -98,6 +125,8 @@ class Engine:
         self.probe_result: ProbeResult | None = None
         self._fmodel: Any = None
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
+                            if p.is_floating_point()), default=math.inf)
         self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
 
     @property
@@ -141,8 +170,8 @@ class Engine:
             lr = float(policy.lr(ctx))
         except ArithmeticError as exc:  # a rule that found its own numbers non-finite
             raise TrainingDiverged(f"{exc} (step {step})") from exc
-        if not math.isfinite(lr) or lr < 0:
-            raise TrainingDiverged(f"the policy gave LR {lr} at step {step}")
+        if not 0 <= lr <= self._max_lr:  # NaN fails too; beyond max the update overflows
+            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {step}")
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
@@ -197,15 +226,25 @@ class Engine:
         self,
         on_epoch: Callable[[int, Mapping[str, float], History], None] | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        resume: Mapping[str, Any] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> History:
-        """Train for ``cfg.epochs`` epochs; ``on_epoch(epoch, metrics, history)`` after each."""
+        """Train for ``cfg.epochs`` epochs; ``on_epoch(epoch, metrics, history)`` after each.
+
+        ``checkpoint(state)`` gets the full training state after every epoch, and between two
+        steps when ``stop()`` turns true (then :class:`RunInterrupted` is raised). Given such a
+        state as ``resume``, training continues from it exactly as if it had never stopped.
+        """
         cfg, task = self.cfg, self.task
         steps_per_epoch = task.num_train_batches(cfg.batch_size)
         history, step = History(), 0
-        start = time.perf_counter()
         run = RunInfo(cfg.epochs, steps_per_epoch, self.optimizer, cfg.device, cfg.seed, task,
                       probe=functools.partial(self._probe, cfg.epochs * steps_per_epoch,
                                               steps_per_epoch))
+        if resume is not None and resume["history"]["probe"] is not None:  # never probe twice
+            self.probe_result = History.from_dict(resume["history"]).probe
         self.policy.start(run)
         if self.probe_result is not None:
             history.probe = self.probe_result
@@ -213,12 +252,28 @@ class Engine:
                               else max(1, steps_per_epoch // 2))
         history.t_val = t_val if self.meta_learning else None
         generator = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(cfg.epochs):
+        first_epoch, done, losses, meta_losses = 0, 0, [], []
+        if resume is not None:
+            history = History.from_dict(resume["history"])
+            first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
+            losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
+            self.restore(resume, generator)
+        start = time.perf_counter() - history.wall_time
+
+        def snapshot(epoch: int, batch: int) -> None:
+            if checkpoint is not None:
+                history.wall_time = time.perf_counter() - start
+                checkpoint(self.checkpoint_state(history, epoch, batch, step, epoch_rng,
+                                                 losses, meta_losses))
+
+        for epoch in range(first_epoch, cfg.epochs):
             self.model.train()
             if callable(getattr(self.optimizer, "train", None)):
                 self.optimizer.train()
-            losses, meta_losses = [], []
-            for batch in task.train_batches(cfg.batch_size, generator):
+            epoch_rng = generator.get_state()  # the epoch's data order, to resume inside it
+            for index, batch in enumerate(task.train_batches(cfg.batch_size, generator)):
+                if index < done:  # resumed inside this epoch: trained on before the stop
+                    continue
                 meta_batch = None
                 if self.meta_learning and step % t_val == 0 and self.policy.meta_active(step):
                     meta_batch = task.meta_batch(cfg.meta_batch_size, self.meta_generator)
@@ -232,6 +287,9 @@ class Engine:
                 if result.meta_loss is not None:
                     meta_losses.append(result.meta_loss)
                 step += 1
+                if stop is not None and stop():
+                    snapshot(epoch, index + 1)
+                    raise RunInterrupted(history)
             epoch_losses = torch.stack(losses).tolist()
             first_step = len(history.losses)
             history.losses.extend(epoch_losses)
@@ -251,7 +309,44 @@ class Engine:
             self.policy.end_epoch(epoch, metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics, history)
+            done, losses, meta_losses = 0, [], []
+            epoch_rng = generator.get_state()
+            snapshot(epoch + 1, 0)
             if progress is not None:
                 progress(1)
         history.wall_time = time.perf_counter() - start
         return history
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint_state(self, history: History, epoch: int, batch: int, step: int,
+                         epoch_rng: torch.Tensor, losses: Sequence[torch.Tensor],
+                         meta_losses: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """Everything that decides the rest of the run, at ``batch`` of ``epoch`` (next to run).
+
+        ``epoch_rng`` is the data-order generator as the epoch began: a resumed epoch redraws
+        the same order and skips the ``batch`` batches already trained on.
+        """
+        return {
+            "epoch": epoch, "batch": batch, "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "meta_optimizer": (None if self.meta_optimizer is None
+                               else self.meta_optimizer.state_dict()),
+            "policy": ckpt.policy_state(self.policy,
+                                        skip=(self.model, self.optimizer, self.task)),
+            "rng": {**ckpt.rng_state(), "data": epoch_rng.clone(),
+                    "meta": self.meta_generator.get_state()},
+            "history": history.to_dict(),
+            "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
+        }
+
+    def restore(self, state: Mapping[str, Any], generator: torch.Generator) -> None:
+        """Load a :meth:`checkpoint_state`, after ``policy.start`` rebuilt what it rebuilds."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        ckpt.load_policy_state(self.policy, state["policy"])
+        ckpt.set_rng_state(state["rng"])
+        generator.set_state(state["rng"]["data"].cpu())
+        self.meta_generator.set_state(state["rng"]["meta"].cpu())

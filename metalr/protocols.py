@@ -109,7 +109,16 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 @runtime_checkable
 class LRPolicy(Protocol):
-    """Chooses the learning rate of every training step."""
+    """Chooses the learning rate of every training step.
+
+    Checkpoints (docs/reliability.md) save a policy's state. A policy may define
+    ``state_dict()`` / ``load_state_dict(state)`` (plain tensors, numbers, strings, containers);
+    without them its attributes are saved (tensors, numbers, strings, containers, nested
+    modules, torch optimizers and schedulers, generators) and written back after
+    :meth:`start` has rebuilt everything else, which covers stateless policies and those built
+    on ``torch.optim.lr_scheduler``. For an ``nn.Module`` policy the attributes are always
+    saved, since its ``state_dict`` is theta alone.
+    """
 
     def start(self, run: RunInfo) -> None: ...
 
@@ -157,6 +166,11 @@ class Tracker(Protocol):
     the provenance of :mod:`metalr.provenance` (device, threads, CPU capability, versions, git
     commit). A tracker whose ``start_run`` has no ``tags`` argument still works; its runs go
     without them (``provenance.json`` in the output folder has them all the same).
+
+    Optional, for ``metalr resume`` and ``metalr runs --clean``: ``resume_run(run_id)`` (mark
+    a run RUNNING again to continue it), ``logged_steps(run_id, key) -> set[int]`` (the steps
+    of a metric that reached the store before a kill: resume sends the missing ones and skips
+    those already there) and ``running_runs()`` (``(run_id, tags)`` of the RUNNING runs).
     """
 
     def start_run(

@@ -188,7 +188,8 @@ class RunSummary:
                                           if done else "-"),
                 "tuned": note,
                 "runs": f"{len(done)}/{len(runs)} finished" + (
-                    "" if len(done) == len(runs) else " (FAILED: " + "; ".join(
+                    "" if len(done) == len(runs) else " (" + "/".join(sorted(
+                        {r.status for r in runs if r.status != "FINISHED"})) + ": " + "; ".join(
                         r.error or r.status for r in runs if r.status != "FINISHED") + ")"),
             })
         return rows

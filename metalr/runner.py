@@ -4,16 +4,22 @@ Methods with ``tune:`` first get their option chosen on the meta split (the Deep
 run with every tuning seed; a value that diverged or ended at chance on any seed is rejected, see
 :mod:`metalr.results`), then every method runs with every seed. For a given seed all methods see
 the same data split, shuffling and initial weights. A run that diverges is marked FAILED and the
-others go on; an interrupt marks the runs KILLED. Nothing is left RUNNING.
+others go on; so does one whose components fail to build or that raises anything else (FAILED,
+one line on screen, the traceback in its folder). Ctrl-C or SIGTERM stops at the next step: the
+run is checkpointed and marked KILLED, and the tables and figures of what ran are written.
+Nothing is left RUNNING, and ``metalr resume RUN_DIR`` continues (:mod:`metalr.rundir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import socket
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +29,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from metalr import provenance
+from metalr import checkpoint, provenance, rundir
 from metalr.engine import Engine, EngineConfig, History, TrainingDiverged, is_meta_learned
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
 from metalr.results import MethodResult, RunSummary, chance_level
+from metalr.rundir import RunError
 from metalr.scheduler import ceiling_epochs
+from metalr.stopping import StopRequest
 from metalr.weights import load_meta_learner, save_meta_learner
 
 
@@ -75,7 +83,73 @@ def start_run(tracker: Tracker, experiment: str, name: str, params: Mapping[str,
     return tracker.start_run(experiment, name, params, parent)
 
 
+EXACT_SETTINGS = ("metalr.device", "metalr.torch_threads", "metalr.cpu_capability",
+                  "metalr.torch_version")
+"""Provenance keys that must not change for a resumed run to match an uninterrupted one."""
+
+OUTPUT_TAG, HOST_TAG = "metalr.output_dir", "metalr.host"
+"""Tags of every run metalr starts: the folder it writes to and the machine (``runs --clean``
+checks the folder's lock, on this machine only)."""
+HOST = socket.gethostname()
+
+
+def resume_run(tracker: Tracker, run_id: str) -> None:
+    """Mark an existing run RUNNING again, to continue logging into it."""
+    reopen = getattr(tracker, "resume_run", None)
+    if not callable(reopen):
+        raise RunError(f"the tracker {type(tracker).__name__} cannot continue a run "
+                       "(it has no resume_run); resume with tracking: none")
+    reopen(run_id)
+
+
+def mark_killed(tracker: Tracker, folder: Path | None = None) -> list[str]:
+    """End as KILLED the RUNNING runs whose process is gone (its folder's lock is free): those
+    of ``folder``, or all that metalr started. Returns their ids."""
+    running = getattr(tracker, "running_runs", None)
+    if not callable(running):
+        return []
+    killed = []
+    for run_id, tags in running():
+        where = tags.get(OUTPUT_TAG)
+        if where is None or (folder is not None and Path(where) != folder.resolve()):
+            continue
+        if folder is None and (tags.get(HOST_TAG, HOST) != HOST or rundir.is_running(Path(where))):
+            continue  # another machine's run cannot be checked from here; a live one is kept
+        tracker.end_run(run_id, "KILLED")
+        killed.append(run_id)
+    return killed
+
+
+def write_outputs(summary: RunSummary) -> list[Path]:
+    """The suite's tables and figures; figures of the first finished seed of each method."""
+    out = summary.output_dir
+    first = {}
+    for r in summary.results:
+        if r.history is not None and r.history.lrs and r.method not in first:
+            first[r.method] = r.history
+    paths = [out / "results.md", out / "results.csv"]
+    tuning = summary.tuning_markdown()
+    paths[0].write_text(summary.markdown() + "\n" + (f"\n{tuning}\n" if tuning else ""))
+    paths[1].write_text(summary.csv())
+    if summary.tuning:
+        paths.append(out / "tuning.csv")
+        paths[-1].write_text(summary.tuning_csv())
+    if first:
+        paths.append(plot_lr(first, out / "lr.png"))
+        means = summary.mean_histories()
+        if means:
+            paths.append(plot_curves(means, out / "curves.png", summary.metric))
+    return paths
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 def new_output_dir(root: str | Path, name: str) -> Path:
+    """A new folder ``root/name-YYYYmmdd-HHMMSS[-i]``; ``mkdir`` is exclusive, so two runs
+    started in the same second never share one."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = Path(root) / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
@@ -95,6 +169,27 @@ class Runner:
         self.device = resolve_device(recipe.train.device)
         self._tasks: dict[int, Task] = {}
         self.provenance: dict[str, str] = {}
+        self.stop = StopRequest()
+        self.output_dir: Path | None = None  # set: run() continues the suite there
+
+    @classmethod
+    def resumable(cls, run_dir: str | Path, registry: Registry | None = None,
+                  progress: bool = True) -> Runner:
+        """A runner whose :meth:`run` continues the suite in ``run_dir`` (the folder ``run``
+        printed) into its MLflow runs: finished runs are read back, the others continue from
+        their last checkpoint."""
+        run_dir = Path(run_dir)
+        path = run_dir / "recipe.yaml"
+        try:
+            recipe = Recipe.model_validate(yaml.safe_load(path.read_text()))
+        except FileNotFoundError:
+            raise RunError(f"{run_dir} is not a metalr run folder (no recipe.yaml); pass the "
+                           "folder that `metalr run` printed") from None
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise RunError(f"cannot read {path}: {_one_line(exc)}") from None
+        runner = cls(recipe, registry, progress)
+        runner.output_dir = run_dir
+        return runner
 
     def task(self, seed: int) -> Task:
         """The task set up for a seed (the split depends on it), built once per seed."""
@@ -106,17 +201,70 @@ class Runner:
         return self._tasks[seed]
 
     def run(self) -> RunSummary:
-        recipe, reg = self.recipe, self.registry
+        """Run the recipe into a new folder under ``recipe.output_dir`` (or continue it)."""
+        resuming = self.output_dir is not None
+        if not resuming:
+            try:
+                self.output_dir = new_output_dir(self.recipe.output_dir, self.recipe.name)
+            except OSError as exc:
+                raise RunError(f"cannot create an output folder under {self.recipe.output_dir}"
+                               f": {exc.strerror or exc}") from None
+        if self.progress:
+            print(f"{'resuming' if resuming else 'writing to'} {self.output_dir}", flush=True)
+        return self._execute(self.output_dir, resuming)
+
+    def _execute(self, out: Path, resuming: bool) -> RunSummary:
+        recipe = self.recipe
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
         self.provenance = provenance.collect(self.device)
-        tracker: Tracker | None = (
-            reg.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
-            if recipe.tracking is not None else None
-        )
-        out = new_output_dir(recipe.output_dir, recipe.name)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
-        (out / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
+        self.stop = StopRequest()
+        with rundir.locked(out), self.stop:  # from here on Ctrl-C stops at the next safe point
+            if resuming:
+                self._check_settings(out)
+            else:
+                self._write_recipe(out)
+            parent_id = (rundir.read_json(out / rundir.SUITE) or {}).get("parent_run_id")
+            tracker: Tracker | None = None
+            try:
+                if recipe.tracking is not None:
+                    tracker = self.registry.get("tracker", recipe.tracking.name).build(
+                        **recipe.tracking.options)
+                if resuming and tracker is not None:
+                    mark_killed(tracker, out)
+                return self._suite(out, tracker, parent_id)
+            except RunError:
+                raise
+            except Exception as exc:  # outside any one run (the tracker, the folder): one line
+                path = out / "error.txt"
+                with contextlib.suppress(OSError):
+                    path.write_text(traceback.format_exc())
+                raise RunError(f"{recipe.name}: {_one_line(exc)} (traceback: {path})") from exc
+            finally:
+                if tracker is not None:
+                    tracker.close()
+
+    def _write_recipe(self, out: Path) -> None:
+        try:
+            (out / "recipe.yaml").write_text(
+                yaml.safe_dump(self.recipe.resolved(), sort_keys=False))
+            (out / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
+        except OSError as exc:
+            raise RunError(f"cannot write to {out}: {exc.strerror or exc}") from None
+
+    def _check_settings(self, out: Path) -> None:
+        """Warn when the settings that decide the numbers changed since the run started."""
+        before = rundir.read_json(out / "provenance.json") or {}
+        changed = [f"{key.removeprefix('metalr.')} {before[key]} -> {self.provenance[key]}"
+                   for key in EXACT_SETTINGS
+                   if key in before and before[key] != self.provenance.get(key)]
+        if changed:
+            warnings.warn(f"resuming {out} with other settings ({', '.join(changed)}): the rest "
+                          "of the run will not match an uninterrupted one bit for bit",
+                          stacklevel=3)
+
+    def _suite(self, out: Path, tracker: Tracker | None, parent_id: str | None) -> RunSummary:
+        recipe = self.recipe
         seeds = recipe.train.all_seeds
         tune_epochs = recipe.tuning.epochs or recipe.train.epochs
         tuning_jobs = [Job(name, seed, tune_epochs, (m.tune, v), tuning=True)
@@ -125,69 +273,82 @@ class Runner:
                        for seed in recipe.tuning.seeds]
         final_count = len(recipe.methods) * len(seeds)
         total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
-        summary = RunSummary(recipe.name, out, self.task(seeds[0]).metric,
-                             self.task(seeds[0]).higher_is_better,
-                             chance=chance_level(self.task(seeds[0])))
-        try:
-            with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None) as parent, \
-                    tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
-                         dynamic_ncols=True) as bar:
-                summary.run_id = parent
+        metric, higher_is_better, chance = self._task_info(seeds)
+        summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
+        self._metric = metric
+        self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
+        with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None,
+                           parent_id) as parent, \
+                tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
+                     dynamic_ncols=True) as bar:
+            summary.run_id = parent
+            if parent_id is None:
+                rundir.write_json(out / rundir.SUITE, {"parent_run_id": parent})
                 if tracker is not None:
                     tracker.log_artifact(parent, str(out / "recipe.yaml"))
                     tracker.log_artifact(parent, str(out / "provenance.json"))
+            try:
                 for job in tuning_jobs:
-                    summary.tuning.append(self._run_job(job, tracker, parent, out, bar))
+                    self._run_job(job, tracker, parent, out, bar, summary.tuning)
                 chosen = summary.choose_tuned()
                 for name in recipe.methods:
                     for seed in seeds:
-                        tuned = chosen.get(name)
-                        job = Job(name, seed, recipe.train.epochs, tuned)
-                        summary.results.append(self._run_job(job, tracker, parent, out, bar))
-                self._write_outputs(summary, tracker, parent)
-        finally:
-            if tracker is not None:
-                tracker.close()
+                        job = Job(name, seed, recipe.train.epochs, chosen.get(name))
+                        self._run_job(job, tracker, parent, out, bar, summary.results)
+            finally:  # on Ctrl-C too: the tables and figures of what ran
+                self._write_outputs(summary, tracker, parent, bar)
         return summary
 
-    def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, parent: str | None):
-        out = summary.output_dir
-        first = {}
-        for r in summary.results:  # the first finished seed of each method, for LR figures
-            if r.history is not None and r.method not in first:
-                first[r.method] = r.history
-        paths = [out / "results.md", out / "results.csv"]
-        tuning = summary.tuning_markdown()
-        paths[0].write_text(summary.markdown() + "\n" + (f"\n{tuning}\n" if tuning else ""))
-        paths[1].write_text(summary.csv())
-        if summary.tuning:
-            paths.append(out / "tuning.csv")
-            paths[-1].write_text(summary.tuning_csv())
-        if first:
-            paths.append(plot_lr(first, out / "lr.png"))
-            paths.append(plot_curves(summary.mean_histories(), out / "curves.png", summary.metric))
-        if tracker is not None:
-            for path in paths:
-                tracker.log_artifact(parent, str(path))
+    def _task_info(self, seeds: list[int]) -> tuple[str, bool, float | None]:
+        """The task's headline metric, its direction and its chance level, for the tables:
+        from the first seed whose task sets up (the runs of the others fail in their guard)."""
+        task: Any = self.registry.get("task", self.recipe.task.name).factory
+        for seed in seeds:
+            try:
+                task = self.task(seed)
+                break
+            except Exception:  # noqa: S112  (that seed's runs fail with the reason)
+                continue
+        return (getattr(task, "metric", "metric"), getattr(task, "higher_is_better", True),
+                chance_level(task))
 
-    def _line(self, result: MethodResult) -> str:
+    def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, parent: str | None,
+                       bar: tqdm) -> None:
+        try:
+            paths = write_outputs(summary)
+            if tracker is not None:
+                for path in paths:
+                    tracker.log_artifact(parent, str(path))
+        except Exception as exc:  # the runs are tracked and saved; say what is missing
+            bar.write(f"results not written to {summary.output_dir}: {type(exc).__name__}: "
+                      f"{exc}")
+
+    def _line(self, result: MethodResult, metric: str) -> str:
         if result.status != "FINISHED":
             return f"{result.label}: {result.status} ({result.error})"
-        m = self.task(result.seed).metric
         split = "meta" if result.tuning else "test"
-        return (f"{result.label}: {split} {m} {result.final(f'{split}_{m}'):.4f}, "
+        value = result.final(f"{split}_{metric}")
+        shown = "-" if value is None else f"{value:.4f}"
+        return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}, {result.history.wall_time:.1f} s")
 
     @contextmanager
     def _tracked(self, tracker: Tracker | None, name: str, params: dict[str, Any],
-                 parent: str | None) -> Iterator[str | None]:
-        """A tracker run that ends FINISHED, FAILED or KILLED, never left RUNNING."""
+                 parent: str | None, run_id: str | None = None,
+                 on_start: Callable[[str], None] | None = None) -> Iterator[str | None]:
+        """A tracker run (``run_id``: an existing one, continued) that ends FINISHED, FAILED or
+        KILLED, never left RUNNING."""
         if tracker is None:
             yield None
             return
-        run_id = start_run(tracker, self.recipe.name, name, params, parent, self.provenance)
+        if run_id is None:
+            run_id = start_run(tracker, self.recipe.name, name, params, parent, self.tags)
+        else:
+            resume_run(tracker, run_id)
         status: RunStatus = "FAILED"
         try:
+            if on_start is not None:
+                on_start(run_id)
             yield run_id
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -196,27 +357,127 @@ class Runner:
         finally:
             tracker.end_run(run_id, status)
 
-    def _build(self, job: Job, method: Method, task: Task):
+    def _build(self, job: Job, method: Method, task: Task, options: dict[str, Any]):
         reg, recipe = self.registry, self.recipe
         torch.manual_seed(job.seed)  # the same initial weights for every method of a seed
         model = reg.get("model", recipe.model.name).build(task.spec, **recipe.model.options)
         model.to(self.device)
         optimizer = reg.get("optimizer", method.optimizer.name).build(
             model.parameters(), **method.optimizer.options)
-        options = dict(method.lr_policy.options)
-        if job.tuned is not None:
-            options[job.tuned[0]] = job.tuned[1]
         policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
         if is_meta_learned(policy) and method.meta.weights:
             load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
-        return model, optimizer, policy, options
+        return model, optimizer, policy
 
     def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
-                 bar: tqdm) -> MethodResult:
+                 bar: tqdm, into: list[MethodResult]) -> None:
+        """One run, guarded: whatever goes wrong (building included) fails this run alone, with
+        one line on screen and the traceback in its folder; a finished one is read back. The
+        result goes ``into`` the list even when Ctrl-C stops it (KILLED, with its history)."""
+        method, folder = self.recipe.methods[job.method], out / job.folder
+        saved = rundir.load_result(folder)
+        if saved is not None and saved.status in rundir.DONE:
+            bar.update(job.epochs)
+            if self.progress:
+                bar.write(self._line(saved, self._metric) + " (done before)")
+            into.append(saved)
+            return
+        self.stop.check()
+        options = dict(method.lr_policy.options)
+        if job.tuned is not None:
+            options[job.tuned[0]] = job.tuned[1]
+        params = flatten({"method": job.method, "seed": job.seed, "tuning": job.tuning,
+                          **method.model_dump(mode="json"),
+                          "lr_policy": {"name": method.lr_policy.name, "options": options},
+                          "train": {**self.recipe.train.model_dump(mode="json"),
+                                    "epochs": job.epochs}})
+        result = MethodResult(job.method, job.seed, "FAILED", label=job.label,
+                              tuned=job.tuned, tuning=job.tuning)
+        epochs_done = [0]
+        try:
+            folder.mkdir(exist_ok=True)
+            known = (rundir.read_json(folder / rundir.RUN) or {}).get("run_id")
+
+            def started(run_id: str) -> None:
+                rundir.write_json(folder / rundir.RUN, {"run_id": run_id})
+
+            with self._tracked(tracker, job.label, params, parent, known, started) as run_id:
+                result.run_id = run_id
+                try:
+                    self._train(job, method, options, folder, tracker, run_id, bar, result,
+                                epochs_done, continued=known is not None)
+                except (TrainingDiverged, KeyboardInterrupt) as exc:
+                    result.history = getattr(exc, "history", None) or result.history
+                    raise
+                except Exception:
+                    self._save_error(folder, tracker, run_id)
+                    raise
+        except TrainingDiverged as exc:
+            result.error = f"{job.method}, seed {job.seed}: {exc}"
+        except KeyboardInterrupt:
+            result.status, result.error = "KILLED", "interrupted; `metalr resume` continues it"
+            self._finish(folder, result, bar, epochs_done[0], job.epochs)
+            into.append(result)
+            raise
+        except Exception as exc:  # one broken run must not take a long suite down
+            result.error = f"{job.method}, seed {job.seed}: {_one_line(exc)}"
+            if (folder / "error.txt").exists():
+                result.error += f" (traceback: {folder / 'error.txt'})"
+        else:
+            result.status = "FINISHED"
+        self._finish(folder, result, bar, epochs_done[0], job.epochs)
+        into.append(result)
+
+    def _finish(self, folder: Path, result: MethodResult, bar: tqdm, done: int,
+                epochs: int) -> None:
+        """Count the run's epochs in the bar, save how it ended (and the history and figures
+        of one cut short), say it in one line."""
+        bar.update(max(epochs - done, 0))
+        try:
+            rundir.save_result(folder, result)
+        except OSError as exc:
+            result.error = (result.error or "") + f" (result not saved: {_one_line(exc)})"
+        if result.status != "FINISHED" and result.history and result.history.lrs:
+            with contextlib.suppress(Exception):  # best effort: result.json has it all
+                self._save_history(folder, result.history, self._metric, None, None,
+                                   result.label)
+        if self.progress:
+            bar.write(self._line(result, self._metric))
+
+    @staticmethod
+    def _relog(tracker: Tracker | None, run_id: str | None, history: History,
+               logged: int) -> tuple[set[int], set[int]]:
+        """On resume: send the metrics up to the checkpoint that a kill kept from the store,
+        and return the steps and epochs already there, so that none is sent twice."""
+        landed = getattr(tracker, "logged_steps", None)
+        if not callable(landed):
+            return set(), set()
+        steps = landed(run_id, "step_lr") & landed(run_id, "step_train_loss")
+        epochs = landed(run_id, "epoch")
+        for s in range(logged):
+            if s not in steps:
+                tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
+                                             "step_train_loss": history.losses[s]}, s)
+        for i, metrics in enumerate(history.epochs):
+            if i + 1 not in epochs:
+                tracker.log_metrics(run_id, metrics, i + 1)
+        return steps, epochs
+
+    def _save_error(self, folder: Path, tracker: Tracker | None, run_id: str | None) -> None:
+        try:
+            path = folder / "error.txt"
+            path.write_text(traceback.format_exc())
+            if tracker is not None:
+                tracker.log_artifact(run_id, str(path))
+        except Exception:  # a full or read-only disk: the one-line reason still shows
+            pass
+
+    def _train(self, job: Job, method: Method, options: dict[str, Any], folder: Path,
+               tracker: Tracker | None, run_id: str | None, bar: tqdm, result: MethodResult,
+               epochs_done: list[int], continued: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
-        method = recipe.methods[job.method]
         task = self.task(job.seed)
-        model, optimizer, policy, options = self._build(job, method, task)
+        model, optimizer, policy = self._build(job, method, task, options)
         learned = is_meta_learned(policy)
         config = EngineConfig(
             epochs=job.epochs, batch_size=train.batch_size, seed=job.seed, device=self.device,
@@ -227,19 +488,19 @@ class Runner:
             eval_every=train.eval_every, explode_factor=train.explode_factor,
         )
         engine = Engine(task, model, optimizer, policy, config)
-        result = MethodResult(job.method, job.seed, "FAILED", label=job.label,
-                              tuned=job.tuned, tuning=job.tuning)
-        folder = out / job.folder
-        folder.mkdir()
-        params = flatten({"method": job.method, "seed": job.seed, "tuning": job.tuning,
-                          **method.model_dump(mode="json"),
-                          "lr_policy": {"name": method.lr_policy.name, "options": options},
-                          "train": {**train.model_dump(mode="json"), "epochs": job.epochs}})
-        logged = 0  # steps whose LR and loss have gone to the tracker
+        found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
+        state = None if found is None else found[0]
+        logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker
+        landed: tuple[set[int], set[int]] = (set(), set())  # steps, epochs already in the store
+        if state is not None:
+            epochs_done[0] = state["epoch"]
+            bar.update(state["epoch"])
+        if continued:  # into an existing run, with or without a checkpoint
+            landed = self._relog(tracker, run_id, History() if state is None else
+                                 History.from_dict(state["history"]), logged)
         save_at = set(method.meta.save_epochs)
         if method.meta.save_phases:
             save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
-        run_id = None
 
         def save_theta(tag: str) -> None:
             path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
@@ -252,37 +513,32 @@ class Runner:
             nonlocal logged
             if tracker is not None:
                 for s in range(logged, len(history.lrs)):
-                    tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
-                                                 "step_train_loss": history.losses[s]}, s)
-                tracker.log_metrics(run_id, metrics, epoch + 1)
+                    if s not in landed[0]:
+                        tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
+                                                     "step_train_loss": history.losses[s]}, s)
+                if epoch + 1 not in landed[1]:
+                    tracker.log_metrics(run_id, metrics, epoch + 1)
             logged = len(history.lrs)
             if learned and epoch + 1 in save_at:
                 save_theta(f"epoch{epoch + 1:04d}")
 
-        try:
-            with self._tracked(tracker, job.label, params, parent) as run_id:
-                result.run_id = run_id
-                try:
-                    history = engine.fit(on_epoch=on_epoch, progress=bar.update)
-                except TrainingDiverged as exc:
-                    result.error = f"{job.method}, seed {job.seed}: {exc}"
-                    result.history = exc.history
-                    raise
-                result.history = history
-                if learned:
-                    save_theta("final")
-                self._save_history(folder, history, task.metric, tracker, run_id, job.label)
-        except TrainingDiverged:
-            bar.update(job.epochs - len(result.history.epochs if result.history else []))
-        except Exception as exc:  # one broken run must not take a long suite down
-            result.error = f"{job.method}, seed {job.seed}: {type(exc).__name__}: {exc}"
-            bar.write(traceback.format_exc())
-            bar.update(job.epochs - len(result.history.epochs if result.history else []))
-        else:
-            result.status = "FINISHED"
-        if self.progress:
-            bar.write(self._line(result))
-        return result
+        def on_checkpoint(engine_state: dict[str, Any]) -> None:
+            checkpoint.save(folder / rundir.CHECKPOINT,
+                            {**engine_state, "runner": {"logged": logged, "run_id": run_id}})
+
+        def progress(n: int) -> None:
+            epochs_done[0] += n
+            bar.update(n)
+
+        history = engine.fit(on_epoch=on_epoch, progress=progress, checkpoint=on_checkpoint,
+                             resume=state, stop=self.stop)
+        result.history = history
+        for path in sorted(folder.glob("theta-epoch*.safetensors")):  # saved before a resume
+            result.files.setdefault(path.stem.removeprefix("theta-"), path)
+        if learned:
+            save_theta("final")
+        self._save_history(folder, history, task.metric, tracker, run_id, job.label)
+        checkpoint.previous(folder / rundir.CHECKPOINT).unlink(missing_ok=True)
 
     @staticmethod
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,

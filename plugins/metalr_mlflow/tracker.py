@@ -129,3 +129,28 @@ class MLflowTracker:
             self._closed = True
             self._lock.notify_all()
         self._worker.join()
+
+    # -- resume and clean-up (metalr resume, metalr runs --clean) ----------------------------
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which metric ``key`` has landed in the store (what a kill spared)."""
+        self._drain()
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
+
+    def resume_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def running_runs(self) -> list[tuple[str, dict[str, str]]]:
+        """``(run_id, tags)`` of every RUNNING run in the store."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        out, token = [], None
+        while ids:
+            page = self.client.search_runs(ids, "attributes.status = 'RUNNING'",
+                                           run_view_type=ViewType.ALL, max_results=1000,
+                                           page_token=token)
+            out += [(r.info.run_id, dict(r.data.tags)) for r in page]
+            token = page.token
+            if not token:
+                break
+        return out
