@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RunStatus
+from metalr.protocols import RecordedRun, RunStatus
 
 _CHUNK = 1000  # MLflow's limit of metrics per log_batch call
 _PARAMS_CHUNK = 100
@@ -167,6 +167,19 @@ class MLflowTracker:
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def read_run(self, run_id: str) -> RecordedRun:
+        """What the store holds for ``run_id`` (after :meth:`end_run`, every queued metric)."""
+        run = self.client.get_run(run_id)
+        metrics = {key: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+                   for key in run.data.metrics}
+        artifacts, folders = [], [None]
+        while folders:
+            for item in self.client.list_artifacts(run_id, folders.pop()):
+                (folders if item.is_dir else artifacts).append(item.path)
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+        return RecordedRun(run.info.run_name, run.info.status, dict(run.data.params), tags,
+                           metrics, sorted(artifacts), run.data.tags.get("mlflow.parentRunId"))
 
     def end_run(self, run_id: str, status: RunStatus) -> None:
         try:
