@@ -239,3 +239,30 @@ def check_tracker(component: Component, options: dict[str, Any]) -> None:
             assert got.parent == up, f"{where}: parent {got.parent!r}, started under {up!r}"
     finally:
         tracker.close()
+
+
+def check_learned(summary: Any) -> None:
+    """Every method of a recipe run finished and learned something (a slow test's bar).
+
+    Finished: not diverged, not failed. Learned: the final test (else meta) metric above chance
+    plus :data:`metalr.results.CHANCE_MARGIN` where the task has a chance level (classification
+    accuracy), else a last epoch whose training loss is below the first step's. A recipe whose
+    methods all diverge, or all sit at chance, fails here.
+    """
+    from metalr.results import CHANCE_MARGIN
+
+    assert summary.results, f"{summary.name}: no results"
+    for r in summary.results:
+        assert r.status == "FINISHED", f"{r.label}: {r.status} ({r.error})"
+        epochs = r.history.epochs
+        key = next((f"{split}_{summary.metric}" for split in ("test", "meta")
+                    if f"{split}_{summary.metric}" in epochs[-1]), None)
+        assert key is not None, f"{r.label}: no test or meta {summary.metric} in the last epoch"
+        value = epochs[-1][key]
+        assert math.isfinite(value), f"{r.label}: {key} {value}"
+        if summary.chance is not None:
+            assert value > summary.chance + CHANCE_MARGIN, (
+                f"{r.label}: {key} {value:.4f} is chance ({summary.chance:.4f})")
+        else:
+            first, last = r.history.losses[0], epochs[-1]["train_batch_loss"]
+            assert last < first, f"{r.label}: training loss {first:.4g} -> {last:.4g}"

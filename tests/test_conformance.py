@@ -180,3 +180,35 @@ def test_a_real_tracker_with_one_fault_fails(tmp_path, monkeypatch, fault):
              "no_artifacts": "artifacts"}
     with pytest.raises(AssertionError, match=words[fault]):
         check_component(tracker(Faulty))
+
+
+# -- the slow recipe test's bar (check_learned), on real tiny runs --------------------------------
+
+
+def digits_run(tmp_path, **methods):
+    from metalr.recipe import Recipe
+    from metalr.runner import Runner
+
+    recipe = Recipe.model_validate({
+        "name": "bar", "task": {"name": "digits"}, "model": {"name": "mlp",
+                                                               "options": {"hidden": [32]}},
+        "train": {"epochs": 2, "seeds": [0], "batch_size": 64, "device": "cpu", "threads": 1},
+        "methods": {name: {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                           "lr_policy": {"name": "fixed", "options": {"lr": lr}}}
+                    for name, lr in methods.items()},
+        "tracking": "none", "output_dir": str(tmp_path)})
+    return Runner(recipe, progress=False).run()
+
+
+def test_check_learned_needs_finished_runs_above_chance(tmp_path):
+    from metalr.testing import check_learned
+
+    summary = digits_run(tmp_path, good=0.05, diverges=1e4, stuck=1e-9)
+    good = [r for r in summary.results if r.method == "good"]
+    check_learned(type(summary)(**{**vars(summary), "results": good}))
+    diverged = [r for r in summary.results if r.method == "diverges"]
+    with pytest.raises(AssertionError, match="diverges/seed0: FAILED"):
+        check_learned(type(summary)(**{**vars(summary), "results": good + diverged}))
+    stuck = [r for r in summary.results if r.method == "stuck"]
+    with pytest.raises(AssertionError, match="stuck/seed0: test_accuracy .* is chance"):
+        check_learned(type(summary)(**{**vars(summary), "results": good + stuck}))

@@ -9,6 +9,7 @@ import yaml
 
 from metalr.recipe import load_recipe
 from metalr.runner import Runner
+from metalr.testing import check_learned
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
     recipe = load_recipe(path, ["train.epochs=2", "train.seeds=[0]", "tuning.epochs=1",
                                 "tracking=none", f"output_dir={tmp_path}", *no_saves])
     summary = Runner(recipe, progress=False).run()
-    assert summary.results
-    for r in summary.results + summary.tuning:
-        # a method may diverge (that is a result); it may not crash (that is a bug)
+    for r in summary.tuning:
+        # a grid point may diverge (tuning is there to find out); it may not crash (a bug)
         assert r.status == "FINISHED" or "Error:" not in (r.error or ""), (r.label, r.error)
+    check_learned(summary)  # every method finished, above chance (test_conformance proves it)
