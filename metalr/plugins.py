@@ -147,8 +147,7 @@ class Registry:
             return self
         self._loaded = True
         entry_points = metadata.entry_points(group=GROUP)
-        order = lambda e: (_dist_name(e) != BUILTIN_DISTRIBUTION, _dist_name(e), e.name)  # noqa: E731
-        for ep in sorted(entry_points, key=order):
+        for ep in sorted(entry_points, key=_load_order):
             source = f"{_dist_name(ep)}:{ep.name}"
             try:
                 plugin = ep.load()
@@ -238,10 +237,18 @@ class Registry:
         return [c for kind in KINDS for _, c in sorted(self.components[kind].items())]
 
 
+def _load_order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
+    """Built-ins first, so that they hold their names whatever a third party is called."""
+    return _dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name
+
+
+def _is_builtin(source: str) -> bool:
+    return source.split(":", 1)[0] == BUILTIN_DISTRIBUTION
+
+
 def _outranks(source: str, holder: str) -> bool:
     """Whether a built-in ``source`` takes a name back from a third-party ``holder``."""
-    builtin = lambda s: s.split(":", 1)[0] == BUILTIN_DISTRIBUTION  # noqa: E731
-    return builtin(source) and not builtin(holder)
+    return _is_builtin(source) and not _is_builtin(holder)
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:

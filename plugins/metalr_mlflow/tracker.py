@@ -81,7 +81,7 @@ class MLflowTracker:
             try:
                 return self.client.create_experiment(
                     experiment, artifact_location=self._artifact_location(experiment))
-            except MlflowException as exc:  # created meanwhile, by a process the lock can't see
+            except MlflowException:  # created meanwhile, by a process the lock can't see
                 exp = self.client.get_experiment_by_name(experiment)
                 if exp is None:
                     raise
