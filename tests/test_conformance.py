@@ -212,3 +212,8 @@ def test_check_learned_needs_finished_runs_above_chance(tmp_path):
     stuck = [r for r in summary.results if r.method == "stuck"]
     with pytest.raises(AssertionError, match="stuck/seed0: test_accuracy .* is chance"):
         check_learned(type(summary)(**{**vars(summary), "results": good + stuck}))
+    # an ablation's bad setting may sit at chance, but it may not diverge
+    check_learned(type(summary)(**{**vars(summary), "results": good + stuck}), {"stuck"})
+    with pytest.raises(AssertionError, match="diverges/seed0: FAILED"):
+        check_learned(type(summary)(**{**vars(summary), "results": good + diverged}),
+                      {"diverges"})

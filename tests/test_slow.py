@@ -13,6 +13,11 @@ from metalr.testing import check_learned
 
 pytestmark = pytest.mark.slow
 
+# Methods whose failure to learn is what their recipe shows: they must finish, nothing more.
+# The paper's preset under Adam keeps gamma = 1 (an SGD scale): Adam steps of ~1 wreck the
+# model (chance on MNIST-1D, perplexity ~1e40 on pydoc-lm at this budget).
+MAY_NOT_LEARN = {"recipes/ablations/": {"adam-paper"}}
+
 RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
                  for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
 
@@ -28,4 +33,6 @@ def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
     for r in summary.tuning:
         # a grid point may diverge (tuning is there to find out); it may not crash (a bug)
         assert r.status == "FINISHED" or "Error:" not in (r.error or ""), (r.label, r.error)
-    check_learned(summary)  # every method finished, above chance (test_conformance proves it)
+    may_not_learn = {m for prefix, ms in MAY_NOT_LEARN.items() if path.startswith(prefix)
+                     for m in ms}
+    check_learned(summary, may_not_learn)  # finished, above chance (test_conformance proves it)
