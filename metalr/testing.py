@@ -249,24 +249,31 @@ def check_learned(summary: Any, may_not_learn: Collection[str] = ()) -> None:
     plus :data:`metalr.results.CHANCE_MARGIN` where the task has a chance level (classification
     accuracy), else a last epoch whose training loss is below the first step's. A recipe whose
     methods all diverge, or all sit at chance, fails here. ``may_not_learn``: methods that
-    must finish but whose failure to learn is the point (an ablation's bad setting).
+    must finish but whose failure to learn is the point (an ablation's bad setting). Every
+    problem is reported at once.
     """
+    assert summary.results, f"{summary.name}: no results"
+    problems = [p for r in summary.results
+                if (p := _not_learned(r, summary, r.method in may_not_learn))]
+    assert not problems, f"{summary.name}: " + "; ".join(problems)
+
+
+def _not_learned(r: Any, summary: Any, finish_only: bool) -> str | None:
     from metalr.results import CHANCE_MARGIN
 
-    assert summary.results, f"{summary.name}: no results"
-    for r in summary.results:
-        assert r.status == "FINISHED", f"{r.label}: {r.status} ({r.error})"
-        if r.method in may_not_learn:
-            continue
-        epochs = r.history.epochs
-        key = next((f"{split}_{summary.metric}" for split in ("test", "meta")
-                    if f"{split}_{summary.metric}" in epochs[-1]), None)
-        assert key is not None, f"{r.label}: no test or meta {summary.metric} in the last epoch"
-        value = epochs[-1][key]
-        assert math.isfinite(value), f"{r.label}: {key} {value}"
-        if summary.chance is not None:
-            assert value > summary.chance + CHANCE_MARGIN, (
-                f"{r.label}: {key} {value:.4f} is chance ({summary.chance:.4f})")
-        else:
-            first, last = r.history.losses[0], epochs[-1]["train_batch_loss"]
-            assert last < first, f"{r.label}: training loss {first:.4g} -> {last:.4g}"
+    if r.status != "FINISHED":
+        return f"{r.label}: {r.status} ({r.error})"
+    if finish_only:
+        return None
+    last = r.history.epochs[-1]
+    key = next((f"{split}_{summary.metric}" for split in ("test", "meta")
+                if f"{split}_{summary.metric}" in last), None)
+    if key is None or not math.isfinite(last[key]):
+        return f"{r.label}: no finite test or meta {summary.metric} in the last epoch"
+    if summary.chance is not None:
+        if last[key] <= summary.chance + CHANCE_MARGIN:
+            return f"{r.label}: {key} {last[key]:.4f} is chance ({summary.chance:.4f})"
+    elif not last["train_batch_loss"] < r.history.losses[0]:
+        return (f"{r.label}: training loss {r.history.losses[0]:.4g} -> "
+                f"{last['train_batch_loss']:.4g}")
+    return None

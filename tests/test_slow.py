@@ -13,10 +13,19 @@ from metalr.testing import check_learned
 
 pytestmark = pytest.mark.slow
 
-# Methods whose failure to learn is what their recipe shows: they must finish, nothing more.
-# The paper's preset under Adam keeps gamma = 1 (an SGD scale): Adam steps of ~1 wreck the
-# model (chance on MNIST-1D, perplexity ~1e40 on pydoc-lm at this budget).
-MAY_NOT_LEARN = {"recipes/ablations/": {"adam-paper"}}
+# Methods that must finish but need not learn at this budget; every other method must beat
+# chance (check_learned). Each entry says why; keep the list short.
+MAY_NOT_LEARN = {
+    # what the ablation shows: the paper's preset under Adam keeps gamma = 1 (an SGD scale), and
+    # Adam steps of ~1 wreck the model (chance on MNIST-1D, perplexity ~1e40 on pydoc-lm)
+    "recipes/ablations/": {"adam-paper"},
+    # warm-up longer than 2 epochs: DoG's first step is 1e-6 of the weights' norm and it is
+    # evaluated on polynomially averaged weights; in 22 steps on digits its training loss does
+    # not move, at the recipes' budget it reaches 0.99 (digits) and 0.66 (MNIST-1D),
+    # docs/results.md. Prodigy (d0 = 1e-6) beats chance in 2 epochs except with the CNN.
+    "recipes/cpu/": {"dog"},
+    "recipes/transfer/mnist1d-cnn.yaml": {"prodigy"},
+}
 
 RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
                  for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
