@@ -32,8 +32,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for c in registry.all()
     ]
     broken = [{"source": b.source, "error": b.error} for b in registry.broken]
+    refused = [{"kind": r.kind, "name": r.name, "source": r.source, "kept": r.kept}
+               for r in registry.refused]
     if args.json:
-        print(json.dumps({"components": components, "broken": broken}, indent=2))
+        print(json.dumps({"components": components, "broken": broken, "refused": refused},
+                         indent=2))
         return 0
     width = max((len(c["name"]) for c in components), default=4)
     kind_width = max(len(k) for k in KINDS)
@@ -41,6 +44,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{c['kind']:<{kind_width}}  {c['name']:<{width}}  {c['source']:<22}  {c['summary']}")
     for b in broken:
         print(f"BROKEN {b['source']}: {b['error']}")
+    for r in registry.refused:
+        print(f"REFUSED {r}")
     return 0
 
 

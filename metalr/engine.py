@@ -154,9 +154,13 @@ class Engine:
             # Virtual step (Eq. 10) through a differentiable copy of the *real* optimizer, its
             # momentum buffers / Adam moments and weight decay included. The surrogate <w, g_t>
             # has gradient g_t, so higher gets the batch gradient without a second backward.
-            w = [p.detach().requires_grad_() for p in self.params]
-            surrogate = sum((wi * gi).sum() for wi, gi in zip(w, ctx.grads))
-            diffopt = higher.optim.get_diff_optim(opt, self.params, track_higher_grads=True)
+            # All parameters, frozen ones too: fmodel is patched with every one of them, and the
+            # optimizer may hold frozen ones; without a gradient they leave the step unchanged.
+            every = list(model.parameters())
+            w = [p.detach().requires_grad_(p.requires_grad) for p in every]
+            trainable = [wi for wi in w if wi.requires_grad]
+            surrogate = sum((wi * gi).sum() for wi, gi in zip(trainable, ctx.grads))
+            diffopt = higher.optim.get_diff_optim(opt, every, track_higher_grads=True)
             w_hat = diffopt.step(surrogate, params=w, override={"lr": [policy.virtual_lr(ctx)]})
             # Meta loss at the virtual weights and its gradient w.r.t. theta (Eq. 9).
             meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)

@@ -4,6 +4,12 @@ Built-in components take the same path as a third party's: each is an entry poin
 installed distribution. Entry points are loaded one at a time; one that fails to import or to
 register is reported by distribution and entry-point name and skipped, unless
 ``METALR_STRICT_PLUGINS=1`` asks for the error to be raised.
+
+A name clash costs only the clashing component: the name stays with the built-in (or, between
+two third parties, with the one loaded first), and the newcomer's component is refused with a
+message naming both sources. Built-ins load first, so this holds whatever the distributions'
+names. A component registered without an options schema gets one derived from its factory's
+signature (:mod:`metalr.derived_options`), so typo'd options fail validation.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import pluggy
 from pydantic import BaseModel
 
 from metalr import hookspecs
+from metalr.derived_options import options_from_signature
 
 GROUP = "metalr"
+BUILTIN_DISTRIBUTION = "metalr"  # its components keep their names against any newcomer
 KINDS: dict[str, str] = {
     "task": "register_tasks",
     "model": "register_models",
@@ -41,11 +49,13 @@ class Component:
     options: type[BaseModel] | None
     source: str
     summary: str = ""
+    derived: bool = False  # options read off the factory's signature (not given by the plugin)
 
     def build(self, *args: Any, **options: Any) -> Any:
         """Validate ``options`` against the component's schema and call its factory."""
         if self.options is not None:
-            options = self.options(**options).model_dump()
+            # a derived schema passes on only what was given: the factory keeps its defaults
+            options = self.options(**options).model_dump(exclude_unset=self.derived)
         return self.factory(*args, **options)
 
 
@@ -56,18 +66,51 @@ class BrokenPlugin:
     source: str
     error: str
 
+    def __str__(self) -> str:
+        return f"plugin {self.source} is broken ({self.error})"
+
+
+@dataclass(frozen=True)
+class RefusedComponent:
+    """A component whose name was already taken: refused, while the rest of its plugin loads."""
+
+    kind: str
+    name: str
+    source: str
+    kept: str  # the source that keeps the name
+
+    def __str__(self) -> str:
+        return (f"{self.kind} {self.name!r} from {self.source} refused: the name is taken by "
+                f"{self.kept}; register it under another name in {self.source}")
+
 
 class UnknownComponentError(KeyError):
-    """A component name that no plugin registered; carries the nearest names."""
+    """A component name that no plugin registered; carries the nearest names.
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    When some plugins did not load or had components refused, the message says so: the name
+    asked for may be one of theirs.
+    """
+
+    def __init__(self, kind: str, name: str, known: Iterable[str],
+                 skipped: Iterable[BrokenPlugin | RefusedComponent] = ()):
         self.kind, self.name = kind, name
         self.suggestions = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+        self.skipped = list(skipped)
         super().__init__(name)
 
     def __str__(self) -> str:
         hint = f"; did you mean {' or '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
-        return f"unknown {self.kind} {self.name!r}{hint} (`metalr plugins` lists them all)"
+        text = f"unknown {self.kind} {self.name!r}{hint} (`metalr plugins` lists them all)"
+        if self.skipped:
+            shown = [_short(str(s)) for s in self.skipped[:5]]
+            more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            text += f"; note: not loaded: {'; '.join(shown)}{more}"
+        return text
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class DuplicateComponentError(ValueError):
@@ -91,6 +134,7 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
     broken: list[BrokenPlugin] = field(default_factory=list)
+    refused: list[RefusedComponent] = field(default_factory=list)
     _loaded: bool = False
 
     def __post_init__(self) -> None:
@@ -102,7 +146,8 @@ class Registry:
         if self._loaded:
             return self
         self._loaded = True
-        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: (_dist_name(e), e.name)):
+        entry_points = metadata.entry_points(group=GROUP)
+        for ep in sorted(entry_points, key=_load_order):
             source = f"{_dist_name(ep)}:{ep.name}"
             try:
                 plugin = ep.load()
@@ -115,23 +160,32 @@ class Registry:
     def add_plugin(self, plugin: object, source: str) -> bool:
         """Register one plugin object (a module with hook implementations); False if broken."""
         staged: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        refused: list[RefusedComponent] = []
         try:
             self.manager.register(plugin, name=source)
             self.manager.check_pending()
             for kind, hook_name in KINDS.items():
                 for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                     if impl.plugin is plugin:
-                        impl.function(register=self._stager(kind, source, staged))
+                        impl.function(register=self._stager(kind, source, staged, refused))
         except Exception as exc:
             if self.manager.is_registered(plugin):
                 self.manager.unregister(plugin)
             self._report(source, exc)
             return False
         for kind, named in staged.items():
-            self.components[kind].update(named)
+            for name, component in named.items():
+                displaced = self.components[kind].get(name)
+                if displaced is not None:  # a built-in added after a third party took its name
+                    refused.append(RefusedComponent(kind, name, displaced.source, source))
+                self.components[kind][name] = component
+        for refusal in refused:
+            self.refused.append(refusal)
+            warnings.warn(f"metalr: {refusal}", stacklevel=3)
         return True
 
-    def _stager(self, kind: str, source: str, staged: dict[str, dict[str, Component]]):
+    def _stager(self, kind: str, source: str, staged: dict[str, dict[str, Component]],
+                refused: list[RefusedComponent]):
         def register(
             name: str,
             factory: Callable[..., Any],
@@ -140,12 +194,20 @@ class Registry:
         ) -> None:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{kind} names must be non-empty strings, got {name!r}")
-            other = self.components[kind].get(name) or staged[kind].get(name)
+            other = staged[kind].get(name) or self.components[kind].get(name)
             if other is not None:
-                raise DuplicateComponentError(
-                    f"{kind} {name!r} is registered twice: by {other.source} and by {source}"
-                )
-            staged[kind][name] = Component(kind, name, factory, options, source, summary)
+                if self.strict:
+                    raise DuplicateComponentError(
+                        f"{kind} {name!r} is registered twice: by {other.source} and by {source}"
+                    )
+                if other.source == source or not _outranks(source, other.source):
+                    refused.append(RefusedComponent(kind, name, source, other.source))
+                    return
+            derived = options is None
+            if derived:
+                options = options_from_signature(factory, kind, name)
+            staged[kind][name] = Component(kind, name, factory, options, source, summary,
+                                           derived=derived and options is not None)
 
         return register
 
@@ -163,7 +225,8 @@ class Registry:
         try:
             return self.components[kind][name]
         except KeyError:
-            raise UnknownComponentError(kind, name, self.components[kind]) from None
+            skipped = [*self.broken, *(r for r in self.refused if r.kind == kind)]
+            raise UnknownComponentError(kind, name, self.components[kind], skipped) from None
 
     def names(self, kind: str) -> list[str]:
         self.load_entry_points()
@@ -172,6 +235,20 @@ class Registry:
     def all(self) -> list[Component]:
         self.load_entry_points()
         return [c for kind in KINDS for _, c in sorted(self.components[kind].items())]
+
+
+def _load_order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
+    """Built-ins first, so that they hold their names whatever a third party is called."""
+    return _dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name
+
+
+def _is_builtin(source: str) -> bool:
+    return source.split(":", 1)[0] == BUILTIN_DISTRIBUTION
+
+
+def _outranks(source: str, holder: str) -> bool:
+    """Whether a built-in ``source`` takes a name back from a third-party ``holder``."""
+    return _is_builtin(source) and not _is_builtin(holder)
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:

@@ -185,3 +185,28 @@ class Tracker(Protocol):
     def end_run(self, run_id: str, status: RunStatus) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class RecordedRun:
+    """What a tracker stored for one run, as :meth:`TrackerReader.read_run` gives it back.
+
+    ``metrics`` maps each key to its ``(step, value)`` points in step order; ``artifacts`` are
+    paths relative to the run's artifact root (``"theta/net.safetensors"``); ``tags`` are the
+    tags given to ``start_run`` (a backend's own tags left out).
+    """
+
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, list[tuple[int, float]]]
+    artifacts: list[str]
+    parent: str | None = None
+
+
+@runtime_checkable
+class TrackerReader(Protocol):
+    """A tracker that can give back what it stored: what `metalr.testing` checks it against."""
+
+    def read_run(self, run_id: str) -> RecordedRun: ...

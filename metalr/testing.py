@@ -13,6 +13,8 @@ Each check runs the component for real inside the engine on a small, seeded, syn
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 from metalr.data import TensorClassificationTask
 from metalr.engine import Engine, EngineConfig, is_meta_learned
 from metalr.plugins import Component
-from metalr.protocols import ModelSpec, RunInfo, StepContext
+from metalr.protocols import ModelSpec, RunInfo, StepContext, TrackerReader
 
 
 class Blobs(TensorClassificationTask):
@@ -73,27 +75,44 @@ def check_component(component: Component, options: dict[str, Any] | None = None,
     checks[component.kind](component, options or {}, **kwargs)
 
 
-def check_lr_policy(component: Component, options: dict[str, Any]) -> None:
+def check_lr_policy(component: Component, options: dict[str, Any],
+                    expected_lr: float | None = None) -> None:
+    """Train with the policy and see it steer: positive finite LRs under which the model learns.
+
+    ``expected_lr``: the LR the policy must give at every step (a fixed schedule's configured
+    LR). A meta-learner must also change theta, give LRs that respond to the loss it is fed,
+    and survive a ``state_dict`` round trip.
+    """
+    name = component.name
     task = Blobs()
     task.setup(0, torch.device("cpu"))
     torch.manual_seed(0)
     policy = component.build(**options)
     for method in ("start", "lr", "end_epoch"):
-        assert callable(getattr(policy, method, None)), f"{component.name}: no {method}()"
+        assert callable(getattr(policy, method, None)), f"{name}: no {method}()"
     learned = is_meta_learned(policy)
     if learned:  # what the engine calls on a hypergradient meta-learner
         for method in ("meta_parameters", "virtual_lr", "meta_period", "meta_active",
                        "state_dict", "load_state_dict"):
-            assert callable(getattr(policy, method, None)), f"{component.name}: no {method}()"
+            assert callable(getattr(policy, method, None)), f"{name}: no {method}()"
     before = {k: v.clone() for k, v in policy.state_dict().items()} if learned else {}
     history = _engine(task, _mlp(task.spec), policy, t_val=4).fit()
-    assert history.lrs, f"{component.name}: no steps were taken"
-    assert all(math.isfinite(lr) and lr >= 0 for lr in history.lrs), (
-        f"{component.name}: LRs must be finite and >= 0, got {history.lrs[:5]}...")
+    lrs = history.lrs
+    assert lrs, f"{name}: no steps were taken"
+    assert all(math.isfinite(lr) and lr >= 0 for lr in lrs), (
+        f"{name}: LRs must be finite and >= 0, got {lrs[:5]}...")
+    assert max(lrs) > 0, f"{name}: the LR was 0 at every one of {len(lrs)} steps"
+    if expected_lr is not None:
+        wrong = [(i, lr) for i, lr in enumerate(lrs) if not math.isclose(lr, expected_lr)]
+        assert not wrong, f"{name}: LR {wrong[0][1]} at step {wrong[0][0]}, configured {expected_lr}"
+    first, last = history.losses[0], history.epochs[-1]["train_batch_loss"]
+    assert last < 0.9 * first, (
+        f"{name}: the model did not learn under this policy (training loss {first:.3g} -> "
+        f"{last:.3g}, LRs {min(lrs):.3g}..{max(lrs):.3g})")
     if learned:
         after = policy.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before), (
-            f"{component.name}: theta did not change during meta-training")
+            f"{name}: theta did not change during meta-training")
         # a state_dict round trip gives the same net: same LRs for the same losses
         twin = component.build(**options)
         twin.load_state_dict(after)
@@ -101,9 +120,20 @@ def check_lr_policy(component: Component, options: dict[str, Any]) -> None:
         policy.start(run)
         twin.start(run)
         for loss in (2.0, 1.5, 0.7):
-            x = torch.tensor(loss)
-            ctx = StepContext(0, 0, x, x, [], [], None, None)
-            assert policy.lr(ctx) == twin.lr(ctx), f"{component.name}: state_dict round trip"
+            ctx = _loss_context(loss)
+            assert policy.lr(ctx) == twin.lr(ctx), f"{name}: state_dict round trip"
+        # the LR is a function of the loss it is fed: from the same state, other losses
+        answers = set()
+        for loss in (3.0, 1.0, 0.1):
+            twin.start(run)
+            answers.add(float(twin.lr(_loss_context(loss))))
+        assert len(answers) > 1, (
+            f"{name}: the same LR {answers.pop()} whatever the loss: the net ignores its input")
+
+
+def _loss_context(loss: float) -> StepContext:
+    x = torch.tensor(loss)
+    return StepContext(0, 0, x, x, [], [], None, None)
 
 
 def check_task(component: Component, options: dict[str, Any]) -> None:
@@ -158,18 +188,92 @@ def check_optimizer(component: Component, options: dict[str, Any]) -> None:
 
 
 def check_tracker(component: Component, options: dict[str, Any]) -> None:
-    """A parent and a child run, with params, tags (provenance), a metric and a status."""
-    import inspect
+    """A parent and a child run, read back: params, tags, metrics by step, artifacts, status.
 
+    The tracker must implement :class:`~metalr.protocols.TrackerReader` (``read_run``): a
+    tracker that stores nothing, or drops a step, has to fail here.
+    """
+    import inspect
+    import tempfile
+
+    name = component.name
     tracker = component.build(**options)
     params = inspect.signature(tracker.start_run).parameters
     assert "tags" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()), (
-        f"{component.name}: start_run must take tags= (the run's provenance)")
+        f"{name}: start_run must take tags= (the run's provenance)")
+    assert isinstance(tracker, TrackerReader), (
+        f"{name}: give the tracker read_run(run_id) -> metalr.protocols.RecordedRun, so that "
+        "this check can read back what it stored")
     tags = {"metalr.device": "cpu", "metalr.torch_threads": "1"}
-    parent = tracker.start_run("metalr-conformance", "check", {"a": 1}, tags=tags)
-    assert isinstance(parent, str) and parent, f"{component.name}: start_run must return a run id"
+    parent = tracker.start_run("metalr-conformance", "check", {"a": 1, "lr": 0.1}, tags=tags)
+    assert isinstance(parent, str) and parent, f"{name}: start_run must return a run id"
     child = tracker.start_run("metalr-conformance", "check/child", {"b": 2}, parent, tags=tags)
-    tracker.log_metrics(child, {"x": 1.0}, 0)
+    assert isinstance(child, str) and child and child != parent, (
+        f"{name}: start_run must return a new run id for every run")
+    tracker.log_metrics(child, {"loss": 2.5, "lr": 0.1}, 0)
+    tracker.log_metrics(child, {"loss": 1.25}, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        note = Path(tmp) / "note.txt"
+        note.write_text("conformance")
+        tracker.log_artifact(child, str(note), "files")
+        tracker.log_artifact(parent, str(note))
     tracker.end_run(child, "FINISHED")
-    tracker.end_run(parent, "FINISHED")
-    tracker.close()
+    tracker.end_run(parent, "KILLED")
+    try:
+        expected = {
+            parent: ("check", "KILLED", {"a": "1", "lr": "0.1"}, {}, ["note.txt"], None),
+            child: ("check/child", "FINISHED", {"b": "2"},
+                    {"loss": [(0, 2.5), (1, 1.25)], "lr": [(0, 0.1)]}, ["files/note.txt"], parent),
+        }
+        for run_id, (run_name, status, run_params, metrics, artifacts, up) in expected.items():
+            got = tracker.read_run(run_id)
+            where = f"{name}: run {run_name!r} read back"
+            assert got.name == run_name, f"{where}: name {got.name!r}"
+            assert got.status == status, f"{where}: status {got.status!r}, ended {status!r}"
+            assert got.params == run_params, f"{where}: params {got.params}, logged {run_params}"
+            assert {k: got.tags.get(k) for k in tags} == tags, (
+                f"{where}: tags {got.tags}, logged {tags}")
+            points = {k: [(int(s), float(v)) for s, v in pts] for k, pts in got.metrics.items()}
+            assert points == metrics, f"{where}: metrics {points}, logged {metrics}"
+            assert sorted(got.artifacts) == artifacts, (
+                f"{where}: artifacts {got.artifacts}, logged {artifacts}")
+            assert got.parent == up, f"{where}: parent {got.parent!r}, started under {up!r}"
+    finally:
+        tracker.close()
+
+
+def check_learned(summary: Any, may_not_learn: Collection[str] = ()) -> None:
+    """Every method of a recipe run finished and learned something (a slow test's bar).
+
+    Finished: not diverged, not failed. Learned: the final test (else meta) metric above chance
+    plus :data:`metalr.results.CHANCE_MARGIN` where the task has a chance level (classification
+    accuracy), else a last epoch whose training loss is below the first step's. A recipe whose
+    methods all diverge, or all sit at chance, fails here. ``may_not_learn``: methods that
+    must finish but whose failure to learn is the point (an ablation's bad setting). Every
+    problem is reported at once.
+    """
+    assert summary.results, f"{summary.name}: no results"
+    problems = [p for r in summary.results
+                if (p := _not_learned(r, summary, r.method in may_not_learn))]
+    assert not problems, f"{summary.name}: " + "; ".join(problems)
+
+
+def _not_learned(r: Any, summary: Any, finish_only: bool) -> str | None:
+    from metalr.results import CHANCE_MARGIN
+
+    if r.status != "FINISHED":
+        return f"{r.label}: {r.status} ({r.error})"
+    if finish_only:
+        return None
+    last = r.history.epochs[-1]
+    key = next((f"{split}_{summary.metric}" for split in ("test", "meta")
+                if f"{split}_{summary.metric}" in last), None)
+    if key is None or not math.isfinite(last[key]):
+        return f"{r.label}: no finite test or meta {summary.metric} in the last epoch"
+    if summary.chance is not None:
+        if last[key] <= summary.chance + CHANCE_MARGIN:
+            return f"{r.label}: {key} {last[key]:.4f} is chance ({summary.chance:.4f})"
+    elif not last["train_batch_loss"] < r.history.losses[0]:
+        return (f"{r.label}: training loss {r.history.losses[0]:.4g} -> "
+                f"{last['train_batch_loss']:.4g}")
+    return None

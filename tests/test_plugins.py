@@ -77,9 +77,10 @@ def test_duplicate_name_is_an_error_naming_both_sources(site):
     registry = Registry(strict=False)
     with pytest.warns(UserWarning):
         registry.load_entry_points()
-    clash = [b for b in registry.broken if b.source == "metalr-clash:clash"]
-    assert clash and "metalr:schedules" in clash[0].error and "metalr-clash:clash" in clash[0].error
+    clash = [r for r in registry.refused if r.source == "metalr-clash:clash"]
+    assert clash and "metalr:schedules" in str(clash[0]) and "metalr-clash:clash" in str(clash[0])
     assert registry.get("lr_policy", "fixed").source == "metalr:schedules"
+    assert not any(b.source == "metalr-clash:clash" for b in registry.broken)
     shutil.rmtree(site / "metalr_broken-0.1.dist-info")  # so strict mode meets the clash first
     with pytest.raises(PluginLoadError, match="registered twice"):
         Registry(strict=True).load_entry_points()
@@ -112,3 +113,168 @@ def test_cli_plugins_json_lists_components_and_broken(site):
     text = subprocess.run([sys.executable, "-m", "metalr.cli", "plugins"], capture_output=True,
                           text=True, env=env, check=True).stdout
     assert "BROKEN metalr-broken:broken" in text and "third-party-constant" in text
+
+
+# -- isolation: a clash costs only the clashing component ----------------------------------------
+
+CLASH = GOOD.replace(
+    'register("third-party-constant", Constant, options=Options, summary="from a third party")',
+    'register("cosine", Constant, options=Options)\n'
+    '    register("aaa-constant", Constant, options=Options)')
+
+
+def test_clash_from_a_distribution_that_sorts_first_costs_only_that_component(site):
+    write_distribution(site, "aaa-metalr-cosine", "aaa_cosine", CLASH)  # sorts before "metalr"
+    registry = Registry(strict=False)
+    with pytest.warns(UserWarning, match="'cosine' from aaa-metalr-cosine:cosine refused"):
+        registry.load_entry_points()
+    for name in ("cosine", "fixed", "exponential", "multistep", "sgdr", "plateau"):
+        assert registry.get("lr_policy", name).source == "metalr:schedules", name
+    assert registry.get("lr_policy", "aaa-constant").source == "aaa-metalr-cosine:cosine"
+    [refusal] = [r for r in registry.refused if r.source.startswith("aaa")]
+    assert (refusal.kind, refusal.name, refusal.kept) == ("lr_policy", "cosine", "metalr:schedules")
+    assert "aaa-metalr-cosine:cosine" in str(refusal) and "metalr:schedules" in str(refusal)
+    assert not any(b.source.startswith("aaa") for b in registry.broken)
+
+
+def test_builtin_takes_its_name_back_whatever_the_order_of_registration():
+    import types
+
+    import metalr_schedules
+
+    from metalr import hookimpl
+
+    squatter = types.ModuleType("squatter")
+    squatter.register_lr_policies = hookimpl(
+        lambda register: (register("fixed", object), register("squat", object)))
+    registry = Registry(strict=False)
+    registry._loaded = True  # only the two plugins below, in this order
+    assert registry.add_plugin(squatter, "aaa-squatter:squatter")
+    with pytest.warns(UserWarning, match="'fixed' from aaa-squatter:squatter refused"):
+        assert registry.add_plugin(metalr_schedules, "metalr:schedules")
+    assert registry.get("lr_policy", "fixed").source == "metalr:schedules"
+    assert registry.get("lr_policy", "squat").source == "aaa-squatter:squatter"
+
+
+def test_two_third_parties_first_loaded_keeps_the_name(site):
+    write_distribution(site, "metalr-zz", "metalr_zz", GOOD)  # same name as metalr-good's
+    registry = Registry(strict=False)
+    with pytest.warns(UserWarning):
+        registry.load_entry_points()
+    assert registry.get("lr_policy", "third-party-constant").source == "metalr-good:good"
+    assert [(r.source, r.kept) for r in registry.refused] == [("metalr-zz:zz", "metalr-good:good")]
+
+
+def test_strict_mode_raises_on_a_clash_whatever_the_order(site):
+    write_distribution(site, "aaa-metalr-cosine", "aaa_cosine", CLASH)
+    shutil.rmtree(site / "metalr_broken-0.1.dist-info")
+    with pytest.raises(PluginLoadError, match="'cosine' is registered twice: by metalr:schedules"):
+        Registry(strict=True).load_entry_points()
+
+
+def test_unknown_component_names_broken_and_refused_plugins(site):
+    write_distribution(site, "aaa-metalr-cosine", "aaa_cosine", CLASH)
+    registry = Registry(strict=False)
+    with pytest.warns(UserWarning):
+        registry.load_entry_points()
+    with pytest.raises(KeyError) as info:
+        registry.get("lr_policy", "my-policy")
+    message = str(info.value)
+    assert "unknown lr_policy 'my-policy'" in message
+    assert "plugin metalr-broken:broken is broken (ImportError" in message
+    assert "'cosine' from aaa-metalr-cosine:cosine refused" in message
+    plain = Registry(strict=False)  # nothing broken, nothing refused: no note
+    plain.components["lr_policy"]["fixed"] = registry.get("lr_policy", "fixed")
+    plain._loaded = True
+    with pytest.raises(KeyError) as info:
+        plain.get("lr_policy", "my-policy")
+    assert "not loaded" not in str(info.value)
+
+
+def test_cli_plugins_lists_refused_components(site):
+    write_distribution(site, "aaa-metalr-cosine", "aaa_cosine", CLASH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    text = subprocess.run([sys.executable, "-m", "metalr.cli", "plugins"], capture_output=True,
+                          text=True, env=env, check=True).stdout
+    assert "REFUSED lr_policy 'cosine' from aaa-metalr-cosine:cosine" in text
+    assert "fixed" in text and "aaa-constant" in text
+
+
+# -- a schema derived from the factory's signature -----------------------------------------------
+
+NO_SCHEMA = '''
+from metalr import hookimpl
+
+class Warm:
+    def __init__(self, lr: float, warmup: int = 0):
+        self.value, self.warmup = lr, warmup
+    def start(self, run): pass
+    def lr(self, ctx): return self.value
+    def end_epoch(self, epoch, metrics): pass
+
+class Open:
+    def __init__(self, lr=0.1, **extra):
+        self.value, self.extra = lr, extra
+
+def wide_mlp(spec, width: int = 8, depth=1):
+    return ("mlp", spec, width, depth)
+
+@hookimpl
+def register_lr_policies(register):
+    register("warm", Warm)
+    register("open", Open)
+
+@hookimpl
+def register_models(register):
+    register("wide", wide_mlp)
+'''
+
+
+@pytest.fixture
+def loose(site):
+    write_distribution(site, "metalr-loose", "metalr_loose", NO_SCHEMA)
+    registry = Registry(strict=False)
+    with pytest.warns(UserWarning):
+        registry.load_entry_points()
+    return registry
+
+
+def test_schema_is_derived_from_the_signature(loose):
+    from pydantic import ValidationError
+
+    warm = loose.get("lr_policy", "warm")
+    assert warm.derived and set(warm.options.model_fields) == {"lr", "warmup"}
+    assert warm.build(lr=0.2).warmup == 0
+    assert warm.build(lr="0.5", warmup=3).value == 0.5
+    for bad in ({"lr": 0.1, "warmpu": 3}, {"warmup": 1}, {"lr": "fast"}):
+        with pytest.raises(ValidationError):
+            warm.build(**bad)
+    open_ = loose.get("lr_policy", "open")  # takes **extra: any key is its own business
+    assert open_.build(lr=0.3, anything=1).extra == {"anything": 1}
+    wide = loose.get("model", "wide")  # the spec is the core's, not an option
+    assert set(wide.options.model_fields) == {"width", "depth"}
+    assert wide.build("SPEC", width=4) == ("mlp", "SPEC", 4, 1)
+    with pytest.raises(ValidationError):
+        wide.build("SPEC", widht=4)
+    assert loose.get("lr_policy", "third-party-constant").derived is False
+
+
+def test_validate_catches_a_typo_in_a_component_without_schema(site, tmp_path):
+    write_distribution(site, "metalr-loose", "metalr_loose", NO_SCHEMA)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent("""
+        name: loose
+        task: {name: mnist1d, options: {meta_size: 100, num_samples: 600}}
+        model: {name: mlp, options: {hidden: [8]}}
+        train: {epochs: 1, seeds: [0]}
+        methods:
+          warm:
+            optimizer: sgd
+            lr_policy: {name: warm, options: {lr: 0.1, warmpu: 3}}
+        tracking: none
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    done = subprocess.run([sys.executable, "-m", "metalr.cli", "validate", str(recipe)],
+                          capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "methods.warm.lr_policy.options.warmpu" in done.stdout + done.stderr

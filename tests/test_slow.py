@@ -9,8 +9,23 @@ import yaml
 
 from metalr.recipe import load_recipe
 from metalr.runner import Runner
+from metalr.testing import check_learned
 
 pytestmark = pytest.mark.slow
+
+# Methods that must finish but need not learn at this budget; every other method must beat
+# chance (check_learned). Each entry says why; keep the list short.
+MAY_NOT_LEARN = {
+    # what the ablation shows: the paper's preset under Adam keeps gamma = 1 (an SGD scale), and
+    # Adam steps of ~1 wreck the model (chance on MNIST-1D, perplexity ~1e40 on pydoc-lm)
+    "recipes/ablations/": {"adam-paper"},
+    # warm-up longer than 2 epochs: DoG's first step is 1e-6 of the weights' norm and it is
+    # evaluated on polynomially averaged weights; in 22 steps on digits its training loss does
+    # not move, at the recipes' budget it reaches 0.99 (digits) and 0.66 (MNIST-1D),
+    # docs/results.md. Prodigy (d0 = 1e-6) beats chance in 2 epochs except with the CNN.
+    "recipes/cpu/": {"dog"},
+    "recipes/transfer/mnist1d-cnn.yaml": {"prodigy"},
+}
 
 RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
                  for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
@@ -24,7 +39,9 @@ def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
     recipe = load_recipe(path, ["train.epochs=2", "train.seeds=[0]", "tuning.epochs=1",
                                 "tracking=none", f"output_dir={tmp_path}", *no_saves])
     summary = Runner(recipe, progress=False).run()
-    assert summary.results
-    for r in summary.results + summary.tuning:
-        # a method may diverge (that is a result); it may not crash (that is a bug)
+    for r in summary.tuning:
+        # a grid point may diverge (tuning is there to find out); it may not crash (a bug)
         assert r.status == "FINISHED" or "Error:" not in (r.error or ""), (r.label, r.error)
+    may_not_learn = {m for prefix, ms in MAY_NOT_LEARN.items() if path.startswith(prefix)
+                     for m in ms}
+    check_learned(summary, may_not_learn)  # finished, above chance (test_conformance proves it)

@@ -21,10 +21,59 @@ def test_mnist1d_meta_and_train_are_disjoint(registry, seed):
     assert torch.cdist(xm, xt).min() > 0
 
 
-def test_split_depends_on_the_seed_only():
-    a, b = disjoint_split(100, [10, -1], seed=3), disjoint_split(100, [10, -1], seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not torch.equal(a[0], disjoint_split(100, [10, -1], seed=4)[0])
+def check_seeded_disjoint_split(split) -> None:
+    """What a split function owes the meta set: disjoint, complete, sized, and the seed's alone.
+
+    Two calls with the same seed agreeing proves only determinism; the splits are also checked
+    for overlap, coverage and size, for every seed, and against other seeds and a moved global
+    RNG (a split drawn from torch's global generator would follow whatever ran before it).
+    """
+    n, sizes = 100, [10, 20, -1]
+    seen = []
+    for seed in (0, 1, 3, 4, 12345):
+        torch.manual_seed(1000 + seed)  # the global RNG in some other state every time
+        parts = split(n, sizes, seed=seed)
+        assert [len(p) for p in parts] == [10, 20, 70], f"seed {seed}: sizes"
+        flat = torch.cat(parts).tolist()
+        assert len(set(flat)) == len(flat), f"seed {seed}: the splits share a sample"
+        assert sorted(flat) == list(range(n)), f"seed {seed}: samples lost"
+        torch.manual_seed(7)
+        again = split(n, sizes, seed=seed)
+        assert all(torch.equal(a, b) for a, b in zip(parts, again)), (
+            f"seed {seed}: not a function of the seed alone")
+        seen.append(parts)
+    for i, a in enumerate(seen):
+        for b in seen[i + 1:]:
+            assert all(not torch.equal(x, y) for x, y in zip(a, b)), "two seeds share a split"
+
+
+def test_disjoint_split_is_disjoint_complete_and_seeded():
+    check_seeded_disjoint_split(disjoint_split)
+
+
+def _overlapping(n, sizes, seed):  # each split drawn on its own: they overlap
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [n - sum(s for s in sizes if s != -1) if s == -1 else s for s in sizes]
+    return [torch.randperm(n, generator=gen)[:s] for s in sizes]
+
+
+def _seed_ignored(n, sizes, seed):
+    return disjoint_split(n, sizes, seed=0)
+
+
+def _global_rng(n, sizes, seed):  # the reference code's habit: torch's global generator
+    sizes = [n - sum(s for s in sizes if s != -1) if s == -1 else s for s in sizes]
+    return list(torch.split(torch.randperm(n), sizes))
+
+
+def _lossy(n, sizes, seed):  # drops the last sample
+    return [p[p != n - 1] for p in disjoint_split(n, sizes, seed)]
+
+
+@pytest.mark.parametrize("broken", [_overlapping, _seed_ignored, _global_rng, _lossy])
+def test_the_split_check_catches_a_broken_split(broken):
+    with pytest.raises(AssertionError):
+        check_seeded_disjoint_split(broken)
 
 
 def test_split_sizes_are_checked():

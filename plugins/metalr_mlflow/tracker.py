@@ -4,23 +4,31 @@ Metrics are queued in memory and a background thread sends them with ``log_batch
 up to 1,000 (MLflow's limit), at most every ``flush_seconds``. A run is only marked terminated
 after its queued metrics have landed. (MLflow's own ``synchronous=False`` logging was measured
 here to add about one second to every run's end, which is why this thread exists.)
+
+Several processes may share one SQLite store (a sweep, or a user starting runs side by side).
+MLflow migrates a new store's schema without a lock, so two processes meeting an empty file
+both migrate and all but one die; and two creating the same experiment meet a UNIQUE error.
+Both happen here under a file lock beside the database (``<db>.lock``), and an experiment
+that another process created first is looked up again (docs/design.md, Parallel runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RunStatus
+from metalr.protocols import RecordedRun, RunStatus
 
 _CHUNK = 1000  # MLflow's limit of metrics per log_batch call
 _PARAMS_CHUNK = 100
+_LOCK_TIMEOUT = 600.0  # seconds to wait for another process creating the store (minutes, at worst)
 
 
 class MLflowOptions(BaseModel):
@@ -36,7 +44,9 @@ class MLflowTracker:
         from mlflow.tracking import MlflowClient  # imported here: `metalr plugins` needn't pay
 
         self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with self._store_lock():  # a new store is created and migrated here, by one process
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # (by MLflow versions that wait)
         self.flush_seconds = flush_seconds
         self._pending: dict[str, list[Any]] = {}
         self._lock = threading.Condition()
@@ -50,9 +60,7 @@ class MLflowTracker:
                   parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         from mlflow.entities import Param
 
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-            experiment, artifact_location=self._artifact_location(experiment))
+        exp_id = self._experiment_id(experiment)
         run_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent:
             run_tags["mlflow.parentRunId"] = parent
@@ -62,11 +70,54 @@ class MLflowTracker:
             self.client.log_batch(run_id, params=items[i : i + _PARAMS_CHUNK])
         return run_id
 
+    def _experiment_id(self, experiment: str) -> str:
+        """The experiment's id, creating it if no process has yet."""
+        from mlflow.exceptions import MlflowException
+
+        with self._store_lock():
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is not None:
+                return exp.experiment_id
+            try:
+                return self.client.create_experiment(
+                    experiment, artifact_location=self._artifact_location(experiment))
+            except MlflowException:  # created meanwhile, by a process the lock can't see
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                return exp.experiment_id
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Hold ``<db>.lock`` for a SQLite store; other stores (servers) serialise themselves."""
+        db = self._sqlite_path()
+        if db is None:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(f"{db}.lock", timeout=_LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RuntimeError(
+                f"{db}.lock: another process has held the MLflow store's lock for "
+                f"{_LOCK_TIMEOUT:.0f} s; is a `metalr run` stuck on that store?") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _sqlite_path(self) -> Path | None:
+        if not self.uri.startswith("sqlite:///"):
+            return None  # a server, or an in-memory database
+        return Path(self.uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+
     def _artifact_location(self, experiment: str) -> str | None:
         """Artifacts beside a SQLite store, not in ./mlruns of whatever folder we run from."""
-        if not self.uri.startswith("sqlite:///"):
+        db = self._sqlite_path()
+        if db is None:
             return None  # the server or store decides
-        db = Path(self.uri[len("sqlite:///"):]).resolve()
         return (db.parent / "mlruns" / experiment).as_uri()
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -116,6 +167,19 @@ class MLflowTracker:
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def read_run(self, run_id: str) -> RecordedRun:
+        """What the store holds for ``run_id`` (after :meth:`end_run`, every queued metric)."""
+        run = self.client.get_run(run_id)
+        metrics = {key: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+                   for key in run.data.metrics}
+        artifacts, folders = [], [None]
+        while folders:
+            for item in self.client.list_artifacts(run_id, folders.pop()):
+                (folders if item.is_dir else artifacts).append(item.path)
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+        return RecordedRun(run.info.run_name, run.info.status, dict(run.data.params), tags,
+                           metrics, sorted(artifacts), run.data.tags.get("mlflow.parentRunId"))
 
     def end_run(self, run_id: str, status: RunStatus) -> None:
         try:
