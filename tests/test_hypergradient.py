@@ -16,20 +16,12 @@ from torch.func import functional_call
 from metalr.engine import Engine, EngineConfig
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.fixture(scope="module")
-def task(registry):
-    task = registry.get("task", "mnist1d").build(meta_size=100, num_samples=600)
-    task.setup(seed=3, device=torch.device("cpu"))
-    task.splits = {k: (x.double(), y) for k, (x, y) in task.splits.items()}
-    return task
+def task(mnist1d_64):
+    return mnist1d_64
 
 
 def torch_sgd_direction(w, g, state, group):
