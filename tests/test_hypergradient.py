@@ -15,7 +15,6 @@ from torch.func import functional_call
 
 from metalr.engine import Engine, EngineConfig
 
-
 pytestmark = pytest.mark.usefixtures("float64")
 
 
