@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from metalr import provenance
-from metalr.engine import Engine, EngineConfig, History, TrainingDiverged, is_meta_learned
+from metalr.engine import (Engine, EngineConfig, History, TrainingDiverged, is_episodic,
+                           is_meta_learned)
+from metalr.episodes import train_episodes
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
@@ -207,7 +209,7 @@ class Runner:
         if job.tuned is not None:
             options[job.tuned[0]] = job.tuned[1]
         policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
-        if is_meta_learned(policy) and method.meta.weights:
+        if (is_meta_learned(policy) or is_episodic(policy)) and method.meta.weights:
             load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
         return model, optimizer, policy, options
 
@@ -217,7 +219,7 @@ class Runner:
         method = recipe.methods[job.method]
         task = self.task(job.seed)
         model, optimizer, policy, options = self._build(job, method, task)
-        learned = is_meta_learned(policy)
+        learned = is_meta_learned(policy) or is_episodic(policy)
         config = EngineConfig(
             epochs=job.epochs, batch_size=train.batch_size, seed=job.seed, device=self.device,
             t_val=method.meta.t_val, meta_batch_size=method.meta.batch_size,
@@ -262,6 +264,8 @@ class Runner:
         try:
             with self._tracked(tracker, job.label, params, parent) as run_id:
                 result.run_id = run_id
+                if is_episodic(policy) and config.meta_train:  # trains itself, then runs frozen
+                    self._train_episodes(job, method, task, config, policy, tracker, run_id)
                 try:
                     history = engine.fit(on_epoch=on_epoch, progress=bar.update)
                 except TrainingDiverged as exc:
@@ -283,6 +287,22 @@ class Runner:
         if self.progress:
             bar.write(self._line(result))
         return result
+
+    def _train_episodes(self, job: Job, method: Method, task: Task, config: EngineConfig,
+                        policy: Any, tracker: Tracker | None, run_id: str | None) -> None:
+        """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split."""
+        def make_engine(i: int, acting: Any) -> Engine:
+            seed = 1000 * (job.seed + 1) + i
+            model, optimizer, _, _ = self._build(replace(job, seed=seed), method, task)
+            return Engine(task, model, optimizer, acting, replace(config, seed=seed,
+                                                                 meta_train=False))
+
+        def open_run(name: str, params: Mapping[str, Any], parent: str | None) -> str:
+            return start_run(tracker, self.recipe.name, name, params, parent, self.provenance)
+
+        train_episodes(policy, make_engine, tracker=tracker, open_run=open_run, parent=run_id,
+                       label=job.label, progress=self.progress)
+        policy.frozen = True
 
     @staticmethod
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,

@@ -55,7 +55,7 @@ class ControllerEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self.episode += 1
+        self.episode = seed if seed is not None else self.episode + 1  # a seed picks the run
         self.actor = Actor(self.controller, None, self.update_stats)
         engine = self.engine = self.make_engine(self.episode, self.actor)
         cfg, task = engine.cfg, engine.task

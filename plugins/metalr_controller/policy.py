@@ -37,6 +37,8 @@ class ControllerOptions(BaseModel):
     features: list[str] = Field(list(FEATURES), min_length=1,
                                 description=f"state features, a subset of {list(FEATURES)}")
     act_every: int = Field(10, ge=1, description="K: training steps between actions")
+    action_map: Literal["linear"] = Field("linear", description="how an action becomes the "
+                                          "LR factor: linear, 1 + max_change * a")
     max_change: float = Field(0.035, gt=0, lt=1, description="action a in [-1, 1] multiplies "
                               "the LR by 1 + max_change * a (authors: about 0.965..1.035)")
     initial_lr: float | None = Field(None, gt=0, description="LR of the first block; unset: "
@@ -64,9 +66,6 @@ class ControllerOptions(BaseModel):
         return value
 
 
-ACTION_MAP_KIND: Literal["linear"] = "linear"
-
-
 class LRController:
     """A meta-learner that trains itself by RL over episodes (:class:`EpisodicLearner`)."""
 
@@ -81,9 +80,10 @@ class LRController:
         n = len(opts.features)
         self.observation_space = gym.spaces.Box(-CLIP_OBS, CLIP_OBS, (n,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-        torch.manual_seed(opts.seed)
-        self.net = ActorCriticPolicy(self.observation_space, self.action_space,
-                                     lambda _: opts.ppo_lr, **self.policy_kwargs())
+        with torch.random.fork_rng():  # a seeded init that leaves the run's RNG alone
+            torch.manual_seed(opts.seed)
+            self.net = ActorCriticPolicy(self.observation_space, self.action_space,
+                                         lambda _: opts.ppo_lr, **self.policy_kwargs())
         self.net.set_training_mode(False)
         self.obs_rms = RunningMeanStd(shape=(n,))
         self._actor: Actor | None = None
@@ -96,9 +96,6 @@ class LRController:
 
     def make_features(self) -> Features:
         return Features(self.opts.features)
-
-    def action_map(self) -> dict[str, Any]:
-        return {"kind": ACTION_MAP_KIND, "max_change": self.max_change}
 
     def apply(self, lr: float, action: float) -> float:
         """The LR after one action: ``lr * (1 + max_change * clip(a, -1, 1))``, kept in bounds."""
@@ -156,13 +153,13 @@ class LRController:
     # -- saving (metalr.weights.save_meta_learner / load_meta_learner) ------------------------
     def options(self) -> dict[str, Any]:
         """Rebuild options, saved as JSON in the file's header; the action map included."""
-        return {**self.opts.model_dump(), "action_map": self.action_map()}
+        return self.opts.model_dump()
 
     def check_saved_options(self, saved: Mapping[str, Any]) -> None:
         """Refuse a file whose state or action does not mean what this recipe's does."""
         problems = []
         mine = self.options()
-        for key in ("features", "action_map", "net_arch"):
+        for key in ("features", "action_map", "max_change", "net_arch"):
             if key in saved and saved[key] != mine[key]:
                 problems.append(f"{key}: file {saved[key]}, recipe {mine[key]}")
             elif key not in saved:
