@@ -42,8 +42,10 @@ def train_episodes(policy: EpisodicLearner, make_engine: Callable[..., Any], *,
             return
         child = open_run(f"{label}/episode{index:03d}", {"episode": index}, meta_run)
         status = "FINISHED" if not record.get("diverged") else "FAILED"
-        for step, lr in enumerate(record["lrs"]):
-            tracker.log_metrics(child, {"step_lr": lr}, step)
+        lrs = record["lrs"]
+        for step, lr in enumerate(lrs):  # where the LR changes: the trace, at a tenth of the calls
+            if step == 0 or lr != lrs[step - 1] or step == len(lrs) - 1:
+                tracker.log_metrics(child, {"step_lr": lr}, step)
         for step, reward in enumerate(record["rewards"]):
             tracker.log_metrics(child, {"reward": reward}, step)
         final = {k: v for k, v in record["metrics"].items()
