@@ -220,3 +220,33 @@ def test_recipe_meta_trains_tracks_episodes_and_saves(tmp_path, monkeypatch):
     assert len(saved) == 1
     twin = load_meta_learner(saved[0], frozen=True)
     assert twin.opts.episodes == 2
+
+
+def test_hand_loop_gives_the_recipe_lrs(trained, task, tmp_path):
+    """A saved controller in a plain PyTorch loop sets the LRs of the engine's meta-test run."""
+    from metalr import ControlledLR
+
+    ctrl, _, _ = trained
+    path = save_meta_learner(tmp_path / "ctrl.safetensors", "lr-controller", ctrl)
+    want = frozen_lrs(ctrl, task, seed=3)
+    torch.manual_seed(3)
+    model = _mlp(task.spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    meta_gen = torch.Generator().manual_seed(3 + 1)
+
+    def meta_loss():
+        x, y = task.meta_batch(32, meta_gen)
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(x), y))
+
+    sched = ControlledLR.from_pretrained(path, opt, model, total_steps=EPOCHS * 14,
+                                         meta_loss=meta_loss, lr=0.05)
+    gen, got = torch.Generator().manual_seed(3), []
+    for _ in range(EPOCHS):
+        for x, y in task.train_batches(BATCH, gen):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            got.append(sched.step(loss, x))
+            opt.step()
+    assert got == want
