@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from metalr.data import TensorClassificationTask
-from metalr.engine import Engine, EngineConfig, is_meta_learned
+from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned
 from metalr.plugins import Component
 from metalr.protocols import ModelSpec, RunInfo, StepContext
 
@@ -88,6 +88,14 @@ def check_lr_policy(component: Component, options: dict[str, Any]) -> None:
     before = {k: v.clone() for k, v in policy.state_dict().items()} if learned else {}
     history = _engine(task, _mlp(task.spec), policy, t_val=4).fit()
     assert history.lrs, f"{component.name}: no steps were taken"
+    if is_episodic(policy):  # trains itself (metalr.episodes); its saved state must act the same
+        twin = component.build(**options)
+        twin.load_state_dict(policy.state_dict())
+        runs = []
+        for p in (policy, twin):
+            torch.manual_seed(0)
+            runs.append(_engine(task, _mlp(task.spec), p, meta_train=False).fit().lrs)
+        assert runs[0] == runs[1], f"{component.name}: state_dict round trip changed the LRs"
     assert all(math.isfinite(lr) and lr >= 0 for lr in history.lrs), (
         f"{component.name}: LRs must be finite and >= 0, got {history.lrs[:5]}...")
     if learned:
