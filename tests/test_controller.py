@@ -250,3 +250,9 @@ def test_hand_loop_gives_the_recipe_lrs(trained, task, tmp_path):
             got.append(sched.step(loss, x))
             opt.step()
     assert got == want
+
+
+def test_conforms_like_every_builtin(registry):
+    from metalr.testing import check_component
+
+    check_component(registry.get("lr_policy", "lr-controller"), {"initial_lr": 0.05})

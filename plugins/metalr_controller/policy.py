@@ -12,6 +12,7 @@ trained on (the reference code never saved them).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -141,10 +142,12 @@ class LRController:
         env = ControllerEnv(self, make_engine, on_episode)
         n = env.steps_per_episode()
         o = self.opts
-        model = PPO("MlpPolicy", env, n_steps=n, batch_size=min(o.batch_size, n),
-                    n_epochs=o.n_epochs, learning_rate=o.ppo_lr, gamma=o.gamma,
-                    gae_lambda=o.gae_lambda, ent_coef=o.ent_coef, seed=o.seed, device="cpu",
-                    policy_kwargs=self.policy_kwargs(), verbose=0)
+        with warnings.catch_warnings():  # a last, shorter minibatch per epoch is harmless here
+            warnings.filterwarnings("ignore", message=".*mini-batch", category=UserWarning)
+            model = PPO("MlpPolicy", env, n_steps=n, batch_size=min(o.batch_size, n),
+                        n_epochs=o.n_epochs, learning_rate=o.ppo_lr, gamma=o.gamma,
+                        gae_lambda=o.gae_lambda, ent_coef=o.ent_coef, seed=o.seed,
+                        device="cpu", policy_kwargs=self.policy_kwargs(), verbose=0)
         model.policy.load_state_dict(self.net.state_dict())
         model.learn(total_timesteps=self.episodes * n)
         self.net.load_state_dict(model.policy.state_dict())
