@@ -159,9 +159,8 @@ class HypergradientLearner(LRPolicy, Protocol):
 
     The engine tells the kinds apart with ``isinstance`` on these protocols, never by a string,
     so a new kind needs a new protocol and a runner branch, not a change to the engine's step.
+    The engine sets ``frozen`` (True in meta-test); a learner need not define it.
     """
-
-    frozen: bool
 
     def meta_parameters(self) -> Iterable[nn.Parameter | dict[str, Any]]: ...
 
@@ -183,10 +182,10 @@ class EpisodicLearner(LRPolicy, Protocol):
     ``train_episodes(make_engine, on_episode)`` runs ``episodes`` episodes of its own trainer;
     ``make_engine(i, policy)`` returns a fresh :class:`metalr.engine.Engine` for episode ``i`` whose LR comes from
     ``policy``; ``on_episode(i, record)`` receives each episode's reward, LR trace and metrics.
-    As an ordinary LR policy (``lr``) it acts deterministically and never learns.
+    As an ordinary LR policy (``lr``) it acts deterministically and never learns. The engine
+    sets ``frozen`` (True in meta-test).
     """
 
-    frozen: bool
     episodes: int
 
     def train_episodes(self, make_engine: Callable[..., Any],
