@@ -126,10 +126,10 @@ class LRPolicy(Protocol):
 class MetaLearner(LRPolicy, Protocol):
     """An LR policy with parameters theta.
 
-    ``learns_by`` says who trains theta. ``"hypergradient"``: the engine does, by Algorithm 1,
-    using :meth:`virtual_lr`. ``"self"``: the learner trains itself from what it sees in
-    :meth:`lr` and :meth:`end_epoch` (an RL controller, say); the engine only saves it.
-    ``frozen`` is set by the engine in meta-test mode.
+    Who trains theta is decided by the kind protocols below, with ``isinstance``:
+    :class:`HypergradientLearner` (the engine, by Algorithm 1, using :meth:`virtual_lr`) or
+    :class:`EpisodicLearner` (the learner itself, over whole runs: the RL controller).
+    ``learns_by`` is descriptive only. ``frozen`` is set by the engine in meta-test mode.
 
     ``meta_parameters`` yields tensors or torch param-group dicts (a group may carry its own
     ``lr`` and ``weight_decay`` for the meta optimizer). ``meta_period`` is the number of steps

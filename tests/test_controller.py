@@ -11,14 +11,14 @@ import torch
 import yaml
 
 pytest.importorskip("stable_baselines3")
-from gymnasium.utils.env_checker import check_env  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from gymnasium.utils.env_checker import check_env
+from mlflow.tracking import MlflowClient
 
-from metalr.cli import main  # noqa: E402
-from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned  # noqa: E402
-from metalr.protocols import EpisodicLearner, HypergradientLearner  # noqa: E402
-from metalr.testing import Blobs, _mlp  # noqa: E402
-from metalr.weights import WeightsError, load_meta_learner, save_meta_learner  # noqa: E402
+from metalr.cli import main
+from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned
+from metalr.protocols import EpisodicLearner, HypergradientLearner
+from metalr.testing import Blobs, _mlp
+from metalr.weights import WeightsError, load_meta_learner, save_meta_learner
 
 EPOCHS, BATCH = 2, 32  # Blobs: 512 - 64 meta = 448 train, 14 steps an epoch, 28 a run
 
@@ -256,3 +256,11 @@ def test_conforms_like_every_builtin(registry):
     from metalr.testing import check_component
 
     check_component(registry.get("lr_policy", "lr-controller"), {"initial_lr": 0.05})
+
+
+def test_meta_test_freezes_and_a_frozen_controller_refuses_to_train(registry, task):
+    ctrl = build(registry)
+    engine_for(task, ctrl, 0)  # meta_train=False: the engine freezes every meta-learner kind
+    assert ctrl.frozen
+    with pytest.raises(RuntimeError, match="frozen"):
+        ctrl.train_episodes(maker(task))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -33,7 +33,7 @@ MakeEngine = Callable[[int, Any], Engine]
 
 
 class ControllerEnv(gym.Env):
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, controller: LRController, make_engine: MakeEngine,
                  on_episode: Callable[[int, Mapping[str, Any]], None] | None = None,

@@ -184,7 +184,7 @@ class LRController:
             if key not in state:
                 raise KeyError(f"no {key!r}: not an lr-controller file")
         if tuple(state["obs_rms.mean"].shape) != (n,):
-            raise ValueError(f"{tuple(state['obs_rms.mean'].shape)[0]} features in the file, "
+            raise ValueError(f"{state['obs_rms.mean'].numel()} features in the file, "
                              f"{n} in the recipe ({self.opts.features})")
         net = {k[len(NET_PREFIX):]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
         self.net.load_state_dict(net)
