@@ -264,3 +264,28 @@ def test_meta_test_freezes_and_a_frozen_controller_refuses_to_train(registry, ta
     assert ctrl.frozen
     with pytest.raises(RuntimeError, match="frozen"):
         ctrl.train_episodes(maker(task))
+
+
+def test_shipped_controller_schedules_another_model_in_a_hand_loop(task):
+    """The file the transfer recipes use loads with today's code and acts on a new model."""
+    from pathlib import Path
+
+    from metalr import ControlledLR
+
+    path = Path(__file__).parents[1] / "recipes/transfer/nets/controller-mnist1d-mlp.safetensors"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    x_val, y_val = task.meta_batch(64, torch.Generator().manual_seed(0))
+    sched = ControlledLR.from_pretrained(
+        path, opt, model, total_steps=28, lr=0.1,
+        meta_loss=lambda: torch.nn.functional.cross_entropy(model(x_val), y_val).item())
+    lrs = []
+    for x, y in task.train_batches(BATCH, torch.Generator().manual_seed(0)):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        lrs.append(sched.step(loss, x))
+        opt.step()
+    assert lrs[:10] == [0.1] * 10 and lrs[10] != 0.1  # acts after its first block of K = 10
+    assert all(0.05 < lr < 0.2 for lr in lrs)  # at most 1.035x a block
