@@ -24,7 +24,8 @@ from torch import nn
 from metalr import checkpoint as ckpt
 from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
 from metalr.probe import ProbeResult, probe_lr
-from metalr.protocols import Batch, LRPolicy, RunInfo, StepContext, Task
+from metalr.protocols import (Batch, EpisodicLearner, HypergradientLearner, LRPolicy, RunInfo,
+                              StepContext, Task)
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,7 +98,13 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def is_meta_learned(policy: Any) -> bool:
-    return getattr(policy, "learns_by", None) == "hypergradient"
+    """The engine meta-trains this policy's theta by hypergradient (Algorithm 1)."""
+    return isinstance(policy, HypergradientLearner)
+
+
+def is_episodic(policy: Any) -> bool:
+    """The policy trains itself over whole runs (:mod:`metalr.episodes`); the engine only runs it."""
+    return isinstance(policy, EpisodicLearner) and not is_meta_learned(policy)
 
 
 class Engine:
@@ -112,7 +119,7 @@ class Engine:
         )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.meta_learning = config.meta_train and is_meta_learned(policy)
-        if is_meta_learned(policy):
+        if is_meta_learned(policy) or is_episodic(policy):
             policy.frozen = not config.meta_train
         self.meta_optimizer = (
             torch.optim.Adam(
@@ -190,6 +197,8 @@ class Engine:
             optimizer=self.optimizer,
             batch_loss=functools.partial(self._functional_loss, batch),
             meta_grads=self._meta_grads if self.cfg.meta_train else None,
+            meta_loss=self._meta_loss,
+            batch_outputs=functools.partial(self._batch_outputs, batch),
         )
 
     def _functional_loss(self, batch: Batch, params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -201,6 +210,24 @@ class Engine:
         batch = self.task.meta_batch(self.cfg.meta_batch_size, self.meta_generator)
         loss = self.task.loss(self.model, batch)
         return list(torch.autograd.grad(loss, self.params))
+
+    @torch.no_grad()
+    def _meta_loss(self) -> float:
+        training, batch = self.model.training, self.task.meta_batch(self.cfg.meta_batch_size,
+                                                                    self.meta_generator)
+        self.model.eval()  # no batch-norm statistics updated by a look at the meta set
+        try:
+            return float(self.task.loss(self.model, batch))
+        finally:
+            self.model.train(training)
+
+    @torch.no_grad()
+    def _batch_outputs(self, batch: Batch, params: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+        call = functools.partial(torch.func.functional_call, self.model,
+                                 dict(zip(self._names, params or self.params)))
+        self.task.loss(lambda *a, **k: out.append(call(a, k)) or out[-1], batch)
+        return out[-1]
 
     def _probe(self, total_steps: int, steps_per_epoch: int) -> ProbeResult:
         """The LR probe of this run (:mod:`metalr.probe`), measured once."""

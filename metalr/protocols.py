@@ -65,6 +65,10 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     batch_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
     meta_grads: Callable[[], list[torch.Tensor]] | None = None
+    meta_loss: Callable[[], float] | None = None
+    """The current model's loss on a fresh meta batch, no gradient (an RL controller's state)."""
+    batch_outputs: Callable[[Sequence[torch.Tensor] | None], torch.Tensor] | None = None
+    """The model's outputs on this batch at the given parameters (None: the current ones)."""
 
 
 @runtime_checkable
@@ -131,10 +135,10 @@ class LRPolicy(Protocol):
 class MetaLearner(LRPolicy, Protocol):
     """An LR policy with parameters theta.
 
-    ``learns_by`` says who trains theta. ``"hypergradient"``: the engine does, by Algorithm 1,
-    using :meth:`virtual_lr`. ``"self"``: the learner trains itself from what it sees in
-    :meth:`lr` and :meth:`end_epoch` (an RL controller, say); the engine only saves it.
-    ``frozen`` is set by the engine in meta-test mode.
+    Who trains theta is decided by the kind protocols below, with ``isinstance``:
+    :class:`HypergradientLearner` (the engine, by Algorithm 1, using :meth:`virtual_lr`) or
+    :class:`EpisodicLearner` (the learner itself, over whole runs: the RL controller).
+    ``learns_by`` is descriptive only. ``frozen`` is set by the engine in meta-test mode.
 
     ``meta_parameters`` yields tensors or torch param-group dicts (a group may carry its own
     ``lr`` and ``weight_decay`` for the meta optimizer). ``meta_period`` is the number of steps
@@ -152,6 +156,50 @@ class MetaLearner(LRPolicy, Protocol):
     def meta_period(self, run: RunInfo) -> int: ...
 
     def meta_active(self, step: int) -> bool: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Any: ...
+
+
+@runtime_checkable
+class HypergradientLearner(LRPolicy, Protocol):
+    """A meta-learner whose theta the engine trains by Algorithm 1 (MLR-SNet, the MLP variant).
+
+    The engine tells the kinds apart with ``isinstance`` on these protocols, never by a string,
+    so a new kind needs a new protocol and a runner branch, not a change to the engine's step.
+    The engine sets ``frozen`` (True in meta-test); a learner need not define it.
+    """
+
+    def meta_parameters(self) -> Iterable[nn.Parameter | dict[str, Any]]: ...
+
+    def virtual_lr(self, ctx: StepContext) -> torch.Tensor: ...
+
+    def meta_period(self, run: RunInfo) -> int: ...
+
+    def meta_active(self, step: int) -> bool: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Any: ...
+
+
+@runtime_checkable
+class EpisodicLearner(LRPolicy, Protocol):
+    """A meta-learner that trains itself over whole training runs (episodes): the RL controller.
+
+    ``train_episodes(make_engine, on_episode)`` runs ``episodes`` episodes of its own trainer;
+    ``make_engine(i, policy)`` returns a fresh :class:`metalr.engine.Engine` for episode ``i`` whose LR comes from
+    ``policy``; ``on_episode(i, record)`` receives each episode's reward, LR trace and metrics.
+    As an ordinary LR policy (``lr``) it acts deterministically and never learns. The engine
+    sets ``frozen`` (True in meta-test).
+    """
+
+    episodes: int
+
+    def train_episodes(self, make_engine: Callable[..., Any],
+                       on_episode: Callable[[int, Mapping[str, Any]], None] | None = None
+                       ) -> None: ...
 
     def state_dict(self) -> dict[str, torch.Tensor]: ...
 

@@ -21,7 +21,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from metalr import checkpoint, provenance, rundir
-from metalr.engine import Engine, EngineConfig, History, TrainingDiverged, is_meta_learned
+from metalr.engine import (Engine, EngineConfig, History, TrainingDiverged, is_episodic,
+                           is_meta_learned)
+from metalr.episodes import train_episodes
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
@@ -365,7 +367,7 @@ class Runner:
         optimizer = reg.get("optimizer", method.optimizer.name).build(
             model.parameters(), **method.optimizer.options)
         policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
-        if is_meta_learned(policy) and method.meta.weights:
+        if (is_meta_learned(policy) or is_episodic(policy)) and method.meta.weights:
             load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
         return model, optimizer, policy
 
@@ -478,7 +480,7 @@ class Runner:
         recipe, train = self.recipe, self.recipe.train
         task = self.task(job.seed)
         model, optimizer, policy = self._build(job, method, task, options)
-        learned = is_meta_learned(policy)
+        learned = is_meta_learned(policy) or is_episodic(policy)
         config = EngineConfig(
             epochs=job.epochs, batch_size=train.batch_size, seed=job.seed, device=self.device,
             t_val=method.meta.t_val, meta_batch_size=method.meta.batch_size,
@@ -530,6 +532,10 @@ class Runner:
             epochs_done[0] += n
             bar.update(n)
 
+        if is_episodic(policy) and config.meta_train and state is None:
+            # trains itself over episodes first, then runs frozen (a resume from a checkpoint
+            # of the frozen run finds the trained weights in the policy's saved state)
+            self._train_episodes(job, method, task, options, config, policy, tracker, run_id)
         history = engine.fit(on_epoch=on_epoch, progress=progress, checkpoint=on_checkpoint,
                              resume=state, stop=self.stop)
         result.history = history
@@ -539,6 +545,23 @@ class Runner:
             save_theta("final")
         self._save_history(folder, history, task.metric, tracker, run_id, job.label)
         checkpoint.previous(folder / rundir.CHECKPOINT).unlink(missing_ok=True)
+
+    def _train_episodes(self, job: Job, method: Method, task: Task, options: dict[str, Any],
+                        config: EngineConfig, policy: Any, tracker: Tracker | None,
+                        run_id: str | None) -> None:
+        """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split."""
+        def make_engine(i: int, acting: Any) -> Engine:
+            seed = 1000 * (job.seed + 1) + i
+            model, optimizer, _ = self._build(replace(job, seed=seed), method, task, options)
+            return Engine(task, model, optimizer, acting, replace(config, seed=seed,
+                                                                 meta_train=False))
+
+        def open_run(name: str, params: Mapping[str, Any], parent: str | None) -> str:
+            return start_run(tracker, self.recipe.name, name, params, parent, self.provenance)
+
+        train_episodes(policy, make_engine, tracker=tracker, open_run=open_run, parent=run_id,
+                       label=job.label, progress=self.progress)
+        policy.frozen = True
 
     @staticmethod
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from metalr.data import TensorClassificationTask
-from metalr.engine import Engine, EngineConfig, is_meta_learned
+from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned
 from metalr.plugins import Component
 from metalr.protocols import ModelSpec, RunInfo, StepContext, TrackerReader
 
@@ -109,6 +109,14 @@ def check_lr_policy(component: Component, options: dict[str, Any],
     assert last < 0.9 * first, (
         f"{name}: the model did not learn under this policy (training loss {first:.3g} -> "
         f"{last:.3g}, LRs {min(lrs):.3g}..{max(lrs):.3g})")
+    if is_episodic(policy):  # trains itself (metalr.episodes); its saved state must act the same
+        twin = component.build(**options)
+        twin.load_state_dict(policy.state_dict())
+        runs = []
+        for p in (policy, twin):
+            torch.manual_seed(0)
+            runs.append(_engine(task, _mlp(task.spec), p, meta_train=False).fit().lrs)
+        assert runs[0] == runs[1], f"{name}: state_dict round trip changed the LRs"
     if learned:
         after = policy.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before), (

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from pydantic import ValidationError
 
+from metalr.engine import is_episodic, is_meta_learned
 from metalr.plugins import Registry
 from metalr.recipe import Method, Problem, Recipe, resolve_device, type_members
 from metalr.weights import WeightsError, load_meta_learner
@@ -87,7 +88,7 @@ def _unique(problems: list[Problem]) -> list[Problem]:
 
 def has_theta(policy: Any) -> bool:
     """A meta-learner: the engine meta-trains it (``hypergradient``) or it trains itself."""
-    return getattr(policy, "learns_by", None) in ("hypergradient", "self")
+    return is_meta_learned(policy) or is_episodic(policy)
 
 
 def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], recipe: Recipe,
@@ -184,7 +185,7 @@ def check_monitor(at: str, ref: Any, registry: Registry, task: Any, policy: Any)
     monitor = ref.options.get("monitor", getattr(policy, "monitor", None))
     if not isinstance(monitor, str):
         return []
-    known = reported_metrics(task, getattr(policy, "learns_by", None) == "hypergradient")
+    known = reported_metrics(task, is_meta_learned(policy))
     if monitor in known:
         return []
     close = difflib.get_close_matches(monitor, known, n=1)
@@ -258,7 +259,7 @@ def check_task_data(recipe: Recipe, registry: Registry, task: Any) -> list[Probl
             policy = registry.get("lr_policy", ref.name).build(**ref.options)
         except Exception:
             continue  # reported by check_method
-        if getattr(policy, "learns_by", None) != "hypergradient":
+        if not is_meta_learned(policy):
             continue
         _guarded(problems, f"methods.{name}.meta.batch_size", "meta-training needs a meta "
                  "split", lambda m=method: task.meta_batch(m.meta.batch_size,

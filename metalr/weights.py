@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from metalr.plugins import Registry, get_registry
+from metalr.protocols import EpisodicLearner
 
 POLICY_KEY = "metalr.policy"
 OPTIONS_KEY = "metalr.options"
@@ -86,7 +87,10 @@ def load_meta_learner(
     With ``into`` (a policy built from a recipe, for ``meta.weights``): the file must hold a net
     of ``policy_name`` of the same shape; its theta is loaded into ``into``, whose own options
     (a gamma the recipe set included) win. Without: the net is rebuilt from the file's header
-    through the registry; it must be a loss-to-LR net. ``frozen`` stops gradients (meta-test).
+    through the registry; it must be a loss-to-LR net or an episodic learner (the LR
+    controller). A policy with ``check_saved_options(header options)`` refuses a file whose
+    options it cannot use (the controller: other features or action map). ``frozen`` stops
+    gradients (meta-test).
     """
     name, options, tensors, _ = read_meta_learner(path)
     if into is None:
@@ -95,11 +99,17 @@ def load_meta_learner(
         except Exception as exc:
             raise WeightsError(f"{path}: cannot rebuild policy {name!r} with the options in "
                                f"its header ({exc})") from None
-        if not is_loss_to_lr_net(into):
+        if not (is_loss_to_lr_net(into) or isinstance(into, EpisodicLearner)):
             raise WeightsError(f"{path}: policy {name!r} is not a loss-to-LR net (like "
-                               "'mlrsnet'): it cannot be used as a learned schedule")
+                               "'mlrsnet') or an episodic learner (like 'lr-controller'): it "
+                               "cannot be used as a learned schedule")
     elif policy_name is not None and name != policy_name:
         raise WeightsError(f"{path}: holds a {name!r} net, not {policy_name!r}")
+    if callable(getattr(into, "check_saved_options", None)):  # header options that must agree
+        try:
+            into.check_saved_options(options)
+        except ValueError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
     try:
         into.load_state_dict(tensors)
     except (RuntimeError, KeyError, ValueError) as exc:
@@ -109,5 +119,7 @@ def load_meta_learner(
         raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different "
                            f"hidden size or layers?): {first}") from None
     if frozen:
-        into.requires_grad_(False)
+        if callable(getattr(into, "requires_grad_", None)):
+            into.requires_grad_(False)
+        into.frozen = True
     return into
