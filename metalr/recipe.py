@@ -242,6 +242,7 @@ def load_recipe(
                                    for p in exc.problems]) from None
     if not isinstance(data, dict):
         raise RecipeError(source, [Problem("", "a recipe is a mapping of keys (name, task, ...)")])
+    _paths_next_to(data, Path(path).parent)
     problems, overridden = apply_overrides(data, overrides)
     values = check_values(data)
     recipe, schema = None, []
@@ -264,6 +265,20 @@ def load_recipe(
     if problems:
         raise RecipeError(source, [_with_line(p, lines, overridden) for p in problems])
     return recipe
+
+
+def _paths_next_to(data: dict[str, Any], folder: Path) -> None:
+    """A relative ``meta.weights`` path written in a recipe file means the file next to the
+    recipe when there is one there (so a recipe runs from any folder); otherwise, like a path
+    given as an override, it is relative to the working directory."""
+    methods = data.get("methods")
+    for method in methods.values() if isinstance(methods, dict) else ():
+        meta = method.get("meta") if isinstance(method, dict) else None
+        weights = meta.get("weights") if isinstance(meta, dict) else None
+        if isinstance(weights, str) and not Path(weights).is_absolute():
+            beside = folder / weights
+            if beside.is_file():
+                meta["weights"] = str(beside)
 
 
 def _related(a: str, b: str) -> bool:

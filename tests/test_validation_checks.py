@@ -106,3 +106,24 @@ def test_an_integer_option_tuned_with_integers_validates(tmp_path, monkeypatch, 
     recipe.write_text(yaml.safe_dump(with_(("methods.f.lr_policy", {"name": "sgdr"}),
                                            ("methods.f.tune", "T_0"), ("methods.f.tune_grid", [1, 2]))))
     assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+
+
+def test_a_weights_path_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, registry):
+    """Written in the file, a relative ``meta.weights`` names the file beside the recipe, so the
+    recipe runs from any folder; given as an override, it is relative to the working directory."""
+    from metalr.recipe import load_recipe
+
+    (tmp_path / "nets").mkdir()
+    save_meta_learner(tmp_path / "nets" / "theta.safetensors", "mlrsnet",
+                      registry.get("lr_policy", "mlrsnet").build(gamma=0.5, hidden=8))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(with_(
+        ("methods.m.meta", {"mode": "meta-test", "weights": "nets/theta.safetensors"}))))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_recipe(recipe)
+    assert loaded.methods["m"].meta.weights == str(tmp_path / "nets" / "theta.safetensors")
+    (elsewhere / "mine.safetensors").write_bytes(b"")
+    overridden = load_recipe(recipe, ["methods.m.meta.weights=mine.safetensors"])
+    assert overridden.methods["m"].meta.weights == "mine.safetensors"
