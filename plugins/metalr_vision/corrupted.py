@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from metalr.datafiles import data_root, require
 from metalr.protocols import ModelSpec
 
 from . import transforms
-from .cifar import CIFAR10_FOLDER, CIFAR10_TEST, CIFAR10_TRAIN, CIFAR100_FOLDER
-from .files import data_root, require
+from .cifar import CIFAR10_TEST, CIFAR10_TRAIN, CIFAR100_FOLDER
 from .image_task import ImageTask, LoaderOptions, Transform
 from .sources import ArraySource, cifar_source, npy_source
 

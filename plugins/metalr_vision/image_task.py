@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from metalr.datafiles import data_root, require
 from metalr.protocols import ModelSpec
 
 from .sources import Source
@@ -123,8 +124,6 @@ class ImageTask:
     def __init__(self, root: str | None = None, meta_per_class: int = 100,
                  workers: int | None = None, eval_batch_size: int = 512,
                  train_eval_size: int = 10_000, drop_last: bool = False, augment: bool = True):
-        from .files import data_root
-
         self.root: Path = data_root(root, self.dataset)
         self.meta_per_class, self.eval_batch_size = meta_per_class, eval_batch_size
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -155,10 +154,8 @@ class ImageTask:
     # -- the Task protocol ------------------------------------------------------------------
 
     def check_files(self) -> None:
-        """Raise :class:`~metalr_vision.files.MissingDataError` naming every missing file;
+        """Raise :class:`~metalr.datafiles.MissingDataError` naming every missing file;
         cheap (no file is opened), so ``metalr validate`` calls it before anything runs."""
-        from .files import require
-
         require(self.root, self.required(), self.spec_name(), self.hint)
 
     def spec_name(self) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .files import load_pickled_batch
+from .cifar_pickle import load_pickled_batch
 
 
 @dataclass

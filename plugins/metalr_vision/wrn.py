@@ -7,6 +7,8 @@ basic blocks (BN-ReLU-conv) with an optional dropout between the two convolution
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional as F
@@ -56,7 +58,7 @@ class WideResNet(nn.Module):
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         blocks = []
-        for stage, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        for stage, (cin, cout) in enumerate(itertools.pairwise(widths)):
             for i in range(n):
                 blocks.append(Block(cin if i == 0 else cout, cout,
                                     2 if stage and i == 0 else 1, dropout))
