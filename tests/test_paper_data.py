@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metalr_text.fake_ptb import write_ptb
 from metalr_vision import fake_data
 from metalr_vision.cifar_pickle import load_pickled_batch
 from metalr_vision.sources import cifar_source, npy_source, svhn_source
@@ -155,13 +156,7 @@ def test_persistent_workers_follow_the_engine_order(registry, in_data):
 
 @pytest.fixture
 def ptb(registry, tmp_path, monkeypatch):
-    folder = tmp_path / "ptb"
-    folder.mkdir()
-    words = ["the", "cat", "sat", "on", "the", "mat", "<unk>", "N"]
-    for name, n in (("train", 300), ("valid", 60), ("test", 60)):
-        lines = [" " + " ".join(words[(i + j) % len(words)] for j in range(7)) + " "
-                 for i in range(n)]
-        (folder / f"ptb.{name}.txt").write_text("\n".join(lines) + "\n")
+    folder = write_ptb(tmp_path / "ptb")
     (folder / "ptb.test.txt").write_text(" the dog sat \n")  # 'dog' is unseen: <unk>
     monkeypatch.setenv("METALR_DATA", str(tmp_path))
     task = registry.get("task", "ptb").build(bptt=5)
@@ -278,29 +273,32 @@ def test_one_meta_train_step_full_size(registry, name, options):
 
 
 def test_meta_train_step_on_a_real_cifar_loader(registry, in_data):
-    """The task's own batches (augmented, from the files) and meta batch, into ResNet-18."""
+    """The task's own batches (augmented, from the files) and meta batch, into a small WRN."""
     task = _task(registry, "cifar10")
     gen = torch.Generator().manual_seed(0)
     batch = next(iter(task.train_batches(2, gen)))
     torch.manual_seed(0)
-    _meta_step(registry.get("model", "resnet18").build(task.spec), registry, task, batch,
-               task.meta_batch(2, gen))
+    model = registry.get("model", "wrn").build(task.spec, depth=10, widen_factor=1)
+    _meta_step(model, registry, task, batch, task.meta_batch(2, gen))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121", "shufflenet-v2",
                                   "mobilenet-v2"])
 def test_cifar_stem_keeps_resolution_and_imagenet_stem_is_torchvision(registry, name):
     build = registry.get("model", name).build
-    small = build(CIFAR)
-    big = build(ModelSpec((3, 224, 224), 1000))
+    with torch.device("meta"):  # shapes only: no weights initialised
+        small, big = build(CIFAR), build(ModelSpec((3, 224, 224), 1000))
+        out = small.eval()(torch.empty(1, 3, 32, 32))
+        feature_maps = []
+        last_conv = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        last_conv.register_forward_hook(lambda m, i, o: feature_maps.append(o.shape))
+        small(torch.empty(1, 3, 32, 32))
     first_small = next(m for m in small.modules() if isinstance(m, torch.nn.Conv2d))
     first_big = next(m for m in big.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_small.stride == (1, 1) and first_small.kernel_size == (3, 3)
     assert first_big.stride == (2, 2)
-    assert not any(isinstance(m, torch.nn.MaxPool2d) and m.kernel_size == 3 and m.stride == 2
-                   for m in list(small.modules())[:8])
-    out = small.eval()(torch.randn(1, 3, 32, 32))
     assert out.shape == (1, 10)
+    assert feature_maps[0][-1] == 4  # total stride 8 (torchvision's stem would leave 1x1)
 
 
 def test_wrn_28_10_has_the_paper_size(registry):
@@ -309,3 +307,67 @@ def test_wrn_28_10_has_the_paper_size(registry):
     assert 36.4e6 < sum(p.numel() for p in model.parameters()) < 36.6e6  # WRN-28-10: 36.5M
     with pytest.raises(ValueError, match="6n"):
         registry.get("model", "wrn").build(CIFAR, depth=27)
+
+
+# -- the paper's recipes --------------------------------------------------------------------
+
+PAPER = sorted((Path(__file__).parent.parent / "recipes" / "paper").glob("*.yaml"))
+
+
+def _nets_named(recipe: Path) -> list[str]:
+    import re
+
+    return sorted(set(re.findall(r"paper-nets/[\w/.-]+\.safetensors", recipe.read_text())))
+
+
+@pytest.fixture(scope="module")
+def paper_data(data, tmp_path_factory) -> Path:
+    """The fake image data plus PTB, and the transfer recipes' nets (fresh MLR-SNets)."""
+    from metalr.plugins import get_registry
+    from metalr.weights import save_meta_learner
+
+    write_ptb(data / "ptb")
+    work = tmp_path_factory.mktemp("paper-run")
+    policy = get_registry().get("lr_policy", "mlrsnet").build(preset="paper")
+    for recipe in PAPER:
+        for net in _nets_named(recipe):
+            save_meta_learner(work / net, "mlrsnet", policy)
+    return work
+
+
+
+
+def test_every_paper_recipe_validates_or_names_its_missing_files(data, paper_data, tmp_path):
+    """All recipes in two processes (one per case, a few seconds each), not one per recipe."""
+    assert len(PAPER) >= 15
+    listing = "\n".join(str(p) for p in PAPER)
+    script = tmp_path / "all.py"
+    script.write_text(
+        "import sys\nfrom metalr.cli import main\n"
+        "codes = {p: main(['validate', p, 'output_dir=out']) for p in sys.argv[1:]}\n"
+        "print('CODES', codes)\n")
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    def run(cwd: Path, env: dict[str, str]) -> tuple[dict[str, int], str]:
+        out = subprocess.run([sys.executable, str(script), *listing.split("\n")], cwd=cwd,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+                                  **env}, capture_output=True, text=True,
+                             timeout=600, check=False)
+        text = out.stdout + out.stderr
+        codes = ast.literal_eval(text.split("CODES ", 1)[1].splitlines()[0])
+        return codes, text
+
+    codes, text = run(paper_data, {"METALR_DATA": str(data)})
+    assert set(codes.values()) == {0}, text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    codes, text = run(empty, {"METALR_DATA": str(tmp_path / "no-data")})
+    assert set(codes.values()) == {2}, text
+    for recipe in PAPER:
+        block = text.split(f"{recipe}: ", 1)[1].split("\n/")[0]
+        assert "data missing in " + str(tmp_path / "no-data") in block, (recipe, block)
+        for net in _nets_named(recipe):
+            assert net in block, (recipe, net)
