@@ -21,6 +21,7 @@ from metalr_vision.sources import cifar_source, npy_source, svhn_source
 from metalr.datafiles import MissingDataError
 from metalr.engine import Engine, EngineConfig
 from metalr.protocols import ModelSpec, RunInfo
+from metalr.testing import check_component
 
 IMAGE_TASKS = ["cifar10", "cifar100", "svhn", "cifar10-c", "cifar100-c", "tiny-imagenet",
                "imagenet"]
@@ -106,6 +107,29 @@ def test_task_batches_have_the_spec_shape_and_cover_the_split(registry, in_data,
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(task.spec.num_outputs))
     metrics = task.evaluate(model, "test")
     assert set(metrics) == {"loss", "accuracy"} and 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "cifar10-c", "tiny-imagenet"])
+def test_tasks_pass_the_conformance_check_plugin_authors_use(registry, in_data, name):
+    check_component(registry.get("task", name), {"workers": 0, "meta_per_class": 1})
+
+
+def test_ptb_passes_the_conformance_check(registry, ptb):
+    check_component(registry.get("task", "ptb"), {"bptt": 5})
+
+
+def test_a_small_wrn_learns_on_the_cifar_files(registry, in_data):
+    """The model check (three epochs, the loss must fall) on the real CIFAR-10 loader."""
+    task = _task(registry, "cifar10", augment=False)
+    check_component(registry.get("model", "wrn"), {"depth": 10, "widen_factor": 1}, task=task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "mobilenet-v2",
+                                  "shufflenet-v2", "densenet121", "wrn"])
+def test_image_nets_learn_on_the_cifar_files(registry, in_data, name):
+    task = _task(registry, "cifar10", augment=False)
+    check_component(registry.get("model", name), {}, task=task)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "tiny-imagenet", "imagenet"])
