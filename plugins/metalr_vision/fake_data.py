@@ -16,8 +16,12 @@ import numpy as np
 CORRUPTIONS_WRITTEN = ("gaussian_noise", "shot_noise")
 
 
-def _images(n: int, size: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+def _images(n: int, size: int, seed: int, classes: int = 10) -> np.ndarray:
+    """Noise over a colour of image ``i``'s class ``i % classes``: learnable, so a dry run (and
+    the model checks) can see the loss fall."""
+    noise = np.random.default_rng(seed).integers(0, 128, (n, size, size, 3))
+    colours = np.random.default_rng(1234).integers(0, 128, (classes, 3))
+    return (noise + colours[np.arange(n) % classes][:, None, None, :]).astype(np.uint8)
 
 
 def _pickle(path: Path, data: dict) -> None:
@@ -53,7 +57,7 @@ def write_cifar100(root: Path, train: int = 300, test: int = 200) -> Path:
     """``root/cifar-100-python/{train,test,meta}`` with ``fine_labels`` and ``coarse_labels``."""
     folder = root / "cifar-100-python"
     for name, n, seed in (("train", train, 1), ("test", test, 0)):
-        _pickle(folder / name, {"data": _cifar_rows(_images(n, 32, seed)),
+        _pickle(folder / name, {"data": _cifar_rows(_images(n, 32, seed, 100)),
                                 "fine_labels": [j % 100 for j in range(n)],
                                 "coarse_labels": [j % 20 for j in range(n)]})
     _pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
@@ -77,8 +81,9 @@ def write_cifar_c(root: Path, clean: int = 20, classes: int = 10) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     labels = np.tile(np.arange(clean) % classes, 5).astype(np.uint8)
     np.save(root / "labels.npy", labels)
-    for k, name in enumerate(CORRUPTIONS_WRITTEN):
-        np.save(root / f"{name}.npy", _images(5 * clean, 32, 10 + k))
+    for k, name in enumerate(CORRUPTIONS_WRITTEN):  # row r has label r % clean % classes
+        images = np.concatenate([_images(clean, 32, 10 + k + 100 * s, classes) for s in range(5)])
+        np.save(root / f"{name}.npy", images)
     return root
 
 
@@ -94,7 +99,8 @@ def write_image_folders(root: Path, classes: int = 3, per_class: int = 4, size: 
     for split, n in (("train", per_class), ("val", 2)):
         for c, wnid in enumerate(wnids):
             for j in range(n):
-                img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+                pixels = rng.integers(0, 128, (size, size, 3)) + 40 * c
+                img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
                 if tiny_layout and split == "val":
                     name = f"val_{c}_{j}.png"
                     path = root / "val" / "images" / name
