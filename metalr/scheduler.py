@@ -72,7 +72,7 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         specs = [specs]
     if not specs:
         raise ValueError("no nets given")
-    shipped, files = shipped_nets(), []
+    shipped, files, missing = shipped_nets(), [], []
     for spec in specs:
         if str(spec).startswith("runs:/"):
             files.append(_download(str(spec)))
@@ -83,9 +83,12 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         elif str(spec) in shipped:
             files.extend(shipped[str(spec)])
         else:
-            raise FileNotFoundError(
-                f"{str(spec)!r} is neither a file nor a shipped net (shipped: "
-                f"{', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists them)")
+            missing.append(repr(str(spec)))  # all of them named at once, not the first only
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} neither a file nor a "
+            f"shipped net (shipped: {', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists "
+            "them)")
     return files
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from pydantic import ValidationError
 
+from metalr.datafiles import MissingDataError
 from metalr.engine import is_episodic, is_meta_learned
 from metalr.plugins import Registry
 from metalr.recipe import Method, Problem, Recipe, resolve_device, type_members
@@ -75,6 +76,8 @@ def _guarded(problems: list[Problem], path: str, what: str, build: Callable[[], 
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
+    if isinstance(exc, MissingDataError) and first:
+        return first[:2000]  # the list of missing files is the point: keep all of it
     if isinstance(exc, (ValueError, WeightsError)) and first:
         return first[:400]
     return f"{type(exc).__name__}: {first}"[:400]
@@ -241,10 +244,15 @@ def device_memory(device: torch.device) -> int | None:
 def check_task_data(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
     """Data-dependent limits (a meta split larger than the data, a batch larger than a split),
     found by setting the task up on the CPU, for tasks that declare ``cheap_setup`` (in memory,
-    no download)."""
+    no download). First, a task that reads files and has ``check_files()`` lists the missing
+    ones (:mod:`metalr.datafiles`)."""
+    problems: list[Problem] = []
+    check_files = getattr(task, "check_files", None)
+    if callable(check_files) and _guarded(problems, "task", "cannot find its data",
+                                          lambda: check_files() or True) is None:
+        return problems
     if not getattr(task, "cheap_setup", False):
         return []
-    problems: list[Problem] = []
     seed = recipe.train.all_seeds[0]
     if _guarded(problems, "task.options", f"task {recipe.task.name!r} cannot be set up",
                 lambda: task.setup(seed, torch.device("cpu")) or True) is None:

@@ -135,7 +135,9 @@ def test_valid_recipe_and_typed_overrides(workdir):
 
 
 def test_shipped_recipes_validate(capsys):
-    recipes = sorted(Path(__file__).parents[1].glob("recipes/**/*.yaml"))
+    # recipes/paper needs the user's data and nets: test_paper_data.py validates it on fake files
+    recipes = sorted(p for p in Path(__file__).parents[1].glob("recipes/**/*.yaml")
+                     if "paper" not in p.parent.name)
     assert recipes
     for path in recipes:
         assert main(["validate", str(path)]) == 0, capsys.readouterr().err

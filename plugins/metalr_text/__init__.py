@@ -1,8 +1,10 @@
-"""Word-level language modelling on text that ships with CPython (``pydoc_data.topics``)."""
+"""Word-level language modelling: CPython's own text (``pydoc-lm``, offline) and Penn Treebank
+(``ptb``, from its files)."""
 
 from metalr import hookimpl
 
 from .model import LSTMLMOptions, build_lstm_lm
+from .ptb import PTB, PTBOptions
 from .task import PydocLM, PydocLMOptions
 
 
@@ -14,6 +16,8 @@ def register_tasks(register):
         options=PydocLMOptions,
         summary="word-level LM on CPython's pydoc topics (PTB-style, offline)",
     )
+    register("ptb", PTB, options=PTBOptions,
+             summary="Penn Treebank word LM from ptb.*.txt; meta split = its validation file")
 
 
 @hookimpl
