@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def expected_shapes(hidden: int, width: int) -> dict[str, tuple[int, ...]]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, never running code from it; ``ValueError`` names the file and why."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
