@@ -1,0 +1,85 @@
+"""Mixed precision and channels_last on CPU: the AMP meta step against fp32 (metalr/device.py).
+
+CPU autocast runs the same code path as CUDA autocast (bfloat16, and float16 with a
+GradScaler), so the hypergradient under AMP is checked here on every machine; the same checks
+on a GPU are in tests/test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metalr.device import device_settings
+from metalr.engine import Engine, EngineConfig
+from metalr.protocols import RunInfo
+
+
+@pytest.fixture(scope="module")
+def digits(registry):
+    task = registry.get("task", "digits").build(meta_size=200)
+    task.setup(0, torch.device("cpu"))
+    return task
+
+
+def meta_step(registry, task, device="cpu", **config):
+    """Two engine steps (the second with a momentum buffer) with a meta-update each."""
+    torch.manual_seed(0)
+    model = registry.get("model", "cnn-digits").build(task.spec).to(device)
+    model.seen = set()  # the dtypes the first conv computed in
+    model[0].register_forward_hook(lambda mod, args, out: model.seen.add(out.dtype))
+    opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
+                                                 weight_decay=5e-4)
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.2, cell="official")
+    cfg = EngineConfig(epochs=1, batch_size=64, device=torch.device(device), **config)
+    engine = Engine(task, model, opt, policy, cfg)
+    policy.start(RunInfo(1, 10, opt, cfg.device, 0, task))
+    data, meta = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    batches = iter(task.train_batches(64, data))
+    grads, out = [], []
+    for step in range(2):
+        result = engine.step(next(batches), task.meta_batch(128, meta), step, 0)
+        grads.append(torch.cat([p.grad.flatten() for p in policy.cells.parameters()]).cpu())
+        out.append(result)
+    weights = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+    return grads, out, weights, model
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(cosine, norm ratio) of two hypergradients."""
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0)), float(a.norm() / b.norm())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_amp_meta_step_matches_fp32(registry, digits, dtype):
+    ref_grads, ref, ref_w, _ = meta_step(registry, digits)
+    grads, res, w, model = meta_step(registry, digits, amp=True, amp_dtype=dtype)
+    assert model.seen == {getattr(torch, dtype)}  # the model really ran in low precision
+    for g, r in zip(grads, ref_grads):
+        cosine, ratio = close(g, r)
+        print(f"{dtype}: hypergradient cosine {cosine:.5f}, norm ratio {ratio:.5f}")
+        assert cosine > 0.99 and ratio == pytest.approx(1, abs=0.05)
+    for a, b in zip(res, ref):
+        assert a.lr == pytest.approx(b.lr, rel=1e-2)
+        assert float(a.meta_loss) == pytest.approx(float(b.meta_loss), rel=2e-2)
+        assert a.loss.dtype == torch.float32
+    assert (w - ref_w).norm() / ref_w.norm() < 1e-2
+
+
+def test_channels_last_gives_the_same_step(registry, digits):
+    ref_grads, ref, ref_w, _ = meta_step(registry, digits)
+    grads, res, w, model = meta_step(registry, digits, channels_last=True)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(w, ref_w, rtol=1e-5, atol=1e-7)
+
+
+def test_device_settings_are_restored():
+    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    with device_settings(torch.device("cpu"), deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled()
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
