@@ -10,14 +10,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metalr.data import TensorClassificationTask
 from metalr.device import device_settings
 from metalr.engine import Engine, EngineConfig
-from metalr.protocols import RunInfo
+from metalr.protocols import ModelSpec, RunInfo
+
+
+class TinyImages(TensorClassificationTask):
+    """Random 3x8x8 images with learnable labels: conv2d inputs without loading a data set."""
+
+    spec = ModelSpec(input_shape=(3, 8, 8), num_outputs=10)
+
+    def load(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(700, 3, 8, 8, generator=g)
+        y = (x.flatten(1) @ torch.randn(192, 10, generator=g)).argmax(1)
+        return (x[:600], y[:600]), (x[600:], y[600:])
 
 
 @pytest.fixture(scope="module")
-def digits(registry):
-    task = registry.get("task", "digits").build(meta_size=200)
+def digits():
+    task = TinyImages(meta_size=200)
     task.setup(0, torch.device("cpu"))
     return task
 
@@ -25,7 +38,7 @@ def digits(registry):
 def meta_step(registry, task, device="cpu", **config):
     """Two engine steps (the second with a momentum buffer) with a meta-update each."""
     torch.manual_seed(0)
-    model = registry.get("model", "cnn-digits").build(task.spec).to(device)
+    model = registry.get("model", "cnn-digits").build(task.spec, channels=[8, 16]).to(device)
     model.seen = set()  # the dtypes the first conv computed in
     model[0].register_forward_hook(lambda mod, args, out: model.seen.add(out.dtype))
     opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
@@ -46,7 +59,12 @@ def meta_step(registry, task, device="cpu", **config):
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """(cosine, norm ratio) of two hypergradients."""
+    """(cosine, norm ratio) of two hypergradients.
+
+    theta's gradient is ``d meta_loss / d lr * d lr / d theta``: the second factor is the
+    policy's, in fp32 either way, so AMP can only change the scalar first factor, which the norm
+    ratio measures; the cosine checks that nothing else moved.
+    """
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0)), float(a.norm() / b.norm())
 
 
@@ -83,3 +101,43 @@ def test_device_settings_are_restored():
         import os
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+
+
+# -- the same on a GPU (`pytest -m gpu`) --------------------------------------------------------
+
+@pytest.fixture
+def cuda():
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device; run them where there is one")
+    return "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_amp_meta_step_matches_fp32_on_cuda(registry, digits, cuda, dtype):
+    task = TinyImages(meta_size=200)
+    task.setup(0, torch.device(cuda))
+    ref_grads, ref, ref_w, _ = meta_step(registry, task, cuda)
+    grads, res, w, model = meta_step(registry, task, cuda, amp=True, amp_dtype=dtype,
+                                     channels_last=True)
+    assert model.seen == {getattr(torch, dtype)}
+    for g, r in zip(grads, ref_grads):
+        cosine, ratio = close(g, r)
+        assert cosine > 0.99 and ratio == pytest.approx(1, abs=0.05)
+    for a, b in zip(res, ref):
+        assert a.lr == pytest.approx(b.lr, rel=1e-2)
+        assert float(a.meta_loss) == pytest.approx(float(b.meta_loss), rel=2e-2)
+    assert (w - ref_w).norm() / ref_w.norm() < 1e-2
+
+
+@pytest.mark.gpu
+def test_channels_last_on_cuda_gives_the_same_step(registry, cuda):
+    task = TinyImages(meta_size=200)
+    task.setup(0, torch.device(cuda))
+    ref_grads, _, ref_w, _ = meta_step(registry, task, cuda)
+    with device_settings(torch.device(cuda), deterministic=False):
+        grads, _, w, model = meta_step(registry, task, cuda, channels_last=True)
+    assert next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-3, atol=1e-6)
+    assert torch.allclose(w, ref_w, rtol=1e-3, atol=1e-5)
