@@ -114,7 +114,7 @@ def cuda():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_the_amp_meta_step_matches_fp32_on_cuda(registry, digits, cuda, dtype):
+def test_the_amp_meta_step_matches_fp32_on_cuda(registry, cuda, dtype):
     task = TinyImages(meta_size=200)
     task.setup(0, torch.device(cuda))
     ref_grads, ref, ref_w, _ = meta_step(registry, task, cuda)
@@ -141,3 +141,36 @@ def test_channels_last_on_cuda_gives_the_same_step(registry, cuda):
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r, rtol=1e-3, atol=1e-6)
     assert torch.allclose(w, ref_w, rtol=1e-3, atol=1e-5)
+
+
+def test_system_metrics_follow_psutil(tmp_path, monkeypatch):
+    """MLflow's own monitor runs on the suite's run, only when its packages are there."""
+    import metalr_mlflow.tracker as mod
+
+    started, finished = [], []
+
+    class FakeMonitor:
+        def __init__(self, run_id, tracking_uri):
+            self.run_id = run_id
+
+        def start(self):
+            started.append(self.run_id)
+
+        def finish(self):
+            finished.append(self.run_id)
+
+    monkeypatch.setattr(mod, "_system_monitor", FakeMonitor)
+    monkeypatch.setattr(mod, "system_metrics_available", lambda: True)
+    tracker = mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    parent = tracker.start_run("e", "suite", {})
+    child = tracker.start_run("e", "job", {}, parent=parent)
+    tracker.end_run(child, "FINISHED")
+    tracker.end_run(parent, "FINISHED")
+    tracker.close()
+    assert started == finished == [parent]
+    monkeypatch.setattr(mod, "system_metrics_available", lambda: False)
+    with pytest.raises(ValueError, match="psutil"):
+        mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", system_metrics=True)
+    quiet = mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    assert quiet.system_metrics is False
+    quiet.close()
