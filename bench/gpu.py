@@ -39,8 +39,8 @@ from metalr.plugins import get_registry
 from metalr.protocols import ModelSpec
 
 PRESETS = {  # train images, meta images, image side, batch size, rounds
-    "full": dict(train=49_000, meta=1000, side=32, batch=128, repeats=3),
-    "small": dict(train=8, meta=8, side=8, batch=4, repeats=1),  # smoke test: 8x8 images
+    "full": {"train": 49_000, "meta": 1000, "side": 32, "batch": 128, "repeats": 3},
+    "small": {"train": 8, "meta": 8, "side": 8, "batch": 4, "repeats": 1},  # smoke: 8x8 images
 }
 TARGET = 0.95
 

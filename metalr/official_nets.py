@@ -156,14 +156,14 @@ def import_nets(files: list[str | Path], out: str | Path, gamma: float = PAPER_G
     card = [
         "# MLR-SNet nets released by the paper's authors",
         "",
-        "Meta-trained by Shu et al. on CIFAR-10 with ResNet-18 (xjtushujun/MLR-SNet, "
-        "`meta-test/`), converted by `metalr nets import` to safetensors. No licence is "
-        "stated by their repository: do not redistribute without asking the authors.",
+        ("Meta-trained by Shu et al. on CIFAR-10 with ResNet-18 (xjtushujun/MLR-SNet, "
+         "`meta-test/`), converted by `metalr nets import` to safetensors. No licence is "
+         "stated by their repository: do not redistribute without asking the authors."),
         "",
-        f"- policy `mlrsnet`, `cell: official`, hidden {nets[0].hidden}, width {nets[0].width}, "
-        "`preset: paper` (no cool-down)",
-        f"- gamma {gamma:g} (the paper's for images; the reference code derives ~0.67 for "
-        "CIFAR-10); ref_lr: each net's first LR from a zero state at loss ln(10)",
+        (f"- policy `mlrsnet`, `cell: official`, hidden {nets[0].hidden}, width "
+         f"{nets[0].width}, `preset: paper` (no cool-down)"),
+        (f"- gamma {gamma:g} (the paper's for images; the reference code derives ~0.67 for "
+         "CIFAR-10); ref_lr: each net's first LR from a zero state at loss ln(10)"),
         "- phases: the files in name order (meta-training epochs)",
         "",
         "| file | source | source sha256 | ref_lr |",

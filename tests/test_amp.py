@@ -85,8 +85,8 @@ def test_the_amp_meta_step_matches_fp32(registry, digits, dtype):
 
 
 def test_channels_last_gives_the_same_step(registry, digits):
-    ref_grads, ref, ref_w, _ = meta_step(registry, digits)
-    grads, res, w, model = meta_step(registry, digits, channels_last=True)
+    ref_grads, _, ref_w, _ = meta_step(registry, digits)
+    grads, _, w, model = meta_step(registry, digits, channels_last=True)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     for g, r in zip(grads, ref_grads):
