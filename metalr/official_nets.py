@@ -54,18 +54,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
             warnings.simplefilter("ignore")
             state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:  # torch's text suggests weights_only=False: not repeated
         raise ValueError(
-            f"{path}: not a safetensors file, and torch.load(weights_only=True) refused it "
-            f"({reason}): it holds more than tensors; metalr loads nets from safetensors or "
-            "plain tensor state_dicts, never from pickle that builds objects or runs code"
+            f"{path}: not a safetensors file, and torch.load(weights_only=True) refuses it "
+            "(objects or code, not only tensors): nets load from safetensors or plain tensors, "
+            "never from pickle that can run code"
         ) from None
     except Exception as exc:  # not a torch file at all: a bad magic number, a truncated zip
         raise ValueError(
-            f"{path}: not a safetensors file, nor a torch state_dict that "
-            f"torch.load(weights_only=True) reads ({type(exc).__name__}: {exc}); metalr loads "
-            "nets from safetensors or plain tensor state_dicts, never from pickle with code"
+            f"{path}: not a safetensors file, nor a torch file of tensors "
+            f"({type(exc).__name__}): nets load from safetensors or plain tensors, never from "
+            "pickle that can run code"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state_dict of tensors; "

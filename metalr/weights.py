@@ -143,7 +143,7 @@ def load_meta_learner(
         # torch's first line is only "Error(s) in loading state_dict for X:"; the reason follows
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different "
+        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different cell, "
                            f"hidden size or layers?): {first}") from None
     if (metadata.get(official_nets.REF_UNSET_KEY) == "true"
             and getattr(into, "gamma_source", None) != "option"):

@@ -127,6 +127,15 @@ def test_the_transfer_policy_takes_a_pth_or_a_folder(registry, tmp_path):
     for nets in ([str(f) for f in files], [str(out)]):
         policy = build(nets=nets, scale="saved")
         assert policy.phases.k == 2 and policy.phases.nets[0].cell == "official"
+    from metalr.engine import Engine, EngineConfig
+
+    task = registry.get("task", "mnist1d").build(meta_size=100, num_samples=600)
+    task.setup(0, torch.device("cpu"))
+    model = registry.get("model", "mlp").build(task.spec, hidden=[16])
+    opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9)
+    history = Engine(task, model, opt, build(nets=[str(out)], gamma=0.05),
+                     EngineConfig(epochs=1, batch_size=64)).fit()
+    assert 0 < max(history.lrs) <= 0.05 and history.epochs[-1]["test_accuracy"] > 0
 
 
 def test_bad_files_are_refused_with_the_file_and_the_key(tmp_path):
