@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,11 @@ def set_reference_lr(net: Any, classes: int = SOURCE_CLASSES) -> float:
 
 
 def _target_name(source: Path) -> str:
-    """``mlr_snet-100.pth`` -> ``theta-epoch0100.safetensors`` (the epoch the authors saved it)."""
-    digits = "".join(ch for ch in source.stem.split("-")[-1].split("_")[-1].split(" ")[-1]
-                     if ch.isdigit())
-    return f"theta-epoch{int(digits):04d}.safetensors" if digits else f"{source.stem}.safetensors"
+    """``mlr_snet 100.pth`` -> ``theta-epoch0100.safetensors`` (the epoch the authors saved it)."""
+    epoch = re.search(r"(\d+)$", source.stem)
+    if epoch is None:
+        return f"{source.stem}.safetensors"
+    return f"theta-epoch{int(epoch.group(1)):04d}.safetensors"
 
 
 def import_nets(files: list[str | Path], out: str | Path, gamma: float = PAPER_GAMMA) -> list[Path]:
