@@ -1,4 +1,4 @@
-"""Mixed precision and channels_last on CPU: the AMP meta step against fp32 (metalr/device.py).
+"""How a run uses its device (metalr/device.py): AMP against fp32, channels_last, settings, syncs.
 
 CPU autocast runs the same code path as CUDA autocast (bfloat16, and float16 with a
 GradScaler), so the hypergradient under AMP is checked here on every machine; the same checks
@@ -174,3 +174,39 @@ def test_system_metrics_follow_psutil(tmp_path, monkeypatch):
     quiet = mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     assert quiet.system_metrics is False
     quiet.close()
+
+
+def host_reads(monkeypatch, registry, batch_size: int, policy: str,
+               **options) -> tuple[int, int]:
+    """(Tensor -> Python reads: item, float, bool, tolist; steps) of a 2-epoch run, no eval."""
+    count = [0]
+    for name in ("item", "__float__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            count[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    task = registry.get("task", "mnist1d").build(meta_size=100, num_samples=600)
+    task.setup(0, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = registry.get("model", "mlp").build(task.spec, hidden=[16])
+    opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9)
+    engine = Engine(task, model, opt, registry.get("lr_policy", policy).build(**options),
+                    EngineConfig(epochs=2, batch_size=batch_size, eval_splits=(), t_val=1000))
+    count[0] = 0
+    engine.fit()
+    monkeypatch.undo()
+    return count[0], 2 * task.num_train_batches(batch_size)
+
+
+def test_the_engine_reads_the_device_once_an_epoch_not_once_a_step(monkeypatch, registry):
+    """Twice the steps, the same reads: the losses stay on the device until the epoch ends. A
+    loss-driven policy adds exactly one read per step, its LR (docs/design.md, CUDA)."""
+    (few, steps), (same, more_steps) = (host_reads(monkeypatch, registry, b, "fixed", lr=0.1)
+                                        for b in (64, 32))
+    assert more_steps == 2 * steps and few == same <= 4  # per epoch: the losses, once
+    (reads, _), (more_reads, _) = (host_reads(monkeypatch, registry, b, "mlrsnet", gamma=0.1)
+                                   for b in (64, 32))
+    assert more_reads - reads == more_steps - steps  # one per step (the LR), nothing else
