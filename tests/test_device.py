@@ -143,8 +143,11 @@ def test_channels_last_on_cuda_gives_the_same_step(registry, cuda):
     assert torch.allclose(w, ref_w, rtol=1e-3, atol=1e-5)
 
 
-def test_system_metrics_follow_psutil(tmp_path, monkeypatch):
+def test_system_metrics_follow_psutil(monkeypatch):
     """MLflow's own monitor runs on the suite's run, only when its packages are there."""
+    import types
+
+    import mlflow.tracking
     import metalr_mlflow.tracker as mod
 
     started, finished = [], []
@@ -159,9 +162,28 @@ def test_system_metrics_follow_psutil(tmp_path, monkeypatch):
         def finish(self):
             finished.append(self.run_id)
 
+    class FakeClient:  # a server store without a server: the tracker's calls, answered
+        def __init__(self, tracking_uri=None):
+            self.runs = 0
+
+        def search_experiments(self, max_results=None):
+            return []
+
+        def get_experiment_by_name(self, name):
+            return types.SimpleNamespace(experiment_id="1")
+
+        def create_run(self, exp_id, run_name=None, tags=None):
+            self.runs += 1
+            return types.SimpleNamespace(info=types.SimpleNamespace(run_id=f"r{self.runs}"))
+
+        def log_batch(self, *args, **kwargs): ...
+
+        def set_terminated(self, run_id, status): ...
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", FakeClient)
     monkeypatch.setattr(mod, "_system_monitor", FakeMonitor)
     monkeypatch.setattr(mod, "system_metrics_available", lambda: True)
-    tracker = mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    tracker = mod.MLflowTracker(tracking_uri="http://store.invalid")
     parent = tracker.start_run("e", "suite", {})
     child = tracker.start_run("e", "job", {}, parent=parent)
     tracker.end_run(child, "FINISHED")
@@ -170,8 +192,8 @@ def test_system_metrics_follow_psutil(tmp_path, monkeypatch):
     assert started == finished == [parent]
     monkeypatch.setattr(mod, "system_metrics_available", lambda: False)
     with pytest.raises(ValueError, match="psutil"):
-        mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", system_metrics=True)
-    quiet = mod.MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+        mod.MLflowTracker(tracking_uri="http://store.invalid", system_metrics=True)
+    quiet = mod.MLflowTracker(tracking_uri="http://store.invalid")
     assert quiet.system_metrics is False
     quiet.close()
 
@@ -210,3 +232,48 @@ def test_the_engine_reads_the_device_once_an_epoch_not_once_a_step(monkeypatch, 
     (reads, _), (more_reads, _) = (host_reads(monkeypatch, registry, b, "mlrsnet", gamma=0.1)
                                    for b in (64, 32))
     assert more_reads - reads == more_steps - steps  # one per step (the LR), nothing else
+
+
+def test_a_run_records_the_device_it_used_and_runs_under_amp(tmp_path):
+    """`device: auto` is logged as the device resolved (`cpu` here, `cuda:0` on a GPU)."""
+    import types
+
+    from metalr import hookimpl
+    from metalr.plugins import Registry
+    from metalr.recipe import Recipe
+    from metalr.runner import Runner
+
+    params: list[dict] = []
+
+    class Recorder:
+        def start_run(self, experiment, name, run_params, parent=None, tags=None):
+            params.append({**run_params, "tags": tags})
+            return f"run{len(params)}"
+
+        def log_metrics(self, run_id, metrics, step): ...
+
+        def log_artifact(self, run_id, path, artifact_path=None): ...
+
+        def end_run(self, run_id, status): ...
+
+        def close(self): ...
+
+    @hookimpl
+    def register_trackers(register):
+        register("recorder", Recorder)
+
+    registry = Registry(strict=False).load_entry_points()
+    registry.add_plugin(types.SimpleNamespace(register_trackers=register_trackers), "tests")
+    recipe = Recipe.model_validate({
+        "name": "amp", "output_dir": str(tmp_path), "tracking": "recorder",
+        "task": {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}},
+        "model": {"name": "mlp", "options": {"hidden": [16]}},
+        "train": {"epochs": 1, "batch_size": 64, "device": "auto", "amp": True,
+                  "deterministic": True},
+        "methods": {"m": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                          "lr_policy": {"name": "mlrsnet", "options": {"gamma": 0.1}}}}})
+    summary = Runner(recipe, registry=registry, progress=False).run()
+    assert summary.ok
+    device = params[0]["tags"]["metalr.device"]
+    assert params[0]["train.device"] == device != "auto"
+    assert params[0]["train.amp"] is True and not torch.are_deterministic_algorithms_enabled()
