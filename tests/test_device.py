@@ -147,8 +147,8 @@ def test_system_metrics_follow_psutil(monkeypatch):
     """MLflow's own monitor runs on the suite's run, only when its packages are there."""
     import types
 
-    import mlflow.tracking
     import metalr_mlflow.tracker as mod
+    import mlflow.tracking
 
     started, finished = [], []
 
