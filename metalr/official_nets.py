@@ -55,7 +55,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses
             warnings.simplefilter("ignore")
             state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:  # torch's text suggests weights_only=False: not repeated
+    except pickle.UnpicklingError as exc:
+        if "allowed global" not in str(exc):  # no code in it: not a torch file of tensors
+            detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise ValueError(
+                f"{path}: not a safetensors file, nor a torch file of tensors ({detail[:80]}): "
+                "nets load from safetensors or plain tensors, never from pickle that can run "
+                "code") from None
+        # torch's own message suggests weights_only=False, which would run the file: not repeated
         raise ValueError(
             f"{path}: not a safetensors file, and torch.load(weights_only=True) refuses it "
             "(objects or code, not only tensors): nets load from safetensors or plain tensors, "
