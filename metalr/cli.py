@@ -117,6 +117,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_nets(args: argparse.Namespace) -> int:
     from metalr.scheduler import describe_shipped_nets
 
+    if getattr(args, "nets_command", None) == "import":
+        return _cmd_nets_import(args)
     nets = describe_shipped_nets()
     if args.json:
         print(json.dumps(nets, indent=2))
@@ -130,15 +132,38 @@ def _cmd_nets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nets_import(args: argparse.Namespace) -> int:
+    from metalr.official_nets import import_nets
+    from metalr.weights import WeightsError
+
+    try:
+        written = import_nets(args.files, args.out, gamma=args.gamma)
+    except WeightsError as exc:
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    print(f"card: {Path(args.out) / 'card.md'}; use the folder wherever a net is named, e.g. "
+          f"LearnedLR.from_pretrained({str(args.out)!r}, ...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metalr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list every component, its kind and its source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
-    p = sub.add_parser("nets", help="list the meta-learned nets shipped with metalr")
+    p = sub.add_parser("nets", help="list the meta-learned nets shipped with metalr; "
+                       "`nets import` converts the authors' released .pth files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_nets)
+    imp = p.add_subparsers(dest="nets_command").add_parser(
+        "import", help="convert the authors' released MLR-SNet .pth files to safetensors + card")
+    imp.add_argument("files", nargs="+", help=".pth files, in phase order (e.g. epochs 1 100 200)")
+    imp.add_argument("--out", required=True, help="new folder for the nets and card.md")
+    imp.add_argument("--gamma", type=float, default=1.0,
+                     help="the LR bound (default 1, the paper's for images)")
     for name, func, text in [("validate", _cmd_validate, "check a recipe without running it"),
                              ("run", _cmd_run, "run a recipe")]:
         p = sub.add_parser(name, help=text)

@@ -23,6 +23,7 @@ from torch import nn
 
 from metalr import checkpoint as ckpt
 from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
+from metalr.device import AmpDtype, Precision, channels_last
 from metalr.probe import ProbeResult, probe_lr
 from metalr.protocols import (Batch, EpisodicLearner, HypergradientLearner, LRPolicy, RunInfo,
                               StepContext, Task)
@@ -51,6 +52,9 @@ class EngineConfig:
     eval_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
     explode_factor: float = 1e3  # a batch loss above this times the first one is divergence
     eval_splits: tuple[str, ...] = ("train", "meta", "test")
+    amp: bool = False  # model forwards under autocast (metalr/device.py)
+    amp_dtype: AmpDtype = "bfloat16"
+    channels_last: bool = False  # 4D weights and batches in NHWC order
 
 
 @dataclass
@@ -135,6 +139,9 @@ class Engine:
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.precision = Precision(config.device, config.amp, config.amp_dtype)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
 
     @property
     def fmodel(self):
@@ -148,11 +155,15 @@ class Engine:
     def step(self, batch: Batch, meta_batch: Batch | None = None, step: int = 0,
              epoch: int = 0) -> StepResult:
         """One iteration of Algorithm 1: meta-update theta when given a meta batch, then step w."""
-        model, opt, policy, task = self.model, self.optimizer, self.policy, self.task
+        model, opt, policy, task, amp = (self.model, self.optimizer, self.policy, self.task,
+                                         self.precision)
+        if self.cfg.channels_last:
+            batch, meta_batch = channels_last(batch), channels_last(meta_batch)
         # Training loss L_t and its gradient g_t, computed once and used by both steps below.
         opt.zero_grad(set_to_none=True)
-        loss = task.loss(model, batch)
-        loss.backward()
+        with amp.autocast():
+            loss = task.loss(model, batch)
+        amp.backward(loss, opt)
         if self.cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
         ctx = self._context(loss, batch, step, epoch)
@@ -170,11 +181,14 @@ class Engine:
             diffopt = higher.optim.get_diff_optim(opt, every, track_higher_grads=True)
             w_hat = diffopt.step(surrogate, params=w, override={"lr": [policy.virtual_lr(ctx)]})
             # Meta loss at the virtual weights and its gradient w.r.t. theta (Eq. 9).
-            meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)
+            with amp.autocast():
+                meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)
             theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
-            for p, g in zip(theta, torch.autograd.grad(meta_loss, theta)):
-                p.grad = g
-            self.meta_optimizer.step()
+            grads = amp.meta_grads(meta_loss, theta)
+            if grads is not None:  # None: float16 overflowed, skip this meta-update
+                for p, g in zip(theta, grads):
+                    p.grad = g
+                self.meta_optimizer.step()
             meta_loss = meta_loss.detach()
         # Real step (Eq. 11) with the freshly updated theta, reusing g_t.
         try:
@@ -185,7 +199,7 @@ class Engine:
             raise TrainingDiverged(f"the policy gave LR {lr:g} at step {step}")
         for group in opt.param_groups:
             group["lr"] = lr
-        opt.step()
+        amp.step(opt)
         return StepResult(lr, loss.detach(), meta_loss)
 
     def _context(self, loss: torch.Tensor, batch: Batch, step: int, epoch: int) -> StepContext:
@@ -247,7 +261,9 @@ class Engine:
             self.optimizer.eval()
         metrics = {}
         for split in self.cfg.eval_splits:
-            for key, value in self.task.evaluate(self.model, split).items():
+            with self.precision.autocast():
+                found = self.task.evaluate(self.model, split)
+            for key, value in found.items():
                 metrics[f"{split}_{key}"] = value
         if swap:
             self.optimizer.train()
@@ -369,6 +385,8 @@ class Engine:
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
+            "grad_scaler": (self.precision.scaler.state_dict()
+                            if self.precision.scaler.is_enabled() else None),
         }
 
     def restore(self, state: Mapping[str, Any], generator: torch.Generator) -> None:
@@ -378,6 +396,8 @@ class Engine:
         if self.meta_optimizer is not None:
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         ckpt.load_policy_state(self.policy, state["policy"])
+        if state.get("grad_scaler") is not None:
+            self.precision.scaler.load_state_dict(state["grad_scaler"])
         ckpt.set_rng_state(state["rng"])
         generator.set_state(state["rng"]["data"].cpu())
         self.meta_generator.set_state(state["rng"]["meta"].cpu())

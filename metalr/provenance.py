@@ -33,11 +33,22 @@ def collect(device: torch.device) -> dict[str, str]:
         "metalr.version": metalr.__version__,
         "metalr.platform": platform.platform(),
     }
-    if device.type == "cuda":
-        tags["metalr.gpu"] = torch.cuda.get_device_name(device)
-        tags["metalr.cuda_version"] = str(torch.version.cuda)
+    tags.update(gpu_tags(device))
     tags.update(git_state())
     return tags
+
+
+def gpu_tags(device: torch.device) -> dict[str, str]:
+    """GPU name, memory and compute capability, CUDA and cuDNN versions of a CUDA device."""
+    if device.type != "cuda":
+        return {}
+    props = torch.cuda.get_device_properties(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"metalr.gpu": torch.cuda.get_device_name(device),
+            "metalr.gpu_memory_gib": f"{props.total_memory / 2**30:.1f}",
+            "metalr.gpu_capability": f"{props.major}.{props.minor}",
+            "metalr.cuda_version": str(torch.version.cuda),
+            "metalr.cudnn_version": str(cudnn)}
 
 
 def git_state(source: Path | None = None) -> dict[str, str]:

@@ -154,6 +154,15 @@ class TrainConfig(_Strict):
     def all_seeds(self) -> list[int]:
         return list(self.seeds) or [self.seed]
     clip_grad_norm: float | None = Field(None, gt=0, description="unset: the task's default, if any")
+    amp: bool = Field(False, description="mixed precision: model forwards under autocast "
+                      "(base step, meta loss); the LR, the policy and the virtual step stay fp32")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(
+        "bfloat16", description="autocast dtype; float16 adds a GradScaler (older GPUs)")
+    channels_last: bool = Field(False, description="NHWC weights and image batches (convnets "
+                                "on tensor-core GPUs)")
+    deterministic: bool = Field(
+        False, description="deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG) instead of "
+        "cuDNN autotuning; slower on GPU")
 
 
 class Recipe(_Strict):

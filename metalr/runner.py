@@ -30,6 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from metalr import checkpoint, provenance, rundir
+from metalr.device import device_settings
 from metalr.engine import (Engine, EngineConfig, History, TrainingDiverged, is_episodic,
                            is_meta_learned)
 from metalr.episodes import train_episodes
@@ -221,7 +222,8 @@ class Runner:
             torch.set_num_threads(recipe.train.threads)
         self.provenance = provenance.collect(self.device)
         self.stop = StopRequest()
-        with rundir.locked(out), self.stop:  # from here on Ctrl-C stops at the next safe point
+        with (rundir.locked(out), self.stop,  # from here on Ctrl-C stops at the next safe point
+              device_settings(self.device, recipe.train.deterministic)):
             if resuming:
                 self._check_settings(out)
             else:
@@ -279,8 +281,9 @@ class Runner:
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
         self._metric = metric
         self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
-        with self._tracked(tracker, recipe.name, flatten(recipe.resolved()), None,
-                           parent_id) as parent, \
+        params = flatten(recipe.resolved())
+        params["train.device"] = self.provenance["metalr.device"]  # resolved: never "auto"
+        with self._tracked(tracker, recipe.name, params, None, parent_id) as parent, \
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent
@@ -488,6 +491,7 @@ class Runner:
             meta_train=method.meta.mode == "meta-train",
             clip_grad_norm=train.clip_grad_norm or getattr(task, "clip_grad_norm", None),
             eval_every=train.eval_every, explode_factor=train.explode_factor,
+            amp=train.amp, amp_dtype=train.amp_dtype, channels_last=train.channels_last,
         )
         engine = Engine(task, model, optimizer, policy, config)
         found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)

@@ -9,8 +9,9 @@ the new run, because a single net has only seen a short stretch of training.
 wraps it for a plain PyTorch loop; the engine's ``mlrsnet-transfer`` policy wraps it for recipes,
 so the two give the same LR for the same losses (``tests/test_scheduler.py``).
 
-Nets are loaded only from safetensors (:mod:`metalr.weights`): loading a net never runs code
-from the file, so a pickle (``.pt``/``.pth``) posing as a net is refused.
+Nets are loaded by :func:`metalr.weights.load_meta_learner` only: safetensors, or the authors'
+released ``.pth`` state_dicts read with ``torch.load(weights_only=True)``. Loading a net never
+runs code from the file, so a pickle that holds code is refused.
 """
 
 from __future__ import annotations
@@ -60,10 +61,24 @@ def describe_shipped_nets() -> list[dict[str, Any]]:
     return out
 
 
-def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
-    """Files for a mix of file paths, shipped names and MLflow artifacts, in order.
+def _natural_key(path: Path) -> list[Any]:
+    """``net-2`` before ``net-10``: digits compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
-    A shipped name stands for all of its nets in meta-training order (its k phases). An
+
+def folder_nets(folder: Path) -> list[Path]:
+    """The ``*.safetensors`` of a folder (``metalr nets import --out``), in natural name order."""
+    files = sorted(folder.glob("*.safetensors"), key=_natural_key)
+    if not files:
+        raise FileNotFoundError(f"{folder}: a folder with no *.safetensors nets in it")
+    return files
+
+
+def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
+    """Files for a mix of file paths, folders, shipped names and MLflow artifacts, in order.
+
+    A shipped name, or a folder written by ``metalr nets import``, stands for all of its nets
+    in meta-training order (its k phases; names compare digits as numbers). An
     existing file wins over a shipped name of the same spelling. ``runs:/<run id>/<path>``
     (e.g. ``runs:/abc123/theta/theta-final.safetensors``) is downloaded from the tracking store
     named by ``MLFLOW_TRACKING_URI`` into a temporary folder.
@@ -80,14 +95,16 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         path = Path(spec).expanduser()
         if path.is_file():
             files.append(path)
+        elif path.is_dir():
+            files.extend(folder_nets(path))
         elif str(spec) in shipped:
             files.extend(shipped[str(spec)])
         else:
             missing.append(repr(str(spec)))  # all of them named at once, not the first only
     if missing:
         raise FileNotFoundError(
-            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} neither a file nor a "
-            f"shipped net (shipped: {', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} neither a file, a "
+            f"folder nor a shipped net (shipped: {', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists "
             "them)")
     return files
 
@@ -104,7 +121,7 @@ def _download(uri: str) -> Path:
 
 
 def load_nets(specs: NetSpec | Sequence[NetSpec]) -> list[nn.Module]:
-    """Frozen loss-to-LR nets for files, shipped names or MLflow artifacts (safetensors only)."""
+    """Frozen loss-to-LR nets for files, folders, shipped names or MLflow artifacts."""
     return [load_meta_learner(path, frozen=True) for path in resolve_nets(specs)]
 
 
@@ -334,9 +351,11 @@ class LearnedLR:
                         *, total_steps: int, lr: float | None = None,
                         gamma: float | None = None, loss_scale: float = 1.0,
                         device: torch.device | str = "cpu") -> LearnedLR:
-        """Load shipped nets by name (``metalr nets`` lists them) or saved nets by file path.
+        """Load shipped nets by name (``metalr nets`` lists them) or saved nets by path.
 
-        A list mixes both; its order is the order of the phases. Only safetensors are read.
+        A path is a safetensors net, a folder of them (``metalr nets import --out``), or one of
+        the authors' released ``.pth`` files (read with ``torch.load(weights_only=True)``). A
+        list mixes them; its order is the order of the phases.
         """
         return cls(optimizer, load_nets(nets), total_steps, lr=lr, gamma=gamma,
                    loss_scale=loss_scale, device=device)

@@ -1,12 +1,17 @@
-"""Meta-learned nets on disk: safetensors only, so loading a file never runs code from it.
+"""Meta-learned nets on disk: loading a file never runs code from it.
 
-The header carries the registered policy name and its options, which is all that is needed to
-rebuild the net through the registry before its tensors are loaded.
+metalr writes safetensors: the header carries the registered policy name and its options, which
+is all that is needed to rebuild the net through the registry before its tensors are loaded. It
+also reads the authors' released ``.pth`` files (plain tensor state_dicts, read with
+``torch.load(weights_only=True)``; :mod:`metalr.official_nets`). The format is sniffed from the
+first bytes, not the file name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from metalr import official_nets
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import EpisodicLearner
 
@@ -22,7 +28,24 @@ OPTIONS_KEY = "metalr.options"
 
 
 class WeightsError(ValueError):
-    """A file that is not a metalr meta-learner in safetensors format."""
+    """A file that is not a meta-learned net metalr can read (safetensors or a released .pth)."""
+
+
+def is_safetensors(path: Path) -> bool:
+    """Sniff: 8 bytes of little-endian header length, then the JSON header's ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_meta_learner(
@@ -46,10 +69,24 @@ def save_meta_learner(
 
 
 def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
-    """Return ``(policy name, options, tensors, metadata)`` of a saved net."""
+    """Return ``(policy name, options, tensors, metadata)`` of a saved net.
+
+    A torch file (the authors' released nets) is checked key by key and converted to an
+    ``mlrsnet`` with ``cell: official``; its metadata records the source and its sha256.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
+    if not is_safetensors(path):
+        try:
+            name, options, tensors = official_nets.convert(official_nets.read_state_dict(path), path)
+        except ValueError as exc:
+            raise WeightsError(str(exc)) from None
+        metadata = {POLICY_KEY: name, OPTIONS_KEY: json.dumps(options),
+                    official_nets.FORMAT_KEY: official_nets.FORMAT,
+                    official_nets.SOURCE_KEY: path.name, official_nets.SHA256_KEY: sha256(path),
+                    official_nets.REF_UNSET_KEY: "true"}
+        return name, options, tensors, metadata
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
@@ -92,7 +129,7 @@ def load_meta_learner(
     options it cannot use (the controller: other features or action map). ``frozen`` stops
     gradients (meta-test).
     """
-    name, options, tensors, _ = read_meta_learner(path)
+    name, options, tensors, metadata = read_meta_learner(path)
     if into is None:
         try:
             into = (registry or get_registry()).get("lr_policy", name).build(**options)
@@ -116,8 +153,11 @@ def load_meta_learner(
         # torch's first line is only "Error(s) in loading state_dict for X:"; the reason follows
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different "
+        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different cell, "
                            f"hidden size or layers?): {first}") from None
+    if (metadata.get(official_nets.REF_UNSET_KEY) == "true"
+            and getattr(into, "gamma_source", None) != "option"):
+        official_nets.set_reference_lr(into)  # the file has no ref_lr: where the net starts
     if frozen:
         if callable(getattr(into, "requires_grad_", None)):
             into.requires_grad_(False)

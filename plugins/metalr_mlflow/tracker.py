@@ -10,11 +10,16 @@ MLflow migrates a new store's schema without a lock, so two processes meeting an
 both migrate and all but one die; and two creating the same experiment meet a UNIQUE error.
 Both happen here under a file lock beside the database (``<db>.lock``), and an experiment
 that another process created first is looked up again (docs/design.md, Parallel runs).
+
+System metrics (CPU, memory, disk, network; GPU utilisation and memory with ``nvidia-ml-py``)
+come from MLflow's own monitor, on the suite's (parent) run, whenever ``psutil`` is installed
+(``pip install 'metalr[gpu]'``): one sampling thread per suite, never in the training loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 import time
@@ -37,11 +42,33 @@ class MLflowOptions(BaseModel):
         None, description="unset: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
     )
     flush_seconds: float = Field(0.5, gt=0, description="how often queued metrics are sent")
+    system_metrics: bool | None = Field(
+        None, description="MLflow's system metrics (CPU, memory; GPU with nvidia-ml-py) on the "
+        "suite's run; unset: on when psutil is installed")
+
+
+def system_metrics_available() -> bool:
+    """MLflow's monitor needs psutil (and, for GPUs, nvidia-ml-py, which it checks itself)."""
+    return importlib.util.find_spec("psutil") is not None
+
+
+def _system_monitor(run_id: str, tracking_uri: str) -> Any:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    return SystemMetricsMonitor(run_id, tracking_uri=tracking_uri)
 
 
 class MLflowTracker:
-    def __init__(self, tracking_uri: str | None = None, flush_seconds: float = 0.5):
+    def __init__(self, tracking_uri: str | None = None, flush_seconds: float = 0.5,
+                 system_metrics: bool | None = None):
         from mlflow.tracking import MlflowClient  # imported here: `metalr plugins` needn't pay
+
+        if system_metrics and not system_metrics_available():
+            raise ValueError("system_metrics needs psutil (and nvidia-ml-py for GPUs): "
+                             "pip install 'metalr[gpu]', or leave system_metrics unset")
+        self.system_metrics = (system_metrics_available() if system_metrics is None
+                               else system_metrics)
+        self._monitors: dict[str, Any] = {}
 
         self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         with self._store_lock():  # a new store is created and migrated here, by one process
@@ -68,6 +95,9 @@ class MLflowTracker:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_CHUNK):
             self.client.log_batch(run_id, params=items[i : i + _PARAMS_CHUNK])
+        if parent is None and self.system_metrics:
+            self._monitors[run_id] = _system_monitor(run_id, self.uri)
+            self._monitors[run_id].start()
         return run_id
 
     def _experiment_id(self, experiment: str) -> str:
@@ -182,12 +212,17 @@ class MLflowTracker:
                            metrics, sorted(artifacts), run.data.tags.get("mlflow.parentRunId"))
 
     def end_run(self, run_id: str, status: RunStatus) -> None:
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
         try:
             self._drain()
         finally:
             self.client.set_terminated(run_id, status)
 
     def close(self) -> None:
+        for run_id in list(self._monitors):
+            self._monitors.pop(run_id).finish()
         self._drain()
         with self._lock:
             self._closed = True

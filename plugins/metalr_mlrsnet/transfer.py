@@ -32,8 +32,9 @@ class TransferOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nets: list[str] = Field(
         default_factory=lambda: [DEFAULT_NETS], min_length=1,
-        description="safetensors files or shipped names (`metalr nets`), one per phase, in "
-                    "order; a shipped name stands for all its nets")
+        description="nets, one per phase, in order: safetensors files, folders of them "
+                    "(`metalr nets import --out`), the authors' released .pth files, or shipped "
+                    "names (`metalr nets`); a folder or a shipped name stands for all its nets")
     scale: Literal["auto", "saved"] = Field(
         "auto", description="auto: rescale the nets to this run's probed LR; saved: keep theirs")
     gamma: float | None = Field(

@@ -1,0 +1,95 @@
+"""How a run uses its device: mixed precision, memory format, cuDNN autotuning, determinism.
+
+- **AMP** (``train.amp``): the model's forward passes run under ``torch.autocast`` -- the
+  training batch, and the meta batch at the virtual weights -- while everything a hypergradient
+  flows through outside the model stays in fp32: the policy's net, the LR, and the virtual
+  optimizer step (weights, momentum and the batch gradient are fp32 tensors). bfloat16 (the
+  default) needs no loss scaling and adds no host sync; float16 uses a ``GradScaler`` for the
+  base step (whose overflow check is one host sync per step: torch's), and the meta loss is
+  scaled by the same factor, its theta gradient unscaled and a non-finite one skipped.
+- **channels_last** (``train.channels_last``): the model's 4D weights and every 4D input batch
+  in NHWC order, which tensor cores and cuDNN prefer for convnets.
+- **cuDNN autotuning** on CUDA, unless ``train.deterministic``, which instead asks torch for
+  deterministic algorithms everywhere (and sets ``CUBLAS_WORKSPACE_CONFIG``, which cuBLAS needs
+  for them). Both are process-wide, so :func:`device_settings` restores them afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+
+AmpDtype = Literal["bfloat16", "float16"]
+CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+
+
+class Precision:
+    """Autocast and loss scaling for one engine (disabled: plain fp32, the same ops as without)."""
+
+    def __init__(self, device: torch.device, enabled: bool = False, dtype: AmpDtype = "bfloat16"):
+        self.device_type = torch.device(device).type
+        self.enabled = bool(enabled)
+        self.dtype = getattr(torch, dtype)
+        self.scaler = torch.amp.GradScaler(
+            self.device_type, enabled=self.enabled and self.dtype == torch.float16)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward()``, scaled under float16 and unscaled again: ``.grad`` is g_t."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The real optimizer step (skipped by the scaler when g_t overflowed in float16)."""
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def meta_grads(self, meta_loss: torch.Tensor,
+                   theta: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+        """d meta_loss / d theta; ``None`` when float16 overflowed (skip this meta-update)."""
+        if not self.scaler.is_enabled():
+            return list(torch.autograd.grad(meta_loss, theta))
+        scale = self.scaler.get_scale()  # one host sync, once per meta-update
+        grads = [g / scale for g in torch.autograd.grad(meta_loss * scale, theta)]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        return grads if bool(finite) else None
+
+
+def channels_last(batch: Any) -> Any:
+    """A batch whose 4D tensors are in channels_last order (others unchanged)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(channels_last(b) for b in batch)
+    return batch
+
+
+@contextlib.contextmanager
+def device_settings(device: torch.device, deterministic: bool = False) -> Iterator[None]:
+    """cuDNN autotuning on CUDA, or deterministic algorithms; restored on exit."""
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.are_deterministic_algorithms_enabled(), os.environ.get(CUBLAS_ENV))
+    try:
+        if deterministic:
+            os.environ.setdefault(CUBLAS_ENV, ":4096:8")  # read when cuBLAS starts
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        elif torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[:2]
+        torch.use_deterministic_algorithms(before[2])
+        if before[3] is None:
+            os.environ.pop(CUBLAS_ENV, None)
+        else:
+            os.environ[CUBLAS_ENV] = before[3]
