@@ -80,8 +80,10 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
     if not is_safetensors(path):
         try:
             name, options, tensors = official_nets.convert(official_nets.read_state_dict(path), path)
-        except ValueError as exc:
-            raise WeightsError(str(exc)) from None
+        except ValueError as exc:  # say first what the file is not: most are not the authors'
+            detail = str(exc).removeprefix(f"{path}: ")
+            raise WeightsError(f"{path}: not a safetensors file; read as one of the authors' "
+                               f"MLR-SNet torch files: {detail}") from None
         metadata = {POLICY_KEY: name, OPTIONS_KEY: json.dumps(options),
                     official_nets.FORMAT_KEY: official_nets.FORMAT,
                     official_nets.SOURCE_KEY: path.name, official_nets.SHA256_KEY: sha256(path),
