@@ -48,7 +48,7 @@ def register_optimizers(register: Register) -> Any:
 @hookspec
 def register_lr_policies(register: Register) -> Any:
     """Register LR policies and meta-learners: ``factory(**options)`` returns an
-    :class:`metalr.protocols.LRPolicy` (or :class:`metalr.protocols.MetaLearner`)."""
+    :class:`metalr.protocols.LRPolicy` (or :class:`metalr.protocols.HypergradientLearner`)."""
 
 
 @hookspec

@@ -132,43 +132,17 @@ class LRPolicy(Protocol):
 
 
 @runtime_checkable
-class MetaLearner(LRPolicy, Protocol):
-    """An LR policy with parameters theta.
-
-    Who trains theta is decided by the kind protocols below, with ``isinstance``:
-    :class:`HypergradientLearner` (the engine, by Algorithm 1, using :meth:`virtual_lr`) or
-    :class:`EpisodicLearner` (the learner itself, over whole runs: the RL controller).
-    ``learns_by`` is descriptive only. ``frozen`` is set by the engine in meta-test mode.
-
-    ``meta_parameters`` yields tensors or torch param-group dicts (a group may carry its own
-    ``lr`` and ``weight_decay`` for the meta optimizer). ``meta_period`` is the number of steps
-    between meta-updates when the recipe leaves ``meta.t_val`` unset, and ``meta_active(step)``
-    says whether theta is meta-updated at a step at all (e.g. not during a cool-down).
-    """
-
-    learns_by: Literal["hypergradient", "self"]
-    frozen: bool
-
-    def meta_parameters(self) -> Iterable[nn.Parameter | dict[str, Any]]: ...
-
-    def virtual_lr(self, ctx: StepContext) -> torch.Tensor: ...
-
-    def meta_period(self, run: RunInfo) -> int: ...
-
-    def meta_active(self, step: int) -> bool: ...
-
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Any: ...
-
-
-@runtime_checkable
 class HypergradientLearner(LRPolicy, Protocol):
     """A meta-learner whose theta the engine trains by Algorithm 1 (MLR-SNet, the MLP variant).
 
     The engine tells the kinds apart with ``isinstance`` on these protocols, never by a string,
     so a new kind needs a new protocol and a runner branch, not a change to the engine's step.
     The engine sets ``frozen`` (True in meta-test); a learner need not define it.
+
+    ``meta_parameters`` yields tensors or torch param-group dicts (a group may carry its own
+    ``lr`` and ``weight_decay`` for the meta optimizer). ``meta_period`` is the number of steps
+    between meta-updates when the recipe leaves ``meta.t_val`` unset, and ``meta_active(step)``
+    says whether theta is meta-updated at a step at all (e.g. not during a cool-down).
     """
 
     def meta_parameters(self) -> Iterable[nn.Parameter | dict[str, Any]]: ...

@@ -160,7 +160,7 @@ class LossToLR(nn.Module):
                 self.set_gamma(2 * start, ref_lr=start)
         self.gamma_source = "calibrated"
 
-    # -- the LRPolicy / MetaLearner protocol -----------------------------------------------
+    # -- the LRPolicy / HypergradientLearner protocol -----------------------------------------------
     def start(self, run: RunInfo) -> None:
         self.total_steps = run.total_steps
         self.to(run.device)

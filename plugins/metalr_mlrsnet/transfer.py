@@ -4,8 +4,9 @@ k frozen nets are switched over k equal phases of the new run's ``epochs * steps
 steps, through :class:`metalr.scheduler.PhasedNets`: the same code as the plain-loop
 :class:`metalr.LearnedLR`, so a recipe and a hand-written loop give the same LRs.
 
-This is a plain LR policy, not a meta-learner: it has no ``learns_by``, so the engine never
-builds a hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
+This is a plain LR policy, not a meta-learner: it has no ``virtual_lr`` or ``meta_parameters``
+(it is not a :class:`metalr.protocols.HypergradientLearner`), so the engine never builds a
+hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
 
 The LR scale at transfer time (``scale: auto``, the default) comes from the new run itself: the
 short probe of :mod:`metalr.probe` chooses this run's start LR, and every net is rescaled by
