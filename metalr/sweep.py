@@ -271,7 +271,12 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
     if recipe.tracking is not None:
         tracker = registry.get("tracker", recipe.tracking.name).build(**recipe.tracking.options)
     labels = [p.label for p in sweep.points]
+    # a whole sweep holds the folder's lock while its parent is RUNNING, as a run does: so
+    # `metalr runs --clean` sees it alive, and a second `metalr sweep` of it is refused
+    held = contextlib.ExitStack()
     try:
+        if index is None:
+            held.enter_context(rundir.locked(sweep.folder))
         with _file_lock(sweep.folder):  # concurrent --index tasks agree on one parent run
             state = rundir.read_json(sweep.folder / SWEEP_RECORD)
             if state is not None and state.get("points") != labels:
@@ -331,6 +336,7 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
                     tracker.end_run(parent, status)
         return outcome
     finally:
+        held.close()
         if tracker is not None:
             tracker.close()
 

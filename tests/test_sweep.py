@@ -175,3 +175,20 @@ def test_ctrl_c_stops_every_worker_and_marks_runs_killed(tmp_path):
     assert statuses["swp-sweep"] == "KILLED"
     records = [json.loads(p.read_text()) for p in folder.glob("p00*/point.json")]
     assert {r["status"] for r in records} == {"KILLED"}
+
+
+def test_executors_are_plugins_and_conform(registry):
+    from metalr.testing import check_component
+
+    local = registry.get("executor", "local")
+    assert local.source == "metalr:executors" or local.source.endswith(":executors")
+    check_component(local, {"workers": 2})
+
+    class Lossy:  # drops the last point's result: the check must see it
+        def run(self, call, items):
+            for item in items[:-1]:
+                yield call(item)
+
+    broken = type(local)("executor", "lossy", lambda: Lossy(), None, "tests")
+    with pytest.raises(AssertionError, match="gave back"):
+        check_component(broken, {})
