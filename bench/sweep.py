@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +37,7 @@ def recipe(epochs: int, workers: int, out: Path) -> dict:
     }
 
 
-def timed_sweep(root: Path, epochs: int, workers: int) -> tuple[float, list[str]]:
+def timed_sweep(root: Path, epochs: int, workers: int) -> tuple[float, list[str], float]:
     from mlflow.tracking import MlflowClient
 
     from metalr.sweep import execute, plan
@@ -58,7 +59,8 @@ def timed_sweep(root: Path, epochs: int, workers: int) -> tuple[float, list[str]
     runs = client.search_runs([exp.experiment_id])
     parents = {r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
     statuses = [r.info.status for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
-    return elapsed, statuses
+    per_point = statistics.fmean(r["wall_s"] for r in outcome.records)
+    return elapsed, statuses, per_point
 
 
 def main() -> None:
@@ -67,12 +69,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="metalr-bench-sweep-") as tmp:
-        serial, _ = timed_sweep(Path(tmp), args.epochs, 1)
-        parallel, statuses = timed_sweep(Path(tmp), args.epochs, args.workers)
+        serial, _, serial_point = timed_sweep(Path(tmp), args.epochs, 1)
+        parallel, statuses, parallel_point = timed_sweep(Path(tmp), args.epochs, args.workers)
     finished = statuses.count("FINISHED")
     print(f"8 points, {args.epochs} epochs each, {os.cpu_count()} cores")
-    print(f"one after another (1 worker): {serial:.1f} s")
-    print(f"{args.workers} local workers:            {parallel:.1f} s")
+    print(f"one after another (1 worker): {serial:.1f} s (a point: {serial_point:.1f} s)")
+    print(f"{args.workers} local workers:            {parallel:.1f} s (a point: "
+          f"{parallel_point:.1f} s)")
     print(f"nested point runs FINISHED in one SQLite store: {finished} of {len(statuses)}")
     print(f"ratio parallel / one after another: {parallel / serial:.2f} (target <= 0.6)")
 
