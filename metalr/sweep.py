@@ -138,7 +138,7 @@ def run_point(call: PointCall) -> dict[str, Any]:
                               "values": dict(call.point.values), "seed": call.point.seed,
                               "status": "FAILED", "error": None, "run_dir": None}
     started = sorted(p.parent for p in folder.glob("*/recipe.yaml"))
-    begin = time.perf_counter()
+    begin, cpu = time.perf_counter(), time.process_time()
     try:
         if started:  # an earlier attempt: continue it, finished runs are read back
             runner = Runner.resumable(started[-1], progress=call.progress)
@@ -165,7 +165,9 @@ def run_point(call: PointCall) -> dict[str, Any]:
         record.update(status="KILLED", error="interrupted; run the sweep again to continue")
     except Exception as exc:  # noqa: BLE001  (one point's failure is reported, the sweep goes on)
         record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    record["wall_s"] = round(time.perf_counter() - begin, 3)  # this attempt's, for bench/sweep.py
+    # this attempt's wall and CPU time (all threads of this process), for bench/sweep.py
+    record["wall_s"] = round(time.perf_counter() - begin, 3)
+    record["cpu_s"] = round(time.process_time() - cpu, 3)
     rundir.write_json(folder / POINT_RECORD, record)
     return record
 
