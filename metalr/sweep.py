@@ -329,6 +329,10 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
             status = "FINISHED" if outcome.ok else "FAILED"
         except KeyboardInterrupt:
             status, outcome.interrupted = "KILLED", True
+        except Exception as exc:  # a worker died (out of memory, killed): one line, not a trace
+            raise rundir.RunError(
+                f"{sweep.folder}: the executor failed ({type(exc).__name__}: {exc}); finished "
+                "points are kept: run the same command again to continue") from exc
         finally:
             close = getattr(results, "close", None)
             if close is not None:

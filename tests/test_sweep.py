@@ -192,3 +192,28 @@ def test_executors_are_plugins_and_conform(registry):
     broken = type(local)("executor", "lossy", lambda: Lossy(), None, "tests")
     with pytest.raises(AssertionError, match="gave back"):
         check_component(broken, {})
+
+
+def test_an_executor_that_fails_ends_in_one_line(where, registry, capsys):
+    import types
+
+    from metalr import hookimpl
+
+    class Dies:  # as a pool whose worker was killed
+        def run(self, call, items):
+            raise RuntimeError("A process in the process pool was terminated abruptly")
+            yield
+
+    @hookimpl
+    def register_executors(register):
+        register("dies", Dies)
+
+    if "dies" not in registry.names("executor"):
+        registry.add_plugin(types.SimpleNamespace(register_executors=register_executors),
+                            "tests:dies")
+    tmp, _ = where
+    path = write(tmp, sweep={"grid": {LR: [0.1]}, "executor": "dies"}, tracking="none")
+    assert main(["sweep", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "the executor failed (RuntimeError: A process" in err and "Traceback" not in err
+    assert (tmp / "out/swp-sweep/results.md").exists()  # the tables of what ran, all the same
