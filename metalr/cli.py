@@ -76,6 +76,28 @@ def _report(summary: RunSummary, tracked: bool) -> int:
     return 0 if summary.ok else 1
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from metalr.sweep import execute, plan
+
+    sweep = plan(args.recipe, args.overrides)  # every point validated before any starts
+    if args.list:
+        for point in sweep.points:
+            print(f"{point.index}\t{point.label}")
+        return 0
+    if args.index is not None and not 0 <= args.index < len(sweep.points):
+        print(f"metalr: --index {args.index}: the sweep of {args.recipe} has points "
+              f"0..{len(sweep.points) - 1} (`--list` shows them)", file=sys.stderr)
+        return 2
+    print(f"sweep of {len(sweep.points)} points in {sweep.folder}", flush=True)
+    outcome = execute(sweep, args.index, progress=not args.quiet)
+    print(f"\ntables and figures: {sweep.folder}/ (results.md, results.csv, sweep-<key>.png)")
+    if outcome.interrupted:
+        print("interrupted: runs marked KILLED; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    return 0 if outcome.ok else 1
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from metalr.runner import Runner
 
@@ -173,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=func)
+    p = sub.add_parser("sweep", help="run every point of a recipe's sweep: block (again: "
+                       "finished points are skipped)")
+    p.add_argument("recipe", help="path to a recipe YAML file with a sweep: block")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override recipe keys for every point, e.g. sweep.executor.options.workers=2")
+    p.add_argument("--list", action="store_true", help="print the points (index, values) and exit")
+    p.add_argument("--index", type=int, help="run point I alone, in this process (batch systems)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
     p.add_argument("run_dir", help="the output folder the run printed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

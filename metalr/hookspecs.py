@@ -54,3 +54,10 @@ def register_lr_policies(register: Register) -> Any:
 @hookspec
 def register_trackers(register: Register) -> Any:
     """Register trackers: ``factory(**options)`` returns a :class:`metalr.protocols.Tracker`."""
+
+
+@hookspec
+def register_executors(register: Register) -> Any:
+    """Register sweep executors: ``factory(**options)`` returns a
+    :class:`metalr.protocols.Executor`, which runs the points of a sweep (a local process pool,
+    a batch system)."""

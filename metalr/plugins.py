@@ -36,6 +36,7 @@ KINDS: dict[str, str] = {
     "optimizer": "register_optimizers",
     "lr_policy": "register_lr_policies",
     "tracker": "register_trackers",
+    "executor": "register_executors",
 }
 
 

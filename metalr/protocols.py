@@ -209,6 +209,21 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Executor(Protocol):
+    """Where the points of a sweep run (:mod:`metalr.sweep`): a local process pool, a batch system.
+
+    ``run(call, items)`` calls ``call(item)`` once per item and yields each return value as its
+    point ends, in any order. ``call`` is a module-level function and the items are plain,
+    picklable dataclasses, so a point can run in another process or on another machine; the
+    point writes its own record, so an executor that loses a result loses nothing for resume.
+    On Ctrl-C it starts no more points, asks the running ones to stop (they end KILLED, with
+    their checkpoints), waits for them and re-raises ``KeyboardInterrupt``.
+    """
+
+    def run(self, call: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]: ...
+
+
 @dataclass
 class RecordedRun:
     """What a tracker stored for one run, as :meth:`TrackerReader.read_run` gives it back.

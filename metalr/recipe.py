@@ -165,6 +165,42 @@ class TrainConfig(_Strict):
         "cuDNN autotuning; slower on GPU")
 
 
+SWEEP_FIXED = ("name", "output_dir", "tracking", "sweep")
+"""Keys a sweep may not vary: they decide where the sweep's points and runs are kept."""
+
+
+class SweepConfig(_Strict):
+    """A grid over dotted recipe keys, each point run with every seed (:mod:`metalr.sweep`)."""
+
+    grid: dict[str, list[Any]] = Field(min_length=1, description="dotted.key: [values, ...]")
+    seeds: list[Seed] = Field(default_factory=list, description="each point runs once per seed "
+                              "(train.seed); empty: the recipe's train.seeds inside every point")
+    executor: ComponentRef = Field(default_factory=lambda: ComponentRef(name="local"))
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not key or any(not p.strip() for p in key.split(".")):
+                raise ValueError(f"{key!r}: a grid key is a dotted recipe key, e.g. train.epochs")
+            if key.split(".")[0] in SWEEP_FIXED:
+                raise ValueError(f"{key!r}: a sweep cannot vary {', '.join(SWEEP_FIXED)} "
+                                 "(they name where its points are kept)")
+            if not values:
+                raise ValueError(f"{key!r}: give at least one value")
+            if len({repr(v) for v in values}) != len(values):
+                raise ValueError(f"{key!r}: {values} repeats a value")
+        return grid
+
+    @model_validator(mode="after")
+    def _seeds(self) -> SweepConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"sweep.seeds {self.seeds} repeats a seed")
+        if self.seeds and any(k in ("train.seed", "train.seeds") for k in self.grid):
+            raise ValueError("give the seeds either as sweep.seeds or in sweep.grid, not both")
+        return self
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -178,6 +214,7 @@ class Recipe(_Strict):
     )
     output_dir: str = Field("metalr-out", min_length=1,
                             description="runs write their files under this folder")
+    sweep: SweepConfig | None = Field(None, description="`metalr sweep` runs each grid point")
 
     @field_validator("name")
     @classmethod
@@ -203,6 +240,8 @@ class Recipe(_Strict):
         """The recipe with every default filled in: what is logged as the run's parameters."""
         data = self.model_dump(mode="json")
         data["tracking"] = data["tracking"] or "none"
+        if data["sweep"] is None:  # a plain recipe's resolved form is as before sweeps existed
+            del data["sweep"]
         return data
 
 
@@ -433,6 +472,9 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
             if isinstance(method, dict):
                 refs.append((f"methods.{name}.optimizer", "optimizer", method.get("optimizer")))
                 refs.append((f"methods.{name}.lr_policy", "lr_policy", method.get("lr_policy")))
+    sweep = data.get("sweep")
+    if isinstance(sweep, dict):
+        refs.append(("sweep.executor", "executor", sweep.get("executor", "local")))
     if data.get("tracking", "mlflow") not in ("none", None):
         refs.append(("tracking", "tracker", data.get("tracking", "mlflow")))
     return refs
@@ -527,7 +569,7 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
 
 
-_TYPE_TAGS = {"ComponentRef", "MetaConfig", "TuningConfig", "str", "int", "float", "bool", "none", "list", "dict"}
+_TYPE_TAGS = {"ComponentRef", "MetaConfig", "TuningConfig", "SweepConfig", "str", "int", "float", "bool", "none", "list", "dict"}
 
 
 def _fields_at(model: Any, loc: list[str]) -> list[str]:

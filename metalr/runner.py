@@ -174,6 +174,9 @@ class Runner:
         self.provenance: dict[str, str] = {}
         self.stop = StopRequest()
         self.output_dir: Path | None = None  # set: run() continues the suite there
+        self.parent_run: str | None = None  # a sweep's run: the suite's run is nested in it
+        self.extra_tags: dict[str, str] = {}  # a sweep point's key values, on all its runs
+        self.run_name: str | None = None  # the suite run's name; unset: the recipe's name
 
     @classmethod
     def resumable(cls, run_dir: str | Path, registry: Registry | None = None,
@@ -280,10 +283,12 @@ class Runner:
         metric, higher_is_better, chance = self._task_info(seeds)
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
         self._metric = metric
-        self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST}
+        self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST,
+                     **self.extra_tags}
         params = flatten(recipe.resolved())
         params["train.device"] = self.provenance["metalr.device"]  # resolved: never "auto"
-        with self._tracked(tracker, recipe.name, params, None, parent_id) as parent, \
+        with self._tracked(tracker, self.run_name or recipe.name, params, self.parent_run,
+                           parent_id) as parent, \
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent

@@ -71,8 +71,23 @@ def check_component(component: Component, options: dict[str, Any] | None = None,
                     **kwargs: Any) -> None:
     """Run the conformance check for the component's kind (``task=`` for models)."""
     checks = {"lr_policy": check_lr_policy, "task": check_task, "model": check_model,
-              "optimizer": check_optimizer, "tracker": check_tracker}
+              "optimizer": check_optimizer, "tracker": check_tracker,
+              "executor": check_executor}
     checks[component.kind](component, options or {}, **kwargs)
+
+
+def _square(x: int) -> int:  # module-level: an executor may run it in another process
+    return x * x
+
+
+def check_executor(component: Component, options: dict[str, Any]) -> None:
+    """An executor must call the function once per item, in another process or not, and give
+    back every result (in any order): what ``metalr sweep`` relies on."""
+    executor = component.build(**options)
+    items = [2, 3, 5]
+    got = sorted(executor.run(_square, items))
+    assert got == [4, 9, 25], (
+        f"executor {component.name!r} gave back {got} for items {items} (expected each x*x once)")
 
 
 def check_lr_policy(component: Component, options: dict[str, Any],
