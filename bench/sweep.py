@@ -1,8 +1,9 @@
 """A sweep of 8 points with 2 local workers against the same 8 points one after another.
 
-    python bench/sweep.py [--epochs 6] [--workers 2]
+    python bench/sweep.py [--epochs 40] [--workers 2]
 
-Both sweeps run the same recipe (MNIST-1D, an MLP of 2 x 1024, a fixed LR: 4 LRs x 2 seeds) through
+Both sweeps run the same recipe (the CPU ablations' workload: MNIST-1D, the shipped MLP of 2 x 100,
+MLR-SNet with its defaults, Fig. 12c's LSTM hidden size 10/20/40/80 x 2 seeds) through
 ``metalr sweep``'s own path (plan, executor ``local``, runner, a fresh SQLite MLflow store each):
 once with ``workers: 1`` (one after another, in one worker process) and once with
 ``workers: N``. Prints both wall times and their ratio (target on 2 cores: <= 0.6), and checks
@@ -29,12 +30,12 @@ import yaml
 def recipe(epochs: int, workers: int, out: Path) -> dict:
     return {
         "name": "bench-sweep",
-        "task": {"name": "mnist1d", "options": {"meta_size": 500, "num_samples": 4000}},
-        "model": {"name": "mlp", "options": {"hidden": [1024, 1024]}},
-        "train": {"epochs": epochs, "batch_size": 64, "device": "cpu", "threads": 1},
-        "methods": {"fixed": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
-                              "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}}},
-        "sweep": {"grid": {"methods.fixed.lr_policy.options.lr": [0.01, 0.03, 0.1, 0.3]},
+        "task": {"name": "mnist1d", "options": {"meta_size": 500}},
+        "model": {"name": "mlp", "options": {"hidden": [100, 100]}},
+        "train": {"epochs": epochs, "batch_size": 128, "device": "cpu", "threads": 1},
+        "methods": {"mlrsnet": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                                "lr_policy": {"name": "mlrsnet"}}},
+        "sweep": {"grid": {"methods.mlrsnet.lr_policy.options.hidden": [10, 20, 40, 80]},
                   "seeds": [0, 1], "executor": {"name": "local", "options": {"workers": workers}}},
         "output_dir": str(out),
     }
@@ -71,7 +72,7 @@ def timed_sweep(root: Path, epochs: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="metalr-bench-sweep-") as tmp:

@@ -7,7 +7,10 @@ Resize 256 + CenterCrop 224). TinyImageNet (64x64): the CIFAR recipe at 64 pixel
 
 from __future__ import annotations
 
-from torchvision import transforms as T
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torchvision is imported when a transform is built, not when plugins load
+    from torchvision import transforms as T
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -21,6 +24,8 @@ TINY_IMAGENET: Stats = ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))
 def crop_flip(size: int, stats: Stats, padding: int = 4, flip: bool = True) -> tuple[T.Compose,
                                                                                       T.Compose]:
     """``(train, eval)`` for small images: padded random crop (+ flip) / none."""
+    from torchvision import transforms as T
+
     norm = [T.ToTensor(), T.Normalize(*stats)]
     train = [T.RandomCrop(size, padding=padding)] + ([T.RandomHorizontalFlip()] if flip else [])
     return T.Compose(train + norm), T.Compose(norm)
@@ -29,6 +34,8 @@ def crop_flip(size: int, stats: Stats, padding: int = 4, flip: bool = True) -> t
 def imagenet(size: int = 224, resize: int = 256, stats: Stats = IMAGENET) -> tuple[T.Compose,
                                                                                    T.Compose]:
     """``(train, eval)`` of pytorch/examples/imagenet."""
+    from torchvision import transforms as T
+
     norm = [T.ToTensor(), T.Normalize(*stats)]
     return (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] + norm),
             T.Compose([T.Resize(resize), T.CenterCrop(size)] + norm))
