@@ -316,17 +316,31 @@ def load_recipe(
 
 
 def _paths_next_to(data: dict[str, Any], folder: Path) -> None:
-    """A relative ``meta.weights`` path written in a recipe file means the file next to the
-    recipe when there is one there (so a recipe runs from any folder); otherwise, like a path
-    given as an override, it is relative to the working directory."""
+    """Relative paths written in a recipe file mean the file or folder next to the recipe when
+    there is one there (so a recipe runs from any folder); otherwise, like a path given as an
+    override, they are relative to the working directory. Paths: ``meta.weights``, and strings
+    of ``lr_policy.options`` (or their list items) with a ``/`` or a net file's suffix."""
     methods = data.get("methods")
+
+    def beside(value: Any, any_string: bool) -> Any:
+        if isinstance(value, list):
+            return [beside(v, any_string) for v in value]
+        if not isinstance(value, str) or Path(value).is_absolute():
+            return value
+        if not (any_string or "/" in value or value.endswith((".safetensors", ".pth"))):
+            return value
+        there = folder / value
+        return str(there) if there.exists() else value
+
     for method in methods.values() if isinstance(methods, dict) else ():
-        meta = method.get("meta") if isinstance(method, dict) else None
-        weights = meta.get("weights") if isinstance(meta, dict) else None
-        if isinstance(weights, str) and not Path(weights).is_absolute():
-            beside = folder / weights
-            if beside.is_file():
-                meta["weights"] = str(beside)
+        if not isinstance(method, dict):
+            continue
+        meta, policy = method.get("meta"), method.get("lr_policy")
+        if isinstance(meta, dict) and "weights" in meta:
+            meta["weights"] = beside(meta["weights"], True)
+        options = policy.get("options") if isinstance(policy, dict) else None
+        for key, value in options.items() if isinstance(options, dict) else ():
+            options[key] = beside(value, False)
 
 
 def _related(a: str, b: str) -> bool:

@@ -143,21 +143,41 @@ def pick_nets(folder: str | Path, k: int, meta_epochs: int | None = None) -> lis
 
     ``folder`` is a method's output folder (``<output>/<method>-seed<seed>/``). ``meta_epochs``
     defaults to ``train.epochs`` of the ``recipe.yaml`` the runner wrote beside it. The last
-    epoch's net may come from ``theta-final.safetensors``.
+    epoch's net may come from ``theta-final.safetensors``; k = 1 is that last net alone.
     """
     folder = Path(folder)
     if meta_epochs is None:
         meta_epochs = _recipe_epochs(folder.parent / "recipe.yaml")
-    wanted = ceiling_epochs(meta_epochs, k)
-    saved = {int(m.group(1)): p for p in folder.glob("theta-epoch*.safetensors")
-             if (m := _EPOCH_FILE.search(p.name))}
+    saved = _by_epoch(folder.glob("theta-epoch*.safetensors"))
     final = folder / "theta-final.safetensors"
     if meta_epochs not in saved and final.is_file():
         saved[meta_epochs] = final
+    return _by_ceiling(saved, meta_epochs, k, str(folder))
+
+
+def choose_nets(files: Sequence[Path], k: int) -> list[Path]:
+    """k of a meta-train's saved nets (``theta-epochNNNN`` names) by the paper's ceiling rule.
+
+    The meta-train's length is taken as the last epoch saved; k = 1 is that last net alone.
+    """
+    saved = _by_epoch(files)
+    if len(saved) != len(files):
+        odd = [Path(p).name for p in files if not _EPOCH_FILE.search(Path(p).name)]
+        raise ValueError(f"choosing k={k} nets needs files named theta-epochNNNN.safetensors "
+                         f"(as `metalr run` saves them); got {', '.join(odd)}")
+    return _by_ceiling(saved, max(saved), k, "the nets given")
+
+
+def _by_epoch(files) -> dict[int, Path]:
+    return {int(m.group(1)): Path(p) for p in files if (m := _EPOCH_FILE.search(Path(p).name))}
+
+
+def _by_ceiling(saved: dict[int, Path], meta_epochs: int, k: int, where: str) -> list[Path]:
+    wanted = [meta_epochs] if k == 1 else ceiling_epochs(meta_epochs, k)
     missing = sorted(set(wanted) - set(saved))
     if missing:
         raise FileNotFoundError(
-            f"{folder}: no nets for epochs {missing}; the ceiling rule for k={k} over "
+            f"{where}: no nets for epochs {missing}; the ceiling rule for k={k} over "
             f"{meta_epochs} epochs needs meta.save_epochs={sorted(set(wanted))}")
     return [saved[e] for e in wanted]
 

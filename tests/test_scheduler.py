@@ -26,7 +26,7 @@ from metalr.scheduler import (
     pick_nets,
     shipped_nets,
 )
-from metalr.weights import WeightsError, read_meta_learner
+from metalr.weights import WeightsError, read_meta_learner, save_meta_learner
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scheduler.md"
 TASK = {"num_samples": 600, "meta_size": 100}  # 380 training samples: 6 steps of 64 per epoch
@@ -315,3 +315,21 @@ def test_lr_rescales_the_schedule_relative_to_its_start():
         assert scaled.get_last_lr()[0] == pytest.approx(factor * saved.get_last_lr()[0], rel=1e-5)
     with pytest.raises(ValueError, match="not both"):
         LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.1, gamma=0.2)
+
+
+def test_transfer_takes_k_of_the_saved_nets_by_the_ceiling_rule(registry, tmp_path):
+    """``k`` picks the paper's k nets from a meta-train's saved ones; the epochs come from the
+    file names (the last one is the meta-train's length); k = 1 is the last net alone."""
+    build = registry.get("lr_policy", "mlrsnet-transfer").build
+    for epoch in (1, 15, 20, 30, 40, 45, 60):  # what fig13-meta-train.yaml saves
+        net = registry.get("lr_policy", "mlrsnet").build(gamma=epoch / 100, hidden=4)
+        save_meta_learner(tmp_path / f"theta-epoch{epoch:04d}.safetensors", "mlrsnet", net)
+    gammas = {k: [round(float(n.log_gamma.exp()), 6) for n in
+                  build(nets=[str(tmp_path)], k=k, scale="saved").phases.nets]
+              for k in (1, 2, 3, 4, 5)}
+    assert gammas == {1: [0.6], 2: [0.01, 0.6], 3: [0.01, 0.3, 0.6],
+                      4: [0.01, 0.2, 0.4, 0.6], 5: [0.01, 0.15, 0.3, 0.45, 0.6]}
+    assert len(build(nets=[str(tmp_path)], scale="saved").phases.nets) == 7  # unset: all
+    (tmp_path / "theta-epoch0020.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"no nets for epochs \[20, 40\]|no nets for epochs \[20\]"):
+        build(nets=[str(tmp_path)], k=4)

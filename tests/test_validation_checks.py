@@ -127,3 +127,23 @@ def test_a_weights_path_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, r
     (elsewhere / "mine.safetensors").write_bytes(b"")
     overridden = load_recipe(recipe, ["methods.m.meta.weights=mine.safetensors"])
     assert overridden.methods["m"].meta.weights == "mine.safetensors"
+
+
+def test_a_nets_folder_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, registry):
+    """The same for a path in ``lr_policy.options`` (``mlrsnet-transfer``'s ``nets``); a name
+    without a slash (a shipped net) is left as written."""
+    from metalr.recipe import load_recipe
+
+    (tmp_path / "nets" / "run").mkdir(parents=True)
+    save_meta_learner(tmp_path / "nets" / "run" / "theta-epoch0001.safetensors", "mlrsnet",
+                      registry.get("lr_policy", "mlrsnet").build(gamma=0.5, hidden=8))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(with_(
+        ("methods.m.lr_policy", {"name": "mlrsnet-transfer",
+                                 "options": {"nets": ["nets/run", "mnist1d-mlp"]}}))))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_recipe(recipe)
+    assert loaded.methods["m"].lr_policy.options["nets"] == [str(tmp_path / "nets" / "run"),
+                                                             "mnist1d-mlp"]

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metalr.protocols import RunInfo, StepContext
-from metalr.scheduler import PhasedNets, load_nets, resolve_nets
+from metalr.scheduler import PhasedNets, choose_nets, load_nets, resolve_nets
 
 DEFAULT_NETS = "mnist1d-mlp"
 
@@ -40,23 +40,29 @@ class TransferOptions(BaseModel):
         "auto", description="auto: rescale the nets to this run's probed LR; saved: keep theirs")
     gamma: float | None = Field(
         None, gt=0, description="set the bound of every net's output (wins over scale)")
+    k: int | None = Field(
+        None, ge=1, description="use k of the nets, chosen by the paper's ceiling rule (App. C) "
+        "from the meta-train epochs in their names (theta-epochNNNN); 1: the last alone; "
+        "unset: all of them")
 
-    @field_validator("nets")
-    @classmethod
-    def _nets_exist(cls, nets: list[str]) -> list[str]:
+    @model_validator(mode="after")
+    def _nets_exist(self) -> TransferOptions:
         try:  # a missing file or unknown name fails `metalr validate`, not the run
-            resolve_nets(nets)
-        except FileNotFoundError as exc:
+            files = resolve_nets(self.nets)
+            if self.k is not None:
+                choose_nets(files, self.k)
+        except (FileNotFoundError, ValueError) as exc:
             raise ValueError(str(exc)) from None
-        return nets
+        return self
 
 
 class MLRSNetTransfer:
     """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run."""
 
     def __init__(self, nets: list[str] | None = None, scale: str = "auto",
-                 gamma: float | None = None):
-        self.phases = PhasedNets(load_nets(nets or [DEFAULT_NETS]))
+                 gamma: float | None = None, k: int | None = None):
+        files = resolve_nets(nets or [DEFAULT_NETS])
+        self.phases = PhasedNets(load_nets(files if k is None else choose_nets(files, k)))
         self.scale, self.probe, self.gamma_given = scale, None, gamma is not None
         if gamma is not None:
             self.phases.set_gamma(gamma)
