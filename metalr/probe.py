@@ -102,8 +102,11 @@ def probe_lr(
 ) -> ProbeResult:
     """Probe fixed LRs for a few steps from the model's current weights; choose the start LR.
 
-    The model's weights and buffers, the optimizer's state and torch's global RNG are restored
+    The model's weights and buffers, the optimizer's state and torch's global RNGs are restored
     afterwards, so the run that follows starts exactly where it would have without the probe.
+    Each point draws its dropout from the global generator seeded with ``seed``, not from where
+    the global generator happens to stand: what was built before the probe (a policy's own
+    initialisation, e.g. the cell of an MLR-SNet) does not change the LR it chooses.
     ``steps_per_point`` overrides the length rule (``probe_steps``, times ``ADAPTIVE_HORIZON``
     for Adam-like optimizers); ``bench/probe_horizon.py`` uses it to show why the rule is so.
     """
@@ -112,7 +115,6 @@ def probe_lr(
     if adaptive and steps_per_point is None:
         steps = min(total_steps, ADAPTIVE_HORIZON * steps)
     weights = copy.deepcopy(model.state_dict())
-    rng = torch.get_rng_state()
     meta_gen = torch.Generator().manual_seed(seed + 7919)
     judge = [task.meta_batch(meta_batch_size, meta_gen) for _ in range(meta_batches)]
     losses: dict[float, float] = {}
@@ -123,12 +125,14 @@ def probe_lr(
         if known is not None:
             return known
         model.load_state_dict(weights)
-        torch.set_rng_state(rng)
+        torch.manual_seed(seed + 104729)  # the same dropout draws for every point and policy
         opt = _fresh(optimizer, model.parameters(), lr)
         losses[lr] = _train_and_judge(task, model, opt, steps, batch_size, seed, judge,
                                       clip_grad_norm)
         return losses[lr]
 
+    rngs = torch.random.fork_rng(devices=_devices(model))  # every device's, given back below
+    rngs.__enter__()
     try:
         coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
         for lr in coarse:
@@ -160,13 +164,18 @@ def probe_lr(
                 edge = max(lr for lr, value in losses.items() if value <= keep)
     finally:
         model.load_state_dict(weights)
-        torch.set_rng_state(rng)
+        rngs.__exit__(None, None, None)
     if not math.isfinite(losses[best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
     start = best if adaptive else edge / 2  # Adam fails late, not in a short probe
     return ProbeResult(start, dict(sorted(losses.items())), steps, at_edge, best, edge,
                        initial)
+
+
+def _devices(model: nn.Module) -> list[int]:
+    """The CUDA devices the model lives on, whose generators the probe must give back."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 def _fresh(optimizer: torch.optim.Optimizer, params, lr: float) -> torch.optim.Optimizer:

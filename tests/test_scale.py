@@ -124,6 +124,35 @@ def test_adam_probe_is_longer_and_starts_at_its_best():
     assert torch.equal(model.w, torch.zeros(5)) and not opt.state
 
 
+class NoisyPoint(Point):
+    """A point whose output is dropped out: the probe's losses depend on the global generator."""
+
+    def forward(self, x):
+        return nn.functional.dropout(self.w, 0.3, training=self.training)
+
+
+def test_probe_does_not_depend_on_the_global_generator_before_it():
+    """Whatever drew from the global generator before the probe (a policy's initialisation, a
+    cell with more parameters) changes neither its losses nor its LR; the generator is given
+    back where it stood, so the run after it is unchanged too."""
+    results, after = [], []
+    for before in (0, 1):
+        torch.manual_seed(before)
+        model = NoisyPoint()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        state = torch.get_rng_state()
+        results.append(probe_lr(Quadratic(3.0), model, opt, total_steps=400, steps_per_epoch=4,
+                                batch_size=1, meta_batch_size=1, seed=5))
+        assert torch.equal(torch.get_rng_state(), state)
+        after.append(float(torch.rand(())))
+    assert results[0].losses == results[1].losses and results[0].lr == results[1].lr
+    assert after[0] != after[1]  # the two runs' own draws still differ: nothing was reseeded
+    other = probe_lr(Quadratic(3.0), NoisyPoint(), torch.optim.SGD(NoisyPoint().parameters(),
+                     lr=0.0), total_steps=400, steps_per_epoch=4, batch_size=1, meta_batch_size=1,
+                     seed=6)
+    assert other.losses != results[0].losses  # the run's seed does pick the draws
+
+
 def test_probe_grid_follows_the_optimizer_family():
     w = [nn.Parameter(torch.zeros(1))]
     plain = decade_grid(torch.optim.SGD(w, lr=0.1))
