@@ -82,7 +82,7 @@ def test_scheduler_gives_the_engines_meta_test_lrs(registry):
     model = _model(registry, task, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
     total = epochs * task.num_train_batches(batch_size)
-    scheduler = LearnedLR.from_pretrained("mnist1d-mlp", optimizer, total_steps=total)
+    scheduler = LearnedLR.from_pretrained(optimizer, "mnist1d-mlp", total_steps=total)
     lrs = _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs)
 
     assert len(lrs) == total == 18
@@ -98,7 +98,7 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
     model = _model(registry, task, seed)
     optimizer = registry.get("optimizer", "adam").build(model.parameters())
     policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"])
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", torch.optim.SGD(model.parameters()),
+    saved = LearnedLR.from_pretrained(torch.optim.SGD(model.parameters()), "mnist1d-mlp",
                                       total_steps=1)
     weights = [{k: v.clone() for k, v in net.state_dict().items()
                 if k not in ("log_gamma", "ref_lr")} for net in policy.phases.nets]
@@ -120,7 +120,7 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
 def test_phases_switch_nets_and_carry_the_lstm_state():
     files = shipped_nets()["mnist1d-mlp"]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    scheduler = LearnedLR.from_pretrained(files, optimizer, total_steps=9)
+    scheduler = LearnedLR.from_pretrained(optimizer, files, total_steps=9)
     losses = [2.3, 2.0, 1.7, 1.5, 1.2, 1.0, 0.8, 0.7, 0.6, 0.5]  # one step past total_steps
     lrs = []
     for loss in losses:
@@ -173,7 +173,7 @@ def test_state_dict_round_trip_continues_the_same_lrs(registry, tmp_path, stop):
     def fresh():
         model = _model(registry, task, seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-        return model, opt, LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=total)
+        return model, opt, LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=total)
 
     model, opt, sched = fresh()
     reference = _hand_loop(task, model, sched, opt, batch_size, seed, epochs)
@@ -231,7 +231,7 @@ def test_a_pickle_posing_as_a_net_is_refused(registry, tmp_path, name):
     evil.write_bytes(pickle.dumps({"gamma": _Payload(marker)}))
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
     with pytest.raises(WeightsError, match="(?s)not a safetensors file.*never from pickle"):
-        LearnedLR.from_pretrained(str(evil), opt, total_steps=10)
+        LearnedLR.from_pretrained(opt, str(evil), total_steps=10)
     with pytest.raises(WeightsError, match="never from pickle"):
         registry.get("lr_policy", "mlrsnet-transfer").build(nets=[str(evil)])
     assert not marker.exists()
@@ -244,7 +244,7 @@ def test_every_shipped_net_loads_and_is_listed(capsys):
     assert "mnist1d-mlp" in shipped
     for name, files in shipped.items():
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-        sched = LearnedLR.from_pretrained(name, opt, total_steps=6)
+        sched = LearnedLR.from_pretrained(opt, name, total_steps=6)
         gammas = [float(n.gamma) for n in sched.phases.nets]
         assert sched.phases.k == len(files) >= 1
         sched.step(torch.tensor(2.3))
@@ -261,8 +261,8 @@ def test_every_shipped_net_loads_and_is_listed(capsys):
 
 def test_gamma_is_the_saved_buffer_unless_overridden(registry):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
-    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, gamma=0.25)
+    saved = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    scaled = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, gamma=0.25)
     policy = registry.get("lr_policy", "mlrsnet-transfer").build(gamma=0.25)
     files = shipped_nets()["mnist1d-mlp"]
     in_files = [float(read_meta_learner(f)[2]["log_gamma"].exp()) for f in files]
@@ -280,7 +280,7 @@ def test_gamma_is_the_saved_buffer_unless_overridden(registry):
 def test_optimizer_step_before_scheduler_step_warns():
     param = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([param], lr=0.0)
-    sched = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=4)
+    sched = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=4)
     param.grad = torch.ones(1)
     sched.step(1.0)
     with warnings.catch_warnings():
@@ -305,8 +305,8 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
 def test_lr_rescales_the_schedule_relative_to_its_start():
     """lr= maps each net's calibration LR (ref_lr) to lr: every LR scales by lr / ref_lr."""
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
-    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.002)
+    saved = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    scaled = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, lr=0.002)
     factor = 0.002 / float(saved.phases.nets[0].ref_lr)
     assert [float(n.ref_lr) for n in scaled.phases.nets] == pytest.approx([0.002] * 3)
     for loss in (2.3, 1.9, 1.4, 1.1, 0.9, 0.7):
@@ -314,7 +314,7 @@ def test_lr_rescales_the_schedule_relative_to_its_start():
         scaled.step(loss)
         assert scaled.get_last_lr()[0] == pytest.approx(factor * saved.get_last_lr()[0], rel=1e-5)
     with pytest.raises(ValueError, match="not both"):
-        LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.1, gamma=0.2)
+        LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, lr=0.1, gamma=0.2)
 
 
 def test_transfer_takes_k_of_the_saved_nets_by_the_ceiling_rule(registry, tmp_path):
