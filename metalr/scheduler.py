@@ -413,7 +413,9 @@ class LossDrivenLR(LRScheduler):
         self._finalizer()
 
     def _before_optimizer_step(self) -> None:
-        if not self._armed and not self._warned:
+        # last_epoch -1: SequentialLR has undone this scheduler; another one is in charge
+        # until its milestone
+        if not self._armed and not self._warned and self.last_epoch >= 0:
             self._warned = True
             warnings.warn(f"optimizer.step() ran without a scheduler.step(loss) before it: call "
                           "scheduler.step(loss) after loss.backward() and before "
