@@ -163,9 +163,19 @@ def _hf_parts(tmp_path):
             output_dir=str(tmp_path / "out"), per_device_train_batch_size=16,
             num_train_epochs=epochs, learning_rate=START_LR, max_grad_norm=0.0,
             report_to=[], logging_steps=1, save_strategy="no", use_cpu=True, seed=0,
-            data_seed=0, disable_tqdm=True, dataloader_num_workers=0, **kw)
+            data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
 
-    return Regression, Points, args
+    class StopAt(transformers.TrainerCallback):
+        """Save a checkpoint at step ``n`` and stop there: an interrupted run."""
+
+        def __init__(self, n: int):
+            self.n = n
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == self.n:
+                control.should_save = control.should_training_stop = True
+
+    return Regression, Points, args, StopAt
 
 
 def test_transformers_applies_each_steps_learned_lr_and_resumes(tmp_path, monkeypatch,
@@ -173,39 +183,34 @@ def test_transformers_applies_each_steps_learned_lr_and_resumes(tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from metalr.integrations.transformers import LearnedLRTrainer
 
-    Regression, Points, args = _hf_parts(tmp_path)
+    Regression, Points, args, StopAt = _hf_parts(tmp_path)
 
-    def train(model, epochs, **kw):
+    def train(model, callbacks=()):
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         used = _record_updates(opt)
-        trainer = LearnedLRTrainer(model=model, args=args(epochs, **kw),
-                                   train_dataset=Points(), optimizers=(opt, None),
+        trainer = LearnedLRTrainer(model=model, args=args(2), train_dataset=Points(),
+                                   optimizers=(opt, None), callbacks=list(callbacks),
                                    nets="mnist1d-mlp")
         return trainer, used
 
     total = 8  # 2 epochs of 4 batches
     model = Regression()
-    trainer, used = train(model, 2)
+    trainer, used = train(model)
     trainer.train()
     want = replay_learned(model.losses, total, lr=START_LR)
     assert len(used) == total and used == pytest.approx(want, rel=1e-9)
     logged = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert logged == pytest.approx(want, rel=1e-12)  # the Trainer logs the LR each step used
 
-    # a checkpoint after step 4 holds the schedule (scheduler.pt); resuming continues it
-    model = Regression()
-    trainer, first = train(model, 2, save_strategy="steps", save_steps=4, max_steps=4)
+    # interrupted after step 3: its checkpoint holds the schedule (scheduler.pt), and resuming
+    # from it continues the uninterrupted run's LRs
+    trainer, first = train(Regression(), [StopAt(3)])
     trainer.train()
-    ckpt = tmp_path / "out" / "checkpoint-4"
-    assert torch.load(ckpt / "scheduler.pt", weights_only=True)["step"] == 4
-    resumed = Regression()
-    trainer, rest = train(resumed, 2)
+    ckpt = tmp_path / "out" / "checkpoint-3"
+    assert torch.load(ckpt / "scheduler.pt", weights_only=True)["step"] == 3
+    trainer, rest = train(Regression())
     trainer.train(resume_from_checkpoint=str(ckpt))
-    # max_steps=4 made the first run 4 steps long: its schedule was planned for 4, not 8
-    assert first == pytest.approx(replay_learned(model.losses, 4, lr=START_LR), rel=1e-9)
-    assert len(rest) == 4
-    replay = replay_learned(model.losses + resumed.losses, 4, lr=START_LR)[4:]
-    assert rest == pytest.approx(replay, rel=1e-9)
+    assert first + rest == pytest.approx(want, rel=1e-9)
 
 
 def test_transformers_docs_example_runs(tmp_path, monkeypatch):
