@@ -417,7 +417,7 @@ class LossDrivenLR(LRScheduler):
         # until its milestone
         if not self._armed and not self._warned and self.last_epoch >= 0:
             self._warned = True
-            warnings.warn(f"optimizer.step() ran without a scheduler.step(loss) before it: call "
+            warnings.warn("optimizer.step() ran without a scheduler.step(loss) before it: call "
                           "scheduler.step(loss) after loss.backward() and before "
                           "optimizer.step(), because the learned LR of a step depends on that "
                           "step's loss", UserWarning, stacklevel=3)
