@@ -166,7 +166,7 @@ def _cmd_nets_import(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     print(f"card: {Path(args.out) / 'card.md'}; use the folder wherever a net is named, e.g. "
-          f"LearnedLR.from_pretrained({str(args.out)!r}, ...)")
+          f"LearnedLR.from_pretrained(optimizer, {str(args.out)!r}, ...)")
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from metalr.weights import load_meta_learner, read_meta_learner
 
@@ -305,7 +306,125 @@ class PhasedNets:
 
 # -- the scheduler ------------------------------------------------------------------------------
 
-class LearnedLR:
+def _optimizer_first(first: Any, second: Any, where: str) -> tuple[Any, Any]:
+    """Accept the pre-0.2 order ``(nets, optimizer)`` for one release, with a DeprecationWarning."""
+    if isinstance(first, torch.optim.Optimizer):
+        return first, second
+    if isinstance(second, torch.optim.Optimizer):
+        warnings.warn(f"{where}(nets, optimizer, ...) is deprecated: pass the optimizer first, "
+                      f"{where}(optimizer, nets, ...), as the constructor takes it",
+                      DeprecationWarning, stacklevel=3)
+        return second, first
+    raise TypeError(f"{where}: the first argument must be a torch.optim.Optimizer, "
+                    f"got {type(first).__name__}")
+
+
+class LossDrivenLR(LRScheduler):
+    """A torch ``LRScheduler`` whose LR of step t is a function of step t's training loss.
+
+    Torch's schedulers are stepped *after* ``optimizer.step()`` and set the LR of the next step.
+    A learned schedule needs this batch's loss, which exists only after the forward pass, so
+    these are stepped *before* ``optimizer.step()``: ``step(loss)`` sets the LR of the
+    ``optimizer.step()`` that follows. Frameworks that call ``step()`` with no argument (torch's
+    ``SequentialLR``, Lightning, Transformers) get the loss from an earlier ``observe(loss)``.
+
+    An ``optimizer.step()`` with no ``step`` before it warns once (an optimizer step
+    pre-hook). Only the newest scheduler of an optimizer watches it: building another one, or
+    :meth:`close`, or garbage collection removes the hook, so none pile up on the optimizer.
+    Subclasses implement :meth:`_next_lr` and their own part of the state.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+        self._armed = False  # a step has set the LR of the next optimizer.step()
+        self._warned = False
+        super().__init__(optimizer)  # records initial_lr; _initial_step leaves the LR alone
+        previous = getattr(optimizer, "_metalr_scheduler", None)
+        if previous is not None and (old := previous()) is not None:
+            old.close()
+        ref = weakref.ref(self)  # the optimizer must not keep a dropped scheduler alive
+
+        def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            scheduler = ref()
+            if scheduler is not None:
+                scheduler._before_optimizer_step()
+
+        handle = optimizer.register_step_pre_hook(before_step)
+        self._finalizer = weakref.finalize(self, handle.remove)
+        optimizer._metalr_scheduler = ref
+
+    def _initial_step(self) -> None:
+        # torch's schedulers set the LR of step 0 here; a learned one has no loss yet
+        self._step_count, self.last_epoch = 0, 0
+        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def _next_lr(self, loss: torch.Tensor, *context: Any) -> float:
+        raise NotImplementedError
+
+    def observe(self, loss: torch.Tensor | float, *context: Any) -> None:
+        """Hand over this step's loss for a following ``step()`` with no argument."""
+        self._pending = (torch.as_tensor(loss).detach(), context)
+
+    def step(self, loss: torch.Tensor | float | None = None, *context: Any) -> float:  # type: ignore[override]
+        """Set (and return) the LR of the coming ``optimizer.step()`` from this step's loss.
+
+        No loss (or an ``int``, torch's deprecated epoch argument): the one given to
+        :meth:`observe` since the last step.
+        """
+        if loss is None or (isinstance(loss, int) and not isinstance(loss, bool)):
+            if self._pending is None:
+                raise RuntimeError(f"{type(self).__name__}.step() has no loss for this step: call "
+                                   "step(loss) or observe(loss) before it")
+            loss, context = self._pending
+        self._pending = None
+        lr = self._next_lr(torch.as_tensor(loss).detach(), *context)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [lr] * len(self.optimizer.param_groups)
+        self._step_count += 1
+        self.last_epoch += 1
+        self._armed = True
+        return lr
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        # SequentialLR hands over at a milestone with _update_lr(0): the schedule's own clock
+        # (its step count) starts there anyway, so this is an ordinary step
+        self.step()
+
+    def get_last_lr(self) -> list[float]:
+        """The LR per param group set by the last ``step`` (before any: the optimizer's)."""
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers only, so ``torch.load(weights_only=True)`` reads it."""
+        return {"last_epoch": self.last_epoch, "_step_count": self._step_count,
+                "base_lrs": [float(v) for v in self.base_lrs],
+                "last_lr": list(self._last_lr)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # .get: states saved before LearnedLR was an LRScheduler have only last_lr
+        self.last_epoch = int(state_dict.get("last_epoch", self.last_epoch))
+        self._step_count = int(state_dict.get("_step_count", self._step_count))
+        self.base_lrs = [float(v) for v in state_dict.get("base_lrs", self.base_lrs)]
+        self._last_lr = [float(v) for v in state_dict["last_lr"]]
+
+    def close(self) -> None:
+        """Stop watching the optimizer (remove its step pre-hook); idempotent."""
+        self._finalizer()
+
+    def _before_optimizer_step(self) -> None:
+        # last_epoch -1: SequentialLR has undone this scheduler; another one is in charge
+        # until its milestone
+        if not self._armed and not self._warned and self.last_epoch >= 0:
+            self._warned = True
+            warnings.warn("optimizer.step() ran without a scheduler.step(loss) before it: call "
+                          "scheduler.step(loss) after loss.backward() and before "
+                          "optimizer.step(), because the learned LR of a step depends on that "
+                          "step's loss", UserWarning, stacklevel=3)
+        self._armed = False
+
+
+class LearnedLR(LossDrivenLR):
     """A meta-learned LR schedule for any ``torch.optim`` optimizer, in a plain PyTorch loop.
 
     Call order, once per batch (paper Eq. 12: the LR of step t is computed from the loss of
@@ -345,7 +464,6 @@ class LearnedLR:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
         if lr is not None and gamma is not None:
             raise ValueError("give lr (where the schedule starts) or gamma (its bound), not both")
-        self.optimizer = optimizer
         self.loss_scale = float(loss_scale)
         self.phases = PhasedNets(nets)
         if lr is not None:
@@ -353,21 +471,10 @@ class LearnedLR:
         if gamma is not None:
             self.phases.set_gamma(gamma)
         self.phases.start(total_steps, device)
-        self._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
-        self._armed = False  # a step(loss) has set the LR of the next optimizer.step()
-        self._warned = False
-        ref = weakref.ref(self)  # the optimizer must not keep a dropped scheduler alive
-
-        def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            scheduler = ref()
-            if scheduler is not None and getattr(opt, "_metalr_learned_lr", None) is ref:
-                scheduler._before_optimizer_step()
-
-        optimizer._metalr_learned_lr = ref  # only the newest scheduler of an optimizer watches
-        self._hook = optimizer.register_step_pre_hook(before_step)
+        super().__init__(optimizer)
 
     @classmethod
-    def from_pretrained(cls, nets: NetSpec | Sequence[NetSpec], optimizer: torch.optim.Optimizer,
+    def from_pretrained(cls, optimizer: torch.optim.Optimizer, nets: NetSpec | Sequence[NetSpec],
                         *, total_steps: int, lr: float | None = None,
                         gamma: float | None = None, loss_scale: float = 1.0,
                         device: torch.device | str = "cpu") -> LearnedLR:
@@ -377,6 +484,7 @@ class LearnedLR:
         the authors' released ``.pth`` files (read with ``torch.load(weights_only=True)``). A
         list mixes them; its order is the order of the phases.
         """
+        optimizer, nets = _optimizer_first(optimizer, nets, "LearnedLR.from_pretrained")
         return cls(optimizer, load_nets(nets), total_steps, lr=lr, gamma=gamma,
                    loss_scale=loss_scale, device=device)
 
@@ -389,40 +497,26 @@ class LearnedLR:
         """How many LRs have been set so far."""
         return self.phases.step
 
-    def step(self, loss: torch.Tensor | float) -> None:
-        """Set the LR of the coming ``optimizer.step()`` from this batch's training loss."""
-        lr = self.phases.lr(torch.as_tensor(loss).detach() / self.loss_scale)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
-        self._armed = True
-
-    def get_last_lr(self) -> list[float]:
-        """The LR per param group set by the last ``step(loss)`` (before any: the optimizer's)."""
-        return list(self._last_lr)
+    def _next_lr(self, loss: torch.Tensor, *context: Any) -> float:
+        if context:
+            raise TypeError(f"LearnedLR.step takes only the loss, got {len(context)} more "
+                            "arguments")
+        return self.phases.lr(loss / self.loss_scale)
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count, LSTM state, gammas and last LR: a resumed loop continues the same LRs.
+        """Step count, phase, LSTM state, gammas/scales and last LR: a resumed loop continues
+        the same LRs.
 
         The nets' weights are not included (they are frozen and come from their files), just
         as torch's schedulers leave the optimizer out of theirs.
         """
-        return {**self.phases.state_dict(), "last_lr": list(self._last_lr),
+        return {**super().state_dict(), **self.phases.state_dict(), "phase": self.phases.phase,
                 "loss_scale": self.loss_scale}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.phases.load_state_dict(state_dict)
-        self._last_lr = [float(v) for v in state_dict["last_lr"]]
         self.loss_scale = float(state_dict["loss_scale"])
-
-    def _before_optimizer_step(self) -> None:
-        if not self._armed and not self._warned:
-            self._warned = True
-            warnings.warn("optimizer.step() ran without a scheduler.step(loss) before it: call "
-                          "scheduler.step(loss) after loss.backward() and before "
-                          "optimizer.step(), because the learned LR of a step depends on that "
-                          "step's loss", UserWarning, stacklevel=3)
-        self._armed = False
+        super().load_state_dict(state_dict)
 
     def __repr__(self) -> str:
         return (f"LearnedLR(k={self.phases.k}, step={self.last_step}/{self.total_steps}, "

@@ -31,3 +31,22 @@ def mnist1d_64(registry):
     task.setup(seed=3, device=torch.device("cpu"))
     task.splits = {k: (x.double(), y) for k, (x, y) in task.splits.items()}
     return task
+
+
+@pytest.fixture
+def replay_learned():
+    """The LRs the shipped ``mnist1d-mlp`` nets give for a sequence of losses, computed directly
+    through :class:`~metalr.scheduler.PhasedNets` (no scheduler, no framework): what an adapter
+    must have applied at each optimizer step."""
+    import torch
+
+    from metalr.scheduler import PhasedNets, load_nets
+
+    def replay(losses, total_steps: int, lr: float | None = None) -> list[float]:
+        phases = PhasedNets(load_nets("mnist1d-mlp"))
+        if lr is not None:
+            phases.rescale_to(lr)
+        phases.start(total_steps)
+        return [phases.lr(torch.as_tensor(float(loss))) for loss in losses]
+
+    return replay

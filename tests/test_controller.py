@@ -239,7 +239,7 @@ def test_hand_loop_gives_the_recipe_lrs(trained, task, tmp_path):
         with torch.no_grad():
             return float(torch.nn.functional.cross_entropy(model(x), y))
 
-    sched = ControlledLR.from_pretrained(path, opt, model, total_steps=EPOCHS * 14,
+    sched = ControlledLR.from_pretrained(opt, path, model, total_steps=EPOCHS * 14,
                                          meta_loss=meta_loss, lr=0.05)
     gen, got = torch.Generator().manual_seed(3), []
     for _ in range(EPOCHS):
@@ -278,7 +278,7 @@ def test_shipped_controller_schedules_another_model_in_a_hand_loop(task):
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     x_val, y_val = task.meta_batch(64, torch.Generator().manual_seed(0))
     sched = ControlledLR.from_pretrained(
-        path, opt, model, total_steps=28, lr=0.1,
+        opt, path, model, total_steps=28, lr=0.1,
         meta_loss=lambda: torch.nn.functional.cross_entropy(model(x_val), y_val).item())
     lrs = []
     for x, y in task.train_batches(BATCH, torch.Generator().manual_seed(0)):

@@ -52,7 +52,7 @@ def reference_lrs(state: dict[str, torch.Tensor], losses: list[float], gamma: fl
 
 def metalr_lrs(nets, losses, total_steps=None, **kwargs):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    sched = LearnedLR.from_pretrained(nets, opt, total_steps=total_steps or len(losses), **kwargs)
+    sched = LearnedLR.from_pretrained(opt, nets, total_steps=total_steps or len(losses), **kwargs)
     out = []
     for loss in losses:
         sched.step(torch.tensor(loss))

@@ -82,7 +82,7 @@ def test_scheduler_gives_the_engines_meta_test_lrs(registry):
     model = _model(registry, task, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
     total = epochs * task.num_train_batches(batch_size)
-    scheduler = LearnedLR.from_pretrained("mnist1d-mlp", optimizer, total_steps=total)
+    scheduler = LearnedLR.from_pretrained(optimizer, "mnist1d-mlp", total_steps=total)
     lrs = _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs)
 
     assert len(lrs) == total == 18
@@ -98,7 +98,7 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
     model = _model(registry, task, seed)
     optimizer = registry.get("optimizer", "adam").build(model.parameters())
     policy = registry.get("lr_policy", "mlrsnet-transfer").build(nets=["mnist1d-mlp"])
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", torch.optim.SGD(model.parameters()),
+    saved = LearnedLR.from_pretrained(torch.optim.SGD(model.parameters()), "mnist1d-mlp",
                                       total_steps=1)
     weights = [{k: v.clone() for k, v in net.state_dict().items()
                 if k not in ("log_gamma", "ref_lr")} for net in policy.phases.nets]
@@ -120,7 +120,7 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
 def test_phases_switch_nets_and_carry_the_lstm_state():
     files = shipped_nets()["mnist1d-mlp"]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    scheduler = LearnedLR.from_pretrained(files, optimizer, total_steps=9)
+    scheduler = LearnedLR.from_pretrained(optimizer, files, total_steps=9)
     losses = [2.3, 2.0, 1.7, 1.5, 1.2, 1.0, 0.8, 0.7, 0.6, 0.5]  # one step past total_steps
     lrs = []
     for loss in losses:
@@ -173,7 +173,7 @@ def test_state_dict_round_trip_continues_the_same_lrs(registry, tmp_path, stop):
     def fresh():
         model = _model(registry, task, seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-        return model, opt, LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=total)
+        return model, opt, LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=total)
 
     model, opt, sched = fresh()
     reference = _hand_loop(task, model, sched, opt, batch_size, seed, epochs)
@@ -231,7 +231,7 @@ def test_a_pickle_posing_as_a_net_is_refused(registry, tmp_path, name):
     evil.write_bytes(pickle.dumps({"gamma": _Payload(marker)}))
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
     with pytest.raises(WeightsError, match="(?s)not a safetensors file.*never from pickle"):
-        LearnedLR.from_pretrained(str(evil), opt, total_steps=10)
+        LearnedLR.from_pretrained(opt, str(evil), total_steps=10)
     with pytest.raises(WeightsError, match="never from pickle"):
         registry.get("lr_policy", "mlrsnet-transfer").build(nets=[str(evil)])
     assert not marker.exists()
@@ -244,7 +244,7 @@ def test_every_shipped_net_loads_and_is_listed(capsys):
     assert "mnist1d-mlp" in shipped
     for name, files in shipped.items():
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-        sched = LearnedLR.from_pretrained(name, opt, total_steps=6)
+        sched = LearnedLR.from_pretrained(opt, name, total_steps=6)
         gammas = [float(n.gamma) for n in sched.phases.nets]
         assert sched.phases.k == len(files) >= 1
         sched.step(torch.tensor(2.3))
@@ -261,8 +261,8 @@ def test_every_shipped_net_loads_and_is_listed(capsys):
 
 def test_gamma_is_the_saved_buffer_unless_overridden(registry):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
-    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, gamma=0.25)
+    saved = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    scaled = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, gamma=0.25)
     policy = registry.get("lr_policy", "mlrsnet-transfer").build(gamma=0.25)
     files = shipped_nets()["mnist1d-mlp"]
     in_files = [float(read_meta_learner(f)[2]["log_gamma"].exp()) for f in files]
@@ -280,7 +280,7 @@ def test_gamma_is_the_saved_buffer_unless_overridden(registry):
 def test_optimizer_step_before_scheduler_step_warns():
     param = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([param], lr=0.0)
-    sched = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=4)
+    sched = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=4)
     param.grad = torch.ones(1)
     sched.step(1.0)
     with warnings.catch_warnings():
@@ -305,8 +305,8 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
 def test_lr_rescales_the_schedule_relative_to_its_start():
     """lr= maps each net's calibration LR (ref_lr) to lr: every LR scales by lr / ref_lr."""
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    saved = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
-    scaled = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.002)
+    saved = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    scaled = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, lr=0.002)
     factor = 0.002 / float(saved.phases.nets[0].ref_lr)
     assert [float(n.ref_lr) for n in scaled.phases.nets] == pytest.approx([0.002] * 3)
     for loss in (2.3, 1.9, 1.4, 1.1, 0.9, 0.7):
@@ -314,7 +314,7 @@ def test_lr_rescales_the_schedule_relative_to_its_start():
         scaled.step(loss)
         assert scaled.get_last_lr()[0] == pytest.approx(factor * saved.get_last_lr()[0], rel=1e-5)
     with pytest.raises(ValueError, match="not both"):
-        LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6, lr=0.1, gamma=0.2)
+        LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6, lr=0.1, gamma=0.2)
 
 
 def test_transfer_takes_k_of_the_saved_nets_by_the_ceiling_rule(registry, tmp_path):
@@ -333,3 +333,124 @@ def test_transfer_takes_k_of_the_saved_nets_by_the_ceiling_rule(registry, tmp_pa
     (tmp_path / "theta-epoch0020.safetensors").unlink()
     with pytest.raises(ValueError, match=r"no nets for epochs \[20, 40\]|no nets for epochs \[20\]"):
         build(nets=[str(tmp_path)], k=4)
+
+
+# -- the LRScheduler interface --------------------------------------------------------------------
+
+def _regression(seed: int = 0):
+    """A two-parameter model on 64 points: enough for losses that change from step to step."""
+    torch.manual_seed(seed)
+    x = torch.randn(64, 1)
+    y = 3 * x + 0.5 + 0.1 * torch.randn(64, 1)
+    model = torch.nn.Linear(1, 1)
+    return model, x, y
+
+
+def _record_applied(optimizer) -> list[float]:
+    """The LR each optimizer.step() actually runs with, read when it starts."""
+    applied: list[float] = []
+    optimizer.register_step_pre_hook(lambda opt, a, k: applied.append(opt.param_groups[0]["lr"]))
+    return applied
+
+
+def test_is_a_torch_scheduler_and_observe_then_step_equals_step_with_the_loss(replay_learned):
+    model, x, y = _regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.7)
+    sched = LearnedLR(opt, load_nets("mnist1d-mlp"), total_steps=12, lr=0.05)
+    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    assert opt.param_groups[0]["lr"] == 0.7 and sched.get_last_lr() == [0.7]  # left alone
+    applied, losses = _record_applied(opt), []
+    for t in range(12):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        if t % 2:
+            sched.step(loss)
+        else:
+            sched.observe(loss)  # what a framework that steps with no argument does
+            sched.step()
+        opt.step()
+    assert applied == replay_learned(losses, 12, lr=0.05)
+    assert sched.last_epoch == sched.last_step == 12 and sched.state_dict()["phase"] == 2
+    with pytest.raises(RuntimeError, match=r"no loss for this step: call step\(loss\) or observe"):
+        sched.step()  # the observed loss is used once, never again for a later step
+
+
+def test_a_linear_warm_up_then_the_learned_schedule_in_sequential_lr(replay_learned):
+    """Everything is stepped before optimizer.step(): step t runs the warm-up's epoch t + 1, so
+    W warm-up steps ending at the base LR are total_iters=W, milestones=[W + 1]."""
+    warm, total = 4, 14
+    model, x, y = _regression(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+    learned = LearnedLR(opt, load_nets("mnist1d-mlp"), total_steps=total - warm, lr=0.1)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, learned], milestones=[warm + 1])
+    applied, losses = _record_applied(opt), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the learned schedule does not warn before its turn
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(total):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            learned.observe(loss)
+            sched.step()
+            opt.step()
+    assert applied[:warm] == pytest.approx([0.1 * (0.1 + 0.9 * (t + 1) / warm)
+                                            for t in range(warm)])
+    assert applied[warm:] == replay_learned(losses[warm:], total - warm, lr=0.1)
+    assert learned.last_step == total - warm and sched.get_last_lr() == [applied[-1]]
+    state = sched.state_dict()  # SequentialLR nests the learned schedule's state
+    assert state["_schedulers"][1]["step"] == total - warm
+
+
+def test_the_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    sched = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    for loss in (2.3, 1.9, 1.5):
+        sched.step(loss)
+    torch.save(sched.state_dict(), tmp_path / "sched.pt")
+    state = torch.load(tmp_path / "sched.pt", weights_only=True)
+    assert {"step", "phase", "state", "gamma", "ref_lr", "last_epoch", "loss_scale"} <= set(state)
+    assert state["step"] == 3 and state["phase"] == 1
+    twin = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    twin.load_state_dict(state)
+    assert twin.step(1.2) == sched.step(1.2)
+
+
+def test_the_old_argument_order_still_works_with_a_deprecation_warning():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    with pytest.warns(DeprecationWarning, match=r"pass the optimizer first"):
+        old = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
+    new = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
+    assert old.step(2.0) == new.step(2.0)
+    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
+        LearnedLR.from_pretrained("mnist1d-mlp", "mnist1d-mlp", total_steps=6)
+
+
+def test_the_step_pre_hook_goes_with_the_scheduler():
+    import gc
+    import weakref
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+    nets = load_nets("mnist1d-mlp")
+    before = len(opt._optimizer_step_pre_hooks)
+    first = LearnedLR(opt, nets, total_steps=6)
+    assert len(opt._optimizer_step_pre_hooks) == before + 1
+    second = LearnedLR(opt, nets, total_steps=6)  # replaces the first as the optimizer's watcher
+    assert len(opt._optimizer_step_pre_hooks) == before + 1
+    gone = weakref.ref(second)
+    del first, second
+    gc.collect()
+    assert gone() is None  # the optimizer keeps no scheduler alive
+    assert len(opt._optimizer_step_pre_hooks) == before
+    third = LearnedLR(opt, nets, total_steps=6)
+    third.close()
+    third.close()
+    assert len(opt._optimizer_step_pre_hooks) == before
+    for _ in range(20):  # a loop that rebuilds its scheduler leaks nothing
+        LearnedLR(opt, nets, total_steps=6).step(1.0)
+    gc.collect()
+    assert len(opt._optimizer_step_pre_hooks) == before
