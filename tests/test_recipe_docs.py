@@ -113,7 +113,7 @@ def test_every_key_a_recipe_uses_is_in_recipes_md():
 def test_every_option_a_recipe_gives_a_component_is_in_its_row():
     _, options = used()
     rows = documented_rows()
-    missing = sorted(f"{kind} `{name}` option `{option}` ({sorted(paths)[0].name})"
+    missing = sorted(f"{kind} `{name}` option `{option}` ({min(paths).name})"
                      for (kind, name, option), paths in options.items()
                      if f"`{option}`" not in rows.get((kind, name), ""))
     assert not missing, ("docs/recipes.md, Component options: add to the rows: "
