@@ -159,6 +159,7 @@ def test_new_plugin_installs_registers_and_passes_its_own_test(tmp_path):
     assert main(["new-plugin", "metalr-acme", "--out", str(tmp_path)]) == 0
     package, site = tmp_path / "metalr-acme", tmp_path / "site"
     assert main(["new-plugin", "metalr-acme", "--out", str(tmp_path)]) == 2  # never overwrites
+    assert main(["new-plugin", "1-acme", "--out", str(tmp_path)]) == 2  # not a module name
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--no-compile", "--target", str(site), str(package)],
                    check=True, cwd=tmp_path, capture_output=True)
