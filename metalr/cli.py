@@ -1,4 +1,4 @@
-"""The `metalr` command: plugins, validate, run, resume, runs, nets.
+"""The `metalr` command: plugins, validate, run, resume, sweep, runs, nets, new-plugin.
 
 Exit codes: 0 success, 1 a run failed (or the output folder or tracker could not be used), 2 a
 bad recipe or override (nothing tracked, nothing written), 130 interrupted.
@@ -49,8 +49,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """``--only a,b`` / ``--skip c`` (repeatable) as ``load_recipe``'s keywords."""
+    def names(values: list[str] | None) -> tuple[str, ...]:
+        return tuple(n.strip() for v in values or () for n in v.split(",") if n.strip())
+    return {"only": names(args.only), "skip": names(args.skip)}
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, deep=True)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
     methods = ", ".join(recipe.methods)
     print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, model {recipe.model.name}, "
           f"methods {methods}, {recipe.train.epochs} epochs)")
@@ -60,8 +67,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from metalr.runner import Runner  # torch-heavy; not needed by the other commands
 
-    recipe = load_recipe(args.recipe, args.overrides, deep=True)
-    args.runner = Runner(recipe, progress=not args.quiet)
+    recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
+    args.runner = Runner(recipe, progress=not args.quiet)  # -q: result lines still print
     summary = args.runner.run()
     return _report(summary, recipe.tracking is not None)
 
@@ -79,7 +86,7 @@ def _report(summary: RunSummary, tracked: bool) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from metalr.sweep import execute, plan
 
-    sweep = plan(args.recipe, args.overrides)  # every point validated before any starts
+    sweep = plan(args.recipe, args.overrides, **_selection(args))  # all points validated first
     if args.list:
         for point in sweep.points:
             print(f"{point.index}\t{point.label}")
@@ -193,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override recipe keys, e.g. train.epochs=20")
         if name == "run":
-            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+            p.add_argument("-q", "--quiet", action="store_true",
+                           help="no progress bar (each run's result line still prints)")
+        _add_selection(p)
         p.set_defaults(func=func)
     p = sub.add_parser("sweep", help="run every point of a recipe's sweep: block (again: "
                        "finished points are skipped)")
@@ -203,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the points (index, values) and exit")
     p.add_argument("--index", type=int, help="run point I alone, in this process (batch systems)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_selection(p)
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
     p.add_argument("run_dir", help="the output folder the run printed")
@@ -214,7 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracker", default="mlflow", help="the tracker component (default mlflow)")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     p.set_defaults(func=_cmd_runs)
+    p = sub.add_parser("new-plugin", help="write an installable plugin package (task, model, "
+                       "LR policy, conformance test) to start from")
+    p.add_argument("name", help="distribution name, e.g. metalr-myrule (module metalr_myrule)")
+    p.add_argument("--out", default=".", help="folder to create it in (default: here)")
+    p.set_defaults(func=_cmd_new_plugin)
     return parser
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", action="append", metavar="A,B",
+                   help="run only these methods of the recipe (comma-separated, repeatable)")
+    p.add_argument("--skip", action="append", metavar="C",
+                   help="leave these methods out (comma-separated, repeatable)")
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from metalr.template import TemplateError, new_plugin
+
+    try:
+        folder = new_plugin(args.name, args.out)
+    except TemplateError as exc:
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder}/tests && "
+          "metalr plugins")
+    return 0
 
 
 def _interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C: runs are marked KILLED

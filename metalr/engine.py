@@ -42,6 +42,7 @@ class EngineConfig:
     epochs: int
     batch_size: int = 128
     seed: int = 0
+    order_seed: int | None = None  # batch order and meta batches; None: seed (train.order_seed)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     t_val: int | None = None  # steps between meta-updates; None: twice per epoch
     meta_batch_size: int = 128
@@ -121,6 +122,7 @@ class Engine:
         self.task, self.model, self.optimizer, self.policy, self.cfg = (
             task, model, optimizer, policy, config
         )
+        self.data_seed = config.seed if config.order_seed is None else config.order_seed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.meta_learning = config.meta_train and is_meta_learned(policy)
         if is_meta_learned(policy) or is_episodic(policy):
@@ -138,7 +140,7 @@ class Engine:
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
-        self.meta_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.meta_generator = torch.Generator().manual_seed(self.data_seed + 1)
         self.precision = Precision(config.device, config.amp, config.amp_dtype)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -298,7 +300,7 @@ class Engine:
         t_val = cfg.t_val or (self.policy.meta_period(run) if self.meta_learning
                               else max(1, steps_per_epoch // 2))
         history.t_val = t_val if self.meta_learning else None
-        generator = torch.Generator().manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(self.data_seed)
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
             history = History.from_dict(resume["history"])

@@ -14,6 +14,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -139,6 +140,12 @@ class TrainConfig(_Strict):
     seeds: list[Seed] = Field(
         default_factory=list, description="run every method with each seed; empty: [seed]"
     )
+    split_seed: Seed | None = Field(
+        None, description="seed of the data split (task.setup) for every run; unset: the run's "
+        "seed. Fixes the split while train.seeds vary the rest (a published protocol)")
+    order_seed: Seed | None = Field(
+        None, description="seed of the batch order and meta-batch draws for every run; unset: "
+        "the run's seed (which still decides initial weights)")
     batch_size: Count = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(
@@ -273,7 +280,7 @@ class RecipeError(ValueError):
 
 def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None,
-    *, deep: bool = False,
+    *, deep: bool = False, only: Sequence[str] = (), skip: Sequence[str] = (),
 ) -> Recipe:
     """Read, override, validate and resolve a recipe; raise :class:`RecipeError` listing all problems.
 
@@ -292,6 +299,7 @@ def load_recipe(
         raise RecipeError(source, [Problem("", "a recipe is a mapping of keys (name, task, ...)")])
     _paths_next_to(data, Path(path).parent)
     problems, overridden = apply_overrides(data, overrides)
+    problems += select_methods(data, only, skip)
     values = check_values(data)
     recipe, schema = None, []
     try:
@@ -313,6 +321,35 @@ def load_recipe(
     if problems:
         raise RecipeError(source, [_with_line(p, lines, overridden) for p in problems])
     return recipe
+
+
+def select_methods(data: dict[str, Any], only: Sequence[str] = (),
+                   skip: Sequence[str] = ()) -> list[Problem]:
+    """Keep the methods named by ``only`` (all when empty), then drop those of ``skip``: the
+    command line's ``--only a,b`` / ``--skip c``. Done on the raw recipe, before validation, so a
+    left-out method is neither checked nor run, and the resolved recipe lists what ran."""
+    if not only and not skip:
+        return []
+    methods = data.get("methods")
+    if not isinstance(methods, dict):
+        return []  # the structural check reports it
+    known = ", ".join(map(str, methods))
+    problems = []
+    for flag, names in (("--only", only), ("--skip", skip)):
+        for name in names:
+            if name not in methods:
+                close = difflib.get_close_matches(name, list(map(str, methods)), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                problems.append(Problem("methods", f"{flag} {name!r} is not a method of this "
+                                        f"recipe; {hint}its methods: {known}", 0))
+    if problems:
+        return problems
+    kept = {k: v for k, v in methods.items() if (not only or k in only) and k not in skip}
+    if not kept:
+        return [Problem("methods", f"--only/--skip leave no method to run; its methods: {known}",
+                        0)]
+    data["methods"] = kept
+    return []
 
 
 def _paths_next_to(data: dict[str, Any], folder: Path) -> None:

@@ -1,6 +1,10 @@
 """Results of a recipe run and the tables made from them (Markdown and CSV).
 
 Statistics are over the seeds that finished; failed runs are counted and shown, never averaged.
+A spread is the *sample* standard deviation (``statistics.stdev``, ddof=1) over those seeds; with
+one seed none is shown. The per-seed values behind each mean are in ``results.csv`` (one column
+per seed), in the per-seed table of ``results.md`` and in the parent run's tracker metrics
+(:meth:`RunSummary.seed_metrics`), so a reader can recompute any other statistic.
 
 Tuning (the DeepOBS protocol over several seeds) is decided here too. A grid point is *rejected*
 when any of its tuning seeds
@@ -79,12 +83,17 @@ class MethodResult:
 
 
 def _mean_std(values: list[float]) -> str:
+    """Mean ± sample std (ddof=1): the spread of the seeds as a sample of possible seeds."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.4f}"  # one seed: no spread to report
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @dataclass
@@ -169,8 +178,44 @@ class RunSummary:
             return f"recipe's {points[0].option} (all {len(points)} grid points rejected)"
         return f"{chosen[0].option}={chosen[0].value:g} ({rejected} of {len(points)} rejected)"
 
-    def rows(self) -> list[dict[str, str]]:
+    def seeds(self) -> list[int]:
+        """The seeds of the final runs, in the order they ran."""
+        return list(dict.fromkeys(r.seed for r in self.results))
+
+    def per_seed(self) -> dict[str, dict[int, float | None]]:
+        """Per method, the final test metric of each seed (None: the run did not finish)."""
+        key = f"test_{self.metric}"
+        out: dict[str, dict[int, float | None]] = {}
+        for r in self.results:
+            out.setdefault(r.method, {})[r.seed] = (r.final(key) if r.status == "FINISHED"
+                                                    else None)
+        return out
+
+    def seed_metrics(self) -> dict[str, float]:
+        """``final_test_<metric>/<method>/seed<N>`` for every finished run: what the parent run
+        is given, so that per-seed values can be queried from the tracker
+        (``mlflow.search_runs`` has them as columns ``metrics.final_test_accuracy/mlrsnet/seed0``)."""
+        return {f"final_test_{self.metric}/{method}/seed{seed}": value
+                for method, seeds in self.per_seed().items()
+                for seed, value in seeds.items() if value is not None and math.isfinite(value)}
+
+    def per_seed_markdown(self) -> str:
+        """The final test metric of every method and seed, under a heading ("" without runs)."""
+        table = self.per_seed()
+        if not table:
+            return ""
+        seeds = self.seeds()
+        rows = [{"method": method, **{f"seed {s}": _value(values.get(s)) for s in seeds}}
+                for method, values in table.items()]
+        return (f"### Final test {self.metric} per seed\n\n"
+                "The table above gives mean ± sample std (ddof=1) over the finished seeds.\n\n"
+                + _markdown(rows))
+
+    def rows(self, per_seed: bool = False) -> list[dict[str, str]]:
+        """One row per method; ``per_seed`` adds a column per seed (``final test <metric>
+        seed<N>``) after the summary columns, for results.csv."""
         m = self.metric
+        seeds, table = self.seeds(), self.per_seed() if per_seed else {}
         rows = []
         for method in self.methods():
             runs = [r for r in self.results if r.method == method]
@@ -192,13 +237,16 @@ class RunSummary:
                         {r.status for r in runs if r.status != "FINISHED"})) + ": " + "; ".join(
                         r.error or r.status for r in runs if r.status != "FINISHED") + ")"),
             })
+            if per_seed:
+                rows[-1].update({f"final test {m} seed{s}": _value(table[method].get(s))
+                                 for s in seeds})
         return rows
 
     def markdown(self) -> str:
         return _markdown(self.rows()) or "(no runs)"
 
     def csv(self) -> str:
-        return _csv(self.rows())
+        return _csv(self.rows(per_seed=True))
 
     def tuning_rows(self) -> list[dict[str, str]]:
         """One row per grid point: mean final meta metric over the tuning seeds, and status."""

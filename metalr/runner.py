@@ -131,8 +131,8 @@ def write_outputs(summary: RunSummary) -> list[Path]:
         if r.history is not None and r.history.lrs and r.method not in first:
             first[r.method] = r.history
     paths = [out / "results.md", out / "results.csv"]
-    tuning = summary.tuning_markdown()
-    paths[0].write_text(summary.markdown() + "\n" + (f"\n{tuning}\n" if tuning else ""))
+    extra = [t for t in (summary.per_seed_markdown(), summary.tuning_markdown()) if t]
+    paths[0].write_text(summary.markdown() + "\n" + "".join(f"\n{t}\n" for t in extra))
     paths[1].write_text(summary.csv())
     if summary.tuning:
         paths.append(out / "tuning.csv")
@@ -165,10 +165,13 @@ def new_output_dir(root: str | Path, name: str) -> Path:
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, registry: Registry | None = None, progress: bool = True):
+    def __init__(self, recipe: Recipe, registry: Registry | None = None, progress: bool = True,
+                 report: bool = True):
+        """``progress``: the progress bar and the folder line; ``report``: one line per run as
+        it ends (``metalr run -q`` keeps these: they are results, not progress)."""
         self.recipe = recipe
         self.registry = registry or get_registry()
-        self.progress = progress
+        self.progress, self.report = progress, report
         self.device = resolve_device(recipe.train.device)
         self._tasks: dict[int, Task] = {}
         self.provenance: dict[str, str] = {}
@@ -180,7 +183,7 @@ class Runner:
 
     @classmethod
     def resumable(cls, run_dir: str | Path, registry: Registry | None = None,
-                  progress: bool = True) -> Runner:
+                  progress: bool = True, report: bool = True) -> Runner:
         """A runner whose :meth:`run` continues the suite in ``run_dir`` (the folder ``run``
         printed) into its MLflow runs: finished runs are read back, the others continue from
         their last checkpoint."""
@@ -193,18 +196,21 @@ class Runner:
                            "folder that `metalr run` printed") from None
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise RunError(f"cannot read {path}: {_one_line(exc)}") from None
-        runner = cls(recipe, registry, progress)
+        runner = cls(recipe, registry, progress, report)
         runner.output_dir = run_dir
         return runner
 
     def task(self, seed: int) -> Task:
-        """The task set up for a seed (the split depends on it), built once per seed."""
-        if seed not in self._tasks:
+        """The task set up for a run seed, built once per split seed and shared by every method
+        (and every run seed, with ``train.split_seed``): the split is ``task.setup``'s seed."""
+        split_seed = self.recipe.train.split_seed
+        split = seed if split_seed is None else split_seed
+        if split not in self._tasks:
             ref = self.recipe.task
             task = self.registry.get("task", ref.name).build(**ref.options)
-            task.setup(seed, self.device)
-            self._tasks[seed] = task
-        return self._tasks[seed]
+            task.setup(split, self.device)
+            self._tasks[split] = task
+        return self._tasks[split]
 
     def run(self) -> RunSummary:
         """Run the recipe into a new folder under ``recipe.output_dir`` (or continue it)."""
@@ -329,6 +335,9 @@ class Runner:
             if tracker is not None:
                 for path in paths:
                     tracker.log_artifact(parent, str(path))
+                finals = summary.seed_metrics()
+                if finals:  # per-seed values, queryable beside the parent's parameters
+                    tracker.log_metrics(parent, finals, 0)
         except Exception as exc:  # the runs are tracked and saved; say what is missing
             bar.write(f"results not written to {summary.output_dir}: {type(exc).__name__}: "
                       f"{exc}")
@@ -388,7 +397,7 @@ class Runner:
         saved = rundir.load_result(folder)
         if saved is not None and saved.status in rundir.DONE:
             bar.update(job.epochs)
-            if self.progress:
+            if self.report:
                 bar.write(self._line(saved, self._metric) + " (done before)")
             into.append(saved)
             return
@@ -451,7 +460,7 @@ class Runner:
             with contextlib.suppress(Exception):  # best effort: result.json has it all
                 self._save_history(folder, result.history, self._metric, None, None,
                                    result.label)
-        if self.progress:
+        if self.report:
             bar.write(self._line(result, self._metric))
 
     @staticmethod
@@ -496,6 +505,7 @@ class Runner:
             meta_train=method.meta.mode == "meta-train",
             clip_grad_norm=train.clip_grad_norm or getattr(task, "clip_grad_norm", None),
             eval_every=train.eval_every, explode_factor=train.explode_factor,
+            order_seed=train.order_seed,
             amp=train.amp, amp_dtype=train.amp_dtype, channels_last=train.channels_last,
         )
         engine = Engine(task, model, optimizer, policy, config)

@@ -76,6 +76,8 @@ class PointCall:
     folder: str
     parent_run: str | None
     progress: bool = False
+    only: tuple[str, ...] = ()  # methods kept / left out (`metalr sweep --only/--skip`)
+    skip: tuple[str, ...] = ()
 
 
 @dataclass
@@ -88,10 +90,13 @@ class Sweep:
     points: list[Point]
     folder: Path
     keys: list[str] = field(default_factory=list)
+    only: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
 
     def call(self, point: Point, parent_run: str | None, progress: bool = False) -> PointCall:
         return PointCall(self.path, (*self.overrides, *point.overrides(self.folder)), point,
-                         str(self.folder / point.folder), parent_run, progress)
+                         str(self.folder / point.folder), parent_run, progress, self.only,
+                         self.skip)
 
 
 def grid_points(recipe: Recipe) -> list[Point]:
@@ -104,19 +109,23 @@ def grid_points(recipe: Recipe) -> list[Point]:
     return [Point(i, tuple(zip(keys, c[:-1])), c[-1]) for i, c in enumerate(combos)]
 
 
-def plan(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Sweep:
-    """Load the recipe and validate every point of its sweep; all problems in one RecipeError."""
-    source, overrides = str(path), tuple(overrides)
-    recipe = load_recipe(path, overrides, registry)
+def plan(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None,
+         only: Sequence[str] = (), skip: Sequence[str] = ()) -> Sweep:
+    """Load the recipe and validate every point of its sweep; all problems in one RecipeError.
+    ``only``/``skip`` select methods in every point (:func:`metalr.recipe.select_methods`)."""
+    source, overrides, only, skip = str(path), tuple(overrides), tuple(only), tuple(skip)
+    recipe = load_recipe(path, overrides, registry, only=only, skip=skip)
     if recipe.sweep is None:
         raise RecipeError(source, [Problem("sweep", "no sweep: block; add one, e.g. "
                                            "sweep: {grid: {train.epochs: [1, 2]}, seeds: [0, 1]}")])
     folder = (Path(recipe.output_dir) / f"{recipe.name}-sweep").resolve()
-    sweep = Sweep(source, overrides, recipe, grid_points(recipe), folder, list(recipe.sweep.grid))
+    sweep = Sweep(source, overrides, recipe, grid_points(recipe), folder, list(recipe.sweep.grid),
+                  only, skip)
     problems = []
     for point in sweep.points:
         try:
-            load_recipe(path, sweep.call(point, None).overrides, registry, deep=True)
+            load_recipe(path, sweep.call(point, None).overrides, registry, deep=True, only=only,
+                        skip=skip)
         except RecipeError as exc:
             problems += [Problem(p.path, f"{p.message} [sweep point {point.index}: {point.label}]",
                                  p.line) for p in exc.problems]
@@ -141,9 +150,12 @@ def run_point(call: PointCall) -> dict[str, Any]:
     begin, cpu = time.perf_counter(), time.process_time()
     try:
         if started:  # an earlier attempt: continue it, finished runs are read back
-            runner = Runner.resumable(started[-1], progress=call.progress)
+            runner = Runner.resumable(started[-1], progress=call.progress,
+                                      report=call.progress)
         else:
-            runner = Runner(load_recipe(call.recipe_path, call.overrides), progress=call.progress)
+            runner = Runner(load_recipe(call.recipe_path, call.overrides, only=call.only,
+                                        skip=call.skip), progress=call.progress,
+                            report=call.progress)  # points report through sweep's own lines
         runner.parent_run, runner.extra_tags = call.parent_run, call.point.tags()
         runner.run_name = f"p{call.point.index:03d} {call.point.label}"[:250]
         try:

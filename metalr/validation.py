@@ -253,7 +253,7 @@ def check_task_data(recipe: Recipe, registry: Registry, task: Any) -> list[Probl
         return problems
     if not getattr(task, "cheap_setup", False):
         return []
-    seed = recipe.train.all_seeds[0]
+    seed = recipe.train.all_seeds[0] if recipe.train.split_seed is None else recipe.train.split_seed
     if _guarded(problems, "task.options", f"task {recipe.task.name!r} cannot be set up",
                 lambda: task.setup(seed, torch.device("cpu")) or True) is None:
         return problems

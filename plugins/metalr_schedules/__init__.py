@@ -34,6 +34,7 @@ def register_lr_policies(register):
     register("sgdr", SGDR, options=SGDROptions,
              summary="cosine with warm restarts per iteration (torch CosineAnnealingWarmRestarts)")
     register("cosine", CosineLR, options=CosineOptions,
-             summary="one cosine over the whole run, per iteration (torch CosineAnnealingLR)")
+             summary="one cosine over the whole run, per iteration or per epoch "
+                     "(torch CosineAnnealingLR)")
     register("plateau", PlateauLR, options=PlateauOptions,
              summary="/4 when the validation metric stalls (torch ReduceLROnPlateau)")

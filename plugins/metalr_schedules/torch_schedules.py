@@ -61,7 +61,10 @@ class SGDROptions(_AnnealOptions):
 
 
 class CosineOptions(_AnnealOptions):
-    pass
+    per: Literal["iteration", "epoch"] = Field(
+        "iteration", description="iteration: a new LR every step (T_max = epochs * "
+        "steps_per_epoch); epoch: one LR per epoch, stepped after it (T_max = epochs), as "
+        "most published recipes use torch's CosineAnnealingLR")
 
 
 class PlateauOptions(_Options):
@@ -200,26 +203,34 @@ class SGDR(_PerIteration):
 
 
 class CosineLR(_TorchSchedule):
-    """One cosine from ``lr`` towards ``eta_min`` over the whole run, one value per iteration
-    (torch's ``CosineAnnealingLR`` with ``T_max = epochs * steps_per_epoch``)."""
+    """One cosine from ``lr`` towards ``eta_min`` over the whole run (torch's
+    ``CosineAnnealingLR``): one value per iteration (``T_max = epochs * steps_per_epoch``), or,
+    with ``per="epoch"``, one per epoch (``T_max = epochs``, stepped after each epoch), the way
+    published recipes that call ``scheduler.step()`` once an epoch do."""
 
-    def __init__(self, lr: float = 0.1, eta_min: float = 0.0):
+    def __init__(self, lr: float = 0.1, eta_min: float = 0.0, per: str = "iteration"):
         super().__init__(lr)
-        self.eta_min = float(eta_min)
+        if per not in ("iteration", "epoch"):
+            raise ValueError(f"per must be 'iteration' or 'epoch', got {per!r}")
+        self.eta_min, self.per = float(eta_min), per
 
     def _build(self, opt, run):
         self._t = 0
-        return lr_scheduler.CosineAnnealingLR(
-            opt, T_max=run.epochs * run.steps_per_epoch, eta_min=self.eta_min)
+        t_max = run.epochs if self.per == "epoch" else run.epochs * run.steps_per_epoch
+        return lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=self.eta_min)
 
     def lr(self, ctx: StepContext) -> float:
-        if self._opt is None:
+        if self._opt is None or self.per == "epoch":
             return self.current_lr
         # torch's cosine is recursive: advance one scheduler step per training step taken.
         while self._t < ctx.step:
             self._advance()
             self._t += 1
         return self.current_lr
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self.per == "epoch":
+            self._advance()
 
 
 class PlateauLR(_TorchSchedule):
