@@ -31,3 +31,15 @@ def mnist1d_64(registry):
     task.setup(seed=3, device=torch.device("cpu"))
     task.splits = {k: (x.double(), y) for k, (x, y) in task.splits.items()}
     return task
+
+
+@pytest.fixture
+def where(tmp_path, monkeypatch):
+    """A sweep's place: cwd and a SQLite MLflow store in tmp_path, and a client made when needed
+    (a new store takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return tmp_path, lambda: MlflowClient(uri)
