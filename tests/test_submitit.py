@@ -127,3 +127,44 @@ def test_submitit_conforms_and_its_options_are_checked(registry, where, capsys):
     err = capsys.readouterr().err
     assert "sweep.executor.options.cluster: " in err
     assert "sweep.executor.options.partiton: unknown key; did you mean 'partition'?" in err
+
+
+@pytest.mark.slow  # two local jobs that must get going first: about a minute on 2 loaded cores
+def test_ctrl_c_cancels_the_jobs_and_ends_the_sweep_killed(tmp_path):
+    """SIGINT to the process group, as a terminal's Ctrl-C: exit 130, the parent KILLED, no job
+    process left. submitit's local runner SIGKILLs a point a second after SIGINT, so a loaded
+    machine may leave a point's runs RUNNING: `metalr runs --clean` marks those KILLED."""
+    import signal
+    import subprocess
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from test_sweep import RECIPE
+
+    path = write(tmp_path, train={**RECIPE["train"], "epochs": 400},
+                 sweep={"grid": {LR: [0.05, 0.1]}, "executor": LOCAL})
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "metalr.cli", "sweep", str(path), "-q"],
+                            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "out/swp-sweep"
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("p00*/*/fixed-seed0/checkpoint.pt"))) < 2:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the points did not start: {proc.communicate()[0]}")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    deadline = time.monotonic() + 30  # the jobs' processes end after the sweep's own
+    with pytest.raises(ProcessLookupError):  # and nothing of the group is left
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.5)
+    assert main(["runs", "--clean", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("swp")
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses["swp-sweep"] == "KILLED" and set(statuses.values()) == {"KILLED"}, statuses
