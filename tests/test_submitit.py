@@ -64,7 +64,8 @@ def test_a_job_that_fails_outside_the_point_is_one_line(tmp_path):
     assert 2.0 in got
     (failed,) = [g for g in got if isinstance(g, ItemFailed)]
     assert failed.item == -1.0 and "\n" not in failed.error
-    assert failed.error.startswith("job ") and "ValueError: math domain error (log: " in failed.error
+    assert failed.error.startswith("job ")
+    assert "ValueError: math domain error (log: " in failed.error
     log = failed.error.rsplit("(log: ", 1)[1].rstrip(")")
     assert log.startswith(str(tmp_path / "submitit")) and os.path.exists(log)
 

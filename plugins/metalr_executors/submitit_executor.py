@@ -78,9 +78,10 @@ class SubmititExecutor:
     def __init__(self, **options: Any):
         self.options = SubmititOptions(**options)
         self.submitit = _submitit()  # at build: a missing extra fails before any run starts
-        if self.options.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise RuntimeError("cluster: slurm, but `sbatch` is not on PATH here: run the sweep "
-                               "on the cluster's login node, or try it here with cluster: local")
+        if self.options.cluster == "slurm" and shutil.which("srun") is None:
+            raise RuntimeError("cluster: slurm, but SLURM's `srun` is not on PATH here: run "
+                               "the sweep on the cluster's login node, or try it here with "
+                               "cluster: local")
 
     def run(self, call: Callable[[Any], Any], items: Sequence[Any],
             folder: Path) -> Iterator[Any]:
@@ -90,8 +91,9 @@ class SubmititExecutor:
         o = self.options
         executor = self.submitit.AutoExecutor(folder=Path(folder) / o.folder, cluster=o.cluster)
         executor.update_parameters(
-            name=Path(folder).name, timeout_min=o.timeout_min, gpus_per_node=o.gpus_per_node,
-            cpus_per_task=o.cpus_per_task, mem_gb=o.mem_gb, slurm_partition=o.partition,
+            name=Path(folder).name, timeout_min=o.timeout_min, cpus_per_task=o.cpus_per_task,
+            # None: no --gpus-per-node=0 line, which a cluster without GPUs may reject
+            gpus_per_node=o.gpus_per_node or None, mem_gb=o.mem_gb, slurm_partition=o.partition,
             slurm_array_parallelism=o.array_parallelism,
             slurm_additional_parameters=o.additional_parameters or None)
         try:
