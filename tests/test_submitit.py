@@ -118,10 +118,7 @@ def test_without_the_extra_one_line_names_the_key_and_the_fix(where, monkeypatch
     assert not (tmp / "out").exists() and not (tmp / "store.db").exists()  # nothing started
 
 
-def test_submitit_conforms_and_its_options_are_checked(registry, where, capsys):
-    from metalr.testing import check_component
-
-    check_component(registry.get("executor", "submitit"), {"cluster": "debug"})
+def test_its_options_are_checked_before_any_point_starts(where, capsys):
     tmp, _ = where
     bad = {"name": "submitit", "options": {"cluster": "slurmm", "partiton": "gpu"}}
     assert main(["sweep", str(write(tmp, sweep={"grid": {LR: [0.1]}, "executor": bad}))]) == 2
