@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -209,19 +210,33 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ItemFailed:
+    """What an executor yields for an item whose call gave back nothing: its batch job was
+    killed (time limit, out of memory) or failed outside ``call``. Yielded, not raised, so that
+    one lost job costs one point, not the sweep; ``error`` is one line, with where the log is."""
+
+    item: Any
+    error: str
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Where the points of a sweep run (:mod:`metalr.sweep`): a local process pool, a batch system.
 
-    ``run(call, items)`` calls ``call(item)`` once per item and yields each return value as its
-    point ends, in any order. ``call`` is a module-level function and the items are plain,
-    picklable dataclasses, so a point can run in another process or on another machine; the
-    point writes its own record, so an executor that loses a result loses nothing for resume.
-    On Ctrl-C it starts no more points, asks the running ones to stop (they end KILLED, with
-    their checkpoints), waits for them and re-raises ``KeyboardInterrupt``.
+    ``run(call, items, folder)`` calls ``call(item)`` once per item and yields each return value
+    as its point ends, in any order, or an :class:`ItemFailed` for an item whose call never
+    returned. ``call`` is a module-level function and the items are plain, picklable
+    dataclasses, so a point can run in another process or on another machine; the point writes
+    its own record, so an executor that loses a result loses nothing for resume. ``folder`` is
+    the sweep's folder: an executor that keeps files of its own (job scripts, logs) keeps them
+    there, never in the working directory. On Ctrl-C it starts no more points, asks the running
+    ones to stop (they end KILLED, with their checkpoints), waits for them and re-raises
+    ``KeyboardInterrupt``.
     """
 
-    def run(self, call: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]: ...
+    def run(self, call: Callable[[Any], Any], items: Sequence[Any],
+            folder: Path) -> Iterator[Any]: ...
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 
 from metalr import rundir
 from metalr.plugins import Registry, get_registry
+from metalr.protocols import ItemFailed
 from metalr.recipe import Problem, Recipe, RecipeError, load_recipe
 from metalr.results import _csv, _markdown, _mean_std
 
@@ -143,9 +144,7 @@ def run_point(call: PointCall) -> dict[str, Any]:
 
     folder = Path(call.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"index": call.point.index, "label": call.point.label,
-                              "values": dict(call.point.values), "seed": call.point.seed,
-                              "status": "FAILED", "error": None, "run_dir": None}
+    record = _failed_record(call, None)
     started = sorted(p.parent for p in folder.glob("*/recipe.yaml"))
     begin, cpu = time.perf_counter(), time.process_time()
     try:
@@ -181,6 +180,29 @@ def run_point(call: PointCall) -> dict[str, Any]:
     record["wall_s"] = round(time.perf_counter() - begin, 3)
     record["cpu_s"] = round(time.process_time() - cpu, 3)
     rundir.write_json(folder / POINT_RECORD, record)
+    return record
+
+
+def _failed_record(call: PointCall, error: str | None) -> dict[str, Any]:
+    return {"index": call.point.index, "label": call.point.label,
+            "values": dict(call.point.values), "seed": call.point.seed,
+            "status": "FAILED", "error": error, "run_dir": None}
+
+
+def record_lost_point(failed: ItemFailed) -> dict[str, Any]:
+    """The record of a point whose job gave back nothing (killed, or failed outside
+    :func:`run_point`): FAILED with the executor's one-line error, written as the point would
+    have, so the table shows it and the next invocation runs it again. A FINISHED record the
+    point wrote before its job failed is kept."""
+    call: PointCall = failed.item
+    path = Path(call.folder) / POINT_RECORD
+    record = rundir.read_json(path)
+    if record is not None and record.get("status") == "FINISHED":
+        return record
+    run_dir = (record or {}).get("run_dir")
+    record = {**_failed_record(call, failed.error), "run_dir": run_dir}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(path, record)
     return record
 
 
@@ -283,6 +305,14 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
 
     registry = registry or get_registry()
     recipe = sweep.recipe
+    executor = None
+    if index is None:  # built before anything is written: a missing extra costs nothing
+        ref = recipe.sweep.executor
+        try:
+            executor = registry.get("executor", ref.name).build(**ref.options)
+        except Exception as exc:  # one line that names the key, not a traceback
+            raise rundir.RunError(f"sweep.executor: {ref.name!r}: "
+                                  f"{' '.join(str(exc).split())}") from exc
     sweep.folder.mkdir(parents=True, exist_ok=True)
     tracker = None
     if recipe.tracking is not None:
@@ -324,13 +354,13 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
         outcome = SweepOutcome(sweep.folder, records, [p.index for p in skipped])
         status, results = "FAILED", iter(())
         try:
-            if index is not None:
+            if executor is None:
                 results = (run_point(sweep.call(p, parent, progress)) for p in todo)
             else:
-                ref = recipe.sweep.executor
-                executor = registry.get("executor", ref.name).build(**ref.options)
-                results = executor.run(run_point, [sweep.call(p, parent) for p in todo])
-            for record in results:
+                results = executor.run(run_point, [sweep.call(p, parent) for p in todo],
+                                       sweep.folder)
+            for result in results:
+                record = record_lost_point(result) if isinstance(result, ItemFailed) else result
                 records.append(record)
                 if progress:
                     error = f" ({record['error']})" if record["error"] else ""

@@ -13,6 +13,7 @@ Each check runs the component for real inside the engine on a small, seeded, syn
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ def check_executor(component: Component, options: dict[str, Any]) -> None:
     back every result (in any order): what ``metalr sweep`` relies on."""
     executor = component.build(**options)
     items = [2, 3, 5]
-    got = sorted(executor.run(_square, items))
+    with tempfile.TemporaryDirectory() as folder:  # the sweep's folder, where its files go
+        got = sorted(executor.run(_square, items, Path(folder)))
     assert got == [4, 9, 25], (
         f"executor {component.name!r} gave back {got} for items {items} (expected each x*x once)")
 

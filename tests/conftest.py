@@ -50,3 +50,15 @@ def replay_learned():
         return [phases.lr(torch.as_tensor(float(loss))) for loss in losses]
 
     return replay
+
+
+@pytest.fixture
+def where(tmp_path, monkeypatch):
+    """A sweep's place: cwd and a SQLite MLflow store in tmp_path, and a client made when needed
+    (a new store takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return tmp_path, lambda: MlflowClient(uri)

@@ -12,7 +12,9 @@ from metalr.testing import check_component
 SKIP = {("tracker", "mlflow"), ("model", "lstm-lm")}
 MODEL_TASKS = {"cnn1d": ("mnist1d", {"num_samples": 600, "meta_size": 100}),
                "cnn-digits": ("digits", {})}
-EXTRA_OPTIONS = {("lr_policy", "rtho"): {"hyper_lr": 1e-4}, ("lr_policy", "fixed"): {"lr": 0.07}}
+EXTRA_OPTIONS = {("lr_policy", "rtho"): {"hyper_lr": 1e-4}, ("lr_policy", "fixed"): {"lr": 0.07},
+                 # in this process, never a real cluster's queue (test_submitit.py: local jobs)
+                 ("executor", "submitit"): {"cluster": "debug"}}
 EXTRA_CHECKS = {("lr_policy", "fixed"): {"expected_lr": 0.07}}
 
 

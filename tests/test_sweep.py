@@ -31,14 +31,6 @@ RECIPE = {
 }
 
 
-@pytest.fixture
-def where(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return tmp_path, lambda: MlflowClient(uri)  # made when needed: a new store takes seconds
-
-
 def write(tmp_path: Path, **changes) -> Path:
     recipe = {**RECIPE, **changes}
     path = tmp_path / "sweep.yaml"
@@ -185,7 +177,7 @@ def test_executors_are_plugins_and_conform(registry):
     check_component(local, {"workers": 2})
 
     class Lossy:  # drops the last point's result: the check must see it
-        def run(self, call, items):
+        def run(self, call, items, folder):
             for item in items[:-1]:
                 yield call(item)
 
@@ -200,7 +192,7 @@ def test_an_executor_that_fails_ends_in_one_line(where, registry, capsys):
     from metalr import hookimpl
 
     class Dies:  # as a pool whose worker was killed
-        def run(self, call, items):
+        def run(self, call, items, folder):
             raise RuntimeError("A process in the process pool was terminated abruptly")
             yield
 

@@ -20,6 +20,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +44,9 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = workers or os.cpu_count() or 1
 
-    def run(self, call: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    def run(self, call: Callable[[Any], Any], items: Sequence[Any],
+            folder: Path) -> Iterator[Any]:
+        """Yield each point's result as it ends; ``folder`` is unused (the pool keeps no files)."""
         if not items:
             return
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(items)),
