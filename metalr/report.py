@@ -499,8 +499,9 @@ def _profile_section(suites: Sequence[Suite]) -> tuple[str, dict[str, Any] | Non
     costs = suite_costs(suites)
     ratios = performance_ratios(costs)
     if not ratios:
-        return ("<section id='profile'><h2>Performance profile</h2><p>No task has a method "
-                "that finished with a test metric.</p></section>", None)
+        empty = ("<section id='profile'><h2>Performance profile</h2><p>No task has a method "
+                 "that finished with a test metric.</p></section>")
+        return empty, None
     taus = profile_taus(ratios)
     rho = performance_profile(ratios, taus)
     methods = list(rho)

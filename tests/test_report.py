@@ -14,8 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
-from metalr.report import (cost, mean_std, performance_profile, performance_ratios,
-                           profile_taus)
+from metalr.report import cost, mean_std, performance_profile, performance_ratios, profile_taus
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 METHODS = {
@@ -183,7 +182,7 @@ def test_report_renders_the_model_cards_of_the_nets_used(report):
 
 
 def test_report_of_one_run_id_and_one_experiment(store, tmp_path, capsys):
-    root, uri = store
+    _, uri = store
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("rep-digits")
     (suite,) = [r for r in client.search_runs([exp.experiment_id])
