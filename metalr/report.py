@@ -580,6 +580,10 @@ def render(suites: Sequence[Suite], uri: str) -> str:
         for j, panel in enumerate(data["curves"]):
             charts[f"s{i}-c{j}"] = panel
         sections.append(_suite_section(i, suite, cards))
+    colours = {m: k for k, m in enumerate(dict.fromkeys(m for s in suites for m in s.methods()))}
+    for spec in charts.values():  # a method has one colour on the whole page
+        for series in spec["series"]:
+            series["colour"] = colours.get(series["group"], len(colours))
     card_html = "".join(
         f"<details class='card' id='card-{_e(_slug(n))}'><summary>{_e(n)} "
         f"<small>{_e(path)}</small></summary>{render_markdown(path.read_text())}</details>"

@@ -264,7 +264,9 @@ def test_report_in_chromium(store, report, tmp_path):
             values = finals(client, "rep-mnist1d")
             assert cells == [c for m in METHODS
                              for c in (m, *(f"{values[m][s]:.4f}" for s in (0, 1)))]
-            assert page.locator("#card-mnist1d-mlp table td").count() > 0
+            page.click("#card-mnist1d-mlp summary")  # the model card, opened, renders
+            assert page.locator("#card-mnist1d-mlp table td").first.is_visible()
+            assert page.locator("#card-mnist1d-mlp h1").inner_text() == "mnist1d-mlp"
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

@@ -19,7 +19,8 @@
     var groups = [], seen = {};
     return spec.series.map(function (s) {
       if (!(s.group in seen)) { seen[s.group] = 0; groups.push(s.group); }
-      var colour = palette[groups.indexOf(s.group) % palette.length];
+      var colour = palette[(s.colour === undefined ? groups.indexOf(s.group) : s.colour) %
+        palette.length];
       var dash = dashes[seen[s.group]++ % dashes.length];
       var opts = { label: s.label, stroke: colour, width: 1.5, spanGaps: true,
         points: { show: spec.x.length < 40 } };
@@ -37,7 +38,7 @@
       el.classList.add("empty");
       return;
     }
-    var height = el.classList.contains("small") ? 200 : 300;
+    var height = el.classList.contains("small") ? 180 : 300;
     var opts = {
       title: spec.title, width: Math.max(el.clientWidth, 280), height: height,
       scales: { x: { time: false }, y: spec.log ? { distr: 3 } : {} },
