@@ -351,7 +351,7 @@ def performance_profile(ratios: Mapping[str, Mapping[str, float]],
 def profile_taus(ratios: Mapping[str, Mapping[str, float]]) -> list[float]:
     """Where the profile steps: 1, every finite ratio, and a margin past the largest."""
     finite = sorted({r for per in ratios.values() for r in per.values() if math.isfinite(r)})
-    top = max([2.0, *(1.1 * r for r in finite)])
+    top = max([1.05, *(1.1 * r for r in finite)])
     return sorted({1.0, *finite, top})
 
 
