@@ -259,6 +259,19 @@ def test_report_in_chromium(store, report, tmp_path):
                 labels = lr.locator(".u-legend .u-series .u-label").all_inner_texts()
                 assert "fixed/seed0" in labels and "transfer/seed1" in labels
             assert page.locator("[data-chart='profile'] canvas").count() == 1
+            # drag across the middle of the first LR plot: it zooms in on those steps
+            x_range = ("() => { const c = metalrReport.charts.find(c => c.key === 's0-lr');"
+                       " return [c.plot.scales.x.min, c.plot.scales.x.max]; }")
+            before = page.evaluate(x_range)
+            page.locator("[data-chart='s0-lr']").scroll_into_view_if_needed()
+            over = page.locator("[data-chart='s0-lr'] .u-over").bounding_box()
+            y = over["y"] + over["height"] / 2
+            page.mouse.move(over["x"] + over["width"] * 0.3, y)
+            page.mouse.down()
+            page.mouse.move(over["x"] + over["width"] * 0.6, y, steps=5)
+            page.mouse.up()
+            after = page.evaluate(x_range)
+            assert before[0] < after[0] < after[1] < before[1]
             # the tables, as the browser shows them, with the store's numbers
             cells = page.locator("table.seeds").first.locator("td").all_inner_texts()
             values = finals(client, "rep-mnist1d")

@@ -51,7 +51,7 @@
     var rows = [spec.x].concat(spec.series.map(function (s) { return s.y; }));
     var plot = new uPlot(opts, rows, el);
     el.setAttribute("data-series", String(spec.series.length));
-    drawn.push({ el: el, plot: plot, height: height });
+    drawn.push({ key: el.getAttribute("data-chart"), el: el, plot: plot, height: height });
   }
 
   var nodes = document.querySelectorAll("[data-chart]");
@@ -65,5 +65,6 @@
       });
     }, 100);
   });
+  window.metalrReport = { charts: drawn };  // for the browser test and the curious console
   document.body.setAttribute("data-charts-drawn", String(drawn.length));
 })();
