@@ -1,4 +1,4 @@
-"""The `metalr` command: plugins, validate, run, resume, sweep, runs, nets, new-plugin.
+"""The `metalr` command: plugins, validate, run, resume, sweep, runs, nets, report, new-plugin.
 
 Exit codes: 0 success, 1 a run failed (or the output folder or tracker could not be used), 2 a
 bad recipe or override (nothing tracked, nothing written), 130 interrupted.
@@ -177,6 +177,19 @@ def _cmd_nets_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from metalr.report import ReportError, build_report
+
+    say = None if args.quiet else (lambda line: print(line, flush=True))
+    try:
+        index = build_report(args.targets, args.out, args.tracking_uri, say)
+    except ReportError as exc:  # an unknown name or id, no store, nothing tracked
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {index.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metalr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="distribution name, e.g. metalr-myrule (module metalr_myrule)")
     p.add_argument("--out", default=".", help="folder to create it in (default: here)")
     p.set_defaults(func=_cmd_new_plugin)
+    p = sub.add_parser("report", help="a static HTML report (LR schedules, curves, tables, "
+                       "performance profiles, model cards) of tracked runs")
+    p.add_argument("targets", nargs="*", metavar="RUN_OR_EXPERIMENT",
+                   help="MLflow experiment names or suite run ids (default: every experiment)")
+    p.add_argument("--out", required=True, help="folder for index.html and assets/")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
