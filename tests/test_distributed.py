@@ -22,7 +22,7 @@ import torch
 from metalr.engine import Engine, EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS, BATCH, META_BATCH, T_VAL = 2, 100, 64, 4
+EPOCHS, BATCH, META_BATCH, T_VAL = 2, 111, 63, 4
 
 
 def free_port() -> int:
