@@ -174,3 +174,34 @@ tracking: mlflow
     assert len(parents) == 1 and len(runs) == 2, runs
     assert {status for _, status in runs} == {"FINISHED"}
     assert not list(cwd.iterdir())  # nothing written into the working directory
+
+
+def test_shards_are_contiguous_slices_whose_weights_give_the_global_mean():
+    from metalr.distributed import Group, shard
+
+    x, y = torch.arange(7.0).reshape(7, 1), torch.arange(7)
+    parts = [shard((x, y), Group(rank, 3, rank)) for rank in range(3)]
+    assert [p[1].tolist() for p, _ in parts] == [[0, 1], [2, 3], [4, 5, 6]]
+    mean_of_weighted = sum(w * p[0].mean() for p, w in parts) / 3
+    assert mean_of_weighted.item() == pytest.approx(x.mean().item())
+    assert shard((x, y), Group()) == ((x, y), 1.0)  # one rank: the batch itself
+    with pytest.raises(ValueError, match="cannot be split across 3 ranks"):
+        shard({"x": x}, Group(0, 3))
+    with pytest.raises(ValueError, match="batch size of at least 8"):
+        shard(x, Group(0, 8))
+
+
+def test_torchrun_refuses_an_episodic_learner_before_any_work(tmp_path):
+    from metalr.distributed import Group
+    from metalr.recipe import load_recipe
+    from metalr.rundir import RunError
+    from metalr.runner import Runner
+
+    recipe = load_recipe(ROOT / "recipes" / "cpu" / "controller.yaml",
+                         [f"output_dir={tmp_path}"], deep=True)
+    runner = Runner(recipe, progress=False)
+    runner.group = Group(0, 2)
+    with pytest.raises(RunError, match=r"methods\.sgdm-controller\.lr_policy: .* without "
+                                       r"torchrun"):
+        runner._refuse_episodic()
+    assert not list(tmp_path.iterdir())
