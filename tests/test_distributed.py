@@ -137,6 +137,7 @@ def test_a_meta_update_costs_one_scalar_all_reduce(two_ranks):
         assert rank["all_reduces"] == {"plain": 1, "meta": 2, "numel": 3}
 
 
+@pytest.mark.slow  # 20-30 s alone, about a minute on two loaded cores (torchrun, 2 x MLflow)
 def test_torchrun_runs_a_recipe_into_one_folder_and_one_tracked_suite(tmp_path):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("""
