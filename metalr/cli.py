@@ -53,8 +53,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, deep=True)
     methods = ", ".join(recipe.methods)
-    print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, model {recipe.model.name}, "
-          f"methods {methods}, {recipe.train.epochs} epochs)")
+    if _is_main_rank():
+            print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, "
+              f"model {recipe.model.name}, methods {methods}, {recipe.train.epochs} epochs)")
     return 0
 
 
