@@ -54,7 +54,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, deep=True)
     methods = ", ".join(recipe.methods)
     if _is_main_rank():
-            print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, "
+        print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, "
               f"model {recipe.model.name}, methods {methods}, {recipe.train.epochs} epochs)")
     return 0
 
