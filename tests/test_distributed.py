@@ -162,7 +162,7 @@ tracking: mlflow
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
          "-m", "metalr", "run", str(recipe), f"output_dir={tmp_path / 'out'}", "-q"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folders = list((tmp_path / "out").iterdir())
     assert len(folders) == 1, folders
