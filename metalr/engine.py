@@ -145,7 +145,7 @@ class Engine:
             model.to(memory_format=torch.channels_last)
         # Under torchrun: the training forward goes through DDP, whose backward averages g_t over
         # ranks; everything else (virtual step, probe, evaluation) uses the model itself.
-        self.dist = distributed.current()
+        self.ranks = distributed.current()
         self.ddp_model = distributed.wrap(model, config.device)
 
     @property
@@ -164,13 +164,13 @@ class Engine:
         ``batch`` and ``meta_batch`` are global batches; under torchrun each rank trains on its
         slice (:func:`metalr.distributed.shard`) and the result is the same as one process's.
         """
-        model, opt, policy, task, amp, dist = (self.ddp_model, self.optimizer, self.policy,
-                                               self.task, self.precision, self.dist)
+        model, opt, policy, task, amp, ranks = (self.ddp_model, self.optimizer, self.policy,
+                                                self.task, self.precision, self.ranks)
         if self.cfg.channels_last:
             batch, meta_batch = channels_last(batch), channels_last(meta_batch)
         # Training loss L_t and its gradient g_t, computed once and used by both steps below.
         # Weighted so that DDP's average over ranks is the global batch's mean (weight 1 alone).
-        local, weight = distributed.shard(batch, dist)
+        local, weight = distributed.shard(batch, ranks)
         opt.zero_grad(set_to_none=True)
         with amp.autocast():
             loss = task.loss(model, local) * weight
@@ -197,7 +197,7 @@ class Engine:
             lr_leaf = lr_t.detach().requires_grad_()
             w_hat = diffopt.step(surrogate, params=w, override={"lr": [lr_leaf]})
             # Meta loss at the virtual weights (Eq. 9) on this rank's slice of the meta batch.
-            meta_local, meta_weight = distributed.shard(meta_batch, dist)
+            meta_local, meta_weight = distributed.shard(meta_batch, ranks)
             with amp.autocast():
                 meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat),
                                       meta_local) * meta_weight
