@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import warnings
@@ -59,9 +60,15 @@ def _selection(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
 def _cmd_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
     methods = ", ".join(recipe.methods)
-    print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, model {recipe.model.name}, "
-          f"methods {methods}, {recipe.train.epochs} epochs)")
+    if _is_main_rank():
+        print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, "
+              f"model {recipe.model.name}, methods {methods}, {recipe.train.epochs} epochs)")
     return 0
+
+
+def _is_main_rank() -> bool:
+    """Rank 0 of a torchrun launch (or no torchrun): the one process that prints."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -74,6 +81,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(summary: RunSummary, tracked: bool) -> int:
+    if not _is_main_rank():  # under torchrun every rank has the summary; rank 0 shows it
+        return 0 if summary.ok else 1
     print()
     print(summary.markdown())
     print(f"\nfigures and tables: {summary.output_dir}/ "
@@ -86,6 +95,10 @@ def _report(summary: RunSummary, tracked: bool) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from metalr.sweep import execute, plan
 
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise RunError("a sweep cannot run under torchrun (its executor starts its own "
+                       "processes); run `metalr sweep` without torchrun, or torchrun "
+                       "`metalr run` on each point's recipe")
     sweep = plan(args.recipe, args.overrides, **_selection(args))  # all points validated first
     if args.list:
         for point in sweep.points:
@@ -289,25 +302,31 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _error(message: object) -> None:
+    """An error line on stderr, once: by rank 0 only under torchrun (every rank has it)."""
+    if _is_main_rank():
+        print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except RecipeError as exc:
-        print(exc, file=sys.stderr)
+        _error(exc)
         return 2
     except (RunError, CheckpointError) as exc:
-        print(f"metalr: {exc}", file=sys.stderr)
+        _error(f"metalr: {exc}")
         return 1
     except OSError as exc:  # a read-only or full disk: the path, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"metalr: {where}{exc.strerror or exc}", file=sys.stderr)
+        _error(f"metalr: {where}{exc.strerror or exc}")
         return 1
     except KeyboardInterrupt:
         out = getattr(getattr(args, "runner", None), "output_dir", None)
         hint = f"; `metalr resume {out}` continues them" if out else ""
-        print(f"interrupted: runs marked KILLED{hint}", file=sys.stderr)
+        _error(f"interrupted: runs marked KILLED{hint}")
         return 130
 
 

@@ -6,7 +6,8 @@
   optimizer step (weights, momentum and the batch gradient are fp32 tensors). bfloat16 (the
   default) needs no loss scaling and adds no host sync; float16 uses a ``GradScaler`` for the
   base step (whose overflow check is one host sync per step: torch's), and the meta loss is
-  scaled by the same factor, its theta gradient unscaled and a non-finite one skipped.
+  scaled by the same factor, its gradient with respect to the LR unscaled and a non-finite one
+  skipped (the engine chains that scalar into theta's gradient).
 - **channels_last** (``train.channels_last``): the model's 4D weights and every 4D input batch
   in NHWC order, which tensor cores and cuDNN prefer for convnets.
 - **cuDNN autotuning** on CUDA, unless ``train.deterministic``, which instead asks torch for
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -52,15 +53,21 @@ class Precision:
         self.scaler.step(optimizer)
         self.scaler.update()
 
-    def meta_grads(self, meta_loss: torch.Tensor,
-                   theta: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """d meta_loss / d theta; ``None`` when float16 overflowed (skip this meta-update)."""
+    def lr_grad(self, meta_loss: torch.Tensor, lr: torch.Tensor,
+                reduce: Callable[[torch.Tensor], torch.Tensor] = lambda g: g,
+                ) -> torch.Tensor | None:
+        """d meta_loss / d lr for the LR leaf of the virtual step, passed through ``reduce``
+        (the mean over ranks under torchrun); ``None`` when float16 overflowed on any rank
+        (then every rank skips this meta-update: the reduced value is non-finite everywhere).
+
+        The engine chains it into theta's gradient (``autograd.grad(lr_t, theta, g)``); that
+        part runs outside autocast in fp32, so the loss scale only concerns this scalar.
+        """
         if not self.scaler.is_enabled():
-            return list(torch.autograd.grad(meta_loss, theta))
+            return reduce(torch.autograd.grad(meta_loss, lr)[0])
         scale = self.scaler.get_scale()  # one host sync, once per meta-update
-        grads = [g / scale for g in torch.autograd.grad(meta_loss * scale, theta)]
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        return grads if bool(finite) else None
+        grad = reduce(torch.autograd.grad(meta_loss * scale, lr)[0] / scale)
+        return grad if bool(torch.isfinite(grad)) else None
 
 
 def channels_last(batch: Any) -> Any:

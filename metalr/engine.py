@@ -23,6 +23,7 @@ from torch import nn
 
 from metalr import checkpoint as ckpt
 from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
+from metalr import distributed
 from metalr.device import AmpDtype, Precision, channels_last
 from metalr.probe import ProbeResult, probe_lr
 from metalr.protocols import (Batch, EpisodicLearner, HypergradientLearner, LRPolicy, RunInfo,
@@ -144,6 +145,10 @@ class Engine:
         self.precision = Precision(config.device, config.amp, config.amp_dtype)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
+        # Under torchrun: the training forward goes through DDP, whose backward averages g_t over
+        # ranks; everything else (virtual step, probe, evaluation) uses the model itself.
+        self.ranks = distributed.current()
+        self.ddp_model = distributed.wrap(model, config.device)
 
     @property
     def fmodel(self):
@@ -156,18 +161,25 @@ class Engine:
 
     def step(self, batch: Batch, meta_batch: Batch | None = None, step: int = 0,
              epoch: int = 0) -> StepResult:
-        """One iteration of Algorithm 1: meta-update theta when given a meta batch, then step w."""
-        model, opt, policy, task, amp = (self.model, self.optimizer, self.policy, self.task,
-                                         self.precision)
+        """One iteration of Algorithm 1: meta-update theta when given a meta batch, then step w.
+
+        ``batch`` and ``meta_batch`` are global batches; under torchrun each rank trains on its
+        slice (:func:`metalr.distributed.shard`) and the result is the same as one process's.
+        """
+        model, opt, policy, task, amp, ranks = (self.ddp_model, self.optimizer, self.policy,
+                                                self.task, self.precision, self.ranks)
         if self.cfg.channels_last:
             batch, meta_batch = channels_last(batch), channels_last(meta_batch)
         # Training loss L_t and its gradient g_t, computed once and used by both steps below.
+        # Weighted so that DDP's average over ranks is the global batch's mean (weight 1 alone).
+        local, weight = distributed.shard(batch, ranks)
         opt.zero_grad(set_to_none=True)
         with amp.autocast():
-            loss = task.loss(model, batch)
+            loss = task.loss(model, local) * weight
         amp.backward(loss, opt)
         if self.cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
+        loss = distributed.all_reduce_mean(loss.detach())  # every rank's policy reads one L_t
         ctx = self._context(loss, batch, step, epoch)
         meta_loss = None
         if meta_batch is not None:
@@ -176,19 +188,25 @@ class Engine:
             # has gradient g_t, so higher gets the batch gradient without a second backward.
             # All parameters, frozen ones too: fmodel is patched with every one of them, and the
             # optimizer may hold frozen ones; without a gradient they leave the step unchanged.
-            every = list(model.parameters())
+            every = list(self.model.parameters())
             w = [p.detach().requires_grad_(p.requires_grad) for p in every]
             trainable = [wi for wi in w if wi.requires_grad]
             surrogate = sum((wi * gi).sum() for wi, gi in zip(trainable, ctx.grads))
             diffopt = higher.optim.get_diff_optim(opt, every, track_higher_grads=True)
-            w_hat = diffopt.step(surrogate, params=w, override={"lr": [policy.virtual_lr(ctx)]})
-            # Meta loss at the virtual weights and its gradient w.r.t. theta (Eq. 9).
+            # The LR is a scalar, so d L_meta / d theta = (d L_meta / d lr) * (d lr / d theta):
+            # the virtual step takes a detached leaf copy of the LR, and ranks share one number.
+            lr_t = policy.virtual_lr(ctx)
+            lr_leaf = lr_t.detach().requires_grad_()
+            w_hat = diffopt.step(surrogate, params=w, override={"lr": [lr_leaf]})
+            # Meta loss at the virtual weights (Eq. 9) on this rank's slice of the meta batch.
+            meta_local, meta_weight = distributed.shard(meta_batch, ranks)
             with amp.autocast():
-                meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat), meta_batch)
-            theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
-            grads = amp.meta_grads(meta_loss, theta)
-            if grads is not None:  # None: float16 overflowed, skip this meta-update
-                for p, g in zip(theta, grads):
+                meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat),
+                                      meta_local) * meta_weight
+            dlr = amp.lr_grad(meta_loss, lr_leaf, distributed.all_reduce_mean)
+            if dlr is not None:  # None: float16 overflowed, skip this meta-update
+                theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
+                for p, g in zip(theta, torch.autograd.grad(lr_t, theta, grad_outputs=dlr)):
                     p.grad = g
                 self.meta_optimizer.step()
             meta_loss = meta_loss.detach()
@@ -202,7 +220,7 @@ class Engine:
         for group in opt.param_groups:
             group["lr"] = lr
         amp.step(opt)
-        return StepResult(lr, loss.detach(), meta_loss)
+        return StepResult(lr, loss, meta_loss)
 
     def _context(self, loss: torch.Tensor, batch: Batch, step: int, epoch: int) -> StepContext:
         loss = loss.detach()
@@ -316,7 +334,7 @@ class Engine:
                                                  losses, meta_losses))
 
         for epoch in range(first_epoch, cfg.epochs):
-            self.model.train()
+            self.ddp_model.train()
             if callable(getattr(self.optimizer, "train", None)):
                 self.optimizer.train()
             epoch_rng = generator.get_state()  # the epoch's data order, to resume inside it
@@ -349,8 +367,9 @@ class Engine:
                                            f"(epoch {epoch + 1})", history)
             metrics = {"epoch": epoch + 1, "train_batch_loss": sum(epoch_losses) / len(epoch_losses),
                        "lr": history.lrs[-1]}
-            if meta_losses:
-                metrics["virtual_meta_loss"] = torch.stack(meta_losses).mean().item()
+            if meta_losses:  # each rank's are on its slice of the meta batches: their mean
+                metrics["virtual_meta_loss"] = distributed.all_reduce_mean(
+                    torch.stack(meta_losses).mean()).item()
             if (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.epochs:
                 metrics.update(self.evaluate())
             metrics["wall_time"] = time.perf_counter() - start

@@ -29,7 +29,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from metalr import checkpoint, provenance, rundir
+from metalr import checkpoint, distributed, provenance, rundir
 from metalr.device import device_settings
 from metalr.engine import (Engine, EngineConfig, History, TrainingDiverged, is_episodic,
                            is_meta_learned)
@@ -87,7 +87,7 @@ def start_run(tracker: Tracker, experiment: str, name: str, params: Mapping[str,
 
 
 EXACT_SETTINGS = ("metalr.device", "metalr.torch_threads", "metalr.cpu_capability",
-                  "metalr.torch_version")
+                  "metalr.torch_version", "metalr.world_size")
 """Provenance keys that must not change for a resumed run to match an uninterrupted one."""
 
 OUTPUT_TAG, HOST_TAG = "metalr.output_dir", "metalr.host"
@@ -171,8 +171,11 @@ class Runner:
         it ends (``metalr run -q`` keeps these: they are results, not progress)."""
         self.recipe = recipe
         self.registry = registry or get_registry()
-        self.progress, self.report = progress, report
-        self.device = resolve_device(recipe.train.device)
+        # under torchrun: every rank runs the recipe, rank 0 alone prints, tracks and writes
+        self.group = distributed.launched()
+        self.writes = self.group.is_main
+        self.progress, self.report = progress and self.writes, report and self.writes
+        self.device = distributed.local_device(resolve_device(recipe.train.device))
         self._tasks: dict[int, Task] = {}
         self.provenance: dict[str, str] = {}
         self.stop = StopRequest()
@@ -213,34 +216,75 @@ class Runner:
         return self._tasks[split]
 
     def run(self) -> RunSummary:
-        """Run the recipe into a new folder under ``recipe.output_dir`` (or continue it)."""
-        resuming = self.output_dir is not None
-        if not resuming:
+        """Run the recipe into a new folder under ``recipe.output_dir`` (or continue it).
+
+        Under torchrun (``WORLD_SIZE`` > 1) every rank calls this inside one process group
+        (docs/distributed.md): rank 0 creates the folder and tells the others where it is.
+        """
+        with distributed.process_group(self.device) as group:
+            self.group = group
+            self.writes, self.progress = group.is_main, self.progress and group.is_main
+            self.report = self.report and group.is_main
+            self._refuse_episodic()
+            resuming = self.output_dir is not None
+            if not resuming:
+                self.output_dir = self._new_folder()
+            if self.progress:
+                print(f"{'resuming' if resuming else 'writing to'} {self.output_dir}", flush=True)
+            return self._execute(self.output_dir, resuming)
+
+    def _new_folder(self) -> Path:
+        """A new output folder, made by rank 0 (the only one, under torchrun)."""
+        folder, error = None, None
+        if self.writes:
             try:
-                self.output_dir = new_output_dir(self.recipe.output_dir, self.recipe.name)
+                folder = new_output_dir(self.recipe.output_dir, self.recipe.name)
             except OSError as exc:
-                raise RunError(f"cannot create an output folder under {self.recipe.output_dir}"
-                               f": {exc.strerror or exc}") from None
-        if self.progress:
-            print(f"{'resuming' if resuming else 'writing to'} {self.output_dir}", flush=True)
-        return self._execute(self.output_dir, resuming)
+                error = (f"cannot create an output folder under {self.recipe.output_dir}: "
+                         f"{exc.strerror or exc}")
+        folder, error = distributed.broadcast_object((folder, error))
+        if error is not None:
+            raise RunError(error)
+        return folder
+
+    def _refuse_episodic(self) -> None:
+        """Under torchrun, before any work: a learner that trains itself over whole episodes
+        (the RL controller) runs its own loop that the ranks cannot share."""
+        if not self.group.active:
+            return
+        for name, method in self.recipe.methods.items():
+            if method.meta.mode != "meta-train":
+                continue
+            try:
+                policy = self.registry.get("lr_policy", method.lr_policy.name).build(
+                    **method.lr_policy.options)
+            except Exception:  # noqa: S112  (its run fails with the reason)
+                continue
+            if is_episodic(policy):
+                raise RunError(
+                    f"methods.{name}.lr_policy: {method.lr_policy.name!r} meta-trains itself "
+                    f"over whole episodes, which cannot run across {self.group.size} ranks; "
+                    "run this recipe without torchrun (or meta-test saved weights: "
+                    f"methods.{name}.meta.mode=meta-test with meta.weights)")
 
     def _execute(self, out: Path, resuming: bool) -> RunSummary:
         recipe = self.recipe
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
         self.provenance = provenance.collect(self.device)
+        self.provenance["metalr.world_size"] = str(self.group.size)
         self.stop = StopRequest()
-        with (rundir.locked(out), self.stop,  # from here on Ctrl-C stops at the next safe point
+        lock = rundir.locked(out) if self.writes else contextlib.nullcontext()
+        with (lock, self.stop,  # from here on Ctrl-C stops at the next safe point
               device_settings(self.device, recipe.train.deterministic)):
-            if resuming:
+            if resuming and self.writes:
                 self._check_settings(out)
-            else:
+            elif self.writes:
                 self._write_recipe(out)
             parent_id = (rundir.read_json(out / rundir.SUITE) or {}).get("parent_run_id")
             tracker: Tracker | None = None
             try:
-                if recipe.tracking is not None:
+                if recipe.tracking is not None and self.writes:
                     tracker = self.registry.get("tracker", recipe.tracking.name).build(
                         **recipe.tracking.options)
                 if resuming and tracker is not None:
@@ -251,7 +295,8 @@ class Runner:
             except Exception as exc:  # outside any one run (the tracker, the folder): one line
                 path = out / "error.txt"
                 with contextlib.suppress(OSError):
-                    path.write_text(traceback.format_exc())
+                    if self.writes:
+                        path.write_text(traceback.format_exc())
                 raise RunError(f"{recipe.name}: {_one_line(exc)} (traceback: {path})") from exc
             finally:
                 if tracker is not None:
@@ -298,7 +343,7 @@ class Runner:
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent
-            if parent_id is None:
+            if parent_id is None and self.writes:
                 rundir.write_json(out / rundir.SUITE, {"parent_run_id": parent})
                 if tracker is not None:
                     tracker.log_artifact(parent, str(out / "recipe.yaml"))
@@ -330,6 +375,8 @@ class Runner:
 
     def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, parent: str | None,
                        bar: tqdm) -> None:
+        if not self.writes:
+            return
         try:
             paths = write_outputs(summary)
             if tracker is not None:
@@ -414,7 +461,8 @@ class Runner:
                               tuned=job.tuned, tuning=job.tuning)
         epochs_done = [0]
         try:
-            folder.mkdir(exist_ok=True)
+            if self.writes:
+                folder.mkdir(exist_ok=True)
             known = (rundir.read_json(folder / rundir.RUN) or {}).get("run_id")
 
             def started(run_id: str) -> None:
@@ -452,6 +500,8 @@ class Runner:
         """Count the run's epochs in the bar, save how it ended (and the history and figures
         of one cut short), say it in one line."""
         bar.update(max(epochs - done, 0))
+        if not self.writes:
+            return
         try:
             rundir.save_result(folder, result)
         except OSError as exc:
@@ -483,6 +533,8 @@ class Runner:
         return steps, epochs
 
     def _save_error(self, folder: Path, tracker: Tracker | None, run_id: str | None) -> None:
+        if not self.writes:
+            return
         try:
             path = folder / "error.txt"
             path.write_text(traceback.format_exc())
@@ -524,6 +576,8 @@ class Runner:
             save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
 
         def save_theta(tag: str) -> None:
+            if not self.writes:
+                return
             path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
                                      policy, extra={"metalr.recipe": recipe.name})
             result.files[tag] = path
@@ -555,9 +609,12 @@ class Runner:
             # trains itself over episodes first, then runs frozen (a resume from a checkpoint
             # of the frozen run finds the trained weights in the policy's saved state)
             self._train_episodes(job, method, task, options, config, policy, tracker, run_id)
-        history = engine.fit(on_epoch=on_epoch, progress=progress, checkpoint=on_checkpoint,
+        history = engine.fit(on_epoch=on_epoch, progress=progress,
+                             checkpoint=on_checkpoint if self.writes else None,
                              resume=state, stop=self.stop)
         result.history = history
+        if not self.writes:
+            return
         for path in sorted(folder.glob("theta-epoch*.safetensors")):  # saved before a resume
             result.files.setdefault(path.stem.removeprefix("theta-"), path)
         if learned:
