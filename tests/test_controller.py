@@ -289,3 +289,58 @@ def test_shipped_controller_schedules_another_model_in_a_hand_loop(task):
         opt.step()
     assert lrs[:10] == [0.1] * 10 and lrs[10] != 0.1  # acts after its first block of K = 10
     assert all(0.05 < lr < 0.2 for lr in lrs)  # at most 1.035x a block
+
+
+def test_controlled_lr_state_round_trips_through_a_weights_only_file(task, tmp_path):
+    """Stopped after 15 steps (mid-block: the controller acts every K = 10) and restored from a
+    ``torch.load(weights_only=True)`` state into a new scheduler, the rest of the LRs are those
+    of the run that never stopped."""
+    import copy
+    from pathlib import Path
+
+    from metalr import ControlledLR
+
+    path = Path(__file__).parents[1] / "recipes/transfer/nets/controller-mnist1d-mlp.safetensors"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    x_val, y_val = task.meta_batch(64, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    batches = [b for _ in range(3) for b in task.train_batches(BATCH, gen)][:28]
+    assert len(batches) == 28
+
+    def scheduler(net, opt):
+        return ControlledLR.from_pretrained(
+            opt, path, net, total_steps=28, lr=0.1,
+            meta_loss=lambda: torch.nn.functional.cross_entropy(net(x_val), y_val).item())
+
+    def steps(net, opt, sched, chunk):
+        lrs = []
+        for x, y in chunk:
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            lrs.append(sched.step(loss, x))
+            opt.step()
+        return lrs
+
+    start = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    whole = steps(model, opt, scheduler(model, opt), batches)
+
+    model.load_state_dict(start)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    first = scheduler(model, opt)
+    head = steps(model, opt, first, batches[:15])
+    torch.save({"sched": first.state_dict(), "opt": opt.state_dict(),
+                "model": model.state_dict()}, tmp_path / "state.pt")
+    first.close()
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    net.load_state_dict(saved["model"])
+    opt2 = torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9)
+    opt2.load_state_dict(saved["opt"])
+    second = scheduler(net, opt2)
+    second.load_state_dict(saved["sched"])
+    tail = steps(net, opt2, second, batches[15:])
+    assert head + tail == whole
+    assert len(set(whole)) > 2  # the controller acted twice: the test compares real decisions
