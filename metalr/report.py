@@ -311,6 +311,12 @@ def cost(value: float | None, higher_is_better: bool, unit_interval: bool) -> fl
     return 1.0 / value if value > 0 else math.inf
 
 
+def comparable(costs: Mapping[str, Mapping[str, float]]) -> dict[str, Mapping[str, float]]:
+    """The tasks a profile counts: those with two methods or more. A suite of one method (a
+    sweep point, a lone meta-train) would be a win for it by construction."""
+    return {task: per for task, per in costs.items() if len(per) >= 2}
+
+
 def performance_ratios(costs: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Per task, each method's cost over the best cost on that task (>= 1; 1 for the best).
 
@@ -496,11 +502,11 @@ def render_markdown(text: str) -> str:
 
 
 def _profile_section(suites: Sequence[Suite]) -> tuple[str, dict[str, Any] | None]:
-    costs = suite_costs(suites)
+    costs = comparable(suite_costs(suites))
     ratios = performance_ratios(costs)
     if not ratios:
-        empty = ("<section id='profile'><h2>Performance profile</h2><p>No task has a method "
-                 "that finished with a test metric.</p></section>")
+        empty = ("<section id='profile'><h2>Performance profile</h2><p>No task has two "
+                 "methods, one of which finished with a test metric.</p></section>")
         return empty, None
     taus = profile_taus(ratios)
     rho = performance_profile(ratios, taus)
@@ -517,7 +523,8 @@ def _profile_section(suites: Sequence[Suite]) -> tuple[str, dict[str, Any] | Non
             "test metric over the finished seeds; for accuracy (higher is better, in [0, 1]) "
             "the error 1 − accuracy, for perplexity or loss the value itself. A curve that "
             "reaches 1 early and high is better; its value at τ = 1 is the share of tasks the "
-            "method won. A method missing or failed on a task never counts there. "
+            "method won. A method missing or failed on a task never counts there; a suite "
+            "of one method (a sweep point) is not a task here. "
             "<a href='https://arxiv.org/abs/2306.07179'>AlgoPerf</a> style; see docs/report.md."
             "</p>")
     body = (f"<section id='profile'><h2>Performance profile across tasks</h2>{text}"

@@ -14,7 +14,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
-from metalr.report import cost, mean_std, performance_profile, performance_ratios, profile_taus
+from metalr.report import (
+    comparable,
+    cost,
+    mean_std,
+    performance_profile,
+    performance_ratios,
+    profile_taus,
+)
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 METHODS = {
@@ -54,6 +61,9 @@ def test_performance_profile_matches_a_hand_computed_example():
 
 
 def test_profile_edge_cases():
+    # a suite of one method (a sweep point) is no task: it would be that method's win
+    assert comparable({"A": {"m1": 0.2, "m2": 0.3}, "p007": {"m1": 0.1}}) == {
+        "A": {"m1": 0.2, "m2": 0.3}}
     assert cost(None, True, True) == math.inf and cost(math.nan, False, False) == math.inf
     assert cost(4.0, True, False) == 0.25  # higher is better, unbounded: ratio best / value
     # a perfect score: a tie is 1, anything else is infinitely worse; a task nobody finished
