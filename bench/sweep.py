@@ -1,6 +1,6 @@
 """A sweep of 8 points with 2 local workers against the same 8 points one after another.
 
-    python bench/sweep.py [--epochs 40] [--workers 2]
+    python bench/sweep.py [--epochs 120] [--workers 2]
 
 Both sweeps run the same recipe (the CPU ablations' workload: MNIST-1D, the shipped MLP of 2 x 100,
 MLR-SNet with its defaults, Fig. 12c's LSTM hidden size 10/20/40/80 x 2 seeds) through
@@ -74,7 +74,7 @@ def timed_sweep(root: Path, epochs: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="metalr-bench-sweep-") as tmp:
