@@ -22,12 +22,21 @@ import torch
 from torch import nn
 
 from metalr import checkpoint as ckpt
-from metalr import differentiable  # noqa: F401  (registers exact optimizer copies)
-from metalr import distributed
+from metalr import (
+    differentiable,  # noqa: F401  (registers exact optimizer copies)
+    distributed,
+)
 from metalr.device import AmpDtype, Precision, channels_last
 from metalr.probe import ProbeResult, probe_lr
-from metalr.protocols import (Batch, EpisodicLearner, HypergradientLearner, LRPolicy, RunInfo,
-                              StepContext, Task)
+from metalr.protocols import (
+    Batch,
+    EpisodicLearner,
+    HypergradientLearner,
+    LRPolicy,
+    RunInfo,
+    StepContext,
+    Task,
+)
 
 
 class TrainingDiverged(RuntimeError):

@@ -31,8 +31,14 @@ from tqdm.auto import tqdm
 
 from metalr import checkpoint, distributed, provenance, rundir
 from metalr.device import device_settings
-from metalr.engine import (Engine, EngineConfig, History, TrainingDiverged, is_episodic,
-                           is_meta_learned)
+from metalr.engine import (
+    Engine,
+    EngineConfig,
+    History,
+    TrainingDiverged,
+    is_episodic,
+    is_meta_learned,
+)
 from metalr.episodes import train_episodes
 from metalr.figures import plot_curves, plot_lr
 from metalr.plugins import Registry, get_registry
