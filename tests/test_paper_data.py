@@ -106,7 +106,33 @@ def test_task_batches_have_the_spec_shape_and_cover_the_split(registry, in_data,
     assert mx.shape[1:] == task.spec.input_shape and len(my) <= 4
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(task.spec.num_outputs))
     metrics = task.evaluate(model, "test")
-    assert set(metrics) == {"loss", "accuracy"} and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics) == set(task.metrics) and 0 <= metrics["accuracy"] <= 1
+    assert ("top5_accuracy" in metrics) == (name in ("tiny-imagenet", "imagenet"))
+
+
+def test_top5_accuracy_counts_a_label_among_the_five_highest_scores(registry, in_data):
+    """Held against a count written here, sample by sample, with numpy's argsort."""
+    import numpy as np
+
+    task = _task(registry, "cifar100")
+    task.top5 = True  # as ImageNet and TinyImageNet have it
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 32 * 32, task.spec.num_outputs))
+    metrics = task.evaluate(model, "test")
+    hits = total = top1 = 0
+    with torch.no_grad():
+        for x, y in task._loader("test", 7):
+            scores = model(x).numpy()
+            for row, label in zip(scores, y.tolist()):
+                best5 = np.argsort(-row, kind="stable")[:5]
+                hits += int(label in best5.tolist())
+                top1 += int(best5[0] == label)
+                total += 1
+    assert total == len(task.splits["test"]) and 0 < hits < total
+    assert metrics["top5_accuracy"] == pytest.approx(hits / total)
+    assert metrics["accuracy"] == pytest.approx(top1 / total)
+    assert metrics["accuracy"] < metrics["top5_accuracy"]
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "cifar10-c", "tiny-imagenet"])

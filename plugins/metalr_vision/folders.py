@@ -27,6 +27,7 @@ class TinyImageNet(ImageTask):
     """200 classes of 64x64 images: 100,000 training, 10,000 validation (used as test)."""
 
     spec = ModelSpec(input_shape=(3, 64, 64), num_outputs=200)
+    top5 = True
     dataset = "tiny-imagenet-200"
     hint = "unzip tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip)"
 
@@ -62,6 +63,7 @@ class ImageNet(ImageTask):
     """ILSVRC-2012: 1,000 classes; its 50,000 validation images are the test set."""
 
     dataset = "imagenet"
+    top5 = True  # the paper's Table 6: top-1 and top-5
     hint = "ILSVRC2012 train/ and val/ in class folders, as pytorch/examples/imagenet expects"
 
     def __init__(self, meta_per_class: int = 1, image_size: int = 224,
