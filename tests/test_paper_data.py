@@ -206,6 +206,32 @@ def test_persistent_workers_follow_the_engine_order(registry, in_data):
     assert not torch.equal(epochs[0], epochs[1])  # reshuffled by the generator, same workers
 
 
+def test_augmentation_follows_the_generator_not_the_workers(registry, in_data):
+    """Crops and flips are a function of the engine's generator alone: a run resumed at epoch 2
+    (a new task, new workers, the generator as the checkpoint left it) sees the very images the
+    uninterrupted run saw, with 2 persistent workers or none; the caller's global RNG is left
+    alone. (Before: each worker's RNG ran on across epochs, so a resume cropped differently.)"""
+
+    def epochs(workers: int, gen: torch.Generator, n: int) -> list[torch.Tensor]:
+        task = registry.get("task", "cifar10").build(workers=workers, meta_per_class=1)
+        task.setup(0, torch.device("cpu"))
+        return [torch.cat([x for x, _ in task.train_batches(16, gen)]) for _ in range(n)]
+
+    gen = torch.Generator().manual_seed(0)
+    whole = epochs(2, gen, 2)
+    gen = torch.Generator().manual_seed(0)
+    epochs(2, gen, 1)  # the first run, killed after epoch 1; the checkpoint keeps `gen`
+    resumed = epochs(2, torch.Generator().set_state(gen.get_state()), 1)
+    assert torch.equal(resumed[0], whole[1])
+    rng = torch.get_rng_state()
+    in_process = epochs(0, torch.Generator().manual_seed(0), 2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, whole))
+    same_order = torch.Generator().manual_seed(0)  # the augmentation really is random
+    first = epochs(0, same_order, 1)[0]
+    assert not torch.equal(first, epochs(0, torch.Generator().manual_seed(1), 1)[0])
+
+
 @pytest.fixture
 def ptb(registry, tmp_path, monkeypatch):
     folder = write_ptb(tmp_path / "ptb")

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -62,20 +63,38 @@ class Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(index, epoch_seed)`` from :class:`EpochOrder`, whose random
+        augmentation then depends on nothing else: not on which worker draws it, nor on what
+        that worker drew before (a resumed run's fresh workers crop as the first run's did)."""
+        i, epoch_seed = key if isinstance(key, tuple) else (key, None)
         j = self.indices[i]
-        return self.transform(self.source.image(j)), int(self.source.labels[j])
+        if epoch_seed is None:
+            image = self.transform(self.source.image(j))
+        else:
+            with torch.random.fork_rng(devices=[]):  # the caller's generator is left alone
+                torch.manual_seed(sample_seed(epoch_seed, i))
+                image = self.transform(self.source.image(j))
+        return image, int(self.source.labels[j])
 
 
-class EpochOrder(Sampler[int]):
-    """The order of one epoch, set by the task before each pass, so that the ``DataLoader``
-    (and its persistent workers) is built once while the order follows the engine's generator."""
+def sample_seed(epoch_seed: int, i: int) -> int:
+    """A seed per (epoch, image): SeedSequence mixes the two so that neighbours do not get
+    neighbouring streams."""
+    return int(np.random.SeedSequence([epoch_seed, i]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EpochOrder(Sampler[tuple[int, int]]):
+    """The order of one epoch and its augmentation seed, set by the task before each pass from
+    the engine's generator, so that the ``DataLoader`` (and its persistent workers) is built
+    once while order and crops follow that generator, which checkpoints restore."""
 
     def __init__(self, n: int):
         self.order: list[int] = list(range(n))
+        self.epoch_seed = 0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.epoch_seed) for i in self.order)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -196,7 +215,7 @@ class ImageTask:
                 data, batch_size=batch_size, sampler=EpochOrder(len(data)) if fit else None,
                 num_workers=self.workers, pin_memory=self.device.type == "cuda",
                 persistent_workers=self.workers > 0, drop_last=fit and self.drop_last,
-                # seeds the workers' augmentation: the same images and crops for a seed
+                # the workers' own seeds; augmentation is seeded per image (Indexed)
                 generator=torch.Generator().manual_seed(self._seed),
                 prefetch_factor=4 if self.workers > 0 else None,
             )
@@ -222,6 +241,7 @@ class ImageTask:
         loader = self._loader("fit", batch_size)
         loader.sampler.order = torch.randperm(len(self.splits["fit"]),
                                               generator=generator).tolist()
+        loader.sampler.epoch_seed = int(torch.randint(2**62, (), generator=generator))
         for batch in loader:
             yield self._to_device(batch)
 
