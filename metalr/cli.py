@@ -13,10 +13,10 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from metalr.checkpoint import CheckpointError
-from metalr.plugins import KINDS, get_registry
+from metalr.plugins import KINDS, UnknownComponentError, get_registry
 from metalr.recipe import RecipeError, load_recipe
 from metalr.rundir import RunError
 
@@ -24,10 +24,66 @@ if TYPE_CHECKING:
     from metalr.results import RunSummary
 
 
+def option_rows(component: Any) -> list[dict[str, str]]:
+    """A component's options as its schema states them: name, type, default, description."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, field in (component.options.model_fields if component.options else {}).items():
+        if field.default_factory is not None:
+            default = repr(field.default_factory())
+        else:
+            default = "required" if field.default is PydanticUndefined else repr(field.default)
+        rows.append({"option": name, "type": _type_name(field.annotation), "default": default,
+                     "description": field.description or ""})
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    """``'auto' | 'paper'``, ``float | None``, ``list[str]``: what a recipe may write."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # constraints (> 0, ...) are in the description or checked
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # broken plugins are listed below instead
         registry = get_registry()
+    if args.kind is not None:
+        if args.name is None:
+            raise RunError(f"`metalr plugins {args.kind}` needs a component name too, e.g. "
+                           f"`metalr plugins lr_policy mlrsnet`")
+        try:
+            component = registry.get(args.kind, args.name)
+        except UnknownComponentError as exc:
+            raise RunError(str(exc)) from None
+        rows = option_rows(component)
+        if args.json:
+            print(json.dumps({"kind": component.kind, "name": component.name,
+                              "source": component.source, "summary": component.summary,
+                              "options": rows}, indent=2))
+            return 0
+        print(f"{component.kind} {component.name} ({component.source}): {component.summary}")
+        if not rows:
+            print("no options")
+        widths = [max([len(h)] + [len(r[h]) for r in rows]) for h in ("option", "type", "default")]
+        for r in rows:
+            print(f"  {r['option']:<{widths[0]}}  {r['type']:<{widths[1]}}  "
+                  f"{r['default']:<{widths[2]}}  {r['description']}")
+        return 0
     components = [
         {"kind": c.kind, "name": c.name, "source": c.source, "summary": c.summary}
         for c in registry.all()
@@ -206,7 +262,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metalr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plugins", help="list every component, its kind and its source")
+    p = sub.add_parser("plugins", help="list every component, its kind and its source; "
+                       "`plugins KIND NAME`: one component's options")
+    p.add_argument("kind", nargs="?", help="a component kind (task, model, lr_policy, ...)")
+    p.add_argument("name", nargs="?", help="a component name: show its options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
     p = sub.add_parser("nets", help="list the meta-learned nets shipped with metalr; "

@@ -278,3 +278,39 @@ def test_validate_catches_a_typo_in_a_component_without_schema(site, tmp_path):
                           capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "methods.warm.lr_policy.options.warmpu" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", ["task", "model", "optimizer", "lr_policy", "tracker",
+                                  "executor"])
+def test_cli_shows_every_components_options_as_its_schema_has_them(kind, capsys):
+    """`metalr plugins KIND NAME --json` lists exactly the options the component's schema
+    validates, with its defaults: the reference a recipe writer reads. An unknown name is one
+    line with a did-you-mean, exit 1."""
+    from pydantic_core import PydanticUndefined
+
+    from metalr.cli import main
+    from metalr.plugins import get_registry
+
+    registry = get_registry()
+    for name in registry.names(kind):
+        assert main(["plugins", kind, name, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        schema = registry.get(kind, name).options
+        fields = schema.model_fields if schema else {}
+        assert [o["option"] for o in shown["options"]] == list(fields), (kind, name)
+        for row in shown["options"]:
+            field = fields[row["option"]]
+            if field.default_factory is None and field.default is not PydanticUndefined:
+                assert row["default"] == repr(field.default), (kind, name, row)
+    assert main(["plugins", kind, "no-such-thing"]) == 1
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_cli_shows_options_in_a_table(capsys):
+    from metalr.cli import main
+
+    assert main(["plugins", "lr_policy", "mlrsnet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lr_policy mlrsnet (metalr:mlrsnet)")
+    preset = next(line for line in out if line.split()[0] == "preset")
+    assert "'auto' | 'paper'" in preset and "probed scale" in preset
