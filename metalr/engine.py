@@ -279,7 +279,7 @@ class Engine:
             self.probe_result = probe_lr(
                 self.task, self.model, self.optimizer, total_steps=total_steps,
                 steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
-                meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
+                meta_batch_size=cfg.meta_batch_size, seed=self.data_seed,
                 clip_grad_norm=cfg.clip_grad_norm)
         return self.probe_result
 
