@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from metalr.results import mean_std
+
 MAX_POINTS = 2000
 """Points per LR series at most: a long run's 100k steps would make a page of tens of MB; the
 thinned series keeps every k-th step and the last."""
@@ -287,16 +289,6 @@ def load_suites(targets: Sequence[str], tracking_uri: str | None = None,
 
 
 # -- statistics and the performance profile ------------------------------------------------------
-
-def mean_std(values: Sequence[float]) -> str:
-    """``mean ± sample std`` (ddof=1) as in results.md; one value: no spread; none: ``-``."""
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.4f}"
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
-
 
 def cost(value: float | None, higher_is_better: bool, unit_interval: bool) -> float:
     """What a profile compares, lower is better: the value itself (perplexity, loss); for a

@@ -31,6 +31,7 @@ import csv
 import io
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ class MethodResult:
         return max(values) if higher_is_better else min(values)
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
     """Mean ± sample std (ddof=1): the spread of the seeds as a sample of possible seeds."""
     if not values:
         return "-"
@@ -225,8 +226,8 @@ class RunSummary:
             lrs = [r.history.lrs[-1] for r in done if r.history.lrs]
             rows.append({
                 "method": method,
-                f"final test {m}": _mean_std([r.final(f"test_{m}") for r in done]),
-                f"best test {m}": _mean_std([r.best(f"test_{m}", self.higher_is_better)
+                f"final test {m}": mean_std([r.final(f"test_{m}") for r in done]),
+                f"best test {m}": mean_std([r.best(f"test_{m}", self.higher_is_better)
                                              for r in done]),
                 "final LR": f"{statistics.fmean(lrs):.4g}" if lrs else "-",
                 "wall time per run (s)": (f"{statistics.fmean(r.history.wall_time for r in done):.1f}"

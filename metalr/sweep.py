@@ -29,7 +29,7 @@ from metalr import rundir
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import ItemFailed
 from metalr.recipe import Problem, Recipe, RecipeError, load_recipe
-from metalr.results import _csv, _markdown, _mean_std
+from metalr.results import _csv, _markdown, mean_std
 
 POINT_RECORD = "point.json"
 SWEEP_RECORD = "sweep.json"
@@ -225,7 +225,7 @@ def table_rows(sweep: Sweep) -> list[dict[str, str]]:
         row["points done"] = f"{len(done)}/{len(recs)}"
         for m in methods:
             scores = [v for r in recs if r for v in r.get("finals", {}).get(m, [])]
-            row[f"{m} test_{metric}"] = _mean_std(scores)
+            row[f"{m} test_{metric}"] = mean_std(scores)
         rows.append(row)
     return rows
 

@@ -17,11 +17,11 @@ from metalr.cli import main
 from metalr.report import (
     comparable,
     cost,
-    mean_std,
     performance_profile,
     performance_ratios,
     profile_taus,
 )
+from metalr.results import mean_std
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 METHODS = {
