@@ -131,40 +131,38 @@ def probe_lr(
                                       clip_grad_norm)
         return losses[lr]
 
-    rngs = torch.random.fork_rng(devices=_devices(model))  # every device's, given back below
-    rngs.__enter__()
-    try:
-        coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
-        for lr in coarse:
-            run(lr)
-        best = min(coarse, key=lambda v: losses[v])
-        at_edge = best in (coarse[0], coarse[-1])
-        if grid is None and at_edge:  # extend once past the edge it sits on
-            ext = best / 10 if best == coarse[0] else best * 10
-            run(ext)
-            if losses[ext] < losses[best]:
-                best = ext
-            else:
-                at_edge = False
-        if grid is None:  # half-decades around the best
-            for lr in (best / HALF_DECADE, best * HALF_DECADE):
+    with torch.random.fork_rng(devices=_devices(model)):  # every device's, given back
+        try:
+            coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
+            for lr in coarse:
                 run(lr)
-            best = min(losses, key=losses.__getitem__)
-        edge = best
-        if math.isfinite(losses[best]):
-            keep = initial - 0.5 * (initial - losses[best])  # half the best improvement
-            if grid is None and not adaptive:  # climb half-decades while training still works
-                top = max(coarse) * 10
-                x = best * HALF_DECADE
-                while x <= top * 1.001 and run(x) <= keep:
-                    edge, x = x, x * HALF_DECADE
-                if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
-                    edge *= QUARTER_DECADE
-            else:
-                edge = max(lr for lr, value in losses.items() if value <= keep)
-    finally:
-        model.load_state_dict(weights)
-        rngs.__exit__(None, None, None)
+            best = min(coarse, key=lambda v: losses[v])
+            at_edge = best in (coarse[0], coarse[-1])
+            if grid is None and at_edge:  # extend once past the edge it sits on
+                ext = best / 10 if best == coarse[0] else best * 10
+                run(ext)
+                if losses[ext] < losses[best]:
+                    best = ext
+                else:
+                    at_edge = False
+            if grid is None:  # half-decades around the best
+                for lr in (best / HALF_DECADE, best * HALF_DECADE):
+                    run(lr)
+                best = min(losses, key=losses.__getitem__)
+            edge = best
+            if math.isfinite(losses[best]):
+                keep = initial - 0.5 * (initial - losses[best])  # half the best improvement
+                if grid is None and not adaptive:  # climb half-decades while training still works
+                    top = max(coarse) * 10
+                    x = best * HALF_DECADE
+                    while x <= top * 1.001 and run(x) <= keep:
+                        edge, x = x, x * HALF_DECADE
+                    if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
+                        edge *= QUARTER_DECADE
+                else:
+                    edge = max(lr for lr, value in losses.items() if value <= keep)
+        finally:
+            model.load_state_dict(weights)
     if not math.isfinite(losses[best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
