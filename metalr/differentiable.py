@@ -1,4 +1,11 @@
-"""Differentiable copies of optimizers whose arithmetic matches torch's own, step for step.
+"""The virtual step: one differentiable step of the real optimizer, made by `higher`.
+
+:func:`virtual_step` is the look-ahead of Algorithm 1 (Eq. 10). It lives for one call: the
+differentiable optimizer, its state and the weights it returns are dropped when the caller drops
+them, so nothing of one meta-update survives into the next (``higher.monkeypatch`` with
+``track_higher_grads`` keeps every set of fast weights it was ever given, about five copies of
+the model per meta-update). It moves exactly the parameters the real ``optimizer.step()`` moves:
+those the optimizer holds that have a gradient.
 
 `higher` ships a differentiable Adam whose epsilon sits inside the bias correction
 (``sqrt(v) + eps`` scaled by ``sqrt(1 - beta2^t)``), unlike ``torch.optim.Adam``
@@ -10,9 +17,10 @@ optimizer takes. This module registers an exact copy with higher.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
-from higher.optim import DifferentiableOptimizer, register_optim
+from higher.optim import DifferentiableOptimizer, get_diff_optim, register_optim
 
 
 class TorchAdam(DifferentiableOptimizer):
@@ -55,3 +63,55 @@ class TorchAdamW(TorchAdam):
 
 register_optim(torch.optim.Adam, TorchAdam)
 register_optim(torch.optim.AdamW, TorchAdamW)
+
+
+class _Slot:
+    """Stands for one parameter in the view of the optimizer that higher copies: higher
+    deep-copies ``param_groups`` (every parameter with them) and clones the whole state on each
+    call; a slot copies as itself, and the state is handed over afterwards uncopied (the
+    differentiable step never writes into a state tensor, it builds new ones from it)."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo) -> _Slot:
+        return self
+
+
+def virtual_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                 grads: Sequence[torch.Tensor | None], lr: torch.Tensor) -> list[torch.Tensor]:
+    """``w_hat``: the weights after one step of ``optimizer`` from ``params`` with ``grads`` at
+    LR ``lr``, differentiable in ``lr`` (momentum buffers, Adam's moments, weight decay included).
+
+    ``params`` are the real parameters and ``grads[i]`` the batch gradient of ``params[i]``
+    (None: it has none). Like ``optimizer.step()``, the step moves the parameters the optimizer
+    holds that have a gradient; every other one comes back as it is (detached).
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    moving: list[int] = []  # into params, in the optimizer's order
+    view = torch.optim.Optimizer.__new__(type(optimizer))  # its class picks higher's copy
+    view.param_groups, view.state = [], {}
+    for group in optimizer.param_groups:
+        members = [index[id(p)] for p in group["params"]
+                   if id(p) in index and grads[index[id(p)]] is not None]
+        view.param_groups.append({**group, "params": [_Slot() for _ in members]})
+        moving.extend(members)
+    w = [p.detach() for p in params]
+    if not moving:
+        return w
+    slots = [slot for group in view.param_groups for slot in group["params"]]
+    diffopt: DifferentiableOptimizer = get_diff_optim(
+        view, slots, track_higher_grads=True, override={"lr": [lr]})
+    position = 0
+    for group_index, group in enumerate(view.param_groups):
+        for slot_index in range(len(group["params"])):
+            real = optimizer.state.get(params[moving[position]])
+            if real:
+                diffopt.state[group_index][slot_index] = dict(real)  # same tensors, new dict
+            position += 1
+    fast = [w[i].requires_grad_() for i in moving]
+    # The surrogate <w, g> has gradient g: higher gets the batch gradient without a second
+    # forward and backward of the batch.
+    surrogate = sum((wi * grads[i]).sum() for wi, i in zip(fast, moving))
+    for i, new in zip(moving, diffopt.step(surrogate, params=fast)):
+        w[i] = new
+    return w

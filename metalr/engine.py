@@ -17,16 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import higher
 import torch
 from torch import nn
 
 from metalr import checkpoint as ckpt
-from metalr import (
-    differentiable,  # noqa: F401  (registers exact optimizer copies)
-    distributed,
-)
+from metalr import distributed
+from metalr.differentiable import virtual_step
 from metalr.device import AmpDtype, Precision, channels_last
+from metalr.order import DataOrder
 from metalr.probe import ProbeResult, probe_lr
 from metalr.protocols import (
     Batch,
@@ -132,8 +130,11 @@ class Engine:
         self.task, self.model, self.optimizer, self.policy, self.cfg = (
             task, model, optimizer, policy, config
         )
-        self.data_seed = config.seed if config.order_seed is None else config.order_seed
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.order = DataOrder.of(config.seed, config.order_seed)
+        # The parameters the engine trains, the one definition: those that take a gradient.
+        # (The optimizer moves the ones it holds that got one; so does the virtual step.)
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._names, self.params = [n for n, _ in trained], [p for _, p in trained]
         self.meta_learning = config.meta_train and is_meta_learned(policy)
         if is_meta_learned(policy) or is_episodic(policy):
             policy.frozen = not config.meta_train
@@ -146,11 +147,9 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
-        self._fmodel: Any = None
-        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
-        self.meta_generator = torch.Generator().manual_seed(self.data_seed + 1)
+        self.meta_generator = self.order.meta_generator()
         self.precision = Precision(config.device, config.amp, config.amp_dtype)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -159,77 +158,74 @@ class Engine:
         self.ranks = distributed.current()
         self.ddp_model = distributed.wrap(model, config.device)
 
-    @property
-    def fmodel(self):
-        """The functional view of the model used for virtual steps, patched once per run."""
-        if self._fmodel is None:
-            self._fmodel = higher.monkeypatch(
-                self.model, copy_initial_weights=False, track_higher_grads=True
-            )
-        return self._fmodel
-
     def step(self, batch: Batch, meta_batch: Batch | None = None, step: int = 0,
              epoch: int = 0) -> StepResult:
-        """One iteration of Algorithm 1: meta-update theta when given a meta batch, then step w.
+        """One iteration of Algorithm 1: L_t and g_t, theta's meta-update when given a meta
+        batch, then w's real step with the updated theta, reusing g_t.
 
         ``batch`` and ``meta_batch`` are global batches; under torchrun each rank trains on its
         slice (:func:`metalr.distributed.shard`) and the result is the same as one process's.
         """
-        model, opt, policy, task, amp, ranks = (self.ddp_model, self.optimizer, self.policy,
-                                                self.task, self.precision, self.ranks)
+        ctx = self._training_loss(batch, step, epoch)
+        meta_loss = None if meta_batch is None else self.meta_update(ctx, meta_batch)
+        lr = self._real_step(ctx)
+        return StepResult(lr, ctx.loss, meta_loss)
+
+    def _training_loss(self, batch: Batch, step: int, epoch: int) -> StepContext:
+        """L_t and g_t (in the parameters' ``.grad``), computed once for both steps.
+
+        Weighted so that DDP's average over ranks is the global batch's mean (weight 1 alone).
+        """
         if self.cfg.channels_last:
-            batch, meta_batch = channels_last(batch), channels_last(meta_batch)
-        # Training loss L_t and its gradient g_t, computed once and used by both steps below.
-        # Weighted so that DDP's average over ranks is the global batch's mean (weight 1 alone).
-        local, weight = distributed.shard(batch, ranks)
-        opt.zero_grad(set_to_none=True)
-        with amp.autocast():
-            loss = task.loss(model, local) * weight
-        amp.backward(loss, opt)
+            batch = channels_last(batch)
+        local, weight = distributed.shard(batch, self.ranks)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            loss = self.task.loss(self.ddp_model, local) * weight
+        self.precision.backward(loss, self.optimizer)
         if self.cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
         loss = distributed.all_reduce_mean(loss.detach())  # every rank's policy reads one L_t
-        ctx = self._context(loss, batch, step, epoch)
-        meta_loss = None
-        if meta_batch is not None:
-            # Virtual step (Eq. 10) through a differentiable copy of the *real* optimizer, its
-            # momentum buffers / Adam moments and weight decay included. The surrogate <w, g_t>
-            # has gradient g_t, so higher gets the batch gradient without a second backward.
-            # All parameters, frozen ones too: fmodel is patched with every one of them, and the
-            # optimizer may hold frozen ones; without a gradient they leave the step unchanged.
-            every = list(self.model.parameters())
-            w = [p.detach().requires_grad_(p.requires_grad) for p in every]
-            trainable = [wi for wi in w if wi.requires_grad]
-            surrogate = sum((wi * gi).sum() for wi, gi in zip(trainable, ctx.grads))
-            diffopt = higher.optim.get_diff_optim(opt, every, track_higher_grads=True)
-            # The LR is a scalar, so d L_meta / d theta = (d L_meta / d lr) * (d lr / d theta):
-            # the virtual step takes a detached leaf copy of the LR, and ranks share one number.
-            lr_t = policy.virtual_lr(ctx)
-            lr_leaf = lr_t.detach().requires_grad_()
-            w_hat = diffopt.step(surrogate, params=w, override={"lr": [lr_leaf]})
-            # Meta loss at the virtual weights (Eq. 9) on this rank's slice of the meta batch.
-            meta_local, meta_weight = distributed.shard(meta_batch, ranks)
-            with amp.autocast():
-                meta_loss = task.loss(functools.partial(self.fmodel, params=w_hat),
-                                      meta_local) * meta_weight
-            dlr = amp.lr_grad(meta_loss, lr_leaf, distributed.all_reduce_mean)
-            if dlr is not None:  # None: float16 overflowed, skip this meta-update
-                theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
-                for p, g in zip(theta, torch.autograd.grad(lr_t, theta, grad_outputs=dlr)):
-                    p.grad = g
-                self.meta_optimizer.step()
-            meta_loss = meta_loss.detach()
-        # Real step (Eq. 11) with the freshly updated theta, reusing g_t.
+        return self._context(loss, batch, step, epoch)
+
+    def meta_update(self, ctx: StepContext, meta_batch: Batch) -> torch.Tensor:
+        """Steps theta by the one-step hypergradient (Eqs. 9-10); returns the meta loss.
+
+        Nothing made here outlives the call: the virtual weights, their graph and the copy of
+        the optimizer's state are dropped on return, so memory does not grow with the run.
+        """
+        if self.cfg.channels_last:
+            meta_batch = channels_last(meta_batch)
+        # The LR is a scalar, so d L_meta / d theta = (d L_meta / d lr) * (d lr / d theta):
+        # the virtual step takes a detached leaf copy of the LR, and ranks share one number.
+        lr_t = self.policy.virtual_lr(ctx)
+        lr_leaf = lr_t.detach().requires_grad_()
+        # Virtual step (Eq. 10) through a differentiable copy of the real optimizer, with g_t.
+        w_hat = virtual_step(self.optimizer, self.params, [p.grad for p in self.params], lr_leaf)
+        # Meta loss at the virtual weights (Eq. 9) on this rank's slice of the meta batch.
+        meta_local, meta_weight = distributed.shard(meta_batch, self.ranks)
+        with self.precision.autocast():
+            meta_loss = self._loss_at(meta_local, w_hat) * meta_weight
+        dlr = self.precision.lr_grad(meta_loss, lr_leaf, distributed.all_reduce_mean)
+        if dlr is not None:  # None: float16 overflowed, skip this meta-update
+            theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
+            for p, g in zip(theta, torch.autograd.grad(lr_t, theta, grad_outputs=dlr)):
+                p.grad = g
+            self.meta_optimizer.step()
+        return meta_loss.detach()
+
+    def _real_step(self, ctx: StepContext) -> float:
+        """Eq. 11: the real optimizer's step at the LR the (updated) policy gives now."""
         try:
-            lr = float(policy.lr(ctx))
+            lr = float(self.policy.lr(ctx))
         except ArithmeticError as exc:  # a rule that found its own numbers non-finite
-            raise TrainingDiverged(f"{exc} (step {step})") from exc
+            raise TrainingDiverged(f"{exc} (step {ctx.step})") from exc
         if not 0 <= lr <= self._max_lr:  # NaN fails too; beyond max the update overflows
-            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {step}")
-        for group in opt.param_groups:
+            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {ctx.step}")
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        amp.step(opt)
-        return StepResult(lr, loss, meta_loss)
+        self.precision.step(self.optimizer)
+        return lr
 
     def _context(self, loss: torch.Tensor, batch: Batch, step: int, epoch: int) -> StepContext:
         loss = loss.detach()
@@ -238,21 +234,29 @@ class Engine:
             params=self.params,
             grads=[p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params],
             optimizer=self.optimizer,
-            batch_loss=functools.partial(self._functional_loss, batch),
+            batch_loss=functools.partial(self._loss_at, batch),
             meta_grads=self._meta_grads if self.cfg.meta_train else None,
             meta_loss=self._meta_loss,
             batch_outputs=functools.partial(self._batch_outputs, batch),
         )
 
-    def _functional_loss(self, batch: Batch, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        mapping = dict(zip(self._names, params))
+    def _model_at(self, params: Sequence[torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """The model as a function of the trained parameters, differentiable in them, with its
+        train-mode behaviour (batch statistics, dropout) but a copy of its buffers: a look at a
+        batch (the meta set's, or the training batch again for a Hessian-vector product) never
+        moves BatchNorm's running statistics; only the training forward of a step does."""
+        mapping = {**{n: b.clone() for n, b in self.model.named_buffers()},
+                   **dict(zip(self._names, params))}
         call = functools.partial(torch.func.functional_call, self.model, mapping)
-        return self.task.loss(lambda *a, **k: call(a, k), batch)
+        return lambda *a, **k: call(a, k)
+
+    def _loss_at(self, batch: Batch, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(self._model_at(params), batch)
 
     def _meta_grads(self) -> list[torch.Tensor]:
+        """The gradient of a fresh meta batch's loss at the current weights (RTHO)."""
         batch = self.task.meta_batch(self.cfg.meta_batch_size, self.meta_generator)
-        loss = self.task.loss(self.model, batch)
-        return list(torch.autograd.grad(loss, self.params))
+        return list(torch.autograd.grad(self._loss_at(batch, self.params), self.params))
 
     @torch.no_grad()
     def _meta_loss(self) -> float:
@@ -267,9 +271,8 @@ class Engine:
     @torch.no_grad()
     def _batch_outputs(self, batch: Batch, params: Sequence[torch.Tensor] | None) -> torch.Tensor:
         out: list[torch.Tensor] = []
-        call = functools.partial(torch.func.functional_call, self.model,
-                                 dict(zip(self._names, params or self.params)))
-        self.task.loss(lambda *a, **k: out.append(call(a, k)) or out[-1], batch)
+        model = self._model_at(params or self.params)
+        self.task.loss(lambda *a, **k: out.append(model(*a, **k)) or out[-1], batch)
         return out[-1]
 
     def _probe(self, total_steps: int, steps_per_epoch: int) -> ProbeResult:
@@ -279,7 +282,7 @@ class Engine:
             self.probe_result = probe_lr(
                 self.task, self.model, self.optimizer, total_steps=total_steps,
                 steps_per_epoch=steps_per_epoch, batch_size=cfg.batch_size,
-                meta_batch_size=cfg.meta_batch_size, seed=self.data_seed,
+                meta_batch_size=cfg.meta_batch_size, seed=self.order.seed,
                 clip_grad_norm=cfg.clip_grad_norm)
         return self.probe_result
 
@@ -327,7 +330,7 @@ class Engine:
         t_val = cfg.t_val or (self.policy.meta_period(run) if self.meta_learning
                               else max(1, steps_per_epoch // 2))
         history.t_val = t_val if self.meta_learning else None
-        generator = torch.Generator().manual_seed(self.data_seed)
+        generator = self.order.train_generator()
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
             history = History.from_dict(resume["history"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from metalr.order import DataOrder
 from metalr.protocols import Batch, Task
 
 HALF_DECADE = math.sqrt(10)
@@ -115,8 +117,9 @@ def probe_lr(
     if adaptive and steps_per_point is None:
         steps = min(total_steps, ADAPTIVE_HORIZON * steps)
     weights = copy.deepcopy(model.state_dict())
-    meta_gen = torch.Generator().manual_seed(seed + 7919)
-    judge = [task.meta_batch(meta_batch_size, meta_gen) for _ in range(meta_batches)]
+    order = DataOrder(seed)
+    judge_gen = order.judge_generator()
+    judge = [task.meta_batch(meta_batch_size, judge_gen) for _ in range(meta_batches)]
     losses: dict[float, float] = {}
     initial = _judge(task, model, judge)
 
@@ -127,7 +130,7 @@ def probe_lr(
         model.load_state_dict(weights)
         torch.manual_seed(seed + 104729)  # the same dropout draws for every point and policy
         opt = _fresh(optimizer, model.parameters(), lr)
-        losses[lr] = _train_and_judge(task, model, opt, steps, batch_size, seed, judge,
+        losses[lr] = _train_and_judge(task, model, opt, steps, batch_size, order, judge,
                                       clip_grad_norm)
         return losses[lr]
 
@@ -206,27 +209,22 @@ def _judge(task: Task, model: nn.Module, judge: list[Batch]) -> float:
 
 
 def _train_and_judge(task: Task, model: nn.Module, opt: torch.optim.Optimizer, steps: int,
-                     batch_size: int, seed: int, judge: list[Batch],
+                     batch_size: int, order: DataOrder, judge: list[Batch],
                      clip_grad_norm: float | None) -> float:
-    # the batches the run itself will start with (the engine shuffles with this seed), so a point
-    # that would wreck the run's first steps is seen to wreck them here
-    generator = torch.Generator().manual_seed(seed)
+    # the batches the run itself will start with, so a point that would wreck the run's first
+    # steps is seen to wreck them here
     model.train()
-    done, first = 0, None
-    while done < steps:
-        for batch in task.train_batches(batch_size, generator):
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model, batch)
-            value = float(loss.detach())
-            first = value if first is None else first
-            if not math.isfinite(value) or value > 1e3 * max(first, 1e-12):
-                return math.inf
-            loss.backward()
-            if clip_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            opt.step()
-            done += 1
-            if done == steps:
-                break
+    first = None
+    for _, batch in itertools.islice(order.batches(task, batch_size), steps):
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        value = float(loss.detach())
+        first = value if first is None else first
+        if not math.isfinite(value) or value > 1e3 * max(first, 1e-12):
+            return math.inf
+        loss.backward()
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        opt.step()
     return _judge(task, model, judge)
 

@@ -35,12 +35,13 @@ def build(registry, **options):
         **{"initial_lr": 0.05, "act_every": 4, **options})
 
 
-def engine_for(task, policy, seed: int) -> Engine:
+def engine_for(task, policy, seed: int, order_seed: int | None = None) -> Engine:
     torch.manual_seed(seed)
     model = _mlp(task.spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     return Engine(task, model, opt, policy, EngineConfig(
-        epochs=EPOCHS, batch_size=BATCH, seed=seed, meta_batch_size=32, meta_train=False))
+        epochs=EPOCHS, batch_size=BATCH, seed=seed, order_seed=order_seed, meta_batch_size=32,
+        meta_train=False))
 
 
 def maker(task, base_seed: int = 100):
@@ -96,8 +97,8 @@ def test_tiny_meta_training_learns_and_reports_episodes(trained):
     assert float(after["obs_rms.count"]) > 100  # statistics gathered in meta-training
 
 
-def frozen_lrs(ctrl, task, seed=7) -> list[float]:
-    return engine_for(task, ctrl, seed).fit().lrs
+def frozen_lrs(ctrl, task, seed=7, order_seed=None) -> list[float]:
+    return engine_for(task, ctrl, seed, order_seed).fit().lrs
 
 
 def test_save_load_round_trip_gives_the_same_actions(trained, task, tmp_path):
@@ -112,18 +113,22 @@ def test_save_load_round_trip_gives_the_same_actions(trained, task, tmp_path):
     assert len(set(lrs)) > 1  # the controller acted
 
 
-def test_meta_test_reproduces_the_env_lr_trace(trained, task):
-    """The frozen policy in an ordinary run gives exactly the LRs of the env's episode."""
+@pytest.mark.parametrize("order_seed", [None, 11])
+def test_meta_test_reproduces_the_env_lr_trace(trained, task, order_seed):
+    """The frozen policy in an ordinary run gives exactly the LRs of the env's episode: the
+    episode trains on the batches the engine would, ``train.order_seed`` included (the env
+    once shuffled with ``train.seed``)."""
     from metalr_controller.env import ControllerEnv
 
     ctrl, _, _ = trained
-    env = ControllerEnv(ctrl, lambda i, acting: engine_for(task, acting, 7), update_stats=False)
+    env = ControllerEnv(ctrl, lambda i, acting: engine_for(task, acting, 7, order_seed),
+                        update_stats=False)
     obs, _ = env.reset()
     done = False
     while not done:
         obs, _, terminated, truncated, _ = env.step(np.array([ctrl.deterministic_action(obs)]))
         done = terminated or truncated
-    assert frozen_lrs(ctrl, task, seed=7) == env.lrs
+    assert frozen_lrs(ctrl, task, seed=7, order_seed=order_seed) == env.lrs
 
 
 def test_bad_controller_files_are_refused(registry, trained, tmp_path):

@@ -2,7 +2,7 @@
 
 The reference is written out by hand here: torch's SGD (weight decay, momentum, Nesterov) and
 Adam update rules as plain tensor arithmetic, differentiated with ``torch.func.grad``, and a
-central finite difference of the same meta loss. The engine goes through `higher`.
+central finite difference of the same meta loss. The engine goes through `higher`, by its own ``virtual_step``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call
 
+from metalr.differentiable import virtual_step
 from metalr.engine import Engine, EngineConfig
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -124,28 +126,72 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
         assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(analytic).item()) + 1e-9
 
 
-@pytest.mark.parametrize("opt_name,opt_options", CASES)
-def test_virtual_step_is_the_real_step(registry, task, opt_name, opt_options):
-    """At the same LR, higher's copy of the optimizer lands exactly where the real one does."""
-    import higher
+class _Parts(nn.Module):
+    """A model with the parameters a virtual step can get wrong: one the loss never uses, one
+    frozen, one the optimizer does not hold."""
 
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(6, 3)
+        self.unused = nn.Parameter(torch.randn(4))
+        self.frozen = nn.Parameter(torch.randn(3), requires_grad=False)
+        self.unheld = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return self.used(x) + self.frozen + self.unheld
+
+
+OPTIMIZERS = [
+    (torch.optim.SGD, {"weight_decay": 1e-2}),
+    (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 1e-2}),
+    (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
+    (torch.optim.Adam, {"weight_decay": 1e-2}),
+    (torch.optim.AdamW, {"weight_decay": 1e-1}),
+]
+
+
+@pytest.mark.parametrize("cls,options", OPTIMIZERS,
+                         ids=["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_virtual_step_moves_what_the_real_step_moves(float64, cls, options):
+    """At the same LR the virtual weights equal the weights after ``optimizer.step()``, for
+    the parameter the loss does not use (no gradient: weight decay and momentum must not move
+    it), the frozen one and the one outside the optimizer."""
     torch.manual_seed(0)
-    model = registry.get("model", "mlp").build(task.spec, hidden=[16]).double()
-    opt = registry.get("optimizer", opt_name).build(model.parameters(), **opt_options)
-    gen = torch.Generator().manual_seed(0)
-    batches = task.train_batches(64, gen)
+    model = _Parts()
+    held = [p for n, p in model.named_parameters() if n != "unheld"]
+    opt = cls(held, lr=0.05, **options)
+    # the unused parameter got gradients once, so it has momentum / moments of its own
+    model.unused.grad = torch.randn(4)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
     for step in range(4):
-        for group in opt.param_groups:
-            group["lr"] = 0.05
-        opt.zero_grad()
-        task.loss(model, next(batches)).backward()
+        opt.zero_grad(set_to_none=step > 0)
+        nn.functional.mse_loss(model(x + step), y).backward()
         if step == 3:
             params = list(model.parameters())
-            grads = [p.grad.clone() for p in params]
-            w = [p.detach().requires_grad_() for p in params]
-            diffopt = higher.optim.get_diff_optim(opt, params, track_higher_grads=True)
-            surrogate = sum((wi * gi).sum() for wi, gi in zip(w, grads))
-            virtual = diffopt.step(surrogate, params=w, override={"lr": [torch.tensor(0.05)]})
+            grads = [p.grad for p in params]
+            assert grads[list(dict(model.named_parameters())).index("unused")] is None
+            before = [p.detach().clone() for p in params]
+            virtual = virtual_step(opt, params, grads, torch.tensor(0.05))
         opt.step()
-    for v, p in zip(virtual, model.parameters()):
-        torch.testing.assert_close(v.detach(), p.detach(), rtol=1e-12, atol=1e-14)
+    for (name, p), v, b in zip(model.named_parameters(), virtual, before, strict=True):
+        torch.testing.assert_close(v.detach(), p.detach(), rtol=1e-12, atol=1e-14, msg=name)
+    moved = {n for (n, p), b in zip(model.named_parameters(), before) if not torch.equal(p, b)}
+    assert moved == {"used.weight", "used.bias"}  # the real step: what the test is about
+
+
+def test_virtual_step_leaves_the_optimizer_state_alone(float64):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(8, 5)).pow(2).mean().backward()
+        opt.step()
+    state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
+    lr = torch.tensor(0.01, requires_grad=True)
+    w_hat = virtual_step(opt, list(model.parameters()), [p.grad for p in model.parameters()], lr)
+    sum(w.sum() for w in w_hat).backward()
+    assert lr.grad is not None and lr.grad != 0
+    for p in model.parameters():
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[id(p)][k]), k

@@ -64,7 +64,7 @@ class ControllerEnv(gym.Env):
         probe = functools.partial(
             probe_lr, task, engine.model, engine.optimizer, total_steps=self.total,
             steps_per_epoch=spe, batch_size=cfg.batch_size, meta_batch_size=cfg.meta_batch_size,
-            seed=cfg.seed, clip_grad_norm=cfg.clip_grad_norm)
+            seed=engine.order.seed, clip_grad_norm=cfg.clip_grad_norm)
         self.actor.start(RunInfo(cfg.epochs, spe, engine.optimizer, cfg.device, cfg.seed, task,
                                  probe=functools.cache(probe)))
         self.batches = self._batches()
@@ -73,15 +73,15 @@ class ControllerEnv(gym.Env):
         return self._obs(), {}
 
     def _batches(self) -> Iterator[tuple[int, Any]]:
-        """The batches in the order :meth:`Engine.fit` draws them, for the same seed."""
-        import torch
-
-        cfg, task = self.engine.cfg, self.engine.task
-        generator = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(cfg.epochs):
-            self.engine.model.train()
-            for batch in task.train_batches(cfg.batch_size, generator):
-                yield epoch, batch
+        """The batches in the order :meth:`Engine.fit` draws them (the engine's data order)."""
+        engine = self.engine
+        last = None
+        for epoch, batch in engine.order.batches(engine.task, engine.cfg.batch_size,
+                                                 engine.cfg.epochs):
+            if epoch != last:
+                engine.model.train()
+                last = epoch
+            yield epoch, batch
 
     def _advance(self) -> bool:
         """Train until the actor observes; False when training diverged."""
