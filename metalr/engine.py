@@ -316,6 +316,7 @@ class Engine:
         steps when ``stop()`` turns true (then :class:`RunInterrupted` is raised). Given such a
         state as ``resume``, training continues from it exactly as if it had never stopped.
         """
+        began = time.perf_counter()  # the run's wall time includes its LR probe
         cfg, task = self.cfg, self.task
         steps_per_epoch = task.num_train_batches(cfg.batch_size)
         history, step = History(), 0
@@ -337,7 +338,7 @@ class Engine:
             first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
             self.restore(resume, generator)
-        start = time.perf_counter() - history.wall_time
+        start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
             if checkpoint is not None:

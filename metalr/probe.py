@@ -37,6 +37,7 @@ import copy
 import inspect
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -69,6 +70,8 @@ class ProbeResult:
     best: float = 0.0
     edge: float = 0.0
     initial_loss: float = math.nan  # the meta loss of the untrained model
+    steps: int = 0  # training steps the probe took, all points together
+    seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
 
 
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
@@ -112,6 +115,7 @@ def probe_lr(
     ``steps_per_point`` overrides the length rule (``probe_steps``, times ``ADAPTIVE_HORIZON``
     for Adam-like optimizers); ``bench/probe_horizon.py`` uses it to show why the rule is so.
     """
+    began = time.perf_counter()
     adaptive = is_adaptive(optimizer)
     steps = steps_per_point or probe_steps(total_steps, steps_per_epoch)
     if adaptive and steps_per_point is None:
@@ -171,7 +175,8 @@ def probe_lr(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
     start = best if adaptive else edge / 2  # Adam fails late, not in a short probe
     return ProbeResult(start, dict(sorted(losses.items())), steps, at_edge, best, edge,
-                       initial)
+                       initial, steps=steps * len(losses),
+                       seconds=time.perf_counter() - began)
 
 
 def _devices(model: nn.Module) -> list[int]:

@@ -194,6 +194,8 @@ class Tracker(Protocol):
     a run RUNNING again to continue it), ``logged_steps(run_id, key) -> set[int]`` (the steps
     of a metric that reached the store before a kill: resume sends the missing ones and skips
     those already there) and ``running_runs()`` (``(run_id, tags)`` of the RUNNING runs).
+    Optional too: ``log_params(run_id, params)``, params known only after the run started (the
+    LR probe's choice; without it they go as metrics at step 0 only).
     """
 
     def start_run(

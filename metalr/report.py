@@ -442,10 +442,12 @@ def results_rows(suite: Suite) -> list[list[str]]:
         bests = [v for r in done if (v := r.best(f"test_{m}", suite.higher_is_better)) is not None]
         lrs = [r.lrs[-1][1] for r in done if r.lrs]
         walls = [v for r in done if (v := r.final("wall_time")) is not None]
+        probes = [r.params["probe_lr"] for r in done if "probe_lr" in r.params]
         failed = sorted({r.status for r in runs if r.status != "FINISHED"})
         rows.append([method, mean_std(finals), mean_std(bests),
                      f"{statistics.fmean(lrs):.4g}" if lrs else "-",
                      f"{statistics.fmean(walls):.1f}" if walls else "-",
+                     " / ".join(f"{float(v):.3g}" for v in probes) or "-",
                      next((r.tuned for r in runs if r.tuned), ""),
                      f"{len(done)}/{len(runs)} finished"
                      + (f" ({'/'.join(failed)})" if failed else "")])
@@ -530,7 +532,7 @@ def _suite_section(i: int, suite: Suite, cards: Mapping[str, Path | None]) -> st
     m = suite.metric
     direction = "higher is better" if suite.higher_is_better else "lower is better"
     head = ["method", f"final test {m}", f"best test {m}", "final LR",
-            "wall time per run (s)", "tuned", "runs"]
+            "wall time per run (s)", "probe start LR (per seed)", "tuned", "runs"]
     seeds_head = ["method", *(f"seed {s}" for s in suite.seeds())]
     nets = suite.nets()
     net_lines = "".join(

@@ -232,6 +232,10 @@ class RunSummary:
                 "final LR": f"{statistics.fmean(lrs):.4g}" if lrs else "-",
                 "wall time per run (s)": (f"{statistics.fmean(r.history.wall_time for r in done):.1f}"
                                           if done else "-"),
+                "probe start LR (per seed)": " / ".join(
+                    f"{r.history.probe.lr:.3g}" for r in done if r.history.probe) or "-",
+                "probe (s)": (f"{statistics.fmean(r.history.probe.seconds for r in probed):.1f}"
+                              if (probed := [r for r in done if r.history.probe]) else "-"),
                 "tuned": note,
                 "runs": f"{len(done)}/{len(runs)} finished" + (
                     "" if len(done) == len(runs) else " (" + "/".join(sorted(

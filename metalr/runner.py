@@ -401,8 +401,12 @@ class Runner:
         split = "meta" if result.tuning else "test"
         value = result.final(f"{split}_{metric}")
         shown = "-" if value is None else f"{value:.4f}"
+        probe = result.history.probe
+        probed = ("" if probe is None else
+                  f", probe start LR {probe.lr:.3g} ({probe.steps} steps, {probe.seconds:.1f} s)")
         return (f"{result.label}: {split} {metric} {shown}, "
-                f"final LR {result.history.lrs[-1]:.4g}, {result.history.wall_time:.1f} s")
+                f"final LR {result.history.lrs[-1]:.4g}{probed}, "
+                f"{result.history.wall_time:.1f} s")
 
     @contextmanager
     def _tracked(self, tracker: Tracker | None, name: str, params: dict[str, Any],
@@ -656,9 +660,16 @@ class Runner:
                  "lr": probe.lr, "best": probe.best, "edge": probe.edge,
                  "initial_loss": probe.initial_loss,
                  "steps_per_point": probe.steps_per_point, "at_edge": probe.at_edge,
+                 "steps": probe.steps, "seconds": probe.seconds,
                  "losses": {f"{k:.6g}": v for k, v in probe.losses.items()}}}))
+        log_params = getattr(tracker, "log_params", None)
+        if probe is not None and callable(log_params):  # optional (the Tracker protocol)
+            # only what a rerun of the probe gives again (a run restarted from its first
+            # step logs them twice; a store refuses a param that changes): no seconds
+            log_params(run_id, {"probe_lr": f"{probe.lr:.6g}", "probe_steps": probe.steps})
         if tracker is not None:
-            setup = {"probe_lr": probe.lr} if probe is not None else {}
+            setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
+                     if probe is not None else {})
             if history.t_val is not None:
                 setup["meta_t_val"] = history.t_val
             if setup:

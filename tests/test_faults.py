@@ -78,11 +78,13 @@ def run_dir(tmp: Path) -> Path | None:
 
 
 def outcome(folder: Path) -> dict[str, object]:
-    """Per run: LR and loss of every step, every epoch's metrics but the wall time, the probe."""
+    """Per run: LR and loss of every step, every epoch's metrics but the wall time, the probe
+    but its seconds."""
     out = {}
     for job in JOBS:
         h = json.loads((folder / job / "history.json").read_text())
-        out[job] = {"lrs": h["lrs"], "losses": h["losses"], "probe": h["probe"],
+        probe = h["probe"] and {k: v for k, v in h["probe"].items() if k != "seconds"}
+        out[job] = {"lrs": h["lrs"], "losses": h["losses"], "probe": probe,
                     "epochs": [{k: v for k, v in e.items() if k != "wall_time"}
                                for e in h["epochs"]]}
     return out

@@ -198,6 +198,12 @@ class MLflowTracker:
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Params known only once the run has started (the LR probe's choice)."""
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
     def read_run(self, run_id: str) -> RecordedRun:
         """What the store holds for ``run_id`` (after :meth:`end_run`, every queued metric)."""
         run = self.client.get_run(run_id)
