@@ -113,8 +113,19 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
         assert float(net.gamma) == pytest.approx(float(old.gamma) * factor, rel=1e-5)
         after = {k: v for k, v in net.state_dict().items() if k not in ("log_gamma", "ref_lr")}
         assert all(torch.equal(after[k], before[k]) for k in before)
-    assert max(history.lrs) < 2 * probe.lr * max(
-        float(n.gamma) / float(n.ref_lr) for n in saved.phases.nets) / 2 + 1e-12
+    # The LRs applied are the saved nets' own outputs on this run's losses, each multiplied by
+    # probe / ref_lr: replayed by hand from the files (no PhasedNets, no rescale), the phases
+    # switched and the LSTM state carried as the reference code's meta_test.py does.
+    nets, files = load_nets("mnist1d-mlp"), shipped_nets()["mnist1d-mlp"]
+    total, k, state, replayed = len(history.lrs), len(files), None, []
+    assert total == epochs * task.num_train_batches(batch_size) == len(history.losses)
+    for t, loss in enumerate(history.losses):  # loss_scale 1: the net reads the batch loss
+        net = nets[min(k - 1, t * k // total)]
+        with torch.no_grad():
+            out, state = net(torch.tensor(loss), state)
+        replayed.append(float(out) * probe.lr / float(net.ref_lr) * net.envelope(t, total))
+    assert history.lrs == pytest.approx(replayed, rel=1e-5)
+    assert min(replayed) > 0 and len(set(history.lrs)) > 3  # a schedule, not a constant
 
 
 def test_phases_switch_nets_and_carry_the_lstm_state():
