@@ -417,6 +417,35 @@ def test_a_linear_warm_up_then_the_learned_schedule_in_sequential_lr(replay_lear
     assert state["_schedulers"][1]["step"] == total - warm
 
 
+def test_the_learned_schedule_first_in_sequential_lr_then_a_constant(replay_learned):
+    """SequentialLR starts its first schedule with torch's own initial step (no loss yet: the
+    optimizer's LR is left alone) and hands over at the milestone; the learned LRs before it are
+    the nets' own, the constant's after it."""
+    learned_steps, total = 5, 8
+    model, x, y = _regression(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    learned = LearnedLR(opt, load_nets("mnist1d-mlp"), total_steps=learned_steps, lr=0.1)
+    constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=10**6)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [learned, constant],
+                                                  milestones=[learned_steps + 1])
+    assert opt.param_groups[0]["lr"] == 0.1 and learned.last_step == 0
+    applied, losses = _record_applied(opt), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's and ours on the stepping order
+        for _ in range(total):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            learned.observe(loss)
+            sched.step()
+            opt.step()
+    assert applied[:learned_steps] == replay_learned(losses[:learned_steps], learned_steps,
+                                                     lr=0.1)
+    assert applied[learned_steps:] == [0.05] * (total - learned_steps)
+    assert learned.last_step == learned_steps
+
+
 def test_the_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
     sched = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
