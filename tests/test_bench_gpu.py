@@ -54,7 +54,8 @@ def test_the_gpu_bench_prints_the_ratios_it_returns_on_cpu(capsys):
     steps = -(-preset["train"] // preset["batch"])  # training batches of one epoch
     assert re.search(rf", {steps} steps/epoch,", out)
     for label in LABELS:
-        r, p = {k: rates[f"{label}/{k}"] for k in ("loop", "plain", "meta", "ratio")}, printed[label]
+        r = {k: rates[f"{label}/{k}"] for k in ("loop", "plain", "meta", "ratio")}
+        p = printed[label]
         assert all(v > 0 for v in r.values())
         for k in ("loop", "plain", "meta"):  # the rates printed are the rates returned
             assert p[k] == f"{r[k]:.2f}"
