@@ -338,7 +338,7 @@ class LossDrivenLR(LRScheduler):
         self._pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
         self._armed = False  # a step has set the LR of the next optimizer.step()
         self._warned = False
-        super().__init__(optimizer)  # records initial_lr; _initial_step leaves the LR alone
+        super().__init__(optimizer)  # records initial_lr; its initial step leaves the LR alone
         previous = getattr(optimizer, "_metalr_scheduler", None)
         if previous is not None and (old := previous()) is not None:
             old.close()
@@ -353,17 +353,31 @@ class LossDrivenLR(LRScheduler):
         self._finalizer = weakref.finalize(self, handle.remove)
         optimizer._metalr_scheduler = ref
 
-    def _initial_step(self) -> None:
-        # torch's schedulers set the LR of step 0 here; a learned one has no loss yet
-        self._step_count, self.last_epoch = 0, 0
-        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
-
     def _next_lr(self, loss: torch.Tensor, *context: Any) -> float:
         raise NotImplementedError
 
     def observe(self, loss: torch.Tensor | float, *context: Any) -> None:
         """Hand over this step's loss for a following ``step()`` with no argument."""
         self._pending = (torch.as_tensor(loss).detach(), context)
+
+    # Only torch's public scheduler surface is overridden (step, get_lr, get_last_lr, state_dict,
+    # load_state_dict); torch's private methods call into it. Its constructor, and SequentialLR
+    # when a schedule starts it, take an initial step: step() with no argument while last_epoch
+    # is -1 (torch 2.4 to 2.x); a learned schedule has no loss then and leaves the LR alone.
+    # SequentialLR hands over at a milestone with step(0) (torch < 2.5) or with its private
+    # _update_lr(0), which takes the LR from get_lr(): an ordinary step either way, since the
+    # schedule's own clock (its step count) starts there. tests/test_scheduler.py runs each path.
+    def get_lr(self) -> list[float]:
+        """The LR of the coming ``optimizer.step()`` for every group, from the loss handed over
+        by ``step(loss)`` or ``observe(loss)``; advances the schedule by one step."""
+        if self._pending is None:
+            raise RuntimeError(f"{type(self).__name__}.step() has no loss for this step: call "
+                               "step(loss) or observe(loss) before it")
+        (loss, context), self._pending = self._pending, None
+        lr = self._next_lr(loss, *context)
+        self._step_count += 1
+        self._armed = True
+        return [lr] * len(self.optimizer.param_groups)
 
     def step(self, loss: torch.Tensor | float | None = None, *context: Any) -> float:  # type: ignore[override]
         """Set (and return) the LR of the coming ``optimizer.step()`` from this step's loss.
@@ -372,24 +386,19 @@ class LossDrivenLR(LRScheduler):
         :meth:`observe` since the last step.
         """
         if loss is None or (isinstance(loss, int) and not isinstance(loss, bool)):
-            if self._pending is None:
-                raise RuntimeError(f"{type(self).__name__}.step() has no loss for this step: call "
-                                   "step(loss) or observe(loss) before it")
-            loss, context = self._pending
-        self._pending = None
-        lr = self._next_lr(torch.as_tensor(loss).detach(), *context)
-        for group in self.optimizer.param_groups:
+            if loss is None and self._pending is None and self.last_epoch == -1:
+                # torch's initial step: no loss yet, the optimizer's LR is left as it is
+                self.last_epoch = 0
+                self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+                return self._last_lr[0]
+        else:
+            self.observe(loss, *context)
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
-        self._last_lr = [lr] * len(self.optimizer.param_groups)
-        self._step_count += 1
+        self._last_lr = list(lrs)
         self.last_epoch += 1
-        self._armed = True
-        return lr
-
-    def _update_lr(self, epoch: int | None = None) -> None:
-        # SequentialLR hands over at a milestone with _update_lr(0): the schedule's own clock
-        # (its step count) starts there anyway, so this is an ordinary step
-        self.step()
+        return lrs[0]
 
     def get_last_lr(self) -> list[float]:
         """The LR per param group set by the last ``step`` (before any: the optimizer's)."""

@@ -1,9 +1,14 @@
-"""HD, L4 and RTHO (plugin ``metalr_adaptive``) against independent computations.
+"""HD, L4 and RTHO (plugin ``metalr_adaptive``) run by the engine, against independent computations.
 
-Each policy is driven the way the engine drives it: real StepContexts, a real torch optimizer
-whose every group gets the policy's LR before ``optimizer.step()``. The expected LR sequences
-are written out by hand with plain tensors; RTHO's hypergradient is checked against central
-finite differences of the validation loss over the LR.
+Each policy trains a small MLP on MNIST-1D (float64) through ``Engine.step``, and what is checked
+is the LR the engine applied: ``StepResult.lr``, which a step pre-hook confirms is every param
+group's LR when ``optimizer.step()`` runs. The reference is a plain loop written here from the
+papers' rules: the same batches, gradients from ``torch.func.grad`` of a functional copy of the
+model, and the base optimizers' updates written out as tensor arithmetic. RTHO's tangent
+``dw_t / d eta`` is carried by ``torch.func.jvp`` through that hand-written SGD (forward mode,
+where the plugin uses double-backward Hessian-vector products and a hand-derived recursion), and
+its hypergradient is also held against central finite differences of the validation loss over
+the LR of plain torch SGD runs.
 """
 
 from __future__ import annotations
@@ -16,61 +21,76 @@ import pytest
 import torch
 from metalr_adaptive import L4, RTHO, HypergradientDescent, MissingMetaSplitError
 from metalr_adaptive.directions import UnsupportedOptimizerError, update_direction
+from torch.func import functional_call
 
+from metalr.engine import Engine, EngineConfig, TrainingDiverged
 from metalr.plugins import Registry
-from metalr.protocols import RunInfo, StepContext
+from metalr.protocols import RunInfo
+
+pytestmark = pytest.mark.usefixtures("float64")
 
 DT = torch.float64
+BATCH = 32  # 380 training samples: 12 batches an epoch
 
 
-def spd_matrix(n: int = 4, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DT))
-    return q @ torch.diag(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=DT)[:n]) @ q.T
+@pytest.fixture(scope="module")
+def task(mnist1d_64):
+    return mnist1d_64
 
 
-A = spd_matrix()
-W0 = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=DT)
+def make_model(registry, task):
+    torch.manual_seed(0)
+    return registry.get("model", "mlp").build(task.spec, hidden=[16]).double()
 
 
-def run_info(opt: torch.optim.Optimizer, steps: int) -> RunInfo:
+def train_batches(task, n: int, seed: int = 0) -> list:
+    gen, out = torch.Generator().manual_seed(seed), []
+    while len(out) < n:
+        out.extend(task.train_batches(BATCH, gen))
+    return out[:n]
+
+
+def run_info(opt: torch.optim.Optimizer, steps: int, task=None) -> RunInfo:
     return RunInfo(epochs=1, steps_per_epoch=steps, optimizer=opt, device=torch.device("cpu"),
-                   seed=0, task=None)
+                   seed=0, task=task)
 
 
-def drive(policy, params, opt, loss_at, steps, meta_loss=None):
-    """The engine's loop: backward, ``lr = policy.lr(ctx)``, set every group's LR, step.
+def engine_lrs(task, model, opt, policy, batches, meta_train: bool = True) -> list[float]:
+    """Train on ``batches`` with ``Engine.step``; the LRs it applied, one per step.
 
-    ``loss_at(step, params)`` is the batch loss of step ``step``. Gradients are zeroed in place
-    (``set_to_none=False``), so a policy that kept ``ctx.grads`` without copying would see them
-    change under it.
+    ``meta_batch_size`` covers the whole meta split, so ``ctx.meta_grads`` (RTHO) is the gradient
+    of the validation loss over all of it, whatever order the meta generator draws.
     """
-    policy.start(run_info(opt, steps))
-    lrs = []
-    for step in range(steps):
-        opt.zero_grad(set_to_none=False)
-        loss = loss_at(step, params)
-        loss.backward()
-        meta_grads = None
-        if meta_loss is not None:
-            def meta_grads():
-                return list(torch.autograd.grad(meta_loss(params), params))
-        ctx = StepContext(
-            step=step, epoch=0, loss=loss.detach(), loss_input=loss.detach(), params=params,
-            grads=[p.grad for p in params], optimizer=opt,
-            batch_loss=lambda ps, step=step: loss_at(step, ps), meta_grads=meta_grads,
-        )
-        lr = policy.lr(ctx)
-        assert isinstance(lr, float)
-        lrs.append(lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
+    config = EngineConfig(epochs=1, batch_size=BATCH, meta_train=meta_train,
+                          meta_batch_size=len(task.splits["meta"][1]), eval_splits=())
+    engine = Engine(task, model, opt, policy, config)
+    policy.start(run_info(opt, len(batches), task))
+    applied: list[list[float]] = []
+    hook = opt.register_step_pre_hook(
+        lambda o, args, kwargs: applied.append([g["lr"] for g in o.param_groups]))
+    try:
+        lrs = [engine.step(batch, step=t).lr for t, batch in enumerate(batches)]
+    finally:
+        hook.remove()
+    assert all(isinstance(lr, float) for lr in lrs)
+    assert applied == [[lr] * len(opt.param_groups) for lr in lrs]
     return lrs
 
 
-def quadratic(step, ps):
-    return 0.5 * ps[0] @ A @ ps[0]
+# -- the reference: a functional model and the base optimizers written out ----------------------
+
+
+def functional_loss(model, task, batch):
+    names = [n for n, _ in model.named_parameters()]
+    return lambda w: task.loss(lambda x: functional_call(model, dict(zip(names, w)), (x,)), batch)
+
+
+def gradient(model, task, batch, w: list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(torch.func.grad(functional_loss(model, task, batch))(list(w)))
+
+
+def dot(xs, ys) -> float:
+    return float(sum((x * y).sum() for x, y in zip(xs, ys, strict=True)))
 
 
 def make_opt(kind: str, params):
@@ -86,71 +106,86 @@ def make_opt(kind: str, params):
 
 
 class HandDirection:
-    """The base optimizers' update directions, written out for a single tensor."""
+    """The direction ``d`` of ``w <- w - lr * d`` of each optimizer of :func:`make_opt`."""
 
     def __init__(self, kind: str):
-        self.kind, self.t, self.u, self.m, self.v = kind, 0, None, 0.0, 0.0
+        self.kind, self.t, self.u, self.m, self.v = kind, 0, None, None, None
 
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+    def __call__(self, g: list[torch.Tensor]) -> list[torch.Tensor]:
         self.t += 1
         if self.kind == "sgd":
-            return g
-        if self.kind in ("heavy-ball", "sgdn"):
-            self.u = g if self.u is None else 0.9 * self.u + g
-            return self.u if self.kind == "heavy-ball" else g + 0.9 * self.u
-        self.m = 0.9 * self.m + 0.1 * g
-        self.v = 0.999 * self.v + 0.001 * g * g
-        m_hat, v_hat = self.m / (1 - 0.9**self.t), self.v / (1 - 0.999**self.t)
-        return m_hat / (v_hat.sqrt() + 1e-8)
+            return list(g)
+        if self.kind in ("heavy-ball", "sgdn"):  # torch's first momentum step copies g
+            self.u = list(g) if self.u is None else [0.9 * u + gi for u, gi in zip(self.u, g)]
+            return self.u if self.kind == "heavy-ball" else [
+                gi + 0.9 * u for gi, u in zip(g, self.u)]
+        zero = [torch.zeros_like(gi) for gi in g]
+        self.m = [0.9 * m + 0.1 * gi for m, gi in zip(self.m or zero, g)]
+        self.v = [0.999 * v + 0.001 * gi * gi for v, gi in zip(self.v or zero, g)]
+        b1, b2 = 1 - 0.9**self.t, 1 - 0.999**self.t
+        return [m / b1 / ((v / b2).sqrt() + 1e-8) for m, v in zip(self.m, self.v)]
+
+
+def assert_weights(model, w):
+    for p, r in zip(model.parameters(), w, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------- HD
 
 
-@pytest.mark.parametrize(
-    ("variant", "lr0", "beta"), [("sgd", 0.05, 0.01), ("sgdn", 0.01, 0.002), ("adam", 0.05, 1e-3)]
-)
-def test_hd_lr_sequence_matches_hand_computation(variant, lr0, beta):
-    steps = 10
-    w = torch.nn.Parameter(W0.clone())
-    opt = make_opt(variant, [w])
-    policy = HypergradientDescent(variant=variant, lr=lr0, hyper_lr=beta, max_lr=10.0)
-    lrs = drive(policy, [w], opt, quadratic, steps)
-
-    # a_t = a_{t-1} + beta <g_t, d_{t-1}>, d the direction the optimizer applied last step.
-    x, a, prev, direction, expected = W0.clone(), lr0, None, HandDirection(variant), []
-    for _ in range(steps):
-        g = A @ x
+def hd_reference(model, task, batches, kind, lr0, beta, max_lr):
+    """Baydin et al. (2018): a_t = clip(a_{t-1} + beta <g_t, d_{t-1}>, 0, max_lr), where d_{t-1}
+    is the direction the optimizer applied last step (for SGD, -dL_t/da_{t-1} = <g_t, g_{t-1}>)."""
+    w = [p.detach().clone() for p in model.parameters()]
+    a, prev, direction, lrs = lr0, None, HandDirection(kind), []
+    for batch in batches:
+        g = gradient(model, task, batch, w)
         if prev is not None:
-            a = min(max(a + beta * float(g @ prev), 0.0), 10.0)
-        expected.append(a)
-        d = direction(g)
-        x = x - a * d
-        prev = d
-    assert lrs == pytest.approx(expected, rel=1e-10, abs=0)
-    assert max(expected) - min(expected) > 1e-3 * lr0  # the rule really moved the LR
-    assert torch.allclose(w.detach(), x, rtol=1e-10, atol=1e-12)
+            a = min(max(a + beta * dot(g, prev), 0.0), max_lr)
+        lrs.append(a)
+        prev = direction(g)
+        w = [wi - a * di for wi, di in zip(w, prev)]
+    return lrs, w
 
 
-def test_hd_clamps_to_max_lr_and_never_goes_negative():
-    w = torch.nn.Parameter(W0.clone())
-    opt = make_opt("sgd", [w])
-    lrs = drive(HypergradientDescent(lr=0.1, hyper_lr=10.0, max_lr=0.3), [w], opt, quadratic, 12)
-    assert all(0.0 <= lr <= 0.3 for lr in lrs)
-    assert 0.3 in lrs  # the hypergradient pushed it to the cap
+@pytest.mark.parametrize(
+    ("variant", "lr0", "beta"), [("sgd", 0.05, 0.01), ("sgdn", 0.01, 0.002), ("adam", 0.01, 1e-4)]
+)
+def test_hd_lr_sequence_matches_hand_computation(registry, task, variant, lr0, beta):
+    model, batches = make_model(registry, task), train_batches(task, 10)
+    expected, w = hd_reference(model, task, batches, variant, lr0, beta, 10.0)
+    opt = make_opt(variant, model.parameters())
+    policy = HypergradientDescent(variant=variant, lr=lr0, hyper_lr=beta, max_lr=10.0)
+    lrs = engine_lrs(task, model, opt, policy, batches)
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=0)
+    assert max(expected) - min(expected) > 1e-2 * lr0  # the rule really moved the LR
+    assert_weights(model, w)
+
+
+def test_hd_clamps_to_max_lr_and_never_goes_negative(registry, task):
+    model, batches = make_model(registry, task), train_batches(task, 12)
+    lr0, beta, cap = 0.1, 10.0, 1.0
+    expected, w = hd_reference(model, task, batches, "sgd", lr0, beta, cap)
+    lrs = engine_lrs(task, model, make_opt("sgd", model.parameters()),
+                     HypergradientDescent(lr=lr0, hyper_lr=beta, max_lr=cap), batches)
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=0)
+    assert cap in lrs  # the hypergradient pushed it to the cap
     assert 0.0 in lrs  # ... and, past the stable LR, down to zero
+    assert_weights(model, w)
 
 
-def test_hd_raises_on_a_non_finite_lr():
-    w = torch.nn.Parameter(W0.clone())
-    opt = make_opt("sgd", [w])
-    bad = lambda step, ps: quadratic(step, ps) * (math.inf if step == 1 else 1.0)
-    with pytest.raises(FloatingPointError, match="hd"):
-        drive(HypergradientDescent(lr=0.1), [w], opt, bad, 3)
+def test_hd_raises_on_a_non_finite_lr(registry, task):
+    model, batches = make_model(registry, task), train_batches(task, 3)
+    x, y = batches[1]
+    batches[1] = (x * math.inf, y)  # a batch whose loss, and so whose hypergradient, is NaN
+    opt = make_opt("sgd", model.parameters())
+    with pytest.raises(TrainingDiverged, match=r"hd: the LR became nan at step 1"):
+        engine_lrs(task, model, opt, HypergradientDescent(lr=0.1), batches)
 
 
 def test_hd_variant_must_match_the_optimizer():
-    w = torch.nn.Parameter(W0.clone())
+    w = torch.nn.Parameter(torch.zeros(4, dtype=DT))
     with pytest.raises(ValueError, match="does not match"):
         HypergradientDescent(variant="adam").start(run_info(make_opt("sgd", [w]), 1))
     policy = HypergradientDescent()  # auto
@@ -163,36 +198,42 @@ def test_hd_variant_must_match_the_optimizer():
 
 @pytest.mark.parametrize("grad_average", [0.0, 0.9], ids=["batch-grad", "averaged-grad"])
 @pytest.mark.parametrize("kind", ["sgd", "heavy-ball", "adam"])
-def test_l4_lr_sequence_matches_hand_computation(kind, grad_average):
-    steps, alpha, gamma, tau, b = 15, 0.15, 0.9, 50.0, grad_average
-    w = torch.nn.Parameter(W0.clone())
-    opt = make_opt(kind, [w])
-    policy = L4(alpha=alpha, gamma=gamma, forget_time=tau, grad_average=b)
-    lrs = drive(policy, [w], opt, quadratic, steps)
+def test_l4_lr_sequence_matches_hand_computation(registry, task, kind, grad_average):
+    """Rolinek & Martius (2018): eta_t = alpha (L_t - gamma L_min) / <g_hat_t, v_t>, v_t the
+    optimizer's direction, g_hat_t the bias-corrected average of the batch gradients (decay b),
+    L_min = min(L_min, L_t) (starting at 0.75 L_0), then L_min *= 1 + 1/tau."""
+    steps, alpha, gamma, tau, b = 20, 0.15, 0.9, 50.0, grad_average
+    model, batches = make_model(registry, task), train_batches(task, steps)
 
-    x, l_min, direction, expected, min_moved = W0.clone(), None, HandDirection(kind), [], False
-    avg = torch.zeros_like(x)
-    for t in range(1, steps + 1):
-        loss, g = float(0.5 * x @ A @ x), A @ x
+    w = [p.detach().clone() for p in model.parameters()]
+    l_min, direction, expected, min_moved = None, HandDirection(kind), [], False
+    avg = [torch.zeros_like(wi) for wi in w]
+    for t, batch in enumerate(batches, start=1):
+        loss = float(functional_loss(model, task, batch)(w))
+        g = gradient(model, task, batch, w)
         if l_min is None:
             l_min = 0.75 * loss
         elif loss < l_min:
             l_min, min_moved = loss, True
-        avg = b * avg + (1 - b) * g
-        g_hat = avg / (1 - b**t)  # = g when b == 0
+        avg = [b * a + (1 - b) * gi for a, gi in zip(avg, g)]
+        g_hat = [a / (1 - b**t) for a in avg]  # = g when b == 0
         v = direction(g)
-        eta = alpha * (loss - gamma * l_min) / (float(g_hat @ v) + 1e-12)
-        eta = max(eta, 0.0)
+        eta = max(alpha * (loss - gamma * l_min) / (dot(g_hat, v) + 1e-12), 0.0)
         l_min *= 1 + 1 / tau
         expected.append(eta)
-        x = x - eta * v
-    assert lrs == pytest.approx(expected, rel=1e-10, abs=1e-300)
+        w = [wi - eta * vi for wi, vi in zip(w, v)]
+
+    opt = make_opt(kind, model.parameters())
+    policy = L4(alpha=alpha, gamma=gamma, forget_time=tau, grad_average=b)
+    lrs = engine_lrs(task, model, opt, policy, batches)
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-300)
     assert min_moved  # both branches of L_min's update were exercised
-    assert torch.allclose(w.detach(), x, rtol=1e-10, atol=1e-12)
+    assert len(set(lrs)) == steps
+    assert_weights(model, w)
 
 
 def test_l4_rejects_optimizers_it_cannot_read():
-    w = torch.nn.Parameter(W0.clone())
+    w = torch.nn.Parameter(torch.zeros(4, dtype=DT))
     with pytest.raises(UnsupportedOptimizerError, match="RMSprop"):
         L4().start(run_info(torch.optim.RMSprop([w]), 1))
 
@@ -232,25 +273,6 @@ def test_update_direction_is_what_the_optimizer_applies(make):
 
 # -------------------------------------------------------------------------------------- RTHO
 
-C_TRAIN = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5], [-1.0, 1.5, 0.5]], dtype=DT)
-C_VAL = torch.tensor([0.3, -0.7, 1.1], dtype=DT)
-M_VAL = torch.tensor([[1.0, 0.5], [-0.5, 2.0]], dtype=DT)
-A3 = spd_matrix(3, seed=2)
-
-
-def train_loss(step, ps):
-    """Non-quadratic and different on every step, so the Hessian changes along the run."""
-    w, m = ps
-    c = C_TRAIN[step % 3]
-    return (0.5 * (w - c) @ A3 @ (w - c) + 0.1 * (w**4).sum()
-            + 0.5 * ((m @ w[:2] - c[1:]) ** 2).sum() + 0.2 * torch.cos(m).sum())
-
-
-def val_loss(ps):
-    w, m = ps
-    return 0.5 * ((w - C_VAL) ** 2).sum() + 0.5 * ((m - M_VAL) ** 2).sum() + torch.sin(w).sum()
-
-
 SGD_CONFIGS = {
     "plain": dict(),
     "plain-wd": dict(weight_decay=0.05),
@@ -260,66 +282,132 @@ SGD_CONFIGS = {
 }
 
 
-def rtho_start():
-    gen = torch.Generator().manual_seed(3)
-    return [torch.randn(3, generator=gen, dtype=DT), torch.randn(2, 2, generator=gen, dtype=DT)]
-
-
-def sgd_on(params, config):
-    # two groups, the second without weight decay, so per-group settings are exercised
-    return torch.optim.SGD([{"params": [params[0]]}, {"params": [params[1]], "weight_decay": 0.0}],
+def sgd_on(model, config: dict) -> torch.optim.SGD:
+    """Two groups, the biases without weight decay, so per-group settings are exercised."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    return torch.optim.SGD([{"params": weights}, {"params": biases, "weight_decay": 0.0}],
                            lr=0.0, **config)
 
 
-def val_after(eta: float, steps: int, config: dict) -> float:
-    """E_val(w_T) after ``steps`` plain torch SGD steps at a fixed LR ``eta``."""
-    params = [torch.nn.Parameter(p.clone()) for p in rtho_start()]
-    opt = sgd_on(params, config)
-    for group in opt.param_groups:
-        group["lr"] = eta
-    for step in range(steps):
-        opt.zero_grad()
-        train_loss(step, params).backward()
-        opt.step()
-    with torch.no_grad():
-        return float(val_loss(params))
+def val_loss(model, task):
+    """The validation loss E_val: the whole meta split."""
+    return functional_loss(model, task, task.splits["meta"])
+
+
+def hand_sgd_step(model, task, config: dict):
+    """torch.optim.SGD's step written out: ``(w, buf, eta) -> (w', buf')`` on one batch."""
+    mu, damp = config.get("momentum", 0.0), config.get("dampening", 0.0)
+    decays = [config.get("weight_decay", 0.0) if n.endswith("weight") else 0.0
+              for n, _ in model.named_parameters()]
+
+    def step(batch, first: bool):
+        loss = functional_loss(model, task, batch)
+
+        def f(w, buf, eta):
+            g = torch.func.grad(loss)(w)
+            new_w, new_buf = [], []
+            for wi, bi, gi, wd in zip(w, buf, g, decays):
+                d = gi + wd * wi
+                if mu:  # the first momentum step copies the gradient
+                    bi = d if first else mu * bi + (1 - damp) * d
+                    d = d + mu * bi if config.get("nesterov") else bi
+                new_w.append(wi - eta * d)
+                new_buf.append(bi)
+            return new_w, new_buf
+
+        return f
+
+    return step
+
+
+def rtho_reference(model, task, batches, config, eta, beta, every=1, max_lr=None):
+    """Franceschi et al. (2017), real time: every ``every`` steps,
+    eta <- clip(eta - beta <grad E_val(w_t), Z_t>, 0, max_lr) with Z_t = dw_t/d eta, the tangent
+    of the run so far (every step's LR moved by the same d eta), by forward mode."""
+    step = hand_sgd_step(model, task, config)
+    w = [p.detach().clone() for p in model.parameters()]
+    buf, z, z_buf = ([torch.zeros_like(wi) for wi in w] for _ in range(3))
+    lrs, hypergradients = [], []
+    for t, batch in enumerate(batches):
+        if t > 0 and t % every == 0:
+            hypergradients.append(dot(torch.func.grad(val_loss(model, task))(w), z))
+            eta = max(eta - beta * hypergradients[-1], 0.0)
+            eta = eta if max_lr is None else min(eta, max_lr)
+        lrs.append(eta)
+        (w, buf), (z, z_buf) = torch.func.jvp(
+            step(batch, first=t == 0), (w, buf, torch.tensor(eta)),
+            (z, z_buf, torch.tensor(1.0)))
+    return lrs, hypergradients, w
 
 
 @pytest.mark.parametrize("config", list(SGD_CONFIGS), ids=list(SGD_CONFIGS))
-def test_rtho_hypergradient_matches_finite_differences(config):
-    steps, eta, beta = 6, 0.05, 1e-3
-    params = [torch.nn.Parameter(p.clone()) for p in rtho_start()]
-    opt = sgd_on(params, SGD_CONFIGS[config])
-    # The LR stays eta for the first `steps` steps; the first hyper-step is at call `steps`,
-    # at w_T, with Z_T = dw_T/d eta.
-    policy = RTHO(lr=eta, hyper_lr=beta, update_every=steps)
-    lrs = drive(policy, params, opt, train_loss, steps + 1, meta_loss=val_loss)
-    assert lrs[:steps] == [eta] * steps
+def test_rtho_lr_sequence_matches_forward_mode_reference(registry, task, config):
+    steps, eta, beta = 8, 0.05, 0.02
+    model, batches = make_model(registry, task), train_batches(task, steps)
+    expected, hypergradients, w = rtho_reference(model, task, batches, SGD_CONFIGS[config],
+                                                 eta, beta)
+    opt = sgd_on(model, SGD_CONFIGS[config])
+    lrs = engine_lrs(task, model, opt, RTHO(lr=eta, hyper_lr=beta), batches)
+    assert lrs == pytest.approx(expected, rel=1e-8, abs=0)
+    assert max(abs(h) for h in hypergradients) > 1e-2  # non-trivial hypergradients ...
+    assert max(lrs) - min(lrs) > 1e-2 * eta  # ... that moved the LR
+    assert_weights(model, w)
 
+
+def val_after(model0, task, batches, eta: float, config: dict) -> float:
+    """E_val(w_T) after plain torch SGD steps at a fixed LR ``eta``, from ``model0``'s weights."""
+    import copy
+
+    model = copy.deepcopy(model0)
+    opt = sgd_on(model, config)
+    for group in opt.param_groups:
+        group["lr"] = eta
+    for batch in batches:
+        opt.zero_grad()
+        task.loss(model, batch).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(task.loss(model, task.splits["meta"]))
+
+
+@pytest.mark.parametrize("config", ["plain-wd", "heavy-ball-damp-wd", "nesterov-wd"])
+def test_rtho_hypergradient_matches_finite_differences(registry, task, config):
+    """The LR stays eta for the first T steps; the first hyper-step is at step T, at w_T, with
+    Z_T = dw_T/d eta: the LR the engine applies there is eta - beta dE_val(w_T)/d eta."""
+    steps, eta, beta = 6, 0.05, 0.01
+    model, batches = make_model(registry, task), train_batches(task, steps + 1)
     h = 1e-6
-    fd = (val_after(eta + h, steps, SGD_CONFIGS[config])
-          - val_after(eta - h, steps, SGD_CONFIGS[config])) / (2 * h)
+    fd = (val_after(model, task, batches[:steps], eta + h, SGD_CONFIGS[config])
+          - val_after(model, task, batches[:steps], eta - h, SGD_CONFIGS[config])) / (2 * h)
+    policy = RTHO(lr=eta, hyper_lr=beta, update_every=steps)
+    lrs = engine_lrs(task, model, sgd_on(model, SGD_CONFIGS[config]), policy, batches)
+    assert lrs[:steps] == [eta] * steps
     assert abs(fd) > 1e-2  # a non-trivial hypergradient
     assert policy.hypergradient == pytest.approx(fd, rel=1e-5)
-    # ... and the hyper-step used it: eta_T = eta - beta * dE/d eta
-    assert lrs[steps] == pytest.approx(eta - beta * fd, rel=1e-9)
+    assert lrs[steps] == pytest.approx(eta - beta * fd, rel=1e-7)
 
 
-def test_rtho_keeps_the_lr_non_negative_and_capped():
-    params = [torch.nn.Parameter(p.clone()) for p in rtho_start()]
-    opt = sgd_on(params, SGD_CONFIGS["heavy-ball"])
-    lrs = drive(RTHO(lr=0.05, hyper_lr=10.0, max_lr=0.08), params, opt, train_loss, 10,
-                meta_loss=val_loss)
-    assert all(0.0 <= lr <= 0.08 for lr in lrs)
-    assert len(set(lrs)) > 1
+def test_rtho_keeps_the_lr_non_negative_and_capped(registry, task):
+    steps, eta, beta, cap = 10, 0.05, 1.0, 0.08
+    config = SGD_CONFIGS["heavy-ball"]
+    model, batches = make_model(registry, task), train_batches(task, steps)
+    expected, _, w = rtho_reference(model, task, batches, config, eta, beta, every=2, max_lr=cap)
+    policy = RTHO(lr=eta, hyper_lr=beta, max_lr=cap, update_every=2)
+    lrs = engine_lrs(task, model, sgd_on(model, config), policy, batches)
+    assert lrs == pytest.approx(expected, rel=1e-8, abs=0)
+    assert cap in lrs and all(0.0 <= lr <= cap for lr in lrs)
+    assert lrs[1] == lrs[0] and lrs[3] == lrs[2]  # hyper-steps every 2 steps only
+    assert_weights(model, w)
 
 
-def test_rtho_needs_a_meta_split_and_sgd():
-    params = [torch.nn.Parameter(p.clone()) for p in rtho_start()]
+def test_rtho_needs_a_meta_split_and_sgd(registry, task):
+    model, batches = make_model(registry, task), train_batches(task, 1)
+    opt = sgd_on(model, {})
     with pytest.raises(MissingMetaSplitError, match="meta split"):
-        drive(RTHO(), params, sgd_on(params, {}), train_loss, 1)
+        engine_lrs(task, model, opt, RTHO(), batches, meta_train=False)
     with pytest.raises(UnsupportedOptimizerError, match="SGD"):
-        RTHO().start(run_info(torch.optim.Adam(params), 1))
+        RTHO().start(run_info(torch.optim.Adam(model.parameters()), 1))
 
 
 # ---------------------------------------------------------------------------------- plugin

@@ -292,43 +292,95 @@ def test_root_option_wins_over_the_environment(registry, data, monkeypatch):
 
 # -- one meta-train step on every network ---------------------------------------------------
 
-class OneBatch:
-    """The smallest real classification task: one fixed random batch, cross-entropy."""
-
-    loss_scale, default_gamma, metric, higher_is_better = 1.0, 1.0, "accuracy", True
-
-    def __init__(self, spec: ModelSpec, batch: int = 2):
-        gen = torch.Generator().manual_seed(0)
-        self.spec = spec
-        self.batch = (torch.randn(batch, *spec.input_shape, generator=gen),
-                      torch.arange(batch) % spec.num_outputs)
-
-    def loss(self, model, batch):
-        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
-
-
 def _meta_step(model: torch.nn.Module, registry, task, batch, meta_batch) -> None:
-    """Algorithm 1 once: virtual step through `higher`, theta's Adam step, the real step."""
+    """Algorithm 1 once (virtual step through `higher`, theta's Adam step, the real step), each
+    part held against an independent computation written here.
+
+    The reference differentiates the meta loss with ``torch.func.grad`` through a hand-written
+    first SGD-momentum step (torch copies the gradient into the empty buffer: ``w_hat = w0 - lr *
+    (g + wd * w0)``), with ``functional_call`` on copies of the weights and buffers. Dropout
+    draws the same masks as in the engine: the global RNG is replayed from the same state, the
+    training forward first, then the meta forward. Batch norm is in training mode in both, so
+    its outputs use the batch's statistics and the running ones do not matter.
+    """
+    from torch.func import functional_call
+
     policy = registry.get("lr_policy", "mlrsnet").build(preset="paper", gamma=1.0)
     opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
                                                   weight_decay=5e-4)
     engine = Engine(task, model, opt, policy, EngineConfig(epochs=1, batch_size=2))
     policy.start(RunInfo(1, 10, opt, torch.device("cpu"), 0, task))
-    theta = [p for g in policy.meta_parameters() for p in g["params"]]
-    theta0 = [p.detach().clone() for p in theta]
-    w0 = [p.detach().clone() for p in model.parameters()]
+    assert policy.cooldown == 0  # paper preset: the virtual LR is the net's output itself
+    assert model.training
+    names = [n for n, p in model.named_parameters()]
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers0 = {n: b.detach().clone() for n, b in model.named_buffers()}
+    theta = dict((n, p) for n, p in policy.named_parameters() if p.requires_grad)
+    theta0 = {n: p.detach().clone() for n, p in theta.items()}
+    fixed = {**{n: b.clone() for n, b in policy.named_buffers()},
+             **{n: p.detach().clone() for n, p in policy.named_parameters()
+                if not p.requires_grad}}
+    state0 = policy.state
+    torch.manual_seed(1234)
+    rng0 = torch.get_rng_state()
     result = engine.step(batch, meta_batch)
-    assert result.meta_loss is not None and torch.isfinite(result.meta_loss)
-    assert 0 < result.lr < 1
-    assert any(not torch.equal(a, b) for a, b in zip(theta0, theta)), "theta did not move"
-    assert any(not torch.equal(a, b) for a, b in zip(w0, model.parameters())), "w did not move"
+    hypergradient = {n: p.grad.detach().clone() for n, p in theta.items()}
+
+    # --- the independent computation -------------------------------------------------------
+    def call(weights):
+        params = {**weights, **{n: b.clone() for n, b in buffers0.items()}}
+        return lambda *args: functional_call(model, params, args)
+
+    torch.set_rng_state(rng0)
+    w_leaf = {n: t.clone().requires_grad_() for n, t in w0.items()}
+    loss0 = task.loss(call(w_leaf), batch)
+    grads = torch.autograd.grad(loss0, list(w_leaf.values()), allow_unused=True)
+    g = {n: gi if gi is not None else torch.zeros_like(w0[n]) for n, gi in zip(names, grads)}
+    rng_meta = torch.get_rng_state()
+    wd = opt.param_groups[0]["weight_decay"]
+    loss_input = loss0.detach() / task.loss_scale
+
+    def net_lr(th):
+        return functional_call(policy, {**th, **fixed}, (loss_input, state0))[0]
+
+    def meta_loss(th):
+        lr = net_lr(th)
+        w_hat = {n: w0[n] - lr * (g[n] + wd * w0[n]) for n in names}
+        torch.set_rng_state(rng_meta)
+        return task.loss(call(w_hat), meta_batch)
+
+    torch.testing.assert_close(result.loss, loss0.detach(), rtol=1e-6, atol=0)
+    assert result.meta_loss is not None
+    torch.testing.assert_close(result.meta_loss, meta_loss(theta0).detach(), rtol=1e-5, atol=0)
+    reference = torch.func.grad(meta_loss)(theta0)
+    flat = lambda d: torch.cat([d[n].reshape(-1) for n in theta0])
+    e, r = flat(hypergradient), flat(reference)
+    assert r.norm() > 0
+    assert (e - r).norm() / r.norm() < 1e-4, f"hypergradient off by {(e - r).norm() / r.norm()}"
+    # theta's step: Adam's first, bias-corrected, with L2 weight decay: lr * d / (|d| + eps)
+    meta_lr, meta_wd = engine.cfg.meta_lr, engine.cfg.meta_weight_decay
+    for n, p in theta.items():
+        d = hypergradient[n] + meta_wd * theta0[n]
+        torch.testing.assert_close(p.detach(), theta0[n] - meta_lr * d / (d.abs() + 1e-8))
+    # the real step: the LR of the freshly updated theta, on the same g_t
+    with torch.no_grad():
+        lr = float(net_lr({n: p.detach() for n, p in theta.items()}))
+    assert 0 < result.lr < 1 and result.lr == pytest.approx(lr, rel=1e-5)
+    assert lr != pytest.approx(float(net_lr(theta0)), rel=1e-7)  # theta's step moved the LR
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w0[n] - result.lr * (g[n] + wd * w0[n]),
+                                   rtol=1e-5, atol=1e-7)
 
 
-def _image_step(registry, name: str, options: dict, spec: ModelSpec) -> None:
+def _image_step(registry, data, monkeypatch, name: str, options: dict) -> None:
+    """A training batch and a meta batch of the CIFAR-10 task (its files, written here)."""
+    monkeypatch.setenv("METALR_DATA", str(data))
+    task = _task(registry, "cifar10")
+    gen = torch.Generator().manual_seed(0)
+    batch, meta_batch = next(iter(task.train_batches(2, gen))), task.meta_batch(2, gen)
     torch.manual_seed(0)
-    task = OneBatch(spec)
-    _meta_step(registry.get("model", name).build(spec, **options), registry, task, task.batch,
-               task.batch)
+    _meta_step(registry.get("model", name).build(task.spec, **options), registry, task, batch,
+               meta_batch)
 
 
 CIFAR = ModelSpec((3, 32, 32), 10)
@@ -339,15 +391,15 @@ HEAVY = [("resnet34", {}), ("resnet50", {}), ("densenet121", {}), ("wrn", {})]
 
 
 @pytest.mark.parametrize("name,options", FAST, ids=[n for n, _ in FAST])
-def test_one_meta_train_step(registry, name, options):
-    _image_step(registry, name, options, CIFAR)
+def test_one_meta_train_step(registry, data, monkeypatch, name, options):
+    _image_step(registry, data, monkeypatch, name, options)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,options", HEAVY, ids=["resnet34", "resnet50", "densenet121",
                                                      "wrn-28-10"])
-def test_one_meta_train_step_full_size(registry, name, options):
-    _image_step(registry, name, options, CIFAR)
+def test_one_meta_train_step_full_size(registry, data, monkeypatch, name, options):
+    _image_step(registry, data, monkeypatch, name, options)
 
 
 def test_meta_train_step_on_a_real_cifar_loader(registry, in_data):

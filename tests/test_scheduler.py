@@ -113,8 +113,19 @@ def test_transfer_rescales_to_the_probe_of_the_new_run(registry):
         assert float(net.gamma) == pytest.approx(float(old.gamma) * factor, rel=1e-5)
         after = {k: v for k, v in net.state_dict().items() if k not in ("log_gamma", "ref_lr")}
         assert all(torch.equal(after[k], before[k]) for k in before)
-    assert max(history.lrs) < 2 * probe.lr * max(
-        float(n.gamma) / float(n.ref_lr) for n in saved.phases.nets) / 2 + 1e-12
+    # The LRs applied are the saved nets' own outputs on this run's losses, each multiplied by
+    # probe / ref_lr: replayed by hand from the files (no PhasedNets, no rescale), the phases
+    # switched and the LSTM state carried as the reference code's meta_test.py does.
+    nets, files = load_nets("mnist1d-mlp"), shipped_nets()["mnist1d-mlp"]
+    total, k, state, replayed = len(history.lrs), len(files), None, []
+    assert total == epochs * task.num_train_batches(batch_size) == len(history.losses)
+    for t, loss in enumerate(history.losses):  # loss_scale 1: the net reads the batch loss
+        net = nets[min(k - 1, t * k // total)]
+        with torch.no_grad():
+            out, state = net(torch.tensor(loss), state)
+        replayed.append(float(out) * probe.lr / float(net.ref_lr) * net.envelope(t, total))
+    assert history.lrs == pytest.approx(replayed, rel=1e-5)
+    assert min(replayed) > 0 and len(set(history.lrs)) > 3  # a schedule, not a constant
 
 
 def test_phases_switch_nets_and_carry_the_lstm_state():
@@ -404,6 +415,35 @@ def test_a_linear_warm_up_then_the_learned_schedule_in_sequential_lr(replay_lear
     assert learned.last_step == total - warm and sched.get_last_lr() == [applied[-1]]
     state = sched.state_dict()  # SequentialLR nests the learned schedule's state
     assert state["_schedulers"][1]["step"] == total - warm
+
+
+def test_the_learned_schedule_first_in_sequential_lr_then_a_constant(replay_learned):
+    """SequentialLR starts its first schedule with torch's own initial step (no loss yet: the
+    optimizer's LR is left alone) and hands over at the milestone; the learned LRs before it are
+    the nets' own, the constant's after it."""
+    learned_steps, total = 5, 8
+    model, x, y = _regression(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    learned = LearnedLR(opt, load_nets("mnist1d-mlp"), total_steps=learned_steps, lr=0.1)
+    constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=10**6)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [learned, constant],
+                                                  milestones=[learned_steps + 1])
+    assert opt.param_groups[0]["lr"] == 0.1 and learned.last_step == 0
+    applied, losses = _record_applied(opt), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's and ours on the stepping order
+        for _ in range(total):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            learned.observe(loss)
+            sched.step()
+            opt.step()
+    assert applied[:learned_steps] == replay_learned(losses[:learned_steps], learned_steps,
+                                                     lr=0.1)
+    assert applied[learned_steps:] == [0.05] * (total - learned_steps)
+    assert learned.last_step == learned_steps
 
 
 def test_the_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
