@@ -13,6 +13,7 @@ the LR of plain torch SGD runs.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import metalr_adaptive
@@ -24,6 +25,7 @@ from metalr_adaptive.directions import UnsupportedOptimizerError, update_directi
 from torch.func import functional_call
 
 from metalr.engine import Engine, EngineConfig, TrainingDiverged
+from metalr.order import DataOrder
 from metalr.plugins import Registry
 from metalr.protocols import RunInfo
 
@@ -44,10 +46,8 @@ def make_model(registry, task):
 
 
 def train_batches(task, n: int, seed: int = 0) -> list:
-    gen, out = torch.Generator().manual_seed(seed), []
-    while len(out) < n:
-        out.extend(task.train_batches(BATCH, gen))
-    return out[:n]
+    """The first ``n`` batches of the engine's data order for ``seed``."""
+    return [batch for _, batch in itertools.islice(DataOrder(seed).batches(task, BATCH), n)]
 
 
 def run_info(opt: torch.optim.Optimizer, steps: int, task=None) -> RunInfo:

@@ -19,6 +19,7 @@ import torch
 from metalr import LearnedLR
 from metalr.cli import main
 from metalr.engine import Engine, EngineConfig, is_meta_learned
+from metalr.order import DataOrder
 from metalr.scheduler import (
     ceiling_epochs,
     load_nets,
@@ -45,19 +46,16 @@ def _model(registry, task, seed):
 
 def _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs, stop=None):
     """A plain PyTorch loop over the engine's data order; returns the LRs applied."""
-    generator = torch.Generator().manual_seed(seed)
-    lrs, step = [], 0
-    for _ in range(epochs):
-        for batch in task.train_batches(batch_size, generator):
-            if stop is not None and step >= stop:
-                return lrs
-            optimizer.zero_grad()
-            loss = task.loss(model, batch)
-            loss.backward()
-            scheduler.step(loss)
-            optimizer.step()
-            lrs.append(optimizer.param_groups[0]["lr"])
-            step += 1
+    lrs = []
+    for step, (_, batch) in enumerate(DataOrder(seed).batches(task, batch_size, epochs)):
+        if stop is not None and step >= stop:
+            return lrs
+        optimizer.zero_grad()
+        loss = task.loss(model, batch)
+        loss.backward()
+        scheduler.step(loss)
+        optimizer.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
     return lrs
 
 
@@ -203,9 +201,7 @@ def test_state_dict_round_trip_continues_the_same_lrs(registry, tmp_path, stop):
     assert sched.last_step == stop and sched.get_last_lr() == [reference[stop - 1]]
 
     # continue on the batches the interrupted loop had not reached
-    batches, generator = [], torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        batches.extend(task.train_batches(batch_size, generator))
+    batches = [batch for _, batch in DataOrder(seed).batches(task, batch_size, epochs)]
     rest = []
     for batch in batches[stop:]:
         opt.zero_grad()
