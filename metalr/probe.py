@@ -27,8 +27,11 @@ MNIST-1D MLP and CNN (the tuned LRs; the CNN dies at 0.03), where 20 steps named
 its **best** point. (The run's own data order matters for the same reason: with another order Adam
 on the MNIST-1D CNN kept working at 0.03 in the probe, while the real run died at 0.03.)
 
-Known limits (docs/design.md): training that starts on a long plateau makes every point look the
-same, and noisy labels make the short-horizon picture misleading for a long run.
+A probe can also measure nothing: training that starts on a loss plateau moves every point by
+less than the probe's own noise. It then says so (``signal`` False), tries once more with a longer
+horizon when that is affordable, and otherwise starts at half the largest LR that did no harm
+instead of a "best" picked from noise (:func:`has_signal`, docs/design.md). Known limit: noisy
+labels make the short-horizon picture misleading for a long run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ from metalr.protocols import Batch, Task
 HALF_DECADE = math.sqrt(10)
 QUARTER_DECADE = 10 ** 0.25
 ADAPTIVE_HORIZON = 3  # Adam-like optimizers: probe steps per point, times the SGD count
+SIGNAL_NOISE = 1.0  # a signal beats the noise (one replicate's movement) ...
+SIGNAL_FLOOR = 0.05  # ... and improves on the untrained loss by this fraction of it
+LONGER = 4  # no signal: the grid once more with this many times the steps, ...
+BUDGET = 0.25  # ... if the probe's steps then stay within this share of the run's
+REPLICATE = 1_000_003  # the data order of the noise replicate: seed + this
 
 
 @dataclass
@@ -72,6 +80,8 @@ class ProbeResult:
     initial_loss: float = math.nan  # the meta loss of the untrained model
     steps: int = 0  # training steps the probe took, all points together
     seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
+    signal: bool = True  # False: no point beat the untrained model beyond the noise
+    noise: float = 0.0  # how far the best point's loss moved with another data order
 
 
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
@@ -113,7 +123,12 @@ def probe_lr(
     the global generator happens to stand: what was built before the probe (a policy's own
     initialisation, e.g. the cell of an MLR-SNet) does not change the LR it chooses.
     ``steps_per_point`` overrides the length rule (``probe_steps``, times ``ADAPTIVE_HORIZON``
-    for Adam-like optimizers); ``bench/probe_horizon.py`` uses it to show why the rule is so.
+    for Adam-like optimizers) and turns the longer pass off; ``bench/probe_horizon.py`` uses it.
+
+    When the best point is no better than the untrained model by more than the probe's own noise
+    (:func:`has_signal`), nothing was measured: the grid runs once more with ``LONGER`` times the
+    steps if that fits ``BUDGET``, and if there is still no signal the run starts at half the
+    largest LR that did no harm (``ProbeResult.signal`` False; docs/design.md).
     """
     began = time.perf_counter()
     adaptive = is_adaptive(optimizer)
@@ -124,59 +139,127 @@ def probe_lr(
     order = DataOrder(seed)
     judge_gen = order.judge_generator()
     judge = [task.meta_batch(meta_batch_size, judge_gen) for _ in range(meta_batches)]
-    losses: dict[float, float] = {}
     initial = _judge(task, model, judge)
+    spent = 0  # training steps taken, all passes together
 
-    def run(lr: float) -> float:
-        known = _nearest(losses, lr)
-        if known is not None:
-            return known
+    def measure(lr: float, horizon: int, data: DataOrder = order) -> float:
+        nonlocal spent
         model.load_state_dict(weights)
-        torch.manual_seed(seed + 104729)  # the same dropout draws for every point and policy
+        torch.manual_seed(data.seed + 104729)  # the same dropout draws for every point and policy
         opt = _fresh(optimizer, model.parameters(), lr)
-        losses[lr] = _train_and_judge(task, model, opt, steps, batch_size, order, judge,
-                                      clip_grad_norm)
-        return losses[lr]
+        spent += horizon
+        return _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
+                                clip_grad_norm)
 
     with torch.random.fork_rng(devices=_devices(model)):  # every device's, given back
         try:
-            coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
-            for lr in coarse:
-                run(lr)
-            best = min(coarse, key=lambda v: losses[v])
-            at_edge = best in (coarse[0], coarse[-1])
-            if grid is None and at_edge:  # extend once past the edge it sits on
-                ext = best / 10 if best == coarse[0] else best * 10
-                run(ext)
-                if losses[ext] < losses[best]:
-                    best = ext
-                else:
-                    at_edge = False
-            if grid is None:  # half-decades around the best
-                for lr in (best / HALF_DECADE, best * HALF_DECADE):
-                    run(lr)
-                best = min(losses, key=losses.__getitem__)
-            edge = best
-            if math.isfinite(losses[best]):
-                keep = initial - 0.5 * (initial - losses[best])  # half the best improvement
-                if grid is None and not adaptive:  # climb half-decades while training still works
-                    top = max(coarse) * 10
-                    x = best * HALF_DECADE
-                    while x <= top * 1.001 and run(x) <= keep:
-                        edge, x = x, x * HALF_DECADE
-                    if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
-                        edge *= QUARTER_DECADE
-                else:
-                    edge = max(lr for lr, value in losses.items() if value <= keep)
+            found = _search(lambda lr: measure(lr, steps), optimizer, grid, initial)
+            noise = _noise(found, lambda lr: measure(lr, steps, DataOrder(seed + REPLICATE)))
+            signal = has_signal(initial, found.losses[found.best], noise)
+            harmless = found.harmless(initial, noise)
+            again = [lr for lr in harmless if lr >= max(harmless) / 100]  # the top two decades
+            longer = LONGER * steps
+            if (not signal and steps_per_point is None
+                    and spent + longer * len(again) <= BUDGET * total_steps):
+                steps = longer
+                found = _search(lambda lr: measure(lr, steps), optimizer, again, initial,
+                                climb=False)
+                signal = has_signal(initial, found.losses[found.best], noise)
         finally:
             model.load_state_dict(weights)
-    if not math.isfinite(losses[best]):
+    if not math.isfinite(found.losses[found.best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
-    start = best if adaptive else edge / 2  # Adam fails late, not in a short probe
-    return ProbeResult(start, dict(sorted(losses.items())), steps, at_edge, best, edge,
-                       initial, steps=steps * len(losses),
-                       seconds=time.perf_counter() - began)
+    if not signal:  # nothing measured: as high as did no harm, halved
+        start = max(found.harmless(initial, noise)) / 2
+    else:
+        start = found.best if adaptive else found.edge / 2  # Adam fails late, not in a probe
+    return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
+                       found.best, found.edge, initial, steps=spent,
+                       seconds=time.perf_counter() - began, signal=signal, noise=noise)
+
+
+def has_signal(initial: float, best: float, noise: float) -> bool:
+    """Whether the best point improved on the untrained model by more than the probe can
+    resolve: ``SIGNAL_NOISE`` times its noise (``_noise``) and ``SIGNAL_FLOOR`` of the untrained
+    loss. A loss plateau (a recurrent net that has not yet found its long-range signal) moves
+    every point by far less: there is nothing to pick a best from."""
+    improvement = initial - best
+    return improvement > max(SIGNAL_NOISE * noise, SIGNAL_FLOOR * abs(initial))
+
+
+@dataclass
+class _Found:
+    """One pass over the grid: the losses, the best point and the SGD edge."""
+
+    losses: dict[float, float]
+    best: float
+    at_edge: bool
+    edge: float
+
+    def harmless(self, initial: float, noise: float) -> list[float]:
+        """The LRs measured that did no harm: finite, no worse than the untrained model by more
+        than the noise (or 1% of its loss). The grid of the longer pass, and the fallback."""
+        tolerance = max(noise, 0.01 * abs(initial))
+        found = [lr for lr, v in self.losses.items() if v <= initial + tolerance]
+        return sorted(found) or [min(self.losses)]
+
+
+def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | None,
+            initial: float, climb: bool = True) -> _Found:
+    """Decades (or ``grid``), one extension past an edge the best sits on, the half-decades
+    around the best, then for SGD the edge climb (module docstring)."""
+    adaptive = is_adaptive(optimizer)
+    losses: dict[float, float] = {}
+
+    def run(lr: float) -> float:
+        known = _nearest(losses, lr)
+        if known is None:
+            known = losses[lr] = run_at(lr)
+        return known
+
+    searching = grid is None and climb
+    coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
+    for lr in coarse:
+        run(lr)
+    best = min(coarse, key=lambda v: losses[v])
+    at_edge = best in (coarse[0], coarse[-1])
+    if searching and at_edge:  # extend once past the edge it sits on
+        ext = best / 10 if best == coarse[0] else best * 10
+        run(ext)
+        if losses[ext] < losses[best]:
+            best = ext
+        else:
+            at_edge = False
+    if searching:  # half-decades around the best
+        for lr in (best / HALF_DECADE, best * HALF_DECADE):
+            run(lr)
+        best = min(losses, key=losses.__getitem__)
+    edge = best
+    if math.isfinite(losses[best]):
+        # half the best improvement (the best itself always qualifies, even when no point
+        # improved on the untrained model)
+        keep = max(initial - 0.5 * (initial - losses[best]), losses[best])
+        if searching and not adaptive:  # climb half-decades while training still works
+            top = max(coarse) * 10
+            x = best * HALF_DECADE
+            while x <= top * 1.001 and run(x) <= keep:
+                edge, x = x, x * HALF_DECADE
+            if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
+                edge *= QUARTER_DECADE
+        else:
+            edge = max(lr for lr, value in losses.items() if value <= keep)
+    return _Found(losses, best, at_edge, edge)
+
+
+def _noise(found: _Found, replicate) -> float:
+    """How much the best point's loss moves with another data order (seed to seed, batch to
+    batch): one replicate of it, on the same judging batches."""
+    best = found.losses[found.best]
+    if not math.isfinite(best):
+        return 0.0
+    again = replicate(found.best)
+    return abs(again - best) if math.isfinite(again) else abs(best)
 
 
 def _devices(model: nn.Module) -> list[int]:

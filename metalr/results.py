@@ -233,7 +233,8 @@ class RunSummary:
                 "wall time per run (s)": (f"{statistics.fmean(r.history.wall_time for r in done):.1f}"
                                           if done else "-"),
                 "probe start LR (per seed)": " / ".join(
-                    f"{r.history.probe.lr:.3g}" for r in done if r.history.probe) or "-",
+                    f"{r.history.probe.lr:.3g}" + ("" if r.history.probe.signal else "*")
+                    for r in done if r.history.probe) or "-",
                 "probe (s)": (f"{statistics.fmean(r.history.probe.seconds for r in probed):.1f}"
                               if (probed := [r for r in done if r.history.probe]) else "-"),
                 "tuned": note,
@@ -248,7 +249,13 @@ class RunSummary:
         return rows
 
     def markdown(self) -> str:
-        return _markdown(self.rows()) or "(no runs)"
+        table = _markdown(self.rows()) or "(no runs)"
+        if any(r.history and r.history.probe and not r.history.probe.signal
+               for r in self.results):
+            table += ("\n\n\\* the LR probe saw no signal on that seed (no LR beat the "
+                      "untrained model beyond its noise): the run started at half the largest "
+                      "LR that did no harm (docs/design.md)")
+        return table
 
     def csv(self) -> str:
         return _csv(self.rows(per_seed=True))

@@ -403,7 +403,8 @@ class Runner:
         shown = "-" if value is None else f"{value:.4f}"
         probe = result.history.probe
         probed = ("" if probe is None else
-                  f", probe start LR {probe.lr:.3g} ({probe.steps} steps, {probe.seconds:.1f} s)")
+                  f", probe start LR {probe.lr:.3g}{'' if probe.signal else ' (no signal)'} "
+                  f"({probe.steps} steps, {probe.seconds:.1f} s)")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
                 f"{result.history.wall_time:.1f} s")
@@ -661,6 +662,7 @@ class Runner:
                  "initial_loss": probe.initial_loss,
                  "steps_per_point": probe.steps_per_point, "at_edge": probe.at_edge,
                  "steps": probe.steps, "seconds": probe.seconds,
+                 "signal": probe.signal, "noise": probe.noise,
                  "losses": {f"{k:.6g}": v for k, v in probe.losses.items()}}}))
         log_params = getattr(tracker, "log_params", None)
         if probe is not None and callable(log_params):  # optional (the Tracker protocol)
