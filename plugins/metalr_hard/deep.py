@@ -1,9 +1,11 @@
 """``deep-mlp``: a deep plain MLP, no normalisation, no residuals, PyTorch's default init.
 
 The default ``nn.Linear`` init (uniform, variance 1 / (3 fan_in)) shrinks a ReLU signal by about
-six in variance per layer, so after 16 layers the output barely depends on the input and the
+six in variance per layer, so the output of a deep stack barely depends on its input and the
 gradients of the early layers are orders of magnitude below those of the head. The usable LR
 window is narrow and moves as the net wakes up, which a short probe or a fixed schedule misses.
+Measured on MNIST-1D, 40 epochs, SGD momentum: at depth 8 only LR 0.1 of 0.03-1 leaves chance;
+at depth 16 none of 0.01-3 does (Adam reaches ~50% at both).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 class DeepMLPOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    depth: int = Field(16, ge=1, le=200, description="hidden layers")
+    depth: int = Field(8, ge=1, le=200, description="hidden layers")
     width: int = Field(64, ge=1, description="units of every hidden layer")
     activation: Literal["relu", "tanh"] = Field("relu", description="nonlinearity")
 
 
-def build_deep_mlp(spec: ModelSpec, depth: int = 16, width: int = 64,
+def build_deep_mlp(spec: ModelSpec, depth: int = 8, width: int = 64,
                    activation: Literal["relu", "tanh"] = "relu") -> nn.Module:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
