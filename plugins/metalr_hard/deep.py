@@ -1,0 +1,41 @@
+"""``deep-mlp``: a deep plain MLP, no normalisation, no residuals, PyTorch's default init.
+
+The default ``nn.Linear`` init (uniform, variance 1 / (3 fan_in)) shrinks a ReLU signal by about
+six in variance per layer, so the output of a deep stack barely depends on its input and the
+gradients of the early layers are orders of magnitude below those of the head. The usable LR
+window is narrow and moves as the net wakes up, which a short probe or a fixed schedule misses.
+Measured on MNIST-1D, 40 epochs, SGD momentum: at depth 8 only LR 0.1 of 0.03-1 leaves chance;
+at depth 16 none of 0.01-3 does (Adam reaches ~50% at both).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from metalr.protocols import ModelSpec
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class DeepMLPOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(8, ge=1, le=200, description="hidden layers")
+    width: int = Field(64, ge=1, description="units of every hidden layer")
+    activation: Literal["relu", "tanh"] = Field("relu", description="nonlinearity")
+
+
+def build_deep_mlp(spec: ModelSpec, depth: int = 8, width: int = 64,
+                   activation: Literal["relu", "tanh"] = "relu") -> nn.Module:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(spec.input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), ACTIVATIONS[activation]()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, spec.num_outputs))
+    return nn.Sequential(*layers)
