@@ -16,7 +16,8 @@ weight decay 5e-4, batch 128. For each precision (fp32; AMP bf16 with channels_l
 
 Printed: steps/s (median over rounds), meta/plain and meta/loop, AMP over fp32, the cost of one
 meta-update in plain steps, and on CUDA the peak of ``torch.cuda.max_memory_allocated`` above
-the data for meta and plain training (bench/memory.py: meta/plain <= 1.5). **Target: meta/plain >= 0.95** with meta-updates twice per epoch
+the data for meta and plain training (bench/memory.py: meta/plain <= 1.5).
+**Target: meta/plain >= 0.95** with meta-updates twice per epoch
 (each meta-update costs a few plain steps; ~2 per ~390-step epoch is ~2%; the rest is what the
 engine adds per step: MLR-SNet's LR of step t needs that step's loss on the host, one scalar
 copy per step, which is inherent to a loss-driven schedule).
