@@ -15,7 +15,9 @@ weight decay 5e-4, batch 128. For each precision (fp32; AMP bf16 with channels_l
 - ``meta``: the engine meta-training MLR-SNet, meta-updates twice per epoch (the paper's T_val).
 
 Printed: steps/s (median over rounds), meta/plain and meta/loop, AMP over fp32, the cost of one
-meta-update in plain steps. **Target: meta/plain >= 0.95** with meta-updates twice per epoch
+meta-update in plain steps, and on CUDA the peak of ``torch.cuda.max_memory_allocated`` above
+the data for meta and plain training (bench/memory.py: meta/plain <= 1.5).
+**Target: meta/plain >= 0.95** with meta-updates twice per epoch
 (each meta-update costs a few plain steps; ~2 per ~390-step epoch is ~2%; the rest is what the
 engine adds per step: MLR-SNet's LR of step t needs that step's loss on the host, one scalar
 copy per step, which is inherent to a loss-driven schedule).
@@ -24,6 +26,7 @@ copy per step, which is inherent to a loss-driven schedule).
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -72,8 +75,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(task, device, policy, amp: bool, batch: int) -> float:
-    """Steps per second of one engine epoch."""
+def run_engine(task, device, policy, amp: bool, batch: int) -> tuple[float, int | None]:
+    """Steps per second of one engine epoch, and on CUDA its peak allocated bytes above the data
+    (``max_memory_allocated``: weights, gradients, optimizer state, activations, meta-update)."""
+    gc.collect()  # the previous run's graph, if a cycle holds it
+    sync(device)
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = resnet18_cifar().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -85,7 +95,8 @@ def run_engine(task, device, policy, amp: bool, batch: int) -> float:
     start = time.perf_counter()
     engine.fit()
     sync(device)
-    return steps / (time.perf_counter() - start)
+    rate = steps / (time.perf_counter() - start)
+    return rate, (torch.cuda.max_memory_allocated(device) - base) if cuda else None
 
 
 def run_loop(task, device, amp: bool, batch: int) -> float:
@@ -138,13 +149,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if device.type == "cuda":  # warm-up: cuDNN autotuning and allocator
                 run_loop(task, device, amp, batch)
             samples: dict[str, list[float]] = {"loop": [], "plain": [], "meta": []}
+            peaks: dict[str, list[int]] = {"plain": [], "meta": []}
             for _ in range(repeats):
                 samples["loop"].append(run_loop(task, device, amp, batch))
-                samples["plain"].append(run_engine(
-                    task, device, registry.get("lr_policy", "fixed").build(lr=0.1), amp, batch))
-                samples["meta"].append(run_engine(
-                    task, device, registry.get("lr_policy", "mlrsnet").build(
-                        preset="paper", gamma=0.2), amp, batch))
+                for key, policy in (
+                        ("plain", registry.get("lr_policy", "fixed").build(lr=0.1)),
+                        ("meta", registry.get("lr_policy", "mlrsnet").build(preset="paper",
+                                                                             gamma=0.2))):
+                    rate, peak = run_engine(task, device, policy, amp, batch)
+                    samples[key].append(rate)
+                    if peak is not None:
+                        peaks[key].append(peak)
             r = {k: statistics.median(v) for k, v in samples.items()}
             rates |= {f"{label}/{k}": v for k, v in r.items()}
             print(f"{label}: steps/s loop {r['loop']:.2f}, plain {r['plain']:.2f}, "
@@ -156,6 +171,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"{label}: ratio meta/plain {ratio:.3f}, meta/loop {r['meta'] / r['loop']:.3f}, "
                   f"plain/loop {r['plain'] / r['loop']:.3f}, one meta-update = {update:.1f} plain "
                   f"steps; target meta/plain >= {TARGET}: {'met' if ratio >= TARGET else 'NOT met'}")
+            if peaks["plain"]:  # the largest over rounds: a peak that grows shows here
+                p = {k: max(v) for k, v in peaks.items()}
+                rates |= {f"{label}/peak_{k}": float(v) for k, v in p.items()}
+                rates[f"{label}/peak_ratio"] = p["meta"] / p["plain"]
+                print(f"{label}: peak memory (max_memory_allocated above the data) plain "
+                      f"{p['plain'] / 2**20:.0f} MiB, meta {p['meta'] / 2**20:.0f} MiB, ratio "
+                      f"meta/plain {p['meta'] / p['plain']:.3f} (bench/memory.py: target <= 1.5)")
+            else:
+                print(f"{label}: peak memory: CUDA only (bench/memory.py measures it on CPU)")
     print(f"ratio amp/fp32 plain {rates['amp-bf16+channels_last/plain'] / rates['fp32/plain']:.2f}, "
           f"meta {rates['amp-bf16+channels_last/meta'] / rates['fp32/meta']:.2f}")
     return rates
