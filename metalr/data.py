@@ -93,15 +93,27 @@ class TensorClassificationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 1024) -> dict[str, float]:
+        sums = self.summed(model, split, batch_size, lambda out, y: (
+            F.cross_entropy(out, y, reduction="sum").item(), (out.argmax(1) == y).sum().item()))
+        if sums is None:
+            return {}
+        (loss_sum, correct), n = sums
+        return {"loss": loss_sum / n, "accuracy": correct / n}
+
+    @torch.no_grad()
+    def summed(self, model: nn.Module, split: str, batch_size: int,
+               per_batch: Callable[[torch.Tensor, torch.Tensor], tuple[float, ...]],
+               ) -> tuple[tuple[float, ...], int] | None:
+        """``per_batch(outputs, targets)`` summed over ``split`` in eval mode, and the sample
+        count; None for an empty split. What a subclass's ``evaluate`` builds its metrics on."""
         x, y = self.splits[split]
         if len(y) == 0:
-            return {}
+            return None
         was_training = model.training
         model.eval()
-        loss_sum, correct = 0.0, 0
+        totals: list[float] = []
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            out = model(xb)
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
+            part = per_batch(model(xb), yb)
+            totals = [a + b for a, b in zip(totals, part)] if totals else list(part)
         model.train(was_training)
-        return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+        return tuple(totals), len(y)

@@ -384,6 +384,21 @@ def test_is_a_torch_scheduler_and_observe_then_step_equals_step_with_the_loss(re
         sched.step()  # the observed loss is used once, never again for a later step
 
 
+def _train_sequential(model, x, y, opt, learned, sched, total: int) -> list[float]:
+    """``total`` steps of a loop that hands the loss to the learned schedule by ``observe`` and
+    steps a SequentialLR holding it with no argument; returns the losses."""
+    losses = []
+    for _ in range(total):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        learned.observe(loss)
+        sched.step()
+        opt.step()
+    return losses
+
+
 def test_a_linear_warm_up_then_the_learned_schedule_in_sequential_lr(replay_learned):
     """Everything is stepped before optimizer.step(): step t runs the warm-up's epoch t + 1, so
     W warm-up steps ending at the base LR are total_iters=W, milestones=[W + 1]."""
@@ -393,18 +408,11 @@ def test_a_linear_warm_up_then_the_learned_schedule_in_sequential_lr(replay_lear
     warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
     learned = LearnedLR(opt, load_nets("mnist1d-mlp"), total_steps=total - warm, lr=0.1)
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [warmup, learned], milestones=[warm + 1])
-    applied, losses = _record_applied(opt), []
+    applied = _record_applied(opt)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the learned schedule does not warn before its turn
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for _ in range(total):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            losses.append(loss.item())
-            learned.observe(loss)
-            sched.step()
-            opt.step()
+        losses = _train_sequential(model, x, y, opt, learned, sched, total)
     assert applied[:warm] == pytest.approx([0.1 * (0.1 + 0.9 * (t + 1) / warm)
                                             for t in range(warm)])
     assert applied[warm:] == replay_learned(losses[warm:], total - warm, lr=0.1)
@@ -425,17 +433,10 @@ def test_the_learned_schedule_first_in_sequential_lr_then_a_constant(replay_lear
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [learned, constant],
                                                   milestones=[learned_steps + 1])
     assert opt.param_groups[0]["lr"] == 0.1 and learned.last_step == 0
-    applied, losses = _record_applied(opt), []
+    applied = _record_applied(opt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's and ours on the stepping order
-        for _ in range(total):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            losses.append(loss.item())
-            learned.observe(loss)
-            sched.step()
-            opt.step()
+        losses = _train_sequential(model, x, y, opt, learned, sched, total)
     assert applied[:learned_steps] == replay_learned(losses[:learned_steps], learned_steps,
                                                      lr=0.1)
     assert applied[learned_steps:] == [0.05] * (total - learned_steps)

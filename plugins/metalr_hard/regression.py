@@ -69,14 +69,11 @@ class Regression(TensorClassificationTask):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int = 1024) -> dict[str, float]:
-        x, y = self.splits[split]
-        if len(y) == 0:
+        sums = self.summed(model, split, batch_size, lambda out, y: (
+            F.mse_loss(out.squeeze(-1), y, reduction="sum").item(),))
+        if sums is None:
             return {}
-        was_training = model.training
-        model.eval()
-        sse = sum(F.mse_loss(model(xb).squeeze(-1), yb, reduction="sum").item()
-                  for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
-        model.train(was_training)
-        mse = sse / len(y)
-        var = float(y.var(unbiased=False))
+        (sse,), n = sums
+        mse = sse / n
+        var = float(self.splits[split][1].var(unbiased=False))
         return {"loss": mse, "rmse": math.sqrt(mse), "r2": 1.0 - mse / var if var > 0 else 0.0}
