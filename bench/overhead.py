@@ -15,7 +15,10 @@ with several it also counts threads spinning at a barrier). Each ratio is printe
 verdict: PASS when hi <= target, FAIL when lo > target, UNRESOLVED when the interval straddles
 the target (more pairs, or a quieter machine). The interval is the median's, not the spread of
 single pairs: it narrows as pairs are added, which is what lets a noisy machine resolve 2%.
-``torch.set_num_threads`` is pinned (``--threads``, default 1) and printed.
+``torch.set_num_threads`` is pinned (``--threads``, default 1) and printed. Freed memory is kept
+for reuse (:func:`metalr.device.keep_freed_memory`), as ``metalr run`` does on the CPU by
+default; ``--system-malloc`` measures glibc's default instead (the runs of ratios 2-6 go through
+the runner, which keeps freed memory unless the recipe says ``train.keep_freed_memory: false``).
 
 Ratios, for the 1D-CNN on MNIST-1D widened to 128 channels (targets) and the tiny MLP 100-100
 (per-step Python overhead dominates; information only):
@@ -57,6 +60,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from metalr.device import keep_freed_memory
 from metalr.engine import Engine, EngineConfig
 from metalr.plugins import get_registry
 from metalr.protocols import RunInfo
@@ -64,6 +68,7 @@ from metalr.recipe import Recipe
 from metalr.runner import Runner
 
 SEED = 0
+KEEP_FREED_MEMORY = [True]  # --system-malloc: False, for the runs that go through the runner
 BATCH = 128
 PAPER = {"preset": "paper", "gamma": 0.5}
 MODELS = {"tiny MLP (100-100)": ("mlp", {}), "1D-CNN, 3 layers x 128 channels": (
@@ -123,7 +128,8 @@ def tracked_run(model_name, model_opts, epochs, tracking, root: Path) -> None:
     recipe = Recipe.model_validate({
         "name": "bench", "task": {"name": "mnist1d"},
         "model": {"name": model_name, "options": model_opts},
-        "train": {"epochs": epochs, "seed": SEED, "device": "cpu", "eval_every": epochs},
+        "train": {"epochs": epochs, "seed": SEED, "device": "cpu", "eval_every": epochs,
+                  "keep_freed_memory": KEEP_FREED_MEMORY[0]},
         "methods": {"fixed": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
                               "lr_policy": {"name": "fixed", "options": {"lr": 0.1}}}},
         "tracking": tracking, "output_dir": str(root / "out"),
@@ -239,18 +245,23 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a whole run (2-6)")
     parser.add_argument("--run-pairs", type=int, default=6, help="rounds of whole runs (2-6)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="glibc's default allocator settings instead of keeping freed memory")
     parser.add_argument("--quick", action="store_true",
                         help="a look, not a measurement: 5 pairs of 5 steps, 3 rounds of 2 epochs")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.steps, args.epochs, args.run_pairs = 5, 5, 2, 3
     torch.set_num_threads(args.threads)
+    KEEP_FREED_MEMORY[0] = not args.system_malloc
+    kept = False if args.system_malloc else keep_freed_memory()
     warnings.simplefilter("ignore")
     reg = get_registry()
     task = reg.get("task", "mnist1d").build()
     task.setup(SEED, torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (pinned), python "
-          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, freed memory "
+          f"{'kept' if kept else 'returned (glibc default)'}, load average "
           f"{os.getloadavg()[0]:.2f}; {args.pairs} pairs of {args.steps}-step blocks; "
           f"{args.run_pairs} rounds of {args.epochs}-epoch runs, "
           f"{task.num_train_batches(BATCH)} steps an epoch")

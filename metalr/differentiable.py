@@ -108,10 +108,12 @@ def virtual_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor
             if real:
                 diffopt.state[group_index][slot_index] = dict(real)  # same tensors, new dict
             position += 1
-    fast = [w[i].requires_grad_() for i in moving]
-    # The surrogate <w, g> has gradient g: higher gets the batch gradient without a second
-    # forward and backward of the batch.
-    surrogate = sum((wi * grads[i]).sum() for wi, i in zip(fast, moving))
-    for i, new in zip(moving, diffopt.step(surrogate, params=fast)):
+    # higher asks autograd for the gradient of a loss; the batch gradient is known, so it gets
+    # a loss that depends on nothing and the gradient through its callback. The weights do not
+    # require grad: the step's graph reaches the LR only, and nothing flows back into w.
+    anchor = torch.zeros((), requires_grad=True)
+    moved = diffopt.step(anchor, params=[w[i] for i in moving],
+                         grad_callback=lambda _: [grads[i] for i in moving])
+    for i, new in zip(moving, moved):
         w[i] = new
     return w

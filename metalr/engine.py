@@ -25,12 +25,13 @@ from metalr import distributed
 from metalr.differentiable import virtual_step
 from metalr.device import AmpDtype, Precision, channels_last
 from metalr.order import DataOrder
-from metalr.probe import ProbeResult, probe_lr
+from metalr.probe import ProbeResult, probe_lr, probe_steps, recheck_lr
 from metalr.protocols import (
     Batch,
     EpisodicLearner,
     HypergradientLearner,
     LRPolicy,
+    Rechecked,
     RunInfo,
     StepContext,
     Task,
@@ -83,23 +84,29 @@ class History:
     wall_time: float = 0.0
     probe: ProbeResult | None = None  # the LR probe, when the policy asked for one
     t_val: int | None = None  # steps between meta-updates, when meta-training
+    recheck: ProbeResult | None = None  # the check of the LR part-way in (Rechecked policies)
+    recheck_step: int | None = None  # the step it ran before
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (a checkpoint or a JSON file holds them exactly)."""
         return {"lrs": list(self.lrs), "losses": list(self.losses),
                 "epochs": [dict(e) for e in self.epochs], "wall_time": self.wall_time,
                 "probe": None if self.probe is None else dataclasses.asdict(self.probe),
-                "t_val": self.t_val}
+                "t_val": self.t_val,
+                "recheck": None if self.recheck is None else dataclasses.asdict(self.recheck),
+                "recheck_step": self.recheck_step}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> History:
-        probe = data.get("probe")
-        if probe is not None:
-            probe = ProbeResult(**{**probe, "losses": {float(k): v
-                                                        for k, v in probe["losses"].items()}})
+        def probed(value: Mapping[str, Any] | None) -> ProbeResult | None:
+            if value is None:
+                return None
+            return ProbeResult(**{**value, "losses": {float(k): v
+                                                       for k, v in value["losses"].items()}})
         return cls(lrs=list(data["lrs"]), losses=list(data["losses"]),
                    epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
-                   probe=probe, t_val=data.get("t_val"))
+                   probe=probed(data.get("probe")), t_val=data.get("t_val"),
+                   recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"))
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -286,6 +293,23 @@ class Engine:
                 clip_grad_norm=cfg.clip_grad_norm)
         return self.probe_result
 
+    def _recheck(self, history: History, step: int, steps_per_epoch: int,
+                 total_steps: int) -> None:
+        """Checks the LR the run has reached (the last step's) and moves the policy's scale to
+        what the check chose (:func:`metalr.probe.recheck_lr`); recorded in the history."""
+        cfg, lr = self.cfg, history.lrs[-1]
+        if not lr > 0:
+            return
+        steps = probe_steps(total_steps, steps_per_epoch)
+        probed = self.probe_result
+        result = recheck_lr(self.task, self.model, self.optimizer, lr, steps=steps,
+                            batch_size=cfg.batch_size, meta_batch_size=cfg.meta_batch_size,
+                            seed=self.order.seed, clip_grad_norm=cfg.clip_grad_norm,
+                            ceiling=math.inf if probed is None else 2 * probed.lr)
+        if result.lr != lr:
+            self.policy.rescale(result.lr / lr)
+        history.recheck, history.recheck_step = result, step
+
     def evaluate(self) -> dict[str, float]:
         """Metrics of every split, with schedule-free optimizers switched to their eval weights."""
         swap = callable(getattr(self.optimizer, "eval", None))
@@ -331,6 +355,8 @@ class Engine:
         t_val = cfg.t_val or (self.policy.meta_period(run) if self.meta_learning
                               else max(1, steps_per_epoch // 2))
         history.t_val = t_val if self.meta_learning else None
+        recheck_at = (self.policy.recheck_step(run.total_steps)
+                      if isinstance(self.policy, Rechecked) else None)
         generator = self.order.train_generator()
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
@@ -354,6 +380,8 @@ class Engine:
             for index, batch in enumerate(task.train_batches(cfg.batch_size, generator)):
                 if index < done:  # resumed inside this epoch: trained on before the stop
                     continue
+                if step == recheck_at and history.recheck is None and history.lrs:
+                    self._recheck(history, step, steps_per_epoch, run.total_steps)
                 meta_batch = None
                 if self.meta_learning and step % t_val == 0 and self.policy.meta_active(step):
                     meta_batch = task.meta_batch(cfg.meta_batch_size, self.meta_generator)

@@ -160,6 +160,21 @@ class HypergradientLearner(LRPolicy, Protocol):
 
 
 @runtime_checkable
+class Rechecked(LRPolicy, Protocol):
+    """A policy whose LR scale the engine checks once, part-way into the run, and moves when the
+    check measures a far better one (:func:`metalr.probe.recheck_lr`), so that a start wrong
+    by 10x either way does not decide the run.
+
+    ``recheck_step(total_steps)``: the 0-based step before which the check runs (None: never).
+    ``rescale(factor)``: every LR the policy gives from then on is multiplied by ``factor``.
+    """
+
+    def recheck_step(self, total_steps: int) -> int | None: ...
+
+    def rescale(self, factor: float) -> None: ...
+
+
+@runtime_checkable
 class EpisodicLearner(LRPolicy, Protocol):
     """A meta-learner that trains itself over whole training runs (episodes): the RL controller.
 

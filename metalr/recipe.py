@@ -170,6 +170,9 @@ class TrainConfig(_Strict):
     deterministic: bool = Field(
         False, description="deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG) instead of "
         "cuDNN autotuning; slower on GPU")
+    keep_freed_memory: bool = Field(
+        True, description="CPU runs on Linux (glibc): keep memory that tensors free for the "
+        "next step instead of returning it to the kernel (faster steps; process-wide)")
 
 
 SWEEP_FIXED = ("name", "output_dir", "tracking", "sweep")

@@ -30,7 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from metalr import checkpoint, distributed, provenance, rundir
-from metalr.device import device_settings
+from metalr.device import device_settings, keep_freed_memory
 from metalr.engine import (
     Engine,
     EngineConfig,
@@ -277,6 +277,8 @@ class Runner:
         recipe = self.recipe
         if recipe.train.threads is not None:
             torch.set_num_threads(recipe.train.threads)
+        if recipe.train.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()
         self.provenance = provenance.collect(self.device)
         self.provenance["metalr.world_size"] = str(self.group.size)
         self.stop = StopRequest()
@@ -405,6 +407,14 @@ class Runner:
         probed = ("" if probe is None else
                   f", probe start LR {probe.lr:.3g}{'' if probe.signal else ' (no signal)'} "
                   f"({probe.steps} steps, {probe.seconds:.1f} s)")
+        history = result.history
+        recheck = history.recheck
+        if recheck is not None:
+            before = history.lrs[history.recheck_step - 1]
+            probed += (f", recheck at step {history.recheck_step}: "
+                       + (f"LR {before:.3g} -> {recheck.lr:.3g}" if recheck.signal
+                          else f"LR {before:.3g} kept")
+                       + f" ({recheck.steps} steps, {recheck.seconds:.1f} s)")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
                 f"{result.history.wall_time:.1f} s")
@@ -654,24 +664,22 @@ class Runner:
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,
                       run_id: str | None, label: str) -> None:
         probe = history.probe
-        (folder / "history.json").write_text(json.dumps(
-            {"lrs": history.lrs, "losses": history.losses, "epochs": history.epochs,
-             "wall_time": history.wall_time, "t_val": history.t_val,
-             "probe": None if probe is None else {
-                 "lr": probe.lr, "best": probe.best, "edge": probe.edge,
-                 "initial_loss": probe.initial_loss,
-                 "steps_per_point": probe.steps_per_point, "at_edge": probe.at_edge,
-                 "steps": probe.steps, "seconds": probe.seconds,
-                 "signal": probe.signal, "noise": probe.noise,
-                 "losses": {f"{k:.6g}": v for k, v in probe.losses.items()}}}))
+        # History's own plain form, the one a checkpoint holds (probe and recheck included)
+        (folder / "history.json").write_text(json.dumps(history.to_dict()))
         log_params = getattr(tracker, "log_params", None)
         if probe is not None and callable(log_params):  # optional (the Tracker protocol)
             # only what a rerun of the probe gives again (a run restarted from its first
             # step logs them twice; a store refuses a param that changes): no seconds
             log_params(run_id, {"probe_lr": f"{probe.lr:.6g}", "probe_steps": probe.steps})
+        recheck = history.recheck
+        if recheck is not None and callable(log_params):
+            log_params(run_id, {"recheck_step": history.recheck_step,
+                                "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps})
         if tracker is not None:
             setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
                      if probe is not None else {})
+            if recheck is not None:
+                setup["recheck_seconds"] = recheck.seconds
             if history.t_val is not None:
                 setup["meta_t_val"] = history.t_val
             if setup:

@@ -7,6 +7,10 @@ on a GPU are in tests/test_gpu.py.
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -277,3 +281,35 @@ def test_a_run_records_the_device_it_used_and_runs_under_amp(tmp_path):
     device = params[0]["tags"]["metalr.device"]
     assert params[0]["train.device"] == device != "auto"
     assert params[0]["train.amp"] is True and not torch.are_deterministic_algorithms_enabled()
+
+
+# ------------------------------------------------------------------- freed memory kept on the CPU
+
+_RESIDENT_AFTER_FREE = """
+import sys, torch
+from metalr.device import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+def resident():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+before = resident()
+x = torch.ones(4 << 20)  # 16 MiB, written
+del x
+print(kept, (resident() - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt")
+def test_keep_freed_memory_keeps_what_a_tensor_freed_for_the_next_one():
+    """glibc by default maps a 16 MiB tensor on its own and unmaps it when freed (the next step
+    faults it in again); kept, the freed pages stay in the process for reuse."""
+    def run(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_FREE, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0], int(out[1])
+
+    kept, kept_mib = run("keep")
+    default, default_mib = run("default")
+    assert (kept, default) == ("True", "False")
+    assert kept_mib >= 12  # MiB still resident after the free
+    assert default_mib <= 2

@@ -31,6 +31,8 @@ from torch import nn
 from metalr.protocols import RunInfo, StepContext
 
 Preset = Literal["auto", "paper"]
+BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's ...
+BRAKE_GAP = 3  # ... cuts the scale, at most once in this many steps
 
 
 class ScaleOptions(BaseModel):
@@ -49,8 +51,16 @@ class ScaleOptions(BaseModel):
         False, description="meta-learn log(gamma) as well, with its own meta LR (scale_lr)")
     scale_lr: float = Field(0.03, gt=0, description="meta LR (Adam) of log(gamma)")
     start_factor: float = Field(
-        1.0, gt=0, le=1, description="with a probed scale: start at this fraction of the "
+        1.0, gt=0, le=10, description="with a probed scale: start at this multiple of the "
         "LR the probe chose")
+    brake: float | None = Field(
+        None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
+        "10% above the first step's cuts the scale by sqrt(10) (at most once in 3 steps); 0: "
+        "never (unset: auto 0.05 with a probed scale, else 0)")
+    recheck: float | None = Field(
+        None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
+        "LR reached and move the scale if a far better one is measured; 0: never (unset: "
+        "auto 0.1 with a probed scale, else 0)")
     cooldown: float | None = Field(
         None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
         "and theta frozen (unset: auto 0.2, paper 0)")
@@ -65,6 +75,10 @@ class ScaleOptions(BaseModel):
             self.scale = "probe" if auto else "task"
         if self.cooldown is None:
             self.cooldown = 0.2 if auto else 0.0
+        if self.brake is None:
+            self.brake = 0.05 if auto and self.gamma is None and self.scale == "probe" else 0.0
+        if self.recheck is None:
+            self.recheck = 0.1 if auto and self.gamma is None and self.scale == "probe" else 0.0
         if self.min_meta_updates is None:  # extra meta-updates pay only with a scale to learn
             self.min_meta_updates = 100 if self.learn_scale else 0
         return self
@@ -95,14 +109,18 @@ class LossToLR(nn.Module):
                  scale: Literal["probe", "task"] | None = None,
                  learn_scale: bool = False, scale_lr: float = 0.03,
                  start_factor: float = 1.0, cooldown: float | None = None,
-                 min_meta_updates: int | None = None):
+                 min_meta_updates: int | None = None, recheck: float | None = None,
+                 brake: float | None = None):
         super().__init__()
         opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
                             scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
-                            min_meta_updates=min_meta_updates)
+                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake)
         self.preset, self.learn_scale, self.scale_lr = opts.preset, opts.learn_scale, opts.scale_lr
         self.start_factor, self.scale = opts.start_factor, opts.scale
         self.cooldown, self.min_meta_updates = opts.cooldown, opts.min_meta_updates
+        self.recheck, self.brake = opts.recheck, opts.brake
+        self.first_loss: float | None = None  # the run's first training loss (the brake's base)
+        self.braked: list[int] = []  # the steps at which the brake cut the scale
         self.frozen = False
         # where gamma came from: the recipe ("option"), or a calibration already done in this
         # object or in the file it was loaded from ("calibrated"); None: not set yet
@@ -166,6 +184,11 @@ class LossToLR(nn.Module):
         self.to(run.device)
         self.calibrate(run)
         self.state = self.initial_state(run.device)
+        self.first_loss, self.braked = None, []
+
+    def recheck_step(self, total_steps: int) -> int | None:
+        """The step before which the engine checks the LR reached (``recheck`` of the run)."""
+        return round(self.recheck * total_steps) or None if self.recheck else None
 
     def meta_parameters(self):
         net = [p for name, p in self.named_parameters() if name != "log_gamma"]
@@ -193,9 +216,26 @@ class LossToLR(nn.Module):
         return lr * self.envelope(ctx.step, self.total_steps)
 
     def lr(self, ctx: StepContext) -> float:
+        self._brake(ctx)
         with torch.no_grad():
             lr, self.state = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
         return float(lr) * self.envelope(ctx.step, self.total_steps)
+
+    def _brake(self, ctx: StepContext) -> None:
+        """A start far above the edge of stability kills a net within a few dozen steps (the
+        MNIST-1D MLP at 10x its probed LR sits at chance from step ~20 on, and no later LR
+        revives it; cut at step 10 it recovers), before any check part-way in can act. Its
+        sign is early and cheap: the loss jumps above where it started."""
+        if not self.brake or ctx.step >= self.brake * self.total_steps:
+            return
+        loss = float(ctx.loss)
+        if self.first_loss is None:
+            self.first_loss = loss
+            return
+        jumped = not loss <= self.first_loss + BRAKE_JUMP * abs(self.first_loss)
+        if jumped and (not self.braked or ctx.step - self.braked[-1] >= BRAKE_GAP):
+            self.rescale(1 / math.sqrt(10))
+            self.braked.append(ctx.step)
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
@@ -205,7 +245,8 @@ class LossToLR(nn.Module):
         return {"preset": self.preset, "scale": self.scale, "learn_scale": self.learn_scale,
                 "scale_lr": self.scale_lr, "start_factor": self.start_factor,
                 "cooldown": self.cooldown,
-                "min_meta_updates": self.min_meta_updates}
+                "min_meta_updates": self.min_meta_updates, "recheck": self.recheck,
+                "brake": self.brake}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load theta; files written before ``log_gamma`` existed carry a ``gamma`` buffer."""
