@@ -200,11 +200,11 @@ def recheck_lr(
     more than the noise and ``HARM`` (10%) of it. A smaller LR winning a few steps is otherwise
     the short horizon speaking: on the MNIST-1D MLP with SGD momentum the loss at the right LR
     (0.26) rises 3-6% over 28 steps from mid-run weights, and moving down on that evidence cost
-    3 points. It moves to the best point,
-    not past it: on digits, moving to the largest point tied with the best jumped 100x and
-    broke a run, and the best point itself (0.30, 100x up) did on one seed of three: where the
-    run had a probe, ``ceiling`` (the engine passes the probe's gamma, twice its start: where
-    training from the initial weights stopped working) bounds a move up.
+    3 points. It moves to the best point, not past it: on digits, moving to the largest point
+    tied with the best jumped 100x and broke a run, and so did the best point itself (0.30,
+    100x up) on one seed of three; so where the run had a probe, ``ceiling`` (the engine passes
+    the probe's gamma, twice its start: about where training from the initial weights stopped
+    working) bounds a move up.
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
     was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``

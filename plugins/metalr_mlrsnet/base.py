@@ -7,7 +7,9 @@ of the options below (docs/design.md, "Learned schedules that work untuned"):
   an epoch; no cool-down. Exactly the paper's Eq. 7 and Algorithm 1.
 - ``auto`` (default): gamma = 2x the LR a short probe of this very run chose
   (:mod:`metalr.probe`), so the net starts there; the last ``cooldown`` fraction of the run
-  decays the LR linearly to zero with theta frozen.
+  decays the LR linearly to zero with theta frozen. A start that is wrong anyway is moved
+  within the run: a ``brake`` on loss jumps in the first 5% of the run, a ``recheck`` of the LR
+  at 10% (docs/design.md, "The recheck part-way into the run").
 
 ``learn_scale`` (meta-learning log(gamma) too) is off in both, and with it the meta-update budget
 (``min_meta_updates``: at least 100 meta-updates however short the run, which a learned scale
@@ -188,7 +190,8 @@ class LossToLR(nn.Module):
 
     def recheck_step(self, total_steps: int) -> int | None:
         """The step before which the engine checks the LR reached (``recheck`` of the run)."""
-        return round(self.recheck * total_steps) or None if self.recheck else None
+        step = round(self.recheck * total_steps)
+        return step if step > 0 else None
 
     def meta_parameters(self):
         net = [p for name, p in self.named_parameters() if name != "log_gamma"]
