@@ -21,6 +21,8 @@ CASES = [  # the default suite keeps one of each kind of state; -m slow runs the
     pytest.param("plateau", {}, "sgd", id="plateau"),  # ... fed metrics at epoch ends
     pytest.param("hd", {}, "sgd", id="hd"),  # carried LR and last direction
     pytest.param("mlrsnet", {}, "sgd", id="mlrsnet"),  # theta, Adam, LSTM state, probe
+    # the recheck at step 21, the first of epoch 2: one checkpoint before it, one after
+    pytest.param("mlrsnet", {"recheck": 0.5}, "sgd", id="mlrsnet-recheck-between"),
     pytest.param("fixed", {"lr": 0.01}, "adamw-schedulefree", id="schedulefree"),
     pytest.param("fixed", {}, "sgd", id="fixed", marks=slow),
     pytest.param("sgdr", {"T_0": 1}, "sgd", id="sgdr", marks=slow),
@@ -64,7 +66,9 @@ def engine(registry, task, policy, options, optimizer) -> Engine:
 def comparable(history):
     """Everything but the clock (wall times, the probe's seconds)."""
     probe = None if history.probe is None else dataclasses.replace(history.probe, seconds=0.0)
-    return (history.lrs, history.losses, probe,
+    recheck = (None if history.recheck is None
+               else dataclasses.replace(history.recheck, seconds=0.0))
+    return (history.lrs, history.losses, probe, recheck, history.recheck_step,
             [{k: v for k, v in e.items() if k != "wall_time"} for e in history.epochs])
 
 
