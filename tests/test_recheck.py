@@ -28,8 +28,7 @@ def _run(registry, task_name, task_options, model_name, model_options, opt_name,
     policy = registry.get("lr_policy", "mlrsnet").build(**policy_options)
     engine = Engine(task, model, opt, policy, EngineConfig(epochs=epochs, seed=seed))
     history = engine.fit()
-    _run.policy = policy  # the last run's, for a look at what the brake did
-    return history, history.epochs[-1]["test_accuracy"]
+    return history, history.epochs[-1]["test_accuracy"], policy
 
 
 MLP_SGDM = ("mnist1d", {"meta_size": 500}, "mlp", {"hidden": [100, 100]}, "sgd",
@@ -46,8 +45,8 @@ def test_a_start_30x_too_low_is_moved_up_and_the_run_recovers(registry, setting,
     MNIST-1D MLP every seed ends 5-12 points above the same run without the recheck, with SGD
     momentum and with Adam; digits is easy enough that Adam at 1/30 of its LR still reaches
     96-98%, so there the LR must move and the run must not lose."""
-    low, low_acc = _run(registry, *setting, seed=1, start_factor=1 / 30)
-    stuck, stuck_acc = _run(registry, *setting, seed=1, start_factor=1 / 30, recheck=0)
+    low, low_acc, _ = _run(registry, *setting, seed=1, start_factor=1 / 30)
+    stuck, stuck_acc, _ = _run(registry, *setting, seed=1, start_factor=1 / 30, recheck=0)
     assert stuck.recheck is None and low.recheck is not None
     at = low.recheck_step
     assert at == round(0.1 * len(low.lrs))
@@ -59,10 +58,10 @@ def test_a_start_30x_too_low_is_moved_up_and_the_run_recovers(registry, setting,
 
 
 def test_a_right_start_is_left_alone(registry):
-    history, _ = _run(registry, *MLP_SGDM, seed=1)
+    history, _, policy = _run(registry, *MLP_SGDM, seed=1)
     assert history.recheck is not None and not history.recheck.signal
     assert history.recheck.lr == history.lrs[history.recheck_step - 1]
-    assert _run.policy.braked == []  # the brake never fired
+    assert policy.braked == []  # the brake never fired
 
 
 @pytest.mark.parametrize("setting", [MLP_SGDM, MLP_ADAM], ids=["sgdm", "adam"])
@@ -70,10 +69,10 @@ def test_a_start_10x_too_high_is_braked_before_it_kills_the_net(registry, settin
     """SGD momentum at 10x the probed LR leaves the MNIST-1D MLP at chance for the rest of the
     run (measured: 9-10% on seeds 0-2); Adam at 10x, 9-38%. The brake cuts the scale at the
     first loss jump, within the first few steps, and the run ends near the default's."""
-    high, high_acc = _run(registry, *setting, seed=1, start_factor=10)
-    braked = list(_run.policy.braked)
-    none, none_acc = _run(registry, *setting, seed=1, start_factor=10, brake=0, recheck=0)
-    _, default_acc = _run(registry, *setting, seed=1)
+    high, high_acc, policy = _run(registry, *setting, seed=1, start_factor=10)
+    braked = policy.braked
+    none, none_acc, _ = _run(registry, *setting, seed=1, start_factor=10, brake=0, recheck=0)
+    _, default_acc, _ = _run(registry, *setting, seed=1)
     assert braked and braked[0] < 20
     assert high.lrs[braked[0]] < high.lrs[braked[0] - 1] / 3  # cut by sqrt(10) there
     assert high.lrs[:braked[0]] == none.lrs[:braked[0]]  # the same run until the cut
