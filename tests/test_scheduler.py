@@ -6,6 +6,7 @@ tests hold them to the same LRs, to exact resumption, and to never unpickling a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import re
@@ -44,12 +45,16 @@ def _model(registry, task, seed):
     return registry.get("model", "mlp").build(task.spec, hidden=[32])
 
 
-def _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs, stop=None):
-    """A plain PyTorch loop over the engine's data order; returns the LRs applied."""
+def _hand_loop(task, model, scheduler, optimizer, batch_size, seed, epochs, stop=None,
+               start=0):
+    """A plain PyTorch loop over the engine's data order, from batch ``start`` (a resumed
+    loop skips those it had trained on) to ``stop``; returns the LRs applied."""
     lrs = []
     for step, (_, batch) in enumerate(DataOrder(seed).batches(task, batch_size, epochs)):
         if stop is not None and step >= stop:
             return lrs
+        if step < start:
+            continue
         optimizer.zero_grad()
         loss = task.loss(model, batch)
         loss.backward()
@@ -201,22 +206,16 @@ def test_state_dict_round_trip_continues_the_same_lrs(registry, tmp_path, stop):
     assert sched.last_step == stop and sched.get_last_lr() == [reference[stop - 1]]
 
     # continue on the batches the interrupted loop had not reached
-    batches = [batch for _, batch in DataOrder(seed).batches(task, batch_size, epochs)]
-    rest = []
-    for batch in batches[stop:]:
-        opt.zero_grad()
-        loss = task.loss(model, batch)
-        loss.backward()
-        sched.step(loss)
-        opt.step()
-        rest.append(opt.param_groups[0]["lr"])
+    rest = _hand_loop(task, model, sched, opt, batch_size, seed, epochs, start=stop)
     assert first + rest == reference
 
     # without the scheduler's state (LSTM state, step count) the LRs would not continue
     model, opt, sched = fresh()
     model.load_state_dict(checkpoint["model"])
     opt.load_state_dict(checkpoint["opt"])
-    loss = task.loss(model, batches[stop])
+    _, batch = next(itertools.islice(DataOrder(seed).batches(task, batch_size, epochs), stop,
+                                     None))
+    loss = task.loss(model, batch)
     sched.step(loss)
     assert sched.get_last_lr()[0] != reference[stop]
 
