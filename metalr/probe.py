@@ -59,6 +59,7 @@ LONGER = 4  # no signal: the grid once more with this many times the steps, ...
 BUDGET = 0.25  # ... if the probe's steps then stay within this share of the run's
 REPLICATE = 1_000_003  # the data order of the noise replicate: seed + this
 RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
+DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
 HARM = 0.1  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
 
 
@@ -84,6 +85,13 @@ class ProbeResult:
     seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
     signal: bool = True  # False: no point beat the untrained model beyond the noise
     noise: float = 0.0  # how far the best point's loss moved with another data order
+
+
+    @property
+    def ceiling(self) -> float:
+        """Twice the start (a probed policy's gamma): about where training from the initial
+        weights stopped working; a recheck moves a run's LR no higher."""
+        return 2 * self.lr
 
 
 def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
@@ -147,7 +155,7 @@ def probe_lr(
     def measure(lr: float, horizon: int, data: DataOrder = order) -> float:
         nonlocal spent
         model.load_state_dict(weights)
-        torch.manual_seed(data.seed + 104729)  # the same dropout draws for every point and policy
+        torch.manual_seed(data.seed + DROPOUT)  # the same dropout draws for every point and policy
         opt = _fresh(optimizer, model.parameters(), lr)
         spent += horizon
         return _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
@@ -224,11 +232,8 @@ def recheck_lr(
     def measure(at: float, data: DataOrder) -> float:
         nonlocal spent
         model.load_state_dict(weights)
-        torch.manual_seed(data.seed + 104729)
-        opt = _fresh(optimizer, model.parameters(), at)
-        opt.load_state_dict(copy.deepcopy(state))
-        for group in opt.param_groups:
-            group["lr"] = at
+        torch.manual_seed(data.seed + DROPOUT)
+        opt = _fresh(optimizer, model.parameters(), at, state)
         spent += steps
         return _train_and_judge(task, model, opt, steps, batch_size, data, judge,
                                 clip_grad_norm)
@@ -358,15 +363,22 @@ def _devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
-def _fresh(optimizer: torch.optim.Optimizer, params, lr: float) -> torch.optim.Optimizer:
-    """A new optimizer of the same class and settings, with no state and this LR.
+def _fresh(optimizer: torch.optim.Optimizer, params, lr: float,
+           state: dict | None = None) -> torch.optim.Optimizer:
+    """A new optimizer of the same class and settings at this LR, with no state or a copy of
+    ``state`` (an ``optimizer.state_dict()``: a recheck continues the run's momentum).
 
     Only the settings its constructor takes are passed: ``defaults`` may hold derived keys (torch's
     AdamW records ``decoupled_weight_decay``, which ``AdamW()`` does not accept)."""
     cls = type(optimizer)
     accepted = inspect.signature(cls.__init__).parameters
     settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    return cls(params, **{**settings, "lr": lr})
+    fresh = cls(params, **{**settings, "lr": lr})
+    if state is not None:
+        fresh.load_state_dict(copy.deepcopy(state))
+        for group in fresh.param_groups:
+            group["lr"] = lr
+    return fresh
 
 
 def _nearest(losses: dict[float, float], lr: float) -> float | None:

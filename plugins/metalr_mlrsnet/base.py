@@ -79,10 +79,11 @@ class ScaleOptions(BaseModel):
             self.scale = "probe" if auto else "task"
         if self.cooldown is None:
             self.cooldown = 0.2 if auto else 0.0
+        probed = auto and self.gamma is None and self.scale == "probe"
         if self.brake is None:
-            self.brake = 0.05 if auto and self.gamma is None and self.scale == "probe" else 0.0
+            self.brake = 0.05 if probed else 0.0
         if self.recheck is None:
-            self.recheck = 0.1 if auto and self.gamma is None and self.scale == "probe" else 0.0
+            self.recheck = 0.1 if probed else 0.0
         if self.min_meta_updates is None:  # extra meta-updates pay only with a scale to learn
             self.min_meta_updates = 100 if self.learn_scale else 0
         return self
