@@ -128,3 +128,27 @@ def test_a_harmful_lr_is_moved_down_and_a_merely_slower_one_is_not(registry):
     right = recheck_lr(task, model, opt, 0.003, **kwargs)
     assert right.losses[0.003] < right.initial_loss
     assert right.lr >= 0.003  # never down from an LR that makes progress
+
+
+def _braked(registry, losses):
+    """The steps at which MLR-SNet's brake cuts, for this sequence of training losses."""
+    from types import SimpleNamespace
+
+    policy = registry.get("lr_policy", "mlrsnet").build()
+    policy.total_steps = 1000  # a 50-step window
+    scale = float(policy.gamma)
+    for step, loss in enumerate(losses):
+        policy._brake(SimpleNamespace(step=step, loss=torch.tensor(loss)))
+    assert float(policy.gamma) == pytest.approx(scale / 10 ** (len(policy.braked) / 2))
+    return policy.braked
+
+
+def test_the_brake_cuts_a_jump_that_holds_not_a_one_step_spike(registry):
+    # the CPU suite's language model at its right LR (28): one step spikes, the next is below
+    assert _braked(registry, [8.86, 8.08, 15.48, 7.93, 7.73, 7.54, 7.46]) == []
+    # the MNIST-1D MLP at 10x its LR: the jump at step 4 is still above the start at step 5
+    assert _braked(registry, [2.31, 2.33, 2.13, 2.19, 2.78, 2.39, 2.40, 2.35]) == [5]
+    # a loss that stays up is cut twice at most, 3 steps apart: 10x in all
+    assert _braked(registry, [2.3] + [3.0] * 30) == [2, 5]
+    # only in the window (5% of the run)
+    assert _braked(registry, [2.3] * 60 + [3.0] * 10) == []

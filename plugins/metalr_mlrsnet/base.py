@@ -33,7 +33,8 @@ from torch import nn
 from metalr.protocols import RunInfo, StepContext
 
 Preset = Literal["auto", "paper"]
-BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's ...
+BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's, not undone by
+# the next step (still above the first loss), ...
 BRAKE_GAP = 3  # ... cuts the scale, at most once in this many steps
 BRAKE_CUTS = 2  # ... and at most this many times: 10x in all, the error it is there to undo
 
@@ -58,8 +59,8 @@ class ScaleOptions(BaseModel):
         "LR the probe chose")
     brake: float | None = Field(
         None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
-        "10% above the first step's cuts the scale by sqrt(10) (at most once in 3 steps, twice in "
-        "all); 0: "
+        "10% above the first step's, and still above it a step later, cuts the scale by sqrt(10) "
+        "(at most once in 3 steps, twice in all); 0: "
         "never (unset: auto 0.05 with a probed scale, else 0)")
     recheck: float | None = Field(
         None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
@@ -126,6 +127,7 @@ class LossToLR(nn.Module):
         self.recheck, self.brake = opts.recheck, opts.brake
         self.first_loss: float | None = None  # the run's first training loss (the brake's base)
         self.braked: list[int] = []  # the steps at which the brake cut the scale
+        self.jumped = False  # the last step's loss jumped (cut if the next one stays up)
         self.frozen = False
         # where gamma came from: the recipe ("option"), or a calibration already done in this
         # object or in the file it was loaded from ("calibrated"); None: not set yet
@@ -189,7 +191,7 @@ class LossToLR(nn.Module):
         self.to(run.device)
         self.calibrate(run)
         self.state = self.initial_state(run.device)
-        self.first_loss, self.braked = None, []
+        self.first_loss, self.braked, self.jumped = None, [], False
 
     def recheck_step(self, total_steps: int) -> int | None:
         """The step before which the engine checks the LR reached (``recheck`` of the run)."""
@@ -240,8 +242,12 @@ class LossToLR(nn.Module):
         if self.first_loss is None:
             self.first_loss = loss
             return
-        jumped = not loss <= self.first_loss + BRAKE_JUMP * abs(self.first_loss)
-        if (jumped and len(self.braked) < BRAKE_CUTS
+        # a jump that the next step does not undo: a language model at a good LR spikes for
+        # one step (8.9 -> 15.5 -> 7.9 at LR 28) and must not be braked (cut there, its
+        # perplexity rose from 453 to 550, CPU suite, 3 seeds)
+        held = self.jumped and not loss <= self.first_loss
+        self.jumped = not loss <= self.first_loss + BRAKE_JUMP * abs(self.first_loss)
+        if (held and len(self.braked) < BRAKE_CUTS
                 and (not self.braked or ctx.step - self.braked[-1] >= BRAKE_GAP)):
             self.rescale(1 / math.sqrt(10))
             self.braked.append(ctx.step)
