@@ -305,7 +305,8 @@ class Engine:
         result = recheck_lr(self.task, self.model, self.optimizer, lr, steps=steps,
                             batch_size=cfg.batch_size, meta_batch_size=cfg.meta_batch_size,
                             seed=self.order.seed, clip_grad_norm=cfg.clip_grad_norm,
-                            ceiling=math.inf if probed is None else probed.ceiling)
+                            ceiling=math.inf if probed is None else probed.ceiling,
+                            untrained=None if probed is None else probed.initial_loss)
         if result.lr != lr:
             self.policy.rescale(result.lr / lr)
         history.recheck, history.recheck_step = result, step

@@ -61,6 +61,8 @@ REPLICATE = 1_000_003  # the data order of the noise replicate: seed + this
 RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
 DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
 HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
+PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
+# of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 
 
 @dataclass
@@ -166,7 +168,8 @@ def probe_lr(
             found = _search(lambda lr: measure(lr, steps), optimizer, grid, initial)
             noise = _noise(found, lambda lr: measure(lr, steps, DataOrder(seed + REPLICATE)))
             signal = has_signal(initial, found.losses[found.best], noise)
-            harmless = found.harmless(initial, noise)
+            passes = [found]
+            harmless = found.harmless(initial, noise, PLATEAU)
             again = [lr for lr in harmless if lr >= max(harmless) / 100]  # the top two decades
             longer = LONGER * steps
             if (not signal and steps_per_point is None
@@ -174,14 +177,15 @@ def probe_lr(
                 steps = longer
                 found = _search(lambda lr: measure(lr, steps), optimizer, again, initial,
                                 climb=False)
+                passes.append(found)
                 signal = has_signal(initial, found.losses[found.best], noise)
         finally:
             model.load_state_dict(weights)
     if not math.isfinite(found.losses[found.best]):
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
-    if not signal:  # nothing measured: as high as did no harm, halved
-        start = max(found.harmless(initial, noise)) / 2
+    if not signal:  # nothing measured: half the largest LR that did not lift the plateau
+        start = _plateau_edge(passes, initial, noise) / 2
     else:
         start = found.best if adaptive else found.edge / 2  # Adam fails late, not in a probe
     return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
@@ -193,6 +197,7 @@ def recheck_lr(
     task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, *,
     steps: int, batch_size: int, meta_batch_size: int, seed: int,
     clip_grad_norm: float | None = None, meta_batches: int = 2, ceiling: float = math.inf,
+    untrained: float | None = None,
 ) -> ProbeResult:
     """Probe again, part-way into a run, around the LR it runs at: is ``lr`` wrong by far?
 
@@ -214,6 +219,14 @@ def recheck_lr(
     100x up) on one seed of three; so where the run had a probe, ``ceiling`` (the engine passes
     the probe's gamma, twice its start: about where training from the initial weights stopped
     working) bounds a move up.
+
+    A run still on a loss plateau is the exception to "only on a measured win": given
+    ``untrained`` (the probe's loss of the untrained model on the same judging batches), a run
+    whose loss has not fallen ``SIGNAL_FLOOR`` below it has learned nothing yet, and where no
+    point beats ``lr`` either, it moves up to the largest point that kept the loss within
+    ``PLATEAU`` of where it stands (up to ``ceiling``): on a plateau the way off is a larger
+    step, and the run has nothing to lose (a GRU and an LSTM whose probe started them at 0.16-0.5
+    sat at chance for the whole run; fixed at 0.5-1 they escape it).
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
     was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``
@@ -262,6 +275,9 @@ def recheck_lr(
             if math.isfinite(losses[lr]):
                 again = measure(lr, DataOrder(seed + REPLICATE + RECHECK_ORDER))
                 noise = abs(again - losses[lr]) if math.isfinite(again) else abs(losses[lr])
+            stuck = untrained is not None and not has_signal(untrained, initial, 0.0)
+            if stuck and lr < ceiling < math.inf:  # the highest point a plateau move may take
+                run(min(ceiling, 10 * lr))
         finally:
             model.load_state_dict(weights)  # the real optimizer was never stepped
     here = losses[lr]
@@ -271,9 +287,26 @@ def recheck_lr(
     # down: only when the current LR does harm, its loss after the steps above the loss before
     moved = better and (best > lr or not here <= initial + max(noise, HARM * abs(initial)))
     chosen = (min(best, max(ceiling, lr)) if best > lr else best) if moved else lr
+    if not moved and stuck:
+        # no progress since the start, no measured win: off the plateau with a larger step
+        wobble = initial + max(noise, PLATEAU * abs(initial))
+        up = [at for at, v in losses.items() if at > lr and v <= wobble]
+        chosen = min(max(up), max(ceiling, lr)) if up else lr
+        moved = chosen > lr
     return ProbeResult(chosen, dict(sorted(losses.items())), steps, False, best, chosen,
                        initial, steps=spent, seconds=time.perf_counter() - began,
                        signal=moved, noise=noise)
+
+
+def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> float:
+    """The largest LR that did no harm on a loss plateau in every pass that measured it: its
+    loss within ``PLATEAU`` of the untrained loss (or the noise). A few percent is what larger
+    steps do to a flat loss before they find a way off it (a GRU on its plateau: +1.7-2% at LR
+    1, the LR that escapes; 60x at 10), so the 1% of :meth:`_Found.harmless` is too strict."""
+    fine = set(passes[0].harmless(initial, noise, PLATEAU))
+    for longer in passes[1:]:  # measured again with more steps: that verdict counts
+        fine -= set(longer.losses) - set(longer.harmless(initial, noise, PLATEAU))
+    return max(fine) if fine else max(passes[-1].harmless(initial, noise))
 
 
 def has_signal(initial: float, best: float, noise: float) -> bool:
@@ -294,10 +327,10 @@ class _Found:
     at_edge: bool
     edge: float
 
-    def harmless(self, initial: float, noise: float) -> list[float]:
+    def harmless(self, initial: float, noise: float, share: float = 0.01) -> list[float]:
         """The LRs measured that did no harm: finite, no worse than the untrained model by more
-        than the noise (or 1% of its loss). The grid of the longer pass, and the fallback."""
-        tolerance = max(noise, 0.01 * abs(initial))
+        than the noise (or ``share`` of its loss)."""
+        tolerance = max(noise, share * abs(initial))
         found = [lr for lr, v in self.losses.items() if v <= initial + tolerance]
         return sorted(found) or [min(self.losses)]
 
@@ -336,7 +369,7 @@ def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | No
     if math.isfinite(losses[best]):
         # half the best improvement (the best itself always qualifies, even when no point
         # improved on the untrained model)
-        keep = max(initial - 0.5 * (initial - losses[best]), losses[best])
+        keep = max(_halfway(initial, losses[best]), losses[best])
         if searching and not adaptive:  # climb half-decades while training still works
             top = max(coarse) * 10
             x = best * HALF_DECADE
@@ -347,6 +380,17 @@ def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | No
         else:
             edge = max(lr for lr, value in losses.items() if value <= keep)
     return _Found(losses, best, at_edge, edge)
+
+
+def _halfway(initial: float, best: float) -> float:
+    """Half the way from the untrained loss down to the best, on a log scale where both are
+    positive (their geometric mean). A squared error falls by orders of magnitude in a probe
+    (regression: 201 to 12 in 20 steps), and half of that in absolute terms is a loss six times
+    the best's, which let the edge climb to an LR that killed the net; for a cross-entropy near
+    ln K the two agree (the three CPU suites' edges are the same on every seed)."""
+    if initial > 0 and best > 0:
+        return math.sqrt(initial * best)
+    return initial - 0.5 * (initial - best)
 
 
 def _noise(found: _Found, replicate) -> float:

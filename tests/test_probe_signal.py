@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from metalr.data import TensorClassificationTask
-from metalr.probe import BUDGET, LONGER, SIGNAL_FLOOR, has_signal, probe_lr, probe_steps
+from metalr.probe import (
+    BUDGET,
+    LONGER,
+    PLATEAU,
+    SIGNAL_FLOOR,
+    has_signal,
+    probe_lr,
+    probe_steps,
+    recheck_lr,
+)
 from metalr.protocols import ModelSpec
 
 
@@ -61,11 +70,16 @@ def test_a_plateau_has_no_signal_and_the_start_is_not_picked_from_noise():
     # ... so the old rule's best (and start, edge / 2 = 1.6e-6) came from noise
     assert result.best < 1e-4 and result.edge / 2 < 1e-4
     assert not result.signal
-    # instead: half the largest LR that did no harm (not worse than untrained by 1%)
-    harmless = [lr for lr, v in result.losses.items()
-                if v <= result.initial_loss + max(result.noise, 0.01 * result.initial_loss)]
-    assert result.lr == pytest.approx(max(harmless) / 2)
+    # instead: half the largest LR that did no harm on the plateau (loss within PLATEAU of the
+    # untrained one), which is above what a 1% tolerance allows: larger steps wobble a flat loss
+    def edge(tolerance):
+        return max(lr for lr, v in result.losses.items()
+                   if v <= result.initial_loss + max(result.noise, tolerance))
+
+    assert result.lr == pytest.approx(edge(PLATEAU * result.initial_loss) / 2)
     assert result.lr > 100 * result.best
+    assert edge(PLATEAU * result.initial_loss) > edge(0.01 * result.initial_loss)
+    assert any(v > result.initial_loss * (1 + PLATEAU) for v in result.losses.values())
 
 
 def test_a_task_that_learns_has_signal_and_keeps_its_rule(registry):
@@ -99,3 +113,27 @@ def test_with_budget_a_plateau_gets_a_longer_second_pass():
     assert long.steps <= BUDGET * 600 * 14
     assert set(long.losses) <= set(short.losses)  # the harmless ones, measured longer
     assert long.lr <= max(long.losses) / 2 or long.signal
+
+
+def test_a_run_still_on_its_plateau_is_moved_up_at_the_recheck_and_one_that_learned_is_not():
+    """The recheck's plateau rule: no progress since the start (the loss not SIGNAL_FLOOR below
+    the untrained one) and no point measured better: up to the largest point that kept the loss
+    within PLATEAU of where it stands, no higher than the ceiling. Without the untrained loss,
+    or with progress made, the same measurements leave the LR alone."""
+    task = FirstToken()
+    task.setup(0, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = GRUHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    kwargs = dict(steps=20, batch_size=128, meta_batch_size=128, seed=0, ceiling=0.5)
+    stuck = recheck_lr(task, model, opt, 0.05, untrained=_probe(0).initial_loss, **kwargs)
+    assert stuck.initial_loss > (1 - SIGNAL_FLOOR) * _probe(0).initial_loss  # on the plateau
+    assert stuck.losses[min(stuck.losses, key=stuck.losses.__getitem__)] > (
+        stuck.losses[0.05] - max(stuck.noise, 0.01 * stuck.losses[0.05]))  # no point won
+    wobble = stuck.initial_loss + max(stuck.noise, PLATEAU * stuck.initial_loss)
+    up = [lr for lr, v in stuck.losses.items() if 0.05 < lr and v <= wobble]
+    assert stuck.signal and stuck.lr == pytest.approx(min(max(up), 0.5)) and stuck.lr > 0.05
+    assert stuck.lr <= 0.5  # the ceiling bounds it
+    assert recheck_lr(task, model, opt, 0.05, **kwargs).lr == 0.05  # no untrained loss: kept
+    learned = recheck_lr(task, model, opt, 0.05, untrained=2 * stuck.initial_loss, **kwargs)
+    assert learned.losses == stuck.losses and learned.lr == 0.05  # progress made: kept
