@@ -15,6 +15,7 @@ import pytest
 import torch
 from metalr_schedules import (
     SGDR,
+    WSD,
     CosineLR,
     ExponentialLR,
     MultiStepLR,
@@ -26,6 +27,7 @@ from metalr_schedules.torch_schedules import (
     MultiStepOptions,
     PlateauOptions,
     SGDROptions,
+    WSDOptions,
 )
 
 from metalr.engine import Engine, EngineConfig
@@ -120,6 +122,36 @@ def test_cosine_anneals_once_over_the_whole_run():
                 for s in range(total)]
     assert lrs == pytest.approx(expected, rel=1e-9)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "sqrt"])
+def test_wsd_warms_up_holds_and_decays_in_its_shape(shape):
+    epochs, steps, lr = 4, 5, 0.3  # 20 steps: 2 of warm-up (10%), 6 of decay (30%)
+    lrs = flat(drive(WSD(lr=lr, warmup=0.1, decay=0.3, shape=shape), epochs, steps))
+    decay = {"linear": lambda x: 1 - x, "cosine": lambda x: (1 + math.cos(math.pi * x)) / 2,
+             "sqrt": lambda x: 1 - math.sqrt(x)}[shape]
+    expected = [lr / 2, lr] + [lr] * 12 + [lr * decay(k / 7) for k in range(1, 7)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs[-1] > 0 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_wsd_defaults_are_mlrsnets_cooldown_on_a_constant_lr():
+    """No warm-up, the last 20% linear to 0: the same multiples as MLR-SNet's cool-down, so a
+    tuned WSD is the control for the learned schedule with nothing learned."""
+    from metalr_mlrsnet.base import cooldown_factor
+
+    epochs, steps, lr = 6, 7, 0.05
+    lrs = flat(drive(WSD(lr=lr), epochs, steps))
+    total = epochs * steps
+    assert lrs == pytest.approx([lr * cooldown_factor(s, total, 0.2) for s in range(total)],
+                                rel=1e-12)
+
+
+def test_wsd_phases_must_fit_the_run():
+    with pytest.raises(pydantic.ValidationError, match="exceed the run"):
+        WSDOptions(warmup=0.5, decay=0.6)
+    with pytest.raises(pydantic.ValidationError):
+        WSD(shape="step")
 
 
 def test_plateau_divides_by_four_after_a_non_improving_epoch():

@@ -5,6 +5,7 @@ from metalr import hookimpl
 from .fixed import FixedLR, FixedOptions
 from .torch_schedules import (
     SGDR,
+    WSD,
     CosineLR,
     CosineOptions,
     ExponentialLR,
@@ -14,13 +15,14 @@ from .torch_schedules import (
     PlateauLR,
     PlateauOptions,
     SGDROptions,
+    WSDOptions,
     default_milestones,
 )
 
 __all__ = [
     "SGDR", "CosineLR", "CosineOptions", "ExponentialLR", "ExponentialOptions", "FixedLR",
     "FixedOptions", "MultiStepLR", "MultiStepOptions", "PlateauLR", "PlateauOptions",
-    "SGDROptions", "default_milestones",
+    "SGDROptions", "WSD", "WSDOptions", "default_milestones",
 ]
 
 
@@ -36,5 +38,8 @@ def register_lr_policies(register):
     register("cosine", CosineLR, options=CosineOptions,
              summary="one cosine over the whole run, per iteration or per epoch "
                      "(torch CosineAnnealingLR)")
+    register("wsd", WSD, options=WSDOptions,
+             summary="warm-up, stable, decay to 0 (linear, cosine or 1-sqrt) per iteration "
+                     "(torch LambdaLR); default: the last 20% linear, MLR-SNet's cool-down")
     register("plateau", PlateauLR, options=PlateauOptions,
              summary="/4 when the validation metric stalls (torch ReduceLROnPlateau)")

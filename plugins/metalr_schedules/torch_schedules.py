@@ -9,6 +9,7 @@ returns the dummy's current LR from :meth:`lr`. The LR values are therefore exac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -65,6 +66,22 @@ class CosineOptions(_AnnealOptions):
         "iteration", description="iteration: a new LR every step (T_max = epochs * "
         "steps_per_epoch); epoch: one LR per epoch, stepped after it (T_max = epochs), as "
         "most published recipes use torch's CosineAnnealingLR")
+
+
+class WSDOptions(_Options):
+    warmup: float = Field(0.0, ge=0, lt=1, description="first fraction of the run: the LR "
+                          "rises linearly from lr/steps to lr")
+    decay: float = Field(0.2, ge=0, le=1, description="last fraction of the run: the LR "
+                         "decays to 0 in the shape `shape`")
+    shape: Literal["linear", "cosine", "sqrt"] = Field(
+        "linear", description="of the decay: linear 1-x, cosine (1+cos(pi x))/2, sqrt 1-sqrt(x) "
+        "(Hägele et al. 2024), x from 0 to 1 over the decay")
+
+    @model_validator(mode="after")
+    def _phases_fit(self):
+        if self.warmup + self.decay > 1:
+            raise ValueError(f"warmup ({self.warmup}) + decay ({self.decay}) exceed the run (1)")
+        return self
 
 
 class PlateauOptions(_Options):
@@ -231,6 +248,52 @@ class CosineLR(_TorchSchedule):
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.per == "epoch":
             self._advance()
+
+
+DECAY_SHAPES = {
+    "linear": lambda x: 1.0 - x,
+    "cosine": lambda x: 0.5 * (1.0 + math.cos(math.pi * x)),
+    "sqrt": lambda x: 1.0 - math.sqrt(x),
+}
+
+
+def wsd_factor(step: int, total: int, warmup: float, decay: float, shape: str) -> float:
+    """The multiple of the peak LR at ``step`` of ``total``: warm-up, stable, decay. The
+    decay's last step is one before zero (the LR after the run's last step would be 0)."""
+    warm, cool = round(warmup * total), round(decay * total)
+    if step < warm:
+        return (step + 1) / warm
+    begin = total - cool
+    if step < begin:
+        return 1.0
+    return DECAY_SHAPES[shape]((step - begin + 1) / (cool + 1))
+
+
+class WSD(_TorchSchedule):
+    """Warm-up, stable, decay (Hägele et al. 2024; Dremov et al. 2025 on decay shapes): the LR
+    of the hand-designed runs at scale, torch's ``LambdaLR`` stepped every iteration. Its
+    defaults (no warm-up, the last 20% decayed linearly to 0) are MLR-SNet's cool-down: tuned,
+    it is the strongest simple schedule beside the learned one, and the control for it."""
+
+    def __init__(self, lr: float = 0.1, warmup: float = 0.0, decay: float = 0.2,
+                 shape: str = "linear"):
+        super().__init__(lr)
+        WSDOptions(lr=lr, warmup=warmup, decay=decay, shape=shape)  # one place for the rules
+        self.warmup, self.decay, self.shape = float(warmup), float(decay), shape
+
+    def _build(self, opt, run):
+        self._t = 0
+        total = run.epochs * run.steps_per_epoch
+        return lr_scheduler.LambdaLR(opt, lambda step: wsd_factor(
+            step, total, self.warmup, self.decay, self.shape))
+
+    def lr(self, ctx: StepContext) -> float:
+        if self._opt is None:
+            return self.current_lr
+        while self._t < ctx.step:  # LambdaLR's value at its step count: one per training step
+            self._advance()
+            self._t += 1
+        return self.current_lr
 
 
 class PlateauLR(_TorchSchedule):
