@@ -1,7 +1,9 @@
-"""Meta-learned LR policies: MLR-SNet (an LSTM, paper Eq. 7) and its memoryless MLP variant."""
+"""Meta-learned LR policies: MLR-SNet (an LSTM, paper Eq. 7), its memoryless MLP variant, and
+their control with nothing learned (probed-wsd)."""
 
 from metalr import hookimpl
 
+from .control import ProbedWSD, ProbedWSDOptions
 from .lstm import MLRSNet, MLRSNetOptions
 from .mlp import MLPNet, MLPNetOptions
 from .transfer import MLRSNetTransfer, TransferOptions
@@ -11,5 +13,8 @@ from .transfer import MLRSNetTransfer, TransferOptions
 def register_lr_policies(register):
     register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
     register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")
+    register("probed-wsd", ProbedWSD, options=ProbedWSDOptions,
+             summary="the control: MLR-SNet's schedule with nothing learned (probed start "
+                     "held, brake, recheck, cool-down)")
     register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions,
              summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")

@@ -39,8 +39,8 @@ BRAKE_GAP = 3  # ... cuts the scale, at most once in this many steps
 BRAKE_CUTS = 2  # ... and at most this many times: 10x in all, the error it is there to undo
 
 
-class ScaleOptions(BaseModel):
-    """Options of every loss-to-LR net: how its scale and its meta-learning budget are set."""
+class ProbedOptions(BaseModel):
+    """Options of every probed schedule: how its scale is set, moved and cooled down."""
 
     model_config = ConfigDict(extra="forbid")
     preset: Preset = Field("auto", description="auto: probed scale + cool-down; "
@@ -51,9 +51,6 @@ class ScaleOptions(BaseModel):
     scale: Literal["probe", "task"] | None = Field(
         None, description="where an unset gamma comes from: probe (a short LR probe of the "
         "run) or task (1 images, 40 text); unset: auto probe, paper task")
-    learn_scale: bool = Field(
-        False, description="meta-learn log(gamma) as well, with its own meta LR (scale_lr)")
-    scale_lr: float = Field(0.03, gt=0, description="meta LR (Adam) of log(gamma)")
     start_factor: float = Field(
         1.0, gt=0, le=10, description="with a probed scale: start at this multiple of the "
         "LR the probe chose")
@@ -69,12 +66,9 @@ class ScaleOptions(BaseModel):
     cooldown: float | None = Field(
         None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
         "and theta frozen (unset: auto 0.2, paper 0)")
-    min_meta_updates: int | None = Field(
-        None, ge=0, description="meta-updates at least, when meta.t_val is unset; 0: none, "
-        "twice an epoch as the paper (unset: 100 with learn_scale, else 0)")
 
     @model_validator(mode="after")
-    def _fill_preset(self) -> ScaleOptions:
+    def _fill_preset(self) -> ProbedOptions:
         auto = self.preset == "auto"
         if self.scale is None:
             self.scale = "probe" if auto else "task"
@@ -85,6 +79,21 @@ class ScaleOptions(BaseModel):
             self.brake = 0.05 if probed else 0.0
         if self.recheck is None:
             self.recheck = 0.1 if probed else 0.0
+        return self
+
+
+class ScaleOptions(ProbedOptions):
+    """Options of every loss-to-LR net: its probed schedule and its meta-learning budget."""
+
+    learn_scale: bool = Field(
+        False, description="meta-learn log(gamma) as well, with its own meta LR (scale_lr)")
+    scale_lr: float = Field(0.03, gt=0, description="meta LR (Adam) of log(gamma)")
+    min_meta_updates: int | None = Field(
+        None, ge=0, description="meta-updates at least, when meta.t_val is unset; 0: none, "
+        "twice an epoch as the paper (unset: 100 with learn_scale, else 0)")
+
+    @model_validator(mode="after")
+    def _fill_budget(self) -> ScaleOptions:
         if self.min_meta_updates is None:  # extra meta-updates pay only with a scale to learn
             self.min_meta_updates = 100 if self.learn_scale else 0
         return self
@@ -100,8 +109,11 @@ def cooldown_factor(step: int, total_steps: int, cooldown: float) -> float:
     return min(1.0, left / (length + 1))
 
 
-class LossToLR(nn.Module):
-    """A net from the (normalised) training loss to an LR in ``[0, gamma]``.
+class ProbedSchedule(nn.Module):
+    """An LR in ``[0, gamma]`` from the (normalised) training loss: ``gamma * raw(loss)`` times
+    the cool-down, with its scale probed, braked and rechecked (the module docstring). What
+    maps the loss to ``raw`` is the subclass's: a meta-learned net (:class:`LossToLR`) or a
+    constant (:class:`metalr_mlrsnet.control.ProbedWSD`, the control with nothing learned).
 
     ``log_gamma`` and ``ref_lr`` travel with the saved parameters. ``ref_lr`` is the LR the
     scale was calibrated to (the probe's chosen start, or gamma/2 otherwise): a saved net dropped
@@ -109,22 +121,11 @@ class LossToLR(nn.Module):
     the schedule relative to its start, not an absolute LR from another model.
     """
 
-    learns_by: Literal["hypergradient", "self"] = "hypergradient"
-
-    def __init__(self, preset: Preset = "auto", gamma: float | None = None,
-                 scale: Literal["probe", "task"] | None = None,
-                 learn_scale: bool = False, scale_lr: float = 0.03,
-                 start_factor: float = 1.0, cooldown: float | None = None,
-                 min_meta_updates: int | None = None, recheck: float | None = None,
-                 brake: float | None = None):
+    def __init__(self, opts: ProbedOptions):
         super().__init__()
-        opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
-                            scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
-                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake)
-        self.preset, self.learn_scale, self.scale_lr = opts.preset, opts.learn_scale, opts.scale_lr
-        self.start_factor, self.scale = opts.start_factor, opts.scale
-        self.cooldown, self.min_meta_updates = opts.cooldown, opts.min_meta_updates
-        self.recheck, self.brake = opts.recheck, opts.brake
+        gamma = opts.gamma
+        self.preset, self.start_factor, self.scale = opts.preset, opts.start_factor, opts.scale
+        self.cooldown, self.recheck, self.brake = opts.cooldown, opts.recheck, opts.brake
         self.first_loss: float | None = None  # the run's first training loss (the brake's base)
         self.braked: list[int] = []  # the steps at which the brake cut the scale
         self.jumped = False  # the last step's loss jumped (cut if the next one stays up)
@@ -134,7 +135,7 @@ class LossToLR(nn.Module):
         self.gamma_source: Literal["option", "calibrated"] | None = (
             "option" if gamma is not None else None)
         g = float(gamma if gamma is not None else 1.0)
-        self.log_gamma = nn.Parameter(torch.tensor(math.log(g)), requires_grad=self.learn_scale)
+        self.log_gamma = nn.Parameter(torch.tensor(math.log(g)), requires_grad=False)
         self.register_buffer("ref_lr", torch.tensor(g / 2))
         self.state: Any = None
         self.total_steps = 0
@@ -198,30 +199,9 @@ class LossToLR(nn.Module):
         step = round(self.recheck * total_steps)
         return step if step > 0 else None
 
-    def meta_parameters(self):
-        net = [p for name, p in self.named_parameters() if name != "log_gamma"]
-        groups: list[dict[str, Any]] = [{"params": net}]
-        if self.learn_scale:
-            groups.append({"params": [self.log_gamma], "lr": self.scale_lr, "weight_decay": 0.0})
-        return groups
-
-    def meta_period(self, run: RunInfo) -> int:
-        twice_an_epoch = max(1, run.steps_per_epoch // 2)
-        if not self.min_meta_updates:
-            return twice_an_epoch
-        active = max(1, round(run.total_steps * (1 - self.cooldown)))
-        return max(1, min(twice_an_epoch, active // self.min_meta_updates))
-
     def envelope(self, step: int, total_steps: int) -> float:
         """The factor on the net's output at 0-based ``step`` of ``total_steps`` (the cool-down)."""
         return cooldown_factor(step, total_steps, self.cooldown)
-
-    def meta_active(self, step: int) -> bool:
-        return self.envelope(step, self.total_steps) >= 1.0
-
-    def virtual_lr(self, ctx: StepContext) -> torch.Tensor:
-        lr, _ = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
-        return lr * self.envelope(ctx.step, self.total_steps)
 
     def lr(self, ctx: StepContext) -> float:
         self._brake(ctx)
@@ -256,12 +236,9 @@ class LossToLR(nn.Module):
         pass
 
     def options(self) -> dict[str, Any]:
-        """The options that rebuild this net (saved in a net file's header)."""
-        return {"preset": self.preset, "scale": self.scale, "learn_scale": self.learn_scale,
-                "scale_lr": self.scale_lr, "start_factor": self.start_factor,
-                "cooldown": self.cooldown,
-                "min_meta_updates": self.min_meta_updates, "recheck": self.recheck,
-                "brake": self.brake}
+        """The options that rebuild this schedule (saved in a net file's header)."""
+        return {"preset": self.preset, "scale": self.scale, "start_factor": self.start_factor,
+                "cooldown": self.cooldown, "recheck": self.recheck, "brake": self.brake}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load theta; files written before ``log_gamma`` existed carry a ``gamma`` buffer."""
@@ -276,3 +253,51 @@ class LossToLR(nn.Module):
             self.gamma_source = "calibrated"
         with torch.no_grad():
             return super().load_state_dict(state, strict=strict, assign=assign)
+
+
+class LossToLR(ProbedSchedule):
+    """A net from the (normalised) training loss to an LR in ``[0, gamma]``, whose theta the
+    engine meta-learns by Algorithm 1 (the :class:`metalr.protocols.HypergradientLearner`
+    protocol): MLR-SNet and the MLP variant."""
+
+    learns_by: Literal["hypergradient", "self"] = "hypergradient"
+
+    def __init__(self, preset: Preset = "auto", gamma: float | None = None,
+                 scale: Literal["probe", "task"] | None = None,
+                 learn_scale: bool = False, scale_lr: float = 0.03,
+                 start_factor: float = 1.0, cooldown: float | None = None,
+                 min_meta_updates: int | None = None, recheck: float | None = None,
+                 brake: float | None = None):
+        opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
+                            scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
+                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake)
+        super().__init__(opts)
+        self.log_gamma.requires_grad_(opts.learn_scale)
+        self.learn_scale, self.scale_lr = opts.learn_scale, opts.scale_lr
+        self.min_meta_updates = opts.min_meta_updates
+
+    def meta_parameters(self):
+        net = [p for name, p in self.named_parameters() if name != "log_gamma"]
+        groups: list[dict[str, Any]] = [{"params": net}]
+        if self.learn_scale:
+            groups.append({"params": [self.log_gamma], "lr": self.scale_lr, "weight_decay": 0.0})
+        return groups
+
+    def meta_period(self, run: RunInfo) -> int:
+        twice_an_epoch = max(1, run.steps_per_epoch // 2)
+        if not self.min_meta_updates:
+            return twice_an_epoch
+        active = max(1, round(run.total_steps * (1 - self.cooldown)))
+        return max(1, min(twice_an_epoch, active // self.min_meta_updates))
+
+    def meta_active(self, step: int) -> bool:
+        return self.envelope(step, self.total_steps) >= 1.0
+
+    def virtual_lr(self, ctx: StepContext) -> torch.Tensor:
+        lr, _ = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
+        return lr * self.envelope(ctx.step, self.total_steps)
+
+    def options(self) -> dict[str, Any]:
+        """The options that rebuild this net (saved in a net file's header)."""
+        return {**super().options(), "learn_scale": self.learn_scale,
+                "scale_lr": self.scale_lr, "min_meta_updates": self.min_meta_updates}

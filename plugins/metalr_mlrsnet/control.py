@@ -1,0 +1,30 @@
+"""The control for a learned schedule: MLR-SNet's schedule with nothing learned.
+
+Everything that is not meta-learning is kept: the LR probe sets the start, the brake and the
+recheck move a wrong one, the last 20% cools down linearly to zero (issue 19). In between the
+LR is held at the start: warm-up-free WSD from the probed LR. A learned schedule that does not
+beat this, on the same seeds, owes its result to the probe and the cool-down, not the learning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import ProbedOptions, ProbedSchedule
+
+
+class ProbedWSDOptions(ProbedOptions):
+    """The same options as MLR-SNet's scale (docs/recipes.md); nothing to meta-learn."""
+
+
+class ProbedWSD(ProbedSchedule):
+    """``gamma / 2`` (MLR-SNet's start) at every step, times the cool-down: not a meta-learner
+    (no theta, no meta-updates), so a recipe's ``meta:`` settings do not apply to it."""
+
+    def __init__(self, **options: Any):
+        super().__init__(ProbedWSDOptions(**options))
+
+    def raw(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return torch.full((), 0.5, dtype=self.ref_lr.dtype, device=self.ref_lr.device), state
