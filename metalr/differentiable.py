@@ -17,7 +17,7 @@ optimizer takes. This module registers an exact copy with higher.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from higher.optim import DifferentiableOptimizer, get_diff_optim, register_optim
@@ -77,6 +77,77 @@ class _Slot:
         return self
 
 
+class VirtualSteps:
+    """Differentiable steps of the real optimizer from its current weights and state, at one LR
+    ``lr`` for every step: :meth:`first` takes the batch gradient already known (the real step's
+    g_t), :meth:`next` the loss of a further batch at the virtual weights, whose gradient then
+    depends on ``lr`` through them (second order; ``unroll`` meta-objectives). The optimizer's
+    state (momentum, Adam's moments) moves with the steps, differentiably; the real optimizer
+    and weights are never touched. Everything lives as long as this object."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                 grads: Sequence[torch.Tensor | None], lr: torch.Tensor):
+        index = {id(p): i for i, p in enumerate(params)}
+        self.moving: list[int] = []  # into params, in the optimizer's order
+        view = torch.optim.Optimizer.__new__(type(optimizer))  # its class picks higher's copy
+        view.param_groups, view.state = [], {}
+        for group in optimizer.param_groups:
+            members = [index[id(p)] for p in group["params"]
+                       if id(p) in index and grads[index[id(p)]] is not None]
+            view.param_groups.append({**group, "params": [_Slot() for _ in members]})
+            self.moving.extend(members)
+        self.grads = grads
+        self.weights = [p.detach() for p in params]
+        self.diffopt: DifferentiableOptimizer | None = None
+        if not self.moving:
+            return
+        slots = [slot for group in view.param_groups for slot in group["params"]]
+        self.diffopt = get_diff_optim(view, slots, track_higher_grads=True,
+                                      override={"lr": [lr]})
+        position = 0
+        for group_index, group in enumerate(view.param_groups):
+            for slot_index in range(len(group["params"])):
+                real = optimizer.state.get(params[self.moving[position]])
+                if real:
+                    self.diffopt.state[group_index][slot_index] = dict(real)  # new dict
+                position += 1
+
+    def first(self) -> list[torch.Tensor]:
+        """``w_hat``: one step with the batch gradient given at construction."""
+        # higher asks autograd for the gradient of a loss; the batch gradient is known, so it
+        # gets a loss that depends on nothing and the gradient through its callback. The
+        # weights do not require grad: the step's graph reaches the LR only.
+        anchor = torch.zeros((), requires_grad=True)
+        return self._step(anchor, lambda _: [self.grads[i] for i in self.moving])
+
+    def next(self, loss: Callable[[list[torch.Tensor]], torch.Tensor],
+             clip_grad_norm: float | None = None) -> list[torch.Tensor]:
+        """One more step, on the gradient of ``loss(weights)`` at the current virtual weights
+        (differentiable: it depends on the LR through them), clipped like the real step."""
+        for i in self.moving:  # an LR that takes no gradient: plain weights, still differentiable
+            if not self.weights[i].requires_grad:
+                self.weights[i] = self.weights[i].detach().requires_grad_()
+        value = loss(self.weights)
+        moving = [self.weights[i] for i in self.moving]
+        grads = torch.autograd.grad(value, moving, create_graph=True, allow_unused=True)
+        full = [torch.zeros_like(w) if g is None else g for w, g in zip(moving, grads)]
+        if clip_grad_norm:
+            norm = torch.sqrt(sum((g * g).sum() for g in full))
+            factor = torch.clamp(clip_grad_norm / (norm + 1e-6), max=1.0)
+            full = [g * factor for g in full]
+        anchor = torch.zeros((), requires_grad=True)
+        return self._step(anchor, lambda _: full)
+
+    def _step(self, anchor: torch.Tensor, grads) -> list[torch.Tensor]:
+        if self.diffopt is None:
+            return list(self.weights)
+        moved = self.diffopt.step(anchor, params=[self.weights[i] for i in self.moving],
+                                  grad_callback=grads)
+        for i, new in zip(self.moving, moved):
+            self.weights[i] = new
+        return list(self.weights)
+
+
 def virtual_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
                  grads: Sequence[torch.Tensor | None], lr: torch.Tensor) -> list[torch.Tensor]:
     """``w_hat``: the weights after one step of ``optimizer`` from ``params`` with ``grads`` at
@@ -86,34 +157,4 @@ def virtual_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor
     (None: it has none). Like ``optimizer.step()``, the step moves the parameters the optimizer
     holds that have a gradient; every other one comes back as it is (detached).
     """
-    index = {id(p): i for i, p in enumerate(params)}
-    moving: list[int] = []  # into params, in the optimizer's order
-    view = torch.optim.Optimizer.__new__(type(optimizer))  # its class picks higher's copy
-    view.param_groups, view.state = [], {}
-    for group in optimizer.param_groups:
-        members = [index[id(p)] for p in group["params"]
-                   if id(p) in index and grads[index[id(p)]] is not None]
-        view.param_groups.append({**group, "params": [_Slot() for _ in members]})
-        moving.extend(members)
-    w = [p.detach() for p in params]
-    if not moving:
-        return w
-    slots = [slot for group in view.param_groups for slot in group["params"]]
-    diffopt: DifferentiableOptimizer = get_diff_optim(
-        view, slots, track_higher_grads=True, override={"lr": [lr]})
-    position = 0
-    for group_index, group in enumerate(view.param_groups):
-        for slot_index in range(len(group["params"])):
-            real = optimizer.state.get(params[moving[position]])
-            if real:
-                diffopt.state[group_index][slot_index] = dict(real)  # same tensors, new dict
-            position += 1
-    # higher asks autograd for the gradient of a loss; the batch gradient is known, so it gets
-    # a loss that depends on nothing and the gradient through its callback. The weights do not
-    # require grad: the step's graph reaches the LR only, and nothing flows back into w.
-    anchor = torch.zeros((), requires_grad=True)
-    moved = diffopt.step(anchor, params=[w[i] for i in moving],
-                         grad_callback=lambda _: [grads[i] for i in moving])
-    for i, new in zip(moving, moved):
-        w[i] = new
-    return w
+    return VirtualSteps(optimizer, params, grads, lr).first()

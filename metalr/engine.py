@@ -22,20 +22,26 @@ from torch import nn
 
 from metalr import checkpoint as ckpt
 from metalr import distributed
-from metalr.differentiable import virtual_step
+from metalr.differentiable import VirtualSteps
 from metalr.device import AmpDtype, Precision, channels_last
+from metalr.objectives import OneStep
 from metalr.order import DataOrder
 from metalr.probe import ProbeResult, probe_lr, probe_steps, recheck_lr
 from metalr.protocols import (
     Batch,
     EpisodicLearner,
     HypergradientLearner,
+    Lookahead,
     LRPolicy,
+    MetaObjective,
     Rechecked,
     RunInfo,
     StepContext,
     Task,
 )
+
+
+UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,11 +138,12 @@ class Engine:
 
     def __init__(
         self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
-        policy: LRPolicy, config: EngineConfig,
+        policy: LRPolicy, config: EngineConfig, objective: MetaObjective | None = None,
     ):
         self.task, self.model, self.optimizer, self.policy, self.cfg = (
             task, model, optimizer, policy, config
         )
+        self.objective = objective or OneStep()  # what a meta-update minimises (Algorithm 1)
         self.order = DataOrder.of(config.seed, config.order_seed)
         # The parameters the engine trains, the one definition: those that take a gradient.
         # (The optimizer moves the ones it holds that got one; so does the virtual step.)
@@ -207,12 +214,10 @@ class Engine:
         # the virtual step takes a detached leaf copy of the LR, and ranks share one number.
         lr_t = self.policy.virtual_lr(ctx)
         lr_leaf = lr_t.detach().requires_grad_()
-        # Virtual step (Eq. 10) through a differentiable copy of the real optimizer, with g_t.
-        w_hat = virtual_step(self.optimizer, self.params, [p.grad for p in self.params], lr_leaf)
-        # Meta loss at the virtual weights (Eq. 9) on this rank's slice of the meta batch.
-        meta_local, meta_weight = distributed.shard(meta_batch, self.ranks)
-        with self.precision.autocast():
-            meta_loss = self._loss_at(meta_local, w_hat) * meta_weight
+        # The meta loss after the objective's look ahead (Eqs. 9-10 for the one-step default:
+        # a virtual step through a differentiable copy of the real optimizer with g_t, then the
+        # loss on this rank's slice of the meta batch at the virtual weights).
+        meta_loss = self.objective.meta_loss(self._lookahead(ctx, meta_batch), lr_leaf)
         dlr = self.precision.lr_grad(meta_loss, lr_leaf, distributed.all_reduce_mean)
         if dlr is not None:  # None: float16 overflowed, skip this meta-update
             theta = [p for group in self.meta_optimizer.param_groups for p in group["params"]]
@@ -220,6 +225,33 @@ class Engine:
                 p.grad = g
             self.meta_optimizer.step()
         return meta_loss.detach()
+
+    def _lookahead(self, ctx: StepContext, meta_batch: Batch) -> Lookahead:
+        """What the meta-objective looks ahead with (:class:`metalr.protocols.Lookahead`)."""
+        meta_local, meta_weight = distributed.shard(meta_batch, self.ranks)
+        grads = [p.grad for p in self.params]
+        inner: list[Batch] = []
+        source: list[Any] = []
+
+        def train_batch(k: int) -> Batch:
+            # the k-th further batch of this meta-update, from a data order of its own (seeded
+            # by the step, so nothing to checkpoint): the real run's batches are untouched
+            if not source:
+                source.append(DataOrder(self.order.seed + UNROLL_ORDER + ctx.step)
+                              .batches(self.task, self.cfg.batch_size))
+            while len(inner) < k:
+                inner.append(next(source[0])[1])
+            return distributed.shard(inner[k - 1], self.ranks)[0]
+
+        def at(batch: Batch, weights, weight: float = 1.0) -> torch.Tensor:
+            with self.precision.autocast():
+                return self._loss_at(batch, weights) * weight
+
+        return Lookahead(
+            steps=lambda lr: VirtualSteps(self.optimizer, self.params, grads, lr),
+            train_batch=train_batch, train_loss=lambda w, batch: at(batch, w),
+            meta_loss=lambda w: at(meta_local, w, meta_weight),
+            clip_grad_norm=self.cfg.clip_grad_norm)
 
     def _real_step(self, ctx: StepContext) -> float:
         """Eq. 11: the real optimizer's step at the LR the (updated) policy gives now."""

@@ -61,3 +61,10 @@ def register_executors(register: Register) -> Any:
     """Register sweep executors: ``factory(**options)`` returns a
     :class:`metalr.protocols.Executor`, which runs the points of a sweep (a local process pool,
     a batch system)."""
+
+
+@hookspec
+def register_meta_objectives(register: Register) -> Any:
+    """Register meta-objectives: ``factory(**options)`` returns a
+    :class:`metalr.protocols.MetaObjective`, what a meta-update of a hypergradient learner
+    minimises as a function of the LR (recipe key ``meta.objective``)."""

@@ -37,6 +37,7 @@ KINDS: dict[str, str] = {
     "lr_policy": "register_lr_policies",
     "tracker": "register_trackers",
     "executor": "register_executors",
+    "meta_objective": "register_meta_objectives",
 }
 
 

@@ -159,6 +159,35 @@ class HypergradientLearner(LRPolicy, Protocol):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> Any: ...
 
 
+@dataclass
+class Lookahead:
+    """What a meta-objective builds the meta loss from, at one meta-update of the engine.
+
+    ``steps(lr)`` starts differentiable steps of the real optimizer from the current weights and
+    state at LR ``lr`` (a :class:`metalr.differentiable.VirtualSteps`: ``first()`` is the step
+    with this batch's gradient g_t, ``next(loss)`` one more on ``loss(weights)``);
+    ``train_batch(k)`` is the k-th further training batch of this meta-update (k >= 1; drawn
+    from its own generator, so the real run's batches are untouched, and the same on a resume);
+    ``train_loss(weights, batch)`` and ``meta_loss(weights)`` are the losses at given weights
+    (the meta loss on this meta-update's meta batch). ``clip_grad_norm`` is the run's.
+    """
+
+    steps: Callable[[torch.Tensor], Any]
+    train_batch: Callable[[int], Batch]
+    train_loss: Callable[[Sequence[torch.Tensor], Batch], torch.Tensor]
+    meta_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    clip_grad_norm: float | None = None
+
+
+@runtime_checkable
+class MetaObjective(Protocol):
+    """What the engine's meta-update minimises, as a function of the LR: the meta loss after
+    the objective's look ahead (one step in Algorithm 1, K steps in an unroll). The engine
+    differentiates it in the LR and chains the result into theta (``recipe meta.objective``)."""
+
+    def meta_loss(self, look: Lookahead, lr: torch.Tensor) -> torch.Tensor: ...
+
+
 @runtime_checkable
 class Rechecked(LRPolicy, Protocol):
     """A policy whose LR scale the engine checks once, part-way into the run, and moves when the

@@ -77,6 +77,10 @@ class MetaConfig(_Strict):
         None, ge=2, description="save the k nets of the paper's ceiling rule for this run's "
         "epochs (k = 3 over 60 epochs: 1, 30, 60); follows train.epochs")
     weights: str | None = Field(None, description="safetensors file to start theta from")
+    objective: ComponentRef = Field(
+        default_factory=lambda: ComponentRef(name="one-step"),
+        description="what a meta-update minimises (a meta_objective component): one-step "
+        "(Algorithm 1) or unroll (k steps ahead)")
 
 
 class Method(_Strict):
@@ -526,6 +530,10 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
             if isinstance(method, dict):
                 refs.append((f"methods.{name}.optimizer", "optimizer", method.get("optimizer")))
                 refs.append((f"methods.{name}.lr_policy", "lr_policy", method.get("lr_policy")))
+                meta = method.get("meta")
+                if isinstance(meta, dict) and "objective" in meta:
+                    refs.append((f"methods.{name}.meta.objective", "meta_objective",
+                                 meta["objective"]))
     sweep = data.get("sweep")
     if isinstance(sweep, dict):
         refs.append(("sweep.executor", "executor", sweep.get("executor", "local")))

@@ -581,7 +581,9 @@ class Runner:
             order_seed=train.order_seed,
             amp=train.amp, amp_dtype=train.amp_dtype, channels_last=train.channels_last,
         )
-        engine = Engine(task, model, optimizer, policy, config)
+        objective = self.registry.get("meta_objective", method.meta.objective.name).build(
+            **method.meta.objective.options)
+        engine = Engine(task, model, optimizer, policy, config, objective)
         found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
         state = None if found is None else found[0]
         logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker

@@ -52,9 +52,10 @@ def _mlp(spec: ModelSpec) -> nn.Module:
                          nn.Linear(16, spec.num_outputs))
 
 
-def _engine(task, model, policy, epochs=2, optimizer=None, **config) -> Engine:
+def _engine(task, model, policy, epochs=2, optimizer=None, objective=None, **config) -> Engine:
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    return Engine(task, model, opt, policy, EngineConfig(epochs=epochs, batch_size=32, **config))
+    return Engine(task, model, opt, policy, EngineConfig(epochs=epochs, batch_size=32, **config),
+                  objective)
 
 
 class _Fixed:
@@ -73,8 +74,55 @@ def check_component(component: Component, options: dict[str, Any] | None = None,
     """Run the conformance check for the component's kind (``task=`` for models)."""
     checks = {"lr_policy": check_lr_policy, "task": check_task, "model": check_model,
               "optimizer": check_optimizer, "tracker": check_tracker,
-              "executor": check_executor}
+              "executor": check_executor, "meta_objective": check_meta_objective}
     checks[component.kind](component, options or {}, **kwargs)
+
+
+def check_meta_objective(component: Component, options: dict[str, Any]) -> None:
+    """A meta-objective must give a finite scalar meta loss that depends on the LR, whose
+    derivative matches a central finite difference of itself (float64), and meta-train a
+    learner end to end (theta moves, the run learns)."""
+    from metalr.protocols import MetaObjective  # noqa: PLC0415 (the check's own contract)
+
+    name = component.name
+    objective = component.build(**options)
+    assert isinstance(objective, MetaObjective), f"{name}: no meta_loss(look, lr)"
+    task = Blobs()
+    task.setup(0, torch.device("cpu"))
+    task.splits = {k: (x.double(), y) for k, (x, y) in task.splits.items()}
+    torch.manual_seed(0)
+    model = _mlp(task.spec).double()
+    policy = _Fixed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    engine = _engine(task, model, policy, optimizer=opt, objective=objective)
+    gen = torch.Generator().manual_seed(0)
+    batch = next(iter(task.train_batches(32, gen)))
+    ctx = engine._training_loss(batch, 3, 0)
+    meta = task.meta_batch(32, gen)
+
+    def value(lr: float, grad: bool = False):
+        lr_t = torch.tensor(lr, dtype=torch.float64, requires_grad=grad)
+        out = objective.meta_loss(engine._lookahead(ctx, meta), lr_t)
+        return out, lr_t
+
+    out, lr_t = value(0.05, grad=True)
+    assert out.dim() == 0 and torch.isfinite(out), f"{name}: meta loss {out} is not a scalar"
+    assert out.requires_grad, f"{name}: the meta loss does not depend on the LR"
+    (d,) = torch.autograd.grad(out, lr_t)
+    above, below = value(0.05 + 1e-6)[0].detach(), value(0.05 - 1e-6)[0].detach()
+    fd = (float(above) - float(below)) / 2e-6
+    assert math.isfinite(float(d)) and abs(float(d) - fd) <= 1e-4 * max(1.0, abs(fd)), (
+        f"{name}: d meta loss / d lr = {float(d):.6g}, finite difference {fd:.6g}")
+    from metalr.plugins import get_registry  # noqa: PLC0415 (a real meta-learner to train)
+
+    learner = get_registry().get("lr_policy", "mlrsnet").build(gamma=0.2)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    torch.manual_seed(0)
+    history = _engine(task, _mlp(task.spec).double(), learner, objective=objective,
+                      t_val=4).fit()
+    moved = any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert moved, f"{name}: meta-training with it did not change theta"
+    assert history.losses[-1] < history.losses[0], f"{name}: the run under it did not learn"
 
 
 def _square(x: int) -> int:  # module-level: an executor may run it in another process

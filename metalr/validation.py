@@ -117,6 +117,9 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
             problems.append(Problem(f"{at}.meta", f"{ref.name!r} has no parameters theta to learn, "
                                     f"so these settings ({keys}) would be ignored: remove them, or "
                                     "use a meta-learner such as 'mlrsnet'"))
+    elif isinstance(given, dict) and "objective" in given and not is_meta_learned(policy):
+        problems.append(Problem(f"{at}.meta.objective", f"{ref.name!r} does not learn by "
+                                "hypergradient, so a meta-objective would be ignored: remove it"))
     elif meta.weights is not None:
         problems += check_weights(f"{at}.meta.weights", meta.weights, ref.name, policy)
     elif meta.mode == "meta-test":

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "recipes.md").read_text()
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 KIND = {"task": "task", "model": "model", "tracking": "tracker", "optimizer": "optimizer",
-        "lr_policy": "lr_policy", "executor": "executor"}
+        "lr_policy": "lr_policy", "executor": "executor", "objective": "meta_objective"}
 
 
 def _unwrap(tp: Any) -> Any:

@@ -1,0 +1,30 @@
+"""Meta-objectives: what a meta-update of MLR-SNet minimises, as a function of the LR.
+
+``one-step`` is Algorithm 1's (the engine's own :class:`metalr.objectives.OneStep`, named here);
+``unroll`` looks K steps ahead (truncated backpropagation through K steps of the real optimizer,
+made by higher's differentiable optimizers).
+"""
+
+from pydantic import BaseModel, ConfigDict
+
+from metalr import hookimpl
+from metalr.objectives import OneStep
+
+from .unroll import Unroll, UnrollOptions
+
+
+class OneStepOptions(BaseModel):
+    """The one-step objective has no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+__all__ = ["OneStep", "OneStepOptions", "Unroll", "UnrollOptions"]
+
+
+@hookimpl
+def register_meta_objectives(register):
+    register("one-step", OneStep, options=OneStepOptions,
+             summary="the meta loss one step ahead (Algorithm 1, Eqs. 9-10)")
+    register("unroll", Unroll, options=UnrollOptions,
+             summary="the meta loss K steps ahead at one LR, differentiated through all K")

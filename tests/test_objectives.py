@@ -1,0 +1,172 @@
+"""Meta-objectives (issue 19): the component kind, and ``unroll`` held against real steps.
+
+The reference for ``unroll``'s hypergradient is independent of higher: K real steps of a copy
+of the real optimizer (its state included) at LR +- eps, the meta loss after them, a central
+finite difference, in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from metalr_objectives import OneStep, Unroll
+from torch import nn
+
+from metalr.engine import Engine, EngineConfig
+from metalr.recipe import load_recipe
+from metalr.testing import check_component
+
+
+def _engine(task, registry, optimizer, objective, clip=None):
+    torch.manual_seed(0)
+    model = registry.get("model", "mlp").build(task.spec, hidden=[16]).double()
+    opt = optimizer(model.parameters())
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.1)
+    engine = Engine(task, model, opt, policy,
+                    EngineConfig(epochs=1, batch_size=32, seed=0, clip_grad_norm=clip), objective)
+    gen = torch.Generator().manual_seed(0)
+    batch = next(iter(task.train_batches(32, gen)))
+    for step in range(2):  # real steps first: momentum buffers / Adam moments exist
+        engine._training_loss(batch, step, 0)
+        opt.step()
+    ctx = engine._training_loss(batch, 7, 0)
+    meta = task.meta_batch(64, gen)
+    return engine, model, opt, ctx, meta
+
+
+def _real_k_steps(engine, model, opt, look, meta, k, lr, clip):
+    """K steps of a copy of the real optimizer (state and all) from a copy of the model."""
+    twin = copy.deepcopy(model)
+    twin_opt = type(opt)(twin.parameters(), **{k_: v for k_, v in opt.defaults.items()
+                                               if k_ != "lr"}, lr=lr)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict aliases tensors
+    for group in twin_opt.param_groups:
+        group["lr"] = lr
+    for p, q in zip(twin.parameters(), model.parameters()):
+        p.grad = q.grad.clone()
+    twin_opt.step()
+    for i in range(1, k):
+        twin_opt.zero_grad()
+        engine.task.loss(twin, look.train_batch(i)).backward()
+        if clip:
+            nn.utils.clip_grad_norm_(twin.parameters(), clip)
+        twin_opt.step()
+    return float(engine.task.loss(twin, meta).detach())
+
+
+OPTIMIZERS = {
+    "sgdm": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_unroll_hypergradient_is_the_derivative_of_k_real_steps(mnist1d_64, registry, float64,
+                                                                 name, clip):
+    k, lr0 = 4, 0.05 if name == "sgdm" else 3e-3
+    engine, model, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS[name], Unroll(k),
+                                            clip)
+    look = engine._lookahead(ctx, meta)
+    lr = torch.tensor(lr0, requires_grad=True)
+    value = Unroll(k).meta_loss(look, lr)
+    (grad,) = torch.autograd.grad(value, lr)
+    assert float(value.detach()) == pytest.approx(
+        _real_k_steps(engine, model, opt, look, meta, k, lr0, clip), rel=1e-10)
+    eps = lr0 * 1e-4
+    fd = (_real_k_steps(engine, model, opt, look, meta, k, lr0 + eps, clip)
+          - _real_k_steps(engine, model, opt, look, meta, k, lr0 - eps, clip)) / (2 * eps)
+    assert float(grad) == pytest.approx(fd, rel=1e-5)
+    one = engine._lookahead(ctx, meta)
+    (first,) = torch.autograd.grad(OneStep().meta_loss(one, lr), lr)
+    assert float(first) != pytest.approx(float(grad), rel=1e-3)  # K steps see something else
+
+
+def test_unroll_of_one_step_is_the_one_step_objective(mnist1d_64, registry, float64):
+    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(1))
+    lr = torch.tensor(0.05, requires_grad=True)
+    a = Unroll(1).meta_loss(engine._lookahead(ctx, meta), lr)
+    b = OneStep().meta_loss(engine._lookahead(ctx, meta), lr)
+    assert float(a.detach()) == float(b.detach())
+    assert float(torch.autograd.grad(a, lr)[0]) == float(torch.autograd.grad(b, lr)[0])
+
+
+def test_the_further_batches_are_the_steps_own_and_leave_the_run_alone(mnist1d_64, registry,
+                                                                        float64):
+    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(3))
+    one, again = engine._lookahead(ctx, meta), engine._lookahead(ctx, meta)
+    assert torch.equal(one.train_batch(2)[0], again.train_batch(2)[0])  # the same on a resume
+    assert not torch.equal(one.train_batch(1)[0], one.train_batch(2)[0])
+
+
+@pytest.mark.parametrize("name", ["one-step", "unroll"])
+def test_builtin_objectives_conform(registry, name):
+    check_component(registry.get("meta_objective", name), {"k": 3} if name == "unroll" else {})
+
+
+def test_a_recipe_chooses_the_objective_and_it_is_checked(registry, tmp_path):
+    good = load_recipe("recipes/quickstart.yaml",
+                       ["methods.mlrsnet.meta.objective={name: unroll, options: {k: 3}}"])
+    assert good.methods["mlrsnet"].meta.objective.options == {"k": 3}
+    from metalr.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="methods.mlrsnet.meta.objective"):
+        load_recipe("recipes/quickstart.yaml",
+                    ["methods.mlrsnet.meta.objective={name: unroll, options: {k: 0}}"])
+    with pytest.raises(RecipeError, match="methods.mlrsnet.meta.objective"):
+        load_recipe("recipes/quickstart.yaml", ["methods.mlrsnet.meta.objective=two-step"])
+
+
+THIRD_PARTY = '''
+from pydantic import BaseModel, ConfigDict
+from metalr import hookimpl
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float = 0.5
+
+
+class Blend:
+    """A third party's objective: the meta loss one step ahead and two steps ahead, blended."""
+
+    def __init__(self, weight=0.5):
+        self.weight = weight
+
+    def meta_loss(self, look, lr):
+        steps = look.steps(lr)
+        one = look.meta_loss(steps.first())
+        batch = look.train_batch(1)
+        two = look.meta_loss(steps.next(lambda w: look.train_loss(w, batch)))
+        return (1 - self.weight) * one + self.weight * two
+
+
+@hookimpl
+def register_meta_objectives(register):
+    register("blend", Blend, options=Options, summary="one and two steps ahead, blended")
+'''
+
+
+def test_a_third_party_objective_is_found_checked_and_runs(tmp_path, monkeypatch):
+    """Through an entry point like any distribution's: the conformance check passes and a
+    recipe meta-trains with it."""
+    from test_plugins import write_distribution
+
+    from metalr.plugins import Registry
+    from metalr.runner import Runner
+
+    write_distribution(tmp_path, "metalr-blend", "metalr_blend", THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(strict=True)
+    registry.load_entry_points()
+    component = registry.get("meta_objective", "blend")
+    assert component.source == "metalr-blend:blend"
+    check_component(component, {"weight": 0.25})
+    recipe = load_recipe("recipes/quickstart.yaml", [
+        "methods.mlrsnet.meta.objective={name: blend, options: {weight: 0.25}}",
+        "train.epochs=3", "train.seeds=[0]", "tracking=none", f"output_dir={tmp_path / 'out'}",
+        "methods.mlrsnet.meta.save_phases=null"], registry, only=["mlrsnet"])
+    (run,) = Runner(recipe, registry, progress=False).run().results
+    assert run.status == "FINISHED" and run.final("test_accuracy") > 0.3
