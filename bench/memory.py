@@ -1,6 +1,7 @@
 """Peak memory of meta-training against plain training, and whether it grows with the run.
 
     python bench/memory.py [--steps 28] [--device cpu|cuda] [--models cnn128 mlp1500] [--jobs 1]
+                           [--unroll 2 5 20]
 
 For each model, plain training (fixed LR) and meta-training (MLR-SNet, the paper's preset with a
 fixed gamma so that no LR probe runs, ``t_val=1``: a meta-update every step) run for N and for
@@ -11,7 +12,9 @@ batch and meta batch 128), without the evaluation, whose large batches would set
 Printed per measurement: the peak bytes training held above a baseline. Then per model the
 ratios, each against its target: ``meta/plain`` (<= 1.5) at N and at 4N, and ``peak(4N)/peak(N)``
 (<= 1.05) for meta-training (plain training's is printed for comparison). A ratio above 1.05
-there means something of each meta-update outlives it.
+there means something of each meta-update outlives it. ``--unroll K ...`` adds meta-training with
+the ``unroll`` meta-objective (K steps ahead) at N steps: its peak and time against plain
+training and against the one-step objective (issue 19: memory bounded by K, measured).
 
 What is measured. The baseline is taken after imports, data, and a warm-up (a few steps of a
 throw-away copy of the same configuration, then freed), so that the libraries' one-time set-up
@@ -64,8 +67,10 @@ def _status_kib(field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
-def _train(reg, task, model_name, model_opts, meta: bool, steps: int, device) -> None:
-    """``steps`` steps as Engine.fit makes them, a meta-update every step when ``meta``."""
+def _train(reg, task, model_name, model_opts, meta: bool, steps: int, device,
+           unroll: int = 1) -> None:
+    """``steps`` steps as Engine.fit makes them, a meta-update every step when ``meta`` (with
+    the ``unroll`` objective ``unroll`` steps ahead when above 1)."""
     import torch
 
     from metalr.engine import Engine, EngineConfig
@@ -78,7 +83,8 @@ def _train(reg, task, model_name, model_opts, meta: bool, steps: int, device) ->
               else reg.get("lr_policy", "fixed").build(lr=0.1))
     cfg = EngineConfig(epochs=1, batch_size=BATCH, seed=SEED, device=device, t_val=1,
                        meta_batch_size=BATCH, eval_splits=())
-    engine = Engine(task, model, opt, policy, cfg)
+    objective = (reg.get("meta_objective", "unroll").build(k=unroll) if unroll > 1 else None)
+    engine = Engine(task, model, opt, policy, cfg, objective)
     per_epoch = task.num_train_batches(BATCH)
     policy.start(RunInfo(-(-steps // per_epoch), per_epoch, opt, device, SEED, task))
     generator = torch.Generator().manual_seed(SEED)
@@ -95,7 +101,8 @@ def _train(reg, task, model_name, model_opts, meta: bool, steps: int, device) ->
         torch.cuda.synchronize(device)
 
 
-def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: int) -> dict:
+def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: int,
+            unroll: int = 1) -> dict:
     """One measurement, in this process: meant to run in a fresh one (see the module docstring)."""
     import torch
 
@@ -107,7 +114,7 @@ def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: i
     reg = get_registry()
     task = reg.get("task", "mnist1d").build(**task_opts)
     task.setup(SEED, device)
-    _train(reg, task, model_name, model_opts, meta, 2, device)  # warm-up, freed below
+    _train(reg, task, model_name, model_opts, meta, 2, device, unroll)  # warm-up, freed below
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,7 +125,7 @@ def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: i
             f.write("5")  # VmHWM := VmRSS
         base = _status_kib("VmRSS") * 1024
     start = time.perf_counter()
-    _train(reg, task, model_name, model_opts, meta, steps, device)
+    _train(reg, task, model_name, model_opts, meta, steps, device, unroll)
     seconds = time.perf_counter() - start
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -127,12 +134,13 @@ def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: i
     return {"peak": peak, "baseline": base, "seconds": seconds}
 
 
-def _run_child(model_key: str, meta: bool, steps: int, device: str, threads: int) -> dict:
+def _run_child(model_key: str, meta: bool, steps: int, device: str, threads: int,
+               unroll: int = 1) -> dict:
     """:func:`measure` in a fresh interpreter with this one's import path."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                MALLOC_MMAP_THRESHOLD_="65536")
     arg = json.dumps({"model_key": model_key, "meta": meta, "steps": steps,
-                      "device_name": device, "threads": threads})
+                      "device_name": device, "threads": threads, "unroll": unroll})
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arg], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="torch threads in every measurement")
     parser.add_argument("--jobs", type=int, default=1,
                         help="measurements at once (each is its own process; peaks do not mix)")
+    parser.add_argument("--unroll", nargs="*", type=int, default=[], metavar="K",
+                        help="also meta-train with the unroll objective K steps ahead (at N)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -168,13 +178,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"({'max_memory_allocated' if args.device.startswith('cuda') else 'VmHWM - VmRSS'})")
     runs = [(key, mode, label, steps) for key in args.models
             for label, steps in (("N", n), ("4N", 4 * n)) for mode in ("plain", "meta")]
+    runs += [(key, f"unroll{k}", "N", n) for key in args.models for k in args.unroll]
+
+    def child(r):
+        unroll = int(r[1][len("unroll"):]) if r[1].startswith("unroll") else 1
+        return _run_child(r[0], r[1] != "plain", r[3], args.device, args.threads, unroll)
+
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda r: _run_child(r[0], r[1] == "meta", r[3], args.device,
-                                                     args.threads), runs))
+        results = list(pool.map(child, runs))
+    seconds = {f"{key}/{mode}/{label}": r["seconds"] for (key, mode, label, _), r
+               in zip(runs, results)}
     out: dict[str, float] = {}
     for (key, mode, label, steps), r in zip(runs, results):
         out[f"{key}/{mode}/{label}"] = r["peak"]
-        print(f"{key:8} {mode:5} {label:2} ({steps:4} steps): peak {r['peak']:>13,d} B "
+        print(f"{key:8} {mode:8} {label:2} ({steps:4} steps): peak {r['peak']:>13,d} B "
               f"= {r['peak'] / 2**20:8.1f} MiB  ({r['seconds']:.1f} s)")
     for key in args.models:
         parts = []
@@ -190,6 +207,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 f" (<= {TARGETS['4N/N']}: {_verdict(ratio, TARGETS['4N/N'])})" if mode == "meta"
                 else ""))
         print(f"{key}: " + ", ".join(parts))
+        for k in args.unroll:
+            at = f"{key}/unroll{k}/N"
+            out[f"{at}/plain"] = out[at] / out[f"{key}/plain/N"]
+            out[f"{at}/one-step"] = out[at] / out[f"{key}/meta/N"]
+            print(f"{key}: unroll k={k}: peak/plain {out[f'{at}/plain']:.3f}, peak/one-step "
+                  f"{out[f'{at}/one-step']:.3f}, time/one-step "
+                  f"{seconds[at] / seconds[f'{key}/meta/N']:.2f} (info)")
     return out
 
 

@@ -281,6 +281,8 @@ class PhasedNets:
         """The LR of this step from this step's (normalised) loss; advances the state once."""
         net = self.nets[self.phase]
         x = torch.as_tensor(loss_input).detach().to(device=net.ref_lr.device, dtype=net.ref_lr.dtype)
+        if callable(getattr(net, "inputs", None)):  # the loss, and t/T for a progress net
+            x = net.inputs(x, self.step, self.total_steps)
         with torch.no_grad():
             lr, self.state = net(x, self.state)
         factor = net.envelope(self.step, self.total_steps)

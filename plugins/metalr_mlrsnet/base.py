@@ -91,6 +91,9 @@ class ScaleOptions(ProbedOptions):
     min_meta_updates: int | None = Field(
         None, ge=0, description="meta-updates at least, when meta.t_val is unset; 0: none, "
         "twice an epoch as the paper (unset: 100 with learn_scale, else 0)")
+    progress: bool = Field(
+        False, description="read the run's progress t/T besides the loss (an annealing "
+        "schedule must know when the run ends); false: the paper's loss-only input")
 
     @model_validator(mode="after")
     def _fill_budget(self) -> ScaleOptions:
@@ -166,6 +169,10 @@ class ProbedSchedule(nn.Module):
             self.log_gamma.add_(math.log(factor))
             self.ref_lr.mul_(factor)
 
+    def inputs(self, loss_input: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
+        """What the net reads at 0-based ``step`` of ``total_steps``: the normalised loss."""
+        return loss_input.to(self.ref_lr.dtype)
+
     def forward(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         p, state = self.raw(x, state)
         return self.log_gamma.exp() * p, state
@@ -206,7 +213,8 @@ class ProbedSchedule(nn.Module):
     def lr(self, ctx: StepContext) -> float:
         self._brake(ctx)
         with torch.no_grad():
-            lr, self.state = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
+            lr, self.state = self(self.inputs(ctx.loss_input, ctx.step, self.total_steps),
+                                  self.state)
         return float(lr) * self.envelope(ctx.step, self.total_steps)
 
     def _brake(self, ctx: StepContext) -> None:
@@ -267,14 +275,25 @@ class LossToLR(ProbedSchedule):
                  learn_scale: bool = False, scale_lr: float = 0.03,
                  start_factor: float = 1.0, cooldown: float | None = None,
                  min_meta_updates: int | None = None, recheck: float | None = None,
-                 brake: float | None = None):
+                 brake: float | None = None, progress: bool = False):
         opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
                             scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
-                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake)
+                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake,
+                            progress=progress)
         super().__init__(opts)
         self.log_gamma.requires_grad_(opts.learn_scale)
         self.learn_scale, self.scale_lr = opts.learn_scale, opts.scale_lr
         self.min_meta_updates = opts.min_meta_updates
+        self.progress = opts.progress
+        self.num_inputs = 2 if self.progress else 1  # the loss, and t/T with `progress`
+
+    def inputs(self, loss_input: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
+        """The normalised loss, and with ``progress`` the share of the run done, t/T."""
+        loss = loss_input.to(self.ref_lr.dtype)
+        if not self.progress:
+            return loss
+        done = torch.tensor(step / max(1, total_steps), dtype=loss.dtype, device=loss.device)
+        return torch.stack([loss.reshape(()), done])
 
     def meta_parameters(self):
         net = [p for name, p in self.named_parameters() if name != "log_gamma"]
@@ -294,10 +313,11 @@ class LossToLR(ProbedSchedule):
         return self.envelope(step, self.total_steps) >= 1.0
 
     def virtual_lr(self, ctx: StepContext) -> torch.Tensor:
-        lr, _ = self(ctx.loss_input.to(self.ref_lr.dtype), self.state)
+        lr, _ = self(self.inputs(ctx.loss_input, ctx.step, self.total_steps), self.state)
         return lr * self.envelope(ctx.step, self.total_steps)
 
     def options(self) -> dict[str, Any]:
         """The options that rebuild this net (saved in a net file's header)."""
+        extra = {"progress": True} if self.progress else {}  # older files stay byte-identical
         return {**super().options(), "learn_scale": self.learn_scale,
-                "scale_lr": self.scale_lr, "min_meta_updates": self.min_meta_updates}
+                "scale_lr": self.scale_lr, "min_meta_updates": self.min_meta_updates, **extra}

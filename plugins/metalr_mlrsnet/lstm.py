@@ -76,10 +76,11 @@ class MLRSNet(LossToLR):
         self.hidden, self.cell = hidden, cell
         self.width = (width or max(1, hidden // 2)) if cell == "official" else None
         if cell == "official":
-            cells = [_OfficialCell(1 if i == 0 else hidden, hidden, self.width)
+            cells = [_OfficialCell(self.num_inputs if i == 0 else hidden, hidden, self.width)
                      for i in range(layers)]
         elif cell == "concat":
-            cells = [_ConcatCell(1 if i == 0 else hidden, hidden) for i in range(layers)]
+            cells = [_ConcatCell(self.num_inputs if i == 0 else hidden, hidden)
+                     for i in range(layers)]
         else:
             raise ValueError(f"cell must be 'concat' or 'official', got {cell!r}")
         self.cells = nn.ModuleList(cells)
@@ -98,7 +99,7 @@ class MLRSNet(LossToLR):
     def raw(self, x, state):
         if state is None:
             state = self.initial_state(x.device)
-        inp = x.reshape(1, 1)
+        inp = x.reshape(1, -1)
         new_state = []
         for cell, (h, c) in zip(self.cells, state):
             h, c = cell(inp, h, c)

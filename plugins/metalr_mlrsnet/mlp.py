@@ -18,7 +18,7 @@ class MLPNet(LossToLR):
     def __init__(self, hidden: int = 40, layers: int = 2, **scale):
         super().__init__(**scale)
         self.hidden, self.layers = hidden, layers
-        dims = [1] + [hidden] * layers
+        dims = [self.num_inputs] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims, dims[1:]):
             mods += [nn.Linear(a, b), nn.ReLU()]
@@ -28,4 +28,4 @@ class MLPNet(LossToLR):
         return {"hidden": self.hidden, "layers": self.layers, **super().options()}
 
     def raw(self, x, state):
-        return torch.sigmoid(self.net(x.reshape(1, 1))).reshape(()), None
+        return torch.sigmoid(self.net(x.reshape(1, -1))).reshape(()), None

@@ -1,0 +1,68 @@
+"""MLR-SNet that reads the run's progress t/T besides the loss (issue 19, option ``progress``):
+an annealing schedule has to know when the run ends. Off by default (the paper's loss-only
+input); the shipped nets and files without the option load as before."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metalr.engine import Engine, EngineConfig
+from metalr.order import DataOrder
+from metalr.scheduler import LearnedLR
+from metalr.testing import check_component
+from metalr.weights import read_meta_learner, save_meta_learner
+
+
+@pytest.mark.parametrize("name", ["mlrsnet", "mlp-lr"])
+def test_a_progress_net_reads_t_over_T_and_conforms(registry, name):
+    net = registry.get("lr_policy", name).build(gamma=1.0, progress=True)
+    loss = torch.tensor(1.0)
+    early, _ = net(net.inputs(loss, 0, 100), net.initial_state(torch.device("cpu")))
+    late, _ = net(net.inputs(loss, 90, 100), net.initial_state(torch.device("cpu")))
+    assert float(early.detach()) != float(late.detach())  # the same loss, later in the run
+    plain = registry.get("lr_policy", name).build(gamma=1.0)
+    assert plain.inputs(loss, 90, 100).shape == ()  # the paper's input: the loss alone
+    check_component(registry.get("lr_policy", name), {"progress": True, "gamma": 0.2})
+
+
+def test_a_meta_trained_progress_net_is_replayed_by_the_scheduler(registry, tmp_path):
+    """Saved with its option in the header, loaded by LearnedLR, it gives the LRs the engine
+    gave with the same (frozen) net, bit for bit: the scheduler feeds it t/T too."""
+    seed, epochs, batch = 2, 2, 64
+
+    def setup():
+        task = registry.get("task", "mnist1d").build(meta_size=200, num_samples=1000)
+        task.setup(seed, torch.device("cpu"))
+        torch.manual_seed(seed)
+        model = registry.get("model", "mlp").build(task.spec, hidden=[32])
+        return task, model
+
+    task, model = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.5, progress=True, cooldown=0.2)
+    Engine(task, model, opt, policy, EngineConfig(epochs=epochs, batch_size=batch, seed=seed,
+                                                  t_val=3)).fit()
+    path = save_meta_learner(tmp_path / "net.safetensors", "mlrsnet", policy)
+    assert read_meta_learner(path)[1]["progress"] is True
+
+    task, model = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    frozen = registry.get("lr_policy", "mlrsnet-transfer").build(nets=[str(path)],
+                                                                 scale="saved")
+    history = Engine(task, model, opt, frozen, EngineConfig(
+        epochs=epochs, batch_size=batch, seed=seed, meta_train=False, eval_splits=())).fit()
+
+    task, model = setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    total = epochs * task.num_train_batches(batch)
+    scheduler = LearnedLR.from_pretrained(opt, str(path), total_steps=total)
+    lrs = []
+    for _, b in DataOrder(seed).batches(task, batch, epochs):
+        opt.zero_grad()
+        loss = task.loss(model, b)
+        loss.backward()
+        scheduler.step(loss)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == history.lrs and len(set(lrs)) > 5
