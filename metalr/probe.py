@@ -223,7 +223,9 @@ def recheck_lr(
     A run still on a loss plateau is the exception to "only on a measured win": given
     ``untrained`` (the probe's loss of the untrained model on the same judging batches), a run
     whose loss has not fallen ``SIGNAL_FLOOR`` below it has learned nothing yet, and where no
-    point beats ``lr`` either, it moves up to the largest point that kept the loss within
+    point of this look has a signal either (:func:`has_signal` against the loss before it: a
+    run that learned and fell back to its untrained loss is not on a plateau; its smaller LRs
+    improve at once), it moves up to the largest point that kept the loss within
     ``PLATEAU`` of where it stands (up to ``ceiling``): on a plateau the way off is a larger
     step, and the run has nothing to lose (a GRU and an LSTM whose probe started them at 0.16-0.5
     sat at chance for the whole run; fixed at 0.5-1 they escape it).
@@ -275,7 +277,11 @@ def recheck_lr(
             if math.isfinite(losses[lr]):
                 again = measure(lr, DataOrder(seed + REPLICATE + RECHECK_ORDER))
                 noise = abs(again - losses[lr]) if math.isfinite(again) else abs(losses[lr])
-            stuck = untrained is not None and not has_signal(untrained, initial, 0.0)
+            # on a plateau: no progress since the start, and no point of this look moves the
+            # loss beyond its noise either (a run that learned and then fell back is no plateau)
+            finite = [v for v in losses.values() if math.isfinite(v)]
+            stuck = (untrained is not None and not has_signal(untrained, initial, 0.0)
+                     and not has_signal(initial, min(finite, default=initial), noise))
             if stuck and lr < ceiling < math.inf:  # the highest point a plateau move may take
                 run(min(ceiling, 10 * lr))
         finally:

@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from metalr.engine import Engine, EngineConfig
-from metalr.probe import probe_steps, recheck_lr
+from metalr.probe import SIGNAL_FLOOR, probe_steps, recheck_lr
 
 
 def _run(registry, task_name, task_options, model_name, model_options, opt_name, opt_options,
-         epochs, seed, **policy_options):
+         epochs, seed, name="mlrsnet", **policy_options):
     task = registry.get("task", task_name).build(**task_options)
     task.setup(seed, torch.device("cpu"))
     torch.manual_seed(seed)
     model = registry.get("model", model_name).build(task.spec, **model_options)
     opt = registry.get("optimizer", opt_name).build(model.parameters(), **opt_options)
-    policy = registry.get("lr_policy", "mlrsnet").build(**policy_options)
+    policy = registry.get("lr_policy", name).build(**policy_options)
     engine = Engine(task, model, opt, policy, EngineConfig(epochs=epochs, seed=seed))
     history = engine.fit()
     return history, history.epochs[-1]["test_accuracy"], policy
@@ -183,3 +183,18 @@ def test_a_gru_on_its_plateau_is_lifted_off_it_by_the_recheck(tmp_path, monkeypa
     assert lifted.recheck.lr <= lifted.probe.ceiling * 1.001
     assert stuck.recheck is None
     assert lifted_acc > 0.9 and stuck_acc < 0.4
+
+
+def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
+    """The CPU suite's MNIST-1D MLP held at its probed 0.5 (the control, seed 0): by step 112 its
+    loss has risen back to the untrained one, but smaller LRs improve it at once (31% in the
+    recheck's few steps). No plateau: the recheck must not move it up (moved to 1.0 by the first
+    plateau rule, the run ended at chance, 0.10; kept, 0.71)."""
+    history, accuracy, _ = _run(
+        registry, "mnist1d", {"meta_size": 500}, "mlp", {"hidden": [100, 100]}, "sgd",
+        {"momentum": 0.9, "weight_decay": 5e-4}, 40, 0, name="probed-wsd")
+    check = history.recheck
+    assert check.initial_loss > (1 - SIGNAL_FLOOR) * history.probe.initial_loss  # no progress
+    assert min(check.losses.values()) < (1 - 2 * SIGNAL_FLOOR) * check.initial_loss  # a signal
+    assert check.lr == history.lrs[history.recheck_step - 1] and not check.signal
+    assert accuracy > 0.5
