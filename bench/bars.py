@@ -1,11 +1,11 @@
-"""Issue 18's bar, computed from the output folders of ``metalr run`` (not written by hand).
+"""Issue 18's and issue 19's bars, computed from the output folders of ``metalr run``.
 
-    python bench/hard_bar.py OUT_DIR [OUT_DIR ...]
+    python bench/bars.py OUT_DIR [OUT_DIR ...]
 
 Each OUT_DIR is a run folder (it holds results.csv and recipe.yaml); folders of the same recipe
 are merged by method, a later folder's row replacing an earlier one's (e.g. the baselines from
 one run, the MLR-SNet rows from a rerun). Per recipe and optimizer family (``sgdm-``, ``adam-``)
-it prints the default MLR-SNet row against:
+it prints the default MLR-SNet row (``<family>-mlrsnet``) against:
 
 - the best tuned baseline of that family (``fixed``, ``cosine``, ``wsd``: the methods with
   ``tune``) and of both families;
@@ -15,8 +15,12 @@ it prints the default MLR-SNet row against:
   1/classes + 0.05, the tuning's rule) or, for lower-is-better metrics, more than twice the
   fixed LR's value on that seed.
 
-Then the shares over all rows: the bar is 80% within (either reading of "best"), 80% at or above
-Schedule-Free AdamW, and no failed seed.
+- the control with nothing learned (``<family>-control``, ``probed-wsd``): the difference of
+  the means and on how many seeds the learned schedule is at or above it (issue 19).
+
+Then the shares over all rows: issue 18's bar is 80% within (either reading of "best"), 80% at
+or above Schedule-Free AdamW, and no failed seed; issue 19's, at or above the control in mean
+and on at least 2 of 3 seeds, on every row.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import yaml
 from metalr.plugins import get_registry
 from metalr.results import CHANCE_MARGIN, chance_level
 
-FAMILIES = ("sgdm", "adam")
 TUNED = ("fixed", "cosine", "wsd")
 
 
@@ -69,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         name, recipe, rows = _rows(folder)
         merged = suites.setdefault(name, (recipe, {}))[1]
         merged.update(rows)
-    counts = {"rows": 0, "within_family": 0, "within_any": 0, "sf": 0, "failed": 0}
+    counts = {"rows": 0, "within_family": 0, "within_any": 0, "sf": 0, "failed": 0,
+              "controlled": 0, "pays": 0}
     print("| row | MLR-SNet (per seed) | best tuned, same optimizer | best tuned, any | within "
-          "(same / any) | >= SF-AdamW | failed seeds |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "(same / any) | >= SF-AdamW | failed seeds | learned - control |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (recipe, rows) in sorted(suites.items()):
         header = next(iter(rows.values()))
         metric = next(k for k in header if k.startswith("final ") and "seed" not in k)
@@ -91,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         def within(mine, theirs):
             return mine >= theirs - 0.01 if higher else mine <= theirs * 1.03
 
-        any_best = best(FAMILIES)
-        for family in FAMILIES:
+        families = [m[: -len("-mlrsnet")] for m in rows if m.endswith("-mlrsnet")]
+        any_best = best(families)
+        for family in families:
             method = f"{family}-mlrsnet"
             if method not in means:
                 continue
@@ -118,13 +123,25 @@ def main(argv: list[str] | None = None) -> int:
             counts["within_any"] += w_any
             counts["sf"] += at_sf
             counts["failed"] += len(failed)
+            control = values.get(f"{family}-control", {})
+            if control and f"{family}-control" in means:
+                shared = [s_ for s_ in values[method] if s_ in control]
+                won = sum((values[method][s_] >= control[s_]) if higher
+                          else (values[method][s_] <= control[s_]) for s_ in shared)
+                gain = mine - means[f"{family}-control"]
+                pays = (gain >= 0 if higher else gain <= 0) and won >= min(2, len(shared))
+                counts["controlled"] += 1
+                counts["pays"] += pays
+                versus = f"{gain:+.4g} ({won}/{len(shared)} seeds){'' if pays else ' no'}"
+            else:
+                versus = "-"
             seeds = " / ".join(f"{v:.4g}" for _, v in sorted(values[method].items()))
             cells = [f"{name}, {family}", f"{mine:.4g} ({seeds})",
                      f"{own}: {means[own]:.4g}" if own else "-",
                      f"{any_best}: {means[any_best]:.4g}" if any_best else "-",
                      f"{'yes' if w_own else 'no'} / {'yes' if w_any else 'no'}",
                      "-" if sf is None else f"{'yes' if at_sf else 'no'} ({sf:.4g})",
-                     ", ".join(f"seed {s}" for s in failed) or "-"]
+                     ", ".join(f"seed {s}" for s in failed) or "-", versus]
             print("| " + " | ".join(cells) + " |")
     n = counts["rows"]
     if not n:
@@ -139,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
           f"failed seeds: {counts['failed']}")
     met = (counts["within_any"] >= 0.8 * n and counts["sf"] >= 0.8 * n
            and counts["failed"] == 0)
-    print(f"bar (80% within the best of any optimizer, 80% >= SF-AdamW, no failed seed): "
-          f"{'met' if met else 'not met'}")
+    print(f"issue 18's bar (80% within the best of any optimizer, 80% >= SF-AdamW, no failed "
+          f"seed): {'met' if met else 'not met'}")
+    if counts["controlled"]:
+        print(f"issue 19's bar (learned >= control in mean and on >= 2 of 3 seeds, every row): "
+              f"{counts['pays']}/{counts['controlled']} rows, "
+              f"{'met' if counts['pays'] == counts['controlled'] else 'not met'}")
     return 0
 
 
