@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_scheduler import _hand_loop
 
 from metalr.engine import Engine, EngineConfig
-from metalr.order import DataOrder
 from metalr.scheduler import LearnedLR
 from metalr.testing import check_component
 from metalr.weights import read_meta_learner, save_meta_learner
@@ -57,12 +57,5 @@ def test_a_meta_trained_progress_net_is_replayed_by_the_scheduler(registry, tmp_
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     total = epochs * task.num_train_batches(batch)
     scheduler = LearnedLR.from_pretrained(opt, str(path), total_steps=total)
-    lrs = []
-    for _, b in DataOrder(seed).batches(task, batch, epochs):
-        opt.zero_grad()
-        loss = task.loss(model, b)
-        loss.backward()
-        scheduler.step(loss)
-        opt.step()
-        lrs.append(opt.param_groups[0]["lr"])
+    lrs = _hand_loop(task, model, scheduler, opt, batch, seed, epochs)
     assert lrs == history.lrs and len(set(lrs)) > 5
