@@ -4,6 +4,7 @@ their control with nothing learned (probed-wsd)."""
 from metalr import hookimpl
 
 from .control import ProbedWSD, ProbedWSDOptions
+from .es import ESOptions, MLRSNetES
 from .lstm import MLRSNet, MLRSNetOptions
 from .mlp import MLPNet, MLPNetOptions
 from .transfer import MLRSNetTransfer, TransferOptions
@@ -16,5 +17,8 @@ def register_lr_policies(register):
     register("probed-wsd", ProbedWSD, options=ProbedWSDOptions,
              summary="the control: MLR-SNet's schedule with nothing learned (probed start "
                      "held, brake, recheck, cool-down)")
+    register("mlrsnet-es", MLRSNetES, options=ESOptions,
+             summary="MLR-SNet meta-trained by evolution strategies on the end-of-run meta "
+                     "loss of whole runs (offline, antithetic pairs)")
     register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions,
              summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")
