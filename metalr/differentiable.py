@@ -1,8 +1,9 @@
-"""The virtual step: one differentiable step of the real optimizer, made by `higher`.
+"""Virtual steps: differentiable steps of the real optimizer, made by `higher`.
 
-:func:`virtual_step` is the look-ahead of Algorithm 1 (Eq. 10). It lives for one call: the
-differentiable optimizer, its state and the weights it returns are dropped when the caller drops
-them, so nothing of one meta-update survives into the next (``higher.monkeypatch`` with
+:class:`VirtualSteps` is the look-ahead of a meta-update: its first step is Algorithm 1's
+(Eq. 10; :func:`virtual_step`), further ones are an ``unroll`` objective's. It lives for one
+meta-update: the differentiable optimizer, its state and the weights it returns are dropped
+when the caller drops them, so nothing of one meta-update survives into the next (``higher.monkeypatch`` with
 ``track_higher_grads`` keeps every set of fast weights it was ever given, about five copies of
 the model per meta-update). It moves exactly the parameters the real ``optimizer.step()`` moves:
 those the optimizer holds that have a gradient.
