@@ -308,8 +308,12 @@ def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> flo
     """The largest LR that did no harm on a loss plateau in every pass that measured it: its
     loss within ``PLATEAU`` of the untrained loss (or the noise). A few percent is what larger
     steps do to a flat loss before they find a way off it (a GRU on its plateau: +1.7-2% at LR
-    1, the LR that escapes; 60x at 10), so the 1% of :meth:`_Found.harmless` is too strict."""
-    fine = set(passes[0].harmless(initial, noise, PLATEAU))
+    1, the LR that escapes; 60x at 10), so the 1% of :meth:`_Found.harmless` is too strict.
+    It reaches at most a decade past the 1% edge: a dead net's plateau is flat at any LR (the
+    deep plain MLP's loss at LR 10 is 4-8% above the untrained one), and a start of 5 there
+    says more than the probe measured."""
+    strict = max(passes[0].harmless(initial, noise))
+    fine = {lr for lr in passes[0].harmless(initial, noise, PLATEAU) if lr <= 10.001 * strict}
     for longer in passes[1:]:  # measured again with more steps: that verdict counts
         fine -= set(longer.losses) - set(longer.harmless(initial, noise, PLATEAU))
     return max(fine) if fine else max(passes[-1].harmless(initial, noise))

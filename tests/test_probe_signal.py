@@ -137,3 +137,21 @@ def test_a_run_still_on_its_plateau_is_moved_up_at_the_recheck_and_one_that_lear
     assert recheck_lr(task, model, opt, 0.05, **kwargs).lr == 0.05  # no untrained loss: kept
     learned = recheck_lr(task, model, opt, 0.05, untrained=2 * stuck.initial_loss, **kwargs)
     assert learned.losses == stuck.losses and learned.lr == 0.05  # progress made: kept
+
+
+def test_the_plateau_edge_reaches_at_most_a_decade_past_the_strict_one():
+    """The deep plain MLP's probe on seed 0 (recorded in its history.json): every point is within
+    10% of the untrained loss up to LR 10, a dead net's flat plateau. The 1% edge is 0.316, so
+    the plateau edge stops at 1 (start 0.5), not 10 (start 5)."""
+    from metalr.probe import _Found, _plateau_edge
+
+    initial, noise = 2.3080, 0.00554
+    losses = {1e-4: 2.308, 1e-3: 2.3079, 0.01: 2.3071, 0.0316: 2.3058, 0.1: 2.3043,
+              0.178: 2.3058, 0.316: 2.3119, 1.0: 2.3329, 10.0: 2.5026}
+    found = _Found(losses, 0.1, False, 0.178)
+    assert max(found.harmless(initial, noise)) == 0.316
+    assert all(v <= initial * (1 + PLATEAU) for v in losses.values())
+    assert _plateau_edge([found], initial, noise) == 1.0
+    # the GRU's plateau (seed 1): the 1% edge is 0.1, LR 1 is the plateau edge (10 blows up)
+    gru = {1e-4: 1.3856, 1e-3: 1.3857, 0.01: 1.3875, 0.1: 1.3872, 1.0: 1.4094, 10.0: 60.58}
+    assert _plateau_edge([_Found(gru, 1e-4, True, 1e-4)], 1.3856, 2.4e-7) == 1.0
