@@ -30,7 +30,8 @@ on the MNIST-1D CNN kept working at 0.03 in the probe, while the real run died a
 A probe can also measure nothing: training that starts on a loss plateau moves every point by
 less than the probe's own noise. It then says so (``signal`` False), tries once more with a longer
 horizon when that is affordable, and otherwise starts at half the largest LR that did no harm
-instead of a "best" picked from noise (:func:`has_signal`, docs/design.md). Known limit: noisy
+on the plateau (:func:`_plateau_edge`) instead of a "best" picked from noise (:func:`has_signal`,
+docs/design.md). Known limit: noisy
 labels make the short-horizon picture misleading for a long run.
 """
 
@@ -140,7 +141,8 @@ def probe_lr(
     When the best point is no better than the untrained model by more than the probe's own noise
     (:func:`has_signal`), nothing was measured: the grid runs once more with ``LONGER`` times the
     steps if that fits ``BUDGET``, and if there is still no signal the run starts at half the
-    largest LR that did no harm (``ProbeResult.signal`` False; docs/design.md).
+    largest LR that did no harm on the plateau (:func:`_plateau_edge`; ``ProbeResult.signal``
+    False; docs/design.md).
     """
     began = time.perf_counter()
     adaptive = is_adaptive(optimizer)
