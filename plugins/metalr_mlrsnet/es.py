@@ -30,7 +30,7 @@ from pydantic import Field
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .base import ProbedOptions, ProbedSchedule
-from .lstm import Cell, MLRSNet
+from .lstm import MLRSNet
 
 
 class ESOptions(ProbedOptions):
@@ -68,8 +68,8 @@ class MLRSNetES(ProbedSchedule):
         super().__init__(opts)
         self.opts = opts
         self.episodes = opts.episodes
-        cell: Cell = "concat"
-        self.net = MLRSNet(hidden=opts.hidden, progress=opts.progress, cell=cell, gamma=1.0)
+        # the net whose weights ES moves; its own scale is unused (this policy's is the one)
+        self.net = MLRSNet(hidden=opts.hidden, progress=opts.progress, gamma=1.0)
 
     def initial_state(self, device: torch.device) -> Any:
         return self.net.initial_state(device)
