@@ -25,7 +25,17 @@ MAY_NOT_LEARN = {
     # docs/results.md. Prodigy (d0 = 1e-6) beats chance in 2 epochs except with the CNN.
     "recipes/cpu/": {"dog"},
     "recipes/transfer/mnist1d-cnn.yaml": {"prodigy"},
+    # the hard suite's point: a loss plateau that lasts hundreds of steps at any LR (recurrent
+    # nets reading a token 40 steps back; an 8-layer plain MLP), far beyond 2 epochs (80 and 56
+    # steps); at its budget tuned baselines escape it (docs/hard-tasks.md)
+    "recipes/hard/seq-recall-gru.yaml": {"*"},
+    "recipes/hard/seq-recall-lstm.yaml": {"*"},
+    "recipes/hard/deep-plain.yaml": {"*"},
+    "recipes/hard/": {"dog"},  # its warm-up, as on the CPU suites
 }
+# Methods whose divergence at the recipe's setting is a finding the docs report, not a bug:
+# Schedule-Free SGD at its default LR 1 on squared errors of ~200 (every seed, full budget too).
+MAY_DIVERGE = {"recipes/hard/regression.yaml": {"sgd-schedulefree"}}
 
 RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
                  for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
@@ -44,4 +54,12 @@ def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
         assert r.status == "FINISHED" or "Error:" not in (r.error or ""), (r.label, r.error)
     may_not_learn = {m for prefix, ms in MAY_NOT_LEARN.items() if path.startswith(prefix)
                      for m in ms}
+    if "*" in may_not_learn:
+        may_not_learn = set(methods)
+    diverging = MAY_DIVERGE.get(path, set())
+    for r in summary.results:
+        if r.method in diverging and r.status != "FINISHED":
+            assert "training loss" in (r.error or ""), (r.label, r.error)  # diverged, no bug
+    summary.results = [r for r in summary.results
+                       if not (r.method in diverging and r.status != "FINISHED")]
     check_learned(summary, may_not_learn)  # finished, above chance (test_conformance proves it)
