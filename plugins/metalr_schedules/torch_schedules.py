@@ -128,6 +128,14 @@ class _TorchSchedule:
         self._opt.step()
         self._sched.step(*args)
 
+    def _catch_up(self, step: int) -> float:
+        """A scheduler stepped once per training step: advance it to ``step`` (0-based), one
+        ``step()`` per training step taken (torch's cosine is recursive), and give its LR."""
+        while self._t < step:
+            self._advance()
+            self._t += 1
+        return self.current_lr
+
     @property
     def current_lr(self) -> float:
         if self._opt is None:
@@ -239,11 +247,7 @@ class CosineLR(_TorchSchedule):
     def lr(self, ctx: StepContext) -> float:
         if self._opt is None or self.per == "epoch":
             return self.current_lr
-        # torch's cosine is recursive: advance one scheduler step per training step taken.
-        while self._t < ctx.step:
-            self._advance()
-            self._t += 1
-        return self.current_lr
+        return self._catch_up(ctx.step)
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.per == "epoch":
@@ -290,10 +294,7 @@ class WSD(_TorchSchedule):
     def lr(self, ctx: StepContext) -> float:
         if self._opt is None:
             return self.current_lr
-        while self._t < ctx.step:  # LambdaLR's value at its step count: one per training step
-            self._advance()
-            self._t += 1
-        return self.current_lr
+        return self._catch_up(ctx.step)
 
 
 class PlateauLR(_TorchSchedule):
