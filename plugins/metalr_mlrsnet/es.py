@@ -29,6 +29,8 @@ import torch
 from pydantic import Field
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from metalr.engine import TrainingDiverged
+
 from .base import ProbedOptions, ProbedSchedule
 from .lstm import MLRSNet
 
@@ -85,8 +87,10 @@ class MLRSNetES(ProbedSchedule):
             include={"hidden", "progress", "episodes", "pairs", "sigma", "es_lr", "seed"})}
 
     def _theta(self) -> list[torch.nn.Parameter]:
-        """The net's weights ES perturbs (not its unused scale: this policy's own is the one)."""
-        return [p for name, p in self.net.named_parameters() if name != "log_gamma"]
+        """The net's weights ES perturbs: what a hypergradient would train (its only group, the
+        scale not learned), not its unused scale: this policy's own is the one."""
+        (group,) = self.net.meta_parameters()
+        return list(group["params"])
 
     # -- the EpisodicLearner protocol ---------------------------------------------------------
     def train_episodes(self, make_engine: Callable[..., Any],
@@ -131,8 +135,8 @@ class MLRSNetES(ProbedSchedule):
             metrics = dict(history.epochs[-1]) if history.epochs else {}
             loss = float(metrics.get("meta_loss", math.inf))
             lrs = history.lrs
-        except (FloatingPointError, RuntimeError) as exc:  # TrainingDiverged is a RuntimeError
-            history, metrics, loss, lrs = None, {"error": str(exc)}, math.inf, []
+        except (FloatingPointError, TrainingDiverged) as exc:  # the probe's, or the run's
+            metrics, loss, lrs = {"error": str(exc)}, math.inf, []
         if not math.isfinite(loss):
             diverged = True
             probe = engine.probe_result
