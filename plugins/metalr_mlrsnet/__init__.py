@@ -3,7 +3,8 @@ their control with nothing learned (probed-wsd)."""
 
 from metalr import hookimpl
 
-from .control import ProbedWSD, ProbedWSDOptions
+from .base import ProbedOptions
+from .control import ProbedWSD
 from .es import ESOptions, MLRSNetES
 from .lstm import MLRSNet, MLRSNetOptions
 from .mlp import MLPNet, MLPNetOptions
@@ -14,7 +15,7 @@ from .transfer import MLRSNetTransfer, TransferOptions
 def register_lr_policies(register):
     register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
     register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")
-    register("probed-wsd", ProbedWSD, options=ProbedWSDOptions,
+    register("probed-wsd", ProbedWSD, options=ProbedOptions,
              summary="the control: MLR-SNet's schedule with nothing learned (probed start "
                      "held, brake, recheck, cool-down)")
     register("mlrsnet-es", MLRSNetES, options=ESOptions,

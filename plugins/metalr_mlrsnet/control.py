@@ -15,16 +15,13 @@ import torch
 from .base import ProbedOptions, ProbedSchedule
 
 
-class ProbedWSDOptions(ProbedOptions):
-    """The same options as MLR-SNet's scale (docs/recipes.md); nothing to meta-learn."""
-
-
 class ProbedWSD(ProbedSchedule):
     """``gamma / 2`` (MLR-SNet's start) at every step, times the cool-down: not a meta-learner
-    (no theta, no meta-updates), so a recipe's ``meta:`` settings do not apply to it."""
+    (no theta, no meta-updates), so a recipe's ``meta:`` settings do not apply to it. Its
+    options are MLR-SNet's scale options, :class:`ProbedOptions`."""
 
     def __init__(self, **options: Any):
-        super().__init__(ProbedWSDOptions(**options))
+        super().__init__(ProbedOptions(**options))
 
     def raw(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         return torch.full((), 0.5, dtype=self.ref_lr.dtype, device=self.ref_lr.device), state

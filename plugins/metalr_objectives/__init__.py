@@ -5,26 +5,18 @@
 made by higher's differentiable optimizers).
 """
 
-from pydantic import BaseModel, ConfigDict
-
 from metalr import hookimpl
 from metalr.objectives import OneStep
 
 from .unroll import Unroll, UnrollOptions
 
 
-class OneStepOptions(BaseModel):
-    """The one-step objective has no options."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-__all__ = ["OneStep", "OneStepOptions", "Unroll", "UnrollOptions"]
+__all__ = ["OneStep", "Unroll", "UnrollOptions"]
 
 
 @hookimpl
 def register_meta_objectives(register):
-    register("one-step", OneStep, options=OneStepOptions,
+    register("one-step", OneStep,  # no options: the schema derived from OneStep() refuses any
              summary="the meta loss one step ahead (Algorithm 1, Eqs. 9-10)")
     register("unroll", Unroll, options=UnrollOptions,
              summary="the meta loss K steps ahead at one LR, differentiated through all K")
