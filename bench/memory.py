@@ -176,20 +176,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"device {args.device}, torch {torch.__version__}, {args.threads} threads, "
           f"N = {n} steps, meta-update every step; peak bytes above the baseline "
           f"({'max_memory_allocated' if args.device.startswith('cuda') else 'VmHWM - VmRSS'})")
-    runs = [(key, mode, label, steps) for key in args.models
+    # (model, mode, label, steps, unroll k: 1 is the one-step objective)
+    runs = [(key, mode, label, steps, 1) for key in args.models
             for label, steps in (("N", n), ("4N", 4 * n)) for mode in ("plain", "meta")]
-    runs += [(key, f"unroll{k}", "N", n) for key in args.models for k in args.unroll]
-
-    def child(r):
-        unroll = int(r[1][len("unroll"):]) if r[1].startswith("unroll") else 1
-        return _run_child(r[0], r[1] != "plain", r[3], args.device, args.threads, unroll)
-
+    runs += [(key, f"unroll{k}", "N", n, k) for key in args.models for k in args.unroll]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(child, runs))
-    seconds = {f"{key}/{mode}/{label}": r["seconds"] for (key, mode, label, _), r
+        results = list(pool.map(lambda r: _run_child(r[0], r[1] != "plain", r[3], args.device,
+                                                     args.threads, r[4]), runs))
+    seconds = {f"{key}/{mode}/{label}": r["seconds"] for (key, mode, label, *_), r
                in zip(runs, results)}
     out: dict[str, float] = {}
-    for (key, mode, label, steps), r in zip(runs, results):
+    for (key, mode, label, steps, _), r in zip(runs, results):
         out[f"{key}/{mode}/{label}"] = r["peak"]
         print(f"{key:8} {mode:8} {label:2} ({steps:4} steps): peak {r['peak']:>13,d} B "
               f"= {r['peak'] / 2**20:8.1f} MiB  ({r['seconds']:.1f} s)")
