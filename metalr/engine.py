@@ -230,17 +230,16 @@ class Engine:
         """What the meta-objective looks ahead with (:class:`metalr.protocols.Lookahead`)."""
         meta_local, meta_weight = distributed.shard(meta_batch, self.ranks)
         grads = [p.grad for p in self.params]
+        # further batches from a data order of their own, seeded by the step (nothing to
+        # checkpoint; the real run's batches are untouched); a generator: drawn only if asked
+        further = DataOrder(self.order.seed + UNROLL_ORDER + ctx.step).batches(
+            self.task, self.cfg.batch_size)
         inner: list[Batch] = []
-        source: list[Any] = []
 
         def train_batch(k: int) -> Batch:
-            # the k-th further batch of this meta-update, from a data order of its own (seeded
-            # by the step, so nothing to checkpoint): the real run's batches are untouched
-            if not source:
-                source.append(DataOrder(self.order.seed + UNROLL_ORDER + ctx.step)
-                              .batches(self.task, self.cfg.batch_size))
+            """The k-th further batch of this meta-update (k >= 1)."""
             while len(inner) < k:
-                inner.append(next(source[0])[1])
+                inner.append(next(further)[1])
             return distributed.shard(inner[k - 1], self.ranks)[0]
 
         def at(batch: Batch, weights, weight: float = 1.0) -> torch.Tensor:
