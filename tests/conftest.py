@@ -62,3 +62,18 @@ def where(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return tmp_path, lambda: MlflowClient(uri)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault suite's size on every run that selected any of it (issue 20: the count printed)."""
+    stats = terminalreporter.stats
+    outcomes = {}
+    for key in ("passed", "failed", "skipped", "error"):
+        n = sum(1 for r in stats.get(key, ())
+                if getattr(r, "when", "call") in ("call", "setup") and "faults" in getattr(r, "keywords", {}))
+        if n:
+            outcomes[key] = n
+    if outcomes:
+        terminalreporter.write_line(
+            "fault suite: " + ", ".join(f"{n} {k}" for k, n in outcomes.items())
+            + f" ({sum(outcomes.values())} cases; all of them: tox -e faults)")

@@ -19,6 +19,8 @@ import types
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.faults
 import torch
 import yaml
 from torch import nn
