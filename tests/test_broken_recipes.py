@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.faults
 import torch
 import yaml
 from safetensors.torch import save_file

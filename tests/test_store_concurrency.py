@@ -14,6 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.faults
 from mlflow.tracking import MlflowClient
 
 WORKER = """
