@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.faults
 import torch
 import yaml
 from safetensors.torch import save_file
@@ -25,6 +23,8 @@ from safetensors.torch import save_file
 from metalr.cli import build_parser, main, parse_args
 from metalr.recipe import load_recipe
 from metalr.weights import save_meta_learner
+
+pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).parents[1]
 

@@ -14,9 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.faults
-from mlflow.tracking import MlflowClient
 
 WORKER = """
 import sys, time
