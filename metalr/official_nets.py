@@ -85,7 +85,9 @@ def convert(state: dict[str, torch.Tensor], path: Path,
     """``(policy name, options, tensors)`` of an ``mlrsnet`` (official cell) for a released file.
 
     Checks every key and shape first; ``ValueError`` names the file, the key and what was
-    expected. ``ref_lr`` is left to :func:`set_reference_lr`, which needs the built net.
+    expected. Dtypes, NaNs and sizes are checked before, by :func:`metalr.weights.check_tensors`,
+    the one check of both formats. ``ref_lr`` is left to :func:`set_reference_lr`, which needs
+    the built net.
     """
     if "layer3.weight" not in state or "layer1.fc_i2h.0.weight" not in state:
         raise ValueError(f"{path}: keys {sorted(state)[:6]}... are not an MLR-SNet's; "
@@ -102,8 +104,6 @@ def convert(state: dict[str, torch.Tensor], path: Path,
             raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected "
                              f"{shape} (hidden {hidden}, width {width} from layer3.weight and "
                              "layer1.fc_i2h.0.weight)")
-        if not state[key].is_floating_point():
-            raise ValueError(f"{path}: {key} is {state[key].dtype}, not a float tensor")
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
     tensors = {key.replace("layer1.", "cells.0.", 1).replace("layer3.", "out.", 1):
@@ -141,6 +141,8 @@ def import_nets(files: list[str | Path], out: str | Path, gamma: float = PAPER_G
     """
     from metalr.weights import WeightsError, load_meta_learner, save_meta_learner, sha256
 
+    if not (math.isfinite(gamma) and gamma > 0):  # a NaN or inf gamma would be saved as theta
+        raise WeightsError(f"--gamma must be a finite number > 0 (the LR bound), got {gamma}")
     out = Path(out)
     if out.is_dir() and any(out.glob("*.safetensors")):
         raise WeightsError(f"{out}: already holds nets; choose an empty or new folder")

@@ -5,12 +5,19 @@ is all that is needed to rebuild the net through the registry before its tensors
 also reads the authors' released ``.pth`` files (plain tensor state_dicts, read with
 ``torch.load(weights_only=True)``; :mod:`metalr.official_nets`). The format is sniffed from the
 first bytes, not the file name.
+
+A net is a few thousand numbers, so a file is bounded before anything is allocated for it: its
+byte size, its header's length and JSON nesting, the sizes its options declare and the
+parameters the net they describe would have (built on torch's ``meta`` device first); its tensors
+must be finite floats. A hostile or damaged file is refused in one line naming the file and the
+key, never by a RecursionError or a failed 160 GB allocation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,19 @@ from metalr.protocols import EpisodicLearner
 POLICY_KEY = "metalr.policy"
 OPTIONS_KEY = "metalr.options"
 
+MAX_PARAMETERS = 10_000_000
+"""Values in a net's tensors, all together (the shipped nets: ~8,500; the authors': ~12,000)."""
+MAX_HEADER_BYTES = 1 << 20
+"""A safetensors header: tensor names, shapes and a few options (safetensors allows 100 MB)."""
+MAX_FILE_BYTES = 8 * MAX_PARAMETERS + MAX_HEADER_BYTES + (1 << 20)
+"""MAX_PARAMETERS float64 values, the largest header and a torch file's pickle framing."""
+MAX_JSON_DEPTH = 16
+"""Nesting of the options in a header: they are flat (a list of sizes at most)."""
+SIZE_OPTIONS = {"hidden": 1024, "width": 1024, "layers": 16, "net_arch": 1024}
+"""Header options that set tensor shapes, and their bounds (nets in use: hidden 40-50, width 25,
+1-2 layers, controller [32, 32]). A list (``net_arch``) may hold up to ``layers``' bound."""
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 class WeightsError(ValueError):
     """A file that is not a meta-learned net metalr can read (safetensors or a released .pth)."""
@@ -38,6 +58,85 @@ def is_safetensors(path: Path) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     return struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def json_depth(text: str) -> int:
+    """How deeply ``text``'s arrays and objects nest, without parsing it (json recurses)."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', "", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def check_file_size(path: Path) -> None:
+    """Refuse a file too large to be a net before reading it (either format)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise WeightsError(f"{path}: {size:,} bytes, over the {MAX_FILE_BYTES:,} a meta-learned "
+                           f"net can take ({MAX_PARAMETERS:,} float64 values): not a net metalr "
+                           "can load; give the file of the net itself")
+
+
+def check_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors no net can run with: not a float, NaN or inf, or too many values.
+
+    The one check of a saved net's tensors, for safetensors and the authors' ``.pth`` alike, run
+    when the file is read (so ``validate`` runs it too): an integer net loses its fractions (a
+    ``ref_lr`` of 0.05 becomes 0, which the run then divides by), a NaN net gives NaN LRs.
+    """
+    total = 0
+    for key, value in tensors.items():
+        if value.layout != torch.strided or value.device.type != "cpu":  # sparse, meta: no data
+            kind = (f"on the {value.device.type} device" if value.device.type != "cpu" else
+                    f"a {str(value.layout).removeprefix('torch.')} tensor")
+            raise WeightsError(f"{path}: tensor {key!r} is {kind}, not a dense tensor with its "
+                               "values in the file: save the net's own state_dict")
+        if value.dtype not in FLOAT_DTYPES:
+            dtype = str(value.dtype).removeprefix("torch.")
+            raise WeightsError(f"{path}: tensor {key!r} is {dtype}, not a float (float16, "
+                               "bfloat16, float32 or float64): a net's weights are floats; save "
+                               "it from the float net")
+        total += value.numel()
+        if total > MAX_PARAMETERS:
+            raise WeightsError(f"{path}: its tensors hold more than {MAX_PARAMETERS:,} values "
+                               f"(at {key!r}), the limit for a meta-learned net")
+        bad = value.numel() - int(torch.isfinite(value).sum())
+        if bad:
+            raise WeightsError(f"{path}: tensor {key!r} holds {bad} NaN or inf of "
+                               f"{value.numel()} values: a diverged or damaged net; use one "
+                               "saved before it diverged")
+
+
+def check_size_options(path: str | Path, options: dict[str, Any]) -> None:
+    """Refuse header options that would build an oversized net, before building it."""
+    for key, limit in SIZE_OPTIONS.items():
+        value = options.get(key)
+        values = value if isinstance(value, list) else [value]
+        if len(values) > SIZE_OPTIONS["layers"]:
+            raise WeightsError(f"{path}: header {OPTIONS_KEY!r} sets {key} to {len(values)} "
+                               f"sizes, over the limit {SIZE_OPTIONS['layers']} for a "
+                               "meta-learned net: a damaged or foreign file; re-save the net")
+        for v in values:
+            try:
+                number = float(v)
+            except (TypeError, ValueError, OverflowError):
+                continue  # not a size: the policy's options schema refuses it by name
+            if number > limit:
+                raise WeightsError(f"{path}: header {OPTIONS_KEY!r} sets {key} = {v}, over the "
+                                   f"limit {limit} for a meta-learned net: a damaged or foreign "
+                                   "file; re-save the net")
+
+
+def _count_on_meta(build: Any) -> int | None:
+    """Values in the state of the net ``build()`` makes, built on torch's meta device (no
+    memory, the RNG left as it was); ``None`` where the factory cannot build there."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            state = build().state_dict()
+        return sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    except Exception:  # e.g. a factory that copies data (the lr-controller): bounded by options
+        return None
 
 
 def sha256(path: str | Path) -> str:
@@ -77,9 +176,12 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
+    check_file_size(path)
     if not is_safetensors(path):
         try:
-            name, options, tensors = official_nets.convert(official_nets.read_state_dict(path), path)
+            state = official_nets.read_state_dict(path)
+            check_tensors(path, state)
+            name, options, tensors = official_nets.convert(state, path)
         except ValueError as exc:  # say first what the file is not: most are not the authors'
             detail = str(exc).removeprefix(f"{path}: ")
             raise WeightsError(f"{path}: not a safetensors file; read as one of the authors' "
@@ -89,6 +191,12 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
                     official_nets.SOURCE_KEY: path.name, official_nets.SHA256_KEY: sha256(path),
                     official_nets.REF_UNSET_KEY: "true"}
         return name, options, tensors, metadata
+    with open(path, "rb") as f:
+        header_bytes = struct.unpack("<Q", f.read(8))[0]
+    if header_bytes > MAX_HEADER_BYTES:
+        raise WeightsError(f"{path}: safetensors header of {header_bytes:,} bytes, over the "
+                           f"limit {MAX_HEADER_BYTES:,} for a net's names, shapes and options: "
+                           "not a net saved by metalr")
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
@@ -100,12 +208,18 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
         ) from None
     if POLICY_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors header has no {POLICY_KEY!r}: not saved by metalr")
+    depth = json_depth(metadata.get(OPTIONS_KEY, "{}"))
+    if depth > MAX_JSON_DEPTH:
+        raise WeightsError(f"{path}: header {OPTIONS_KEY!r} nests JSON {depth} deep, over the "
+                           f"limit {MAX_JSON_DEPTH} (a net's options are flat): a damaged or "
+                           "foreign file; re-save the net")
     try:
         options = json.loads(metadata.get(OPTIONS_KEY, "{}"))
     except json.JSONDecodeError as exc:
         raise WeightsError(f"{path}: header {OPTIONS_KEY!r} is not JSON ({exc})") from None
     if not isinstance(options, dict):
         raise WeightsError(f"{path}: header {OPTIONS_KEY!r} is not a JSON object")
+    check_tensors(path, tensors)
     return metadata[POLICY_KEY], options, tensors, metadata
 
 
@@ -133,8 +247,18 @@ def load_meta_learner(
     """
     name, options, tensors, metadata = read_meta_learner(path)
     if into is None:
+        check_size_options(path, options)
         try:
-            into = (registry or get_registry()).get("lr_policy", name).build(**options)
+            component = (registry or get_registry()).get("lr_policy", name)
+            size = _count_on_meta(lambda: component.build(**options))
+            if size is not None and size > MAX_PARAMETERS:
+                raise WeightsError(f"{path}: the options in its header ({OPTIONS_KEY!r}) make a "
+                                   f"{name!r} net of {size:,} parameters, over the limit "
+                                   f"{MAX_PARAMETERS:,} for a meta-learned net: a damaged or "
+                                   "foreign file; re-save the net")
+            into = component.build(**options)
+        except WeightsError:
+            raise
         except Exception as exc:
             raise WeightsError(f"{path}: cannot rebuild policy {name!r} with the options in "
                                f"its header ({exc})") from None
