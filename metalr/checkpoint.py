@@ -5,7 +5,10 @@ A checkpoint is one file: a header line ``metalr-checkpoint 1 <sha256 of the pay
 ``torch.load(weights_only=True)``. It is written to a temporary file in the same folder, fsynced
 and moved into place with ``os.replace``, after the previous good file is kept as ``.prev``: a
 kill at any moment leaves either the old or the new checkpoint whole, and a full disk leaves the
-last good one untouched. :func:`load` checks the digest and falls back to ``.prev``.
+last good one untouched. :func:`load` checks the digest and falls back to ``.prev``, with a
+warning saying which file was bad and why. Every error names the file: a payload torch refuses
+(pickled objects) without torch's advice to load it unrestricted, a key the payload lacks as
+:class:`CheckpointKeyError` rather than a bare ``KeyError``.
 
 It also holds the generic capture of an LR policy's state (:func:`policy_state`), used for
 policies that do not define ``state_dict`` / ``load_state_dict`` themselves: their attributes
@@ -20,8 +23,11 @@ import dataclasses
 import hashlib
 import io
 import os
+import pickle
 import random
+import re
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or read; the message names the file and the fix."""
 
 
+class CheckpointWarning(UserWarning):
+    """A bad checkpoint passed over for the previous one; the message names both and why."""
+
+
 # -- files -----------------------------------------------------------------------------------
 
 def previous(path: Path) -> Path:
@@ -50,7 +60,7 @@ def save(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically, keeping the previous good file as ``.prev``."""
     path = Path(path)
     buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
+    torch.save({k: _plain(v) for k, v in state.items()}, buffer)  # loaded tables as dicts
     payload = buffer.getvalue()
     data = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -96,7 +106,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def read(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """One checkpoint file, its digest checked; :class:`CheckpointError` says what is wrong."""
+    """One checkpoint file, its digest checked; :class:`CheckpointError` says what is wrong.
+
+    A key the payload lacks is a :class:`CheckpointKeyError` naming the file and the key where
+    the key is read (here, or in the runner and engine), not a bare ``KeyError: 'runner'``.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -108,15 +122,68 @@ def read(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     if hashlib.sha256(payload).hexdigest().encode() != head[len(MAGIC):]:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # a file with a good digest but a foreign payload
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from exc
+        # from None: torch's text (in error.txt's traceback too) advises weights_only=False
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {_refusal(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: it holds a "
+                              f"{type(state).__name__}, not the table of a checkpoint")
+    return _Checked(state, path)
+
+
+def _refusal(exc: Exception) -> str:
+    """Why torch would not load a payload, without its advice to load it unrestricted."""
+    text = str(exc)
+    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds objects metalr will not load{what}, possibly unsafe: not a checkpoint "
+                "metalr wrote")
+    return " ".join(text.split())[:200]
+
+
+class CheckpointKeyError(CheckpointError, KeyError):
+    """A key a checkpoint lacks: still a ``KeyError`` to code that probes for one, but a
+    one-line message naming the file, the key and the fix."""
+
+    __str__ = RuntimeError.__str__  # not KeyError's repr of the message
+
+
+class _Checked(dict):
+    """A loaded checkpoint (and each table in it): a missing key raises
+    :class:`CheckpointKeyError` naming the file. Two levels deep, which is what the runner and
+    engine index; :func:`save` writes plain dicts back (the loader refuses any other class)."""
+
+    def __init__(self, items: Mapping[str, Any], path: Path, where: str = ""):
+        super().__init__(items)
+        self.path, self.where = path, where
+        if not where:
+            for key, value in self.items():
+                if type(value) is dict:
+                    dict.__setitem__(self, key, _Checked(value, path, f"{key}."))
+
+    def __missing__(self, key: Any) -> Any:
+        path, main = self.path, self.path.name.removesuffix(".prev")
+        if path.name == main:
+            fix = f"delete it to resume from {previous(path).name}, or both to start the run over"
+        else:
+            fix = f"delete it and {main} to start the run over"
+        raise CheckpointKeyError(f"checkpoint {path} has no '{self.where}{key}' (not a run's "
+                                 f"checkpoint, or another metalr version's): {fix}")
+
+
+def _plain(value: Any) -> Any:
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, _Checked) else value
 
 
 def load(path: str | Path, map_location: Any = "cpu") -> tuple[dict[str, Any], Path] | None:
     """The newest good checkpoint at ``path`` (or its ``.prev``), and which file it was.
 
-    None when neither exists; :class:`CheckpointError` when files exist and none is good.
+    None when neither exists; :class:`CheckpointError` when files exist and none is good. Going
+    back to ``.prev`` because ``path`` is bad is a :class:`CheckpointWarning` saying why (the
+    run redoes up to an epoch; a missing ``path``, as a kill between the two renames of
+    :func:`save` leaves it, is no news).
     """
     path = Path(path)
     errors = []
@@ -124,9 +191,14 @@ def load(path: str | Path, map_location: Any = "cpu") -> tuple[dict[str, Any], P
         if not candidate.exists():
             continue
         try:
-            return read(candidate, map_location), candidate
+            state = read(candidate, map_location)
         except CheckpointError as exc:
             errors.append(str(exc))
+            continue
+        if errors:
+            warnings.warn(f"{errors[0]}; continuing from the previous one, {candidate}",
+                          CheckpointWarning, stacklevel=2)
+        return state, candidate
     if errors:
         raise CheckpointError("; ".join(errors) + " — delete the folder's checkpoint files to "
                               "start this run over")
