@@ -1,7 +1,8 @@
 """The `metalr` command: plugins, validate, run, resume, sweep, runs, nets, report, new-plugin.
 
 Exit codes: 0 success, 1 a run failed (or the output folder or tracker could not be used), 2 a
-bad recipe or override (nothing tracked, nothing written), 130 interrupted.
+bad recipe or override, or under ``METALR_STRICT_PLUGINS=1`` a plugin that did not load or was
+refused (nothing tracked, nothing written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metalr.checkpoint import CheckpointError
-from metalr.plugins import KINDS, UnknownComponentError, get_registry
+from metalr.plugins import KINDS, PluginLoadError, UnknownComponentError, get_registry
 from metalr.recipe import RecipeError, load_recipe
 from metalr.rundir import RunError
 
@@ -89,8 +90,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for c in registry.all()
     ]
     broken = [{"source": b.source, "error": b.error} for b in registry.broken]
-    refused = [{"kind": r.kind, "name": r.name, "source": r.source, "kept": r.kept}
-               for r in registry.refused]
+    refused = [{"kind": r.kind, "name": r.name, "source": r.source, "kept": r.kept,
+                "message": str(r)} for r in registry.refused]
     if args.json:
         print(json.dumps({"components": components, "broken": broken, "refused": refused},
                          indent=2))
@@ -114,7 +115,10 @@ def _selection(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
+    from metalr.validation import temporary_files_removed
+
+    with temporary_files_removed():  # validate writes nothing, temporary files included
+        recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
     methods = ", ".join(recipe.methods)
     if _is_main_rank():
         print(f"{args.recipe}: ok ({recipe.name}: task {recipe.task.name}, "
@@ -178,15 +182,27 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from metalr.runner import Runner
 
     args.runner = Runner.resumable(args.run_dir, progress=not args.quiet)
+    args.runner.tracking_uri = args.tracking_uri  # else the store the folder recorded
     summary = args.runner.run()
     return _report(summary, summary.run_id is not None)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    """Lists (and cleans) an existing store only: a missing, empty, foreign or damaged SQLite
+    file is a one-line error (exit 2), never created, migrated or written."""
+    from metalr.report import DEFAULT_URI, ReportError, existing_store
+    from metalr.rundir import StoreError, is_running
     from metalr.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
 
-    tracker = get_registry().get("tracker", args.tracker).build(
-        **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
+    try:
+        if args.tracker == "mlflow":
+            existing_store(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                           or DEFAULT_URI)
+        tracker = get_registry().get("tracker", args.tracker).build(
+            **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
+    except (ReportError, StoreError) as exc:
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 2
     try:
         if not callable(getattr(tracker, "running_runs", None)):
             print(f"metalr: the tracker {args.tracker!r} cannot list its runs", file=sys.stderr)
@@ -196,8 +212,6 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             print(f"marked {len(killed)} run{'s' * (len(killed) != 1)} KILLED (RUNNING, but "
                   "the process that ran them is gone)" + "".join(f"\n  {r}" for r in killed))
             return 0
-        from metalr.rundir import is_running
-
         for run_id, tags in tracker.running_runs():
             where = tags.get(OUTPUT_TAG)
             if tags.get(HOST_TAG, HOST) != HOST:
@@ -208,6 +222,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 alive = "running" if is_running(Path(where)) else "stale (process gone)"
             print(f"{run_id}  {tags.get('mlflow.runName', '')}  {alive}  {where or '-'}")
         return 0
+    except StoreError as exc:  # a damaged database, found while reading it
+        print(f"metalr: {exc}; repair or restore the store, or pass another with "
+              "--tracking-uri", file=sys.stderr)
+        return 2
     finally:
         tracker.close()
 
@@ -251,8 +269,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     say = None if args.quiet else (lambda line: print(line, flush=True))
     try:
-        index = build_report(args.targets, args.out, args.tracking_uri, say)
-    except ReportError as exc:  # an unknown name or id, no store, nothing tracked
+        index = build_report(args.targets, args.out, args.tracking_uri, say,
+                             warn=lambda line: print(f"metalr: warning: {line}",
+                                                     file=sys.stderr, flush=True))
+    except ReportError as exc:  # an unknown name or id, no store or not one, nothing tracked
         print(f"metalr: {exc}", file=sys.stderr)
         return 2
     print(f"report: {index.resolve()}")
@@ -302,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
     p.add_argument("run_dir", help="the output folder the run printed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tracking-uri", help="the store the runs are in, if it moved (default: "
+                   "the one the run folder recorded)")
     p.set_defaults(func=_cmd_resume)
     p = sub.add_parser("runs", help="list runs left RUNNING; --clean marks dead ones KILLED")
     p.add_argument("--clean", action="store_true",
@@ -374,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RecipeError as exc:
         _error(exc)
+        return 2
+    except PluginLoadError as exc:  # strict mode: the installation, not a run, is at fault
+        _error(f"metalr: {exc} (METALR_STRICT_PLUGINS=1 makes this an error)")
         return 2
     except (RunError, CheckpointError) as exc:
         _error(f"metalr: {exc}")

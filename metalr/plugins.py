@@ -10,17 +10,29 @@ two third parties, with the one loaded first), and the newcomer's component is r
 message naming both sources. Built-ins load first, so this holds whatever the distributions'
 names. A component registered without an options schema gets one derived from its factory's
 signature (:mod:`metalr.derived_options`), so typo'd options fail validation.
+
+The distribution name ``metalr`` is reserved. ``importlib.metadata.entry_points`` keeps only the
+first distribution of each name on ``sys.path``, so a third party's dist-info named ``metalr``
+placed earlier would hide every built-in and pass its own components off as built-ins. Here
+every distribution is seen, the one that installed this very package is the built-ins' (by its
+file list or its editable-install record; else the one whose plugin modules lie beside this
+package; else, as before, the first), another copy of the same entry points is skipped, and any
+other distribution claiming the name is refused whole.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pluggy
 from pydantic import BaseModel
@@ -86,6 +98,26 @@ class RefusedComponent:
                 f"{self.kept}; register it under another name in {self.source}")
 
 
+@dataclass(frozen=True)
+class RefusedPlugin:
+    """An entry point refused whole: its distribution claims the name reserved for metalr.
+
+    Shaped like :class:`RefusedComponent` (``kind`` is ``"plugin"``) so that ``metalr plugins``
+    lists both kinds of refusal the same way.
+    """
+
+    name: str  # the entry point's name
+    source: str  # distribution:entry-point, as for any plugin
+    location: str  # where its distribution is installed
+    kept: str = BUILTIN_DISTRIBUTION
+    kind: str = "plugin"
+
+    def __str__(self) -> str:
+        return (f"plugin {self.source} ({self.location}) refused: the distribution name "
+                f"{BUILTIN_DISTRIBUTION!r} is reserved for metalr's built-ins "
+                f"({_OWN_PACKAGE.parent}); rename the distribution, e.g. metalr-{self.name}")
+
+
 class UnknownComponentError(KeyError):
     """A component name that no plugin registered; carries the nearest names.
 
@@ -136,7 +168,7 @@ class Registry:
         default_factory=lambda: {kind: {} for kind in KINDS}
     )
     broken: list[BrokenPlugin] = field(default_factory=list)
-    refused: list[RefusedComponent] = field(default_factory=list)
+    refused: list[RefusedComponent | RefusedPlugin] = field(default_factory=list)
     _loaded: bool = False
 
     def __post_init__(self) -> None:
@@ -148,8 +180,10 @@ class Registry:
         if self._loaded:
             return self
         self._loaded = True
-        entry_points = metadata.entry_points(group=GROUP)
-        for ep in sorted(entry_points, key=_load_order):
+        for ep, refusal in _plugin_entry_points():
+            if refusal is not None:
+                self._refuse_plugin(refusal)
+                continue
             source = f"{_dist_name(ep)}:{ep.name}"
             try:
                 plugin = ep.load()
@@ -213,6 +247,12 @@ class Registry:
 
         return register
 
+    def _refuse_plugin(self, refusal: RefusedPlugin) -> None:
+        if self.strict:
+            raise PluginLoadError(str(refusal))
+        self.refused.append(refusal)
+        warnings.warn(f"metalr: {refusal}", stacklevel=3)
+
     def _report(self, source: str, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if self.strict:
@@ -227,7 +267,7 @@ class Registry:
         try:
             return self.components[kind][name]
         except KeyError:
-            skipped = [*self.broken, *(r for r in self.refused if r.kind == kind)]
+            skipped = [*self.broken, *(r for r in self.refused if r.kind in (kind, "plugin"))]
             raise UnknownComponentError(kind, name, self.components[kind], skipped) from None
 
     def names(self, kind: str) -> list[str]:
@@ -239,9 +279,101 @@ class Registry:
         return [c for kind in KINDS for _, c in sorted(self.components[kind].items())]
 
 
-def _load_order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
-    """Built-ins first, so that they hold their names whatever a third party is called."""
-    return _dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name
+_OWN_PACKAGE = Path(__file__).resolve().parent
+"""The ``metalr`` package this registry belongs to: its distribution holds the built-ins."""
+
+
+@dataclass(frozen=True)
+class _Installed:
+    """One installed distribution with entry points in the group."""
+
+    name: str  # normalized
+    location: str
+    dist: metadata.Distribution
+    eps: tuple[metadata.EntryPoint, ...]
+
+
+def _plugin_entry_points() -> list[tuple[metadata.EntryPoint, RefusedPlugin | None]]:
+    """The group's entry points of every installed distribution, in load order: built-ins first,
+    so that they hold their names whatever a third party is called, then by distribution and
+    entry-point name. An entry point of a distribution that claims the reserved name without
+    being this metalr comes with its refusal; another install of this metalr (an egg-info beside
+    the sources, an older copy) adds nothing and is skipped.
+
+    ``metadata.entry_points`` is not used: it keeps the first distribution of each name on
+    ``sys.path``, which lets a dist-info named ``metalr`` hide the real one.
+    """
+    found: dict[tuple[str, str], _Installed] = {}  # a folder twice on sys.path counts once
+    for dist in metadata.distributions():
+        eps = tuple(ep for ep in dist.entry_points if ep.group == GROUP)
+        if eps:
+            item = _Installed(_normalized(dist.metadata["Name"] or ""), _location(dist), dist, eps)
+            found.setdefault((item.name, item.location), item)
+    named = [i for i in found.values() if i.name == BUILTIN_DISTRIBUTION]
+    own = (next((i for i in named if _installed_this_package(i.dist)), None) or
+           next((i for i in named if _plugins_beside_this_package(i.eps)), None) or
+           next(iter(named), None))  # core and plugins from different trees: as importlib would
+    ours = {(ep.name, ep.value) for ep in own.eps} if own else set()
+    ordered = []
+    for item in found.values():
+        refuse = item.name == BUILTIN_DISTRIBUTION and item is not own
+        if refuse and {(ep.name, ep.value) for ep in item.eps} <= ours:
+            continue  # this metalr installed again: nothing of its own
+        ordered += [((item is not own, item.name, ep.name), ep,
+                     RefusedPlugin(ep.name, f"{_dist_name(ep)}:{ep.name}", item.location)
+                     if refuse else None) for ep in item.eps]
+    ordered.sort(key=lambda entry: entry[0])
+    return [(ep, refusal) for _, ep, refusal in ordered]
+
+
+def _normalized(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``MetaLR`` and ``metalr`` are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _location(dist: metadata.Distribution) -> str:
+    """The folder a distribution's metadata lives in (its dist-info or egg-info)."""
+    path = getattr(dist, "_path", None)  # PathDistribution's; other finders may lack it
+    try:
+        return str(Path(path).resolve()) if path is not None else str(dist.locate_file(""))
+    except (OSError, TypeError, ValueError):
+        return str(path)
+
+
+def _installed_this_package(dist: metadata.Distribution) -> bool:
+    """Whether ``dist`` installed the ``metalr`` package this module belongs to: its file list
+    names this package's ``__init__.py``, or its editable-install record points at the folder
+    that holds it."""
+    init = _OWN_PACKAGE / "__init__.py"
+    try:
+        for file in dist.files or ():
+            if file.parts[-2:] == ("metalr", "__init__.py") and \
+                    Path(dist.locate_file(file)).resolve() == init:
+                return True
+        record = json.loads(dist.read_text("direct_url.json") or "{}")
+        url = urlparse(record.get("url", ""))
+        return bool(record.get("dir_info", {}).get("editable")) and url.scheme == "file" and \
+            _OWN_PACKAGE.is_relative_to(Path(unquote(url.path)).resolve())
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def _plugins_beside_this_package(eps: Iterable[metadata.EntryPoint]) -> bool:
+    """Whether every module the entry points name lives beside this ``metalr`` package (its
+    ``plugins/`` in a source tree, ``site-packages`` in an install): metalr run from sources
+    whose installed record points elsewhere. Modules are found, not imported."""
+    import importlib.util
+
+    root = _OWN_PACKAGE.parent
+    for ep in eps:
+        try:
+            spec = importlib.util.find_spec(ep.module.split(".")[0])
+        except (ImportError, ValueError, AttributeError):
+            return False
+        where = spec and (spec.origin or next(iter(spec.submodule_search_locations or ()), None))
+        if not where or not Path(where).resolve().is_relative_to(root):
+            return False
+    return True
 
 
 def _is_builtin(source: str) -> bool:

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -278,6 +278,9 @@ class RecipeError(ValueError):
 
     def __init__(self, source: str, problems: list[Problem]):
         self.source, self.problems = source, problems
+        if len(problems) == 1 and not problems[0].path:  # the file itself: one line says it
+            super().__init__(f"{source}: {problems[0]}")
+            return
         lines = [f"{source}: {len(problems)} problem{'s' * (len(problems) != 1)}"]
         lines += [f"  {p}" for p in problems]
         super().__init__("\n".join(lines))
@@ -565,10 +568,37 @@ def check_components(data: dict[str, Any], registry: Registry) -> list[Problem]:
         try:
             component.options.model_validate(options)
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, component.options, prefix=f"{path}.options")
+            problems += _pydantic_problems(exc, component.options, prefix=f"{path}.options",
+                                           owner=raw["name"], given=options)
         except Exception as exc:  # a plugin's validator that raised something else
-            problems.append(Problem(f"{path}.options", f"{type(exc).__name__}: {exc}"[:400]))
+            message = f"{type(exc).__name__}: {exc}"[:400]
+            key = named_option(options, message)
+            problems.append(Problem(f"{path}.options" + (f".{key}" if key else ""), message))
     return problems
+
+
+def named_option(options: Mapping[str, Any], message: str, sole: bool = True) -> str | None:
+    """The one given option an error message is about, or None: the option whose key it names,
+    else whose value it quotes, else (with ``sole``) the only option given.
+
+    A plugin's check of its options as a whole, or its factory, raises without a location; this
+    lets the message name the key to fix (``...options.nets``, not ``...options``).
+    """
+    keys = [str(k) for k in options]
+    named = [k for k in keys if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", message)]
+    if len(named) == 1:
+        return named[0]
+    quoted = [k for k in keys if any(len(v) >= 3 and v in message for v in _strings(options[k]))]
+    if len(quoted) == 1:
+        return quoted[0]
+    return keys[0] if sole and len(keys) == 1 else None
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return [str(value)] if isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+        else []
 
 
 def _option_fields(policy: str, registry: Registry) -> list[str] | None:
@@ -596,19 +626,27 @@ def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
             opts = _option_fields(method.lr_policy.name, registry)
             if opts is not None and method.tune not in opts:
                 close = difflib.get_close_matches(method.tune, opts, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; options: {', '.join(opts)}"
+                hint = (f"; did you mean {close[0]!r}?" if close else
+                        f"; options: {', '.join(opts)}" if opts else
+                        f"; {method.lr_policy.name!r} takes no options")
                 problems.append(Problem(f"methods.{name}.tune",
                                         f"{method.tune!r} is not an option of "
                                         f"{method.lr_policy.name!r}{hint}"))
         if meta.weights is not None and not Path(meta.weights).is_file():
-            what = "a folder, not a file" if Path(meta.weights).is_dir() else "no such file"
+            what = ("a folder, not a file" if Path(meta.weights).is_dir() else
+                    "not a regular file (a pipe or device?)" if Path(meta.weights).exists() else
+                    "no such file")
             problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: {what}"))
     if recipe.train.device == "cuda" and not torch.cuda.is_available():
         problems.append(Problem("train.device", "'cuda': no CUDA device here; use auto or cpu"))
     return problems
 
 
-def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str = "",
+                       owner: str = "", given: Mapping[str, Any] | None = None) -> list[Problem]:
+    """One problem per pydantic error, at its dotted path. ``owner`` names the component whose
+    options ``model`` checks; ``given`` (its options as written) lets an error about the options
+    as a whole be put at the key it is about (:func:`named_option`)."""
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
@@ -616,13 +654,19 @@ def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str
         if err["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            hint = (f"; did you mean {close[0]!r}?" if close else
+                    f"; known keys: {', '.join(known)}" if known else
+                    f"; {owner!r} takes no options" if owner and len(loc) == 1 else "")
             problems.append(Problem(path, f"unknown key{hint}"))
         elif err["type"] == "missing":
             problems.append(Problem(path, "required key is missing"))
         else:
             message = err["msg"].removeprefix("Value error, ")
-            problems.append(Problem(path, f"{_clip(err['input'])}: {message}"))
+            value = err["input"]
+            key = named_option(given, message) if given and not loc else None
+            if key is not None:
+                path, value = f"{path}.{key}", given[key]
+            problems.append(Problem(path, f"{_clip(value)}: {message}"))
     return problems
 
 

@@ -22,10 +22,13 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import logging
 import math
 import os
 import shutil
+import sqlite3
 import statistics
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -134,18 +137,135 @@ class Suite:
         return out
 
 
+DEFAULT_URI = "sqlite:///mlflow.db"
+"""MLflow's tracker's default store (``$MLFLOW_TRACKING_URI`` first)."""
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of the SQLite file ``path``, read without writing anything (read-only mode:
+    not even a journal). ``sqlite3.Error`` for a file that is no readable SQLite database."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        con.close()
+    return {str(name) for (name,) in rows}
+
+
+def mlflow_tables() -> set[str]:
+    """The tables this MLflow keeps a store in: a store missing any of them, MLflow would
+    create or migrate on opening (a write)."""
+    try:
+        from mlflow.store.db.utils import Base  # (importing it registers every table)
+
+        tables = set(Base.metadata.tables)
+    except ImportError:  # another MLflow layout: the tables every version has
+        tables = {"experiments", "runs", "metrics", "params", "tags"}
+    return tables | {"alembic_version"}
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None  # a server (it checks itself), or an in-memory database
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path.removeprefix("file:")) if path and path != ":memory:" else None
+
+
+def existing_store(uri: str) -> Path | None:
+    """The SQLite file of ``uri`` once checked, reading only, to be an existing MLflow store
+    of this MLflow's schema: looking at a store (``report``, ``runs``) must never create,
+    migrate or fill a file. A one-line :class:`ReportError` naming the file otherwise. None:
+    not a SQLite store (a server answers for itself)."""
+    path = _sqlite_file(uri)
+    if path is None:
+        return None
+    if not path.exists():
+        raise ReportError(f"no MLflow store at {path} (set MLFLOW_TRACKING_URI or pass "
+                          "--tracking-uri)")
+    if not path.is_file():
+        raise ReportError(f"{path} is not a file, so not an MLflow store; pass the store's "
+                          "database file with --tracking-uri")
+    try:
+        tables = sqlite_tables(path)
+    except sqlite3.Error as exc:
+        raise ReportError(f"{path}: not a readable SQLite database ({exc}); restore the store "
+                          "from a copy, or pass another with --tracking-uri") from None
+    if not {"experiments", "alembic_version"} <= tables:
+        what = ("an empty file" if path.stat().st_size == 0 else
+                "an SQLite database without tables" if not tables else
+                "an SQLite database of something else (tables "
+                + ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "") + ")")
+        raise ReportError(f"{path} is not an MLflow store: {what}; pass the store's "
+                          "database file with --tracking-uri")
+    missing = mlflow_tables() - tables
+    if missing:
+        raise ReportError(f"{path}: an MLflow store of an older MLflow (no table "
+                          f"{', '.join(sorted(missing)[:3])}); upgrade it first with "
+                          f"`mlflow db upgrade sqlite:///{path}`")
+    try:
+        default = has_default_experiment(path)
+    except sqlite3.Error as exc:
+        raise ReportError(f"{path}: not a readable MLflow store ({exc}); restore it from a "
+                          "copy, or pass another with --tracking-uri") from None
+    if not default:  # MLflow would insert it on opening the store
+        raise ReportError(f"{path}: an MLflow store without its default experiment (id 0), "
+                          "which MLflow would add on opening it; open it once with MLflow "
+                          "(`mlflow ui --backend-store-uri ...`) to repair it")
+    return path
+
+
+def has_default_experiment(path: Path) -> bool:
+    """Whether the store holds MLflow's default experiment (id 0), which MLflow adds, a write,
+    to a store without it; read-only, ``sqlite3.Error`` if it cannot be read."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        found = con.execute("SELECT 1 FROM experiments WHERE experiment_id = 0").fetchone()
+    finally:
+        con.close()
+    return found is not None
+
+
 def _client(tracking_uri: str | None) -> tuple[Any, str]:
-    """An MLflow client of an existing store: a SQLite path that does not exist is an error,
-    not a new empty database (nothing is written outside ``--out``)."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-        if not path.is_file():
-            raise ReportError(f"no MLflow store at {path} (set MLFLOW_TRACKING_URI or pass "
-                              "--tracking-uri)")
+    """An MLflow client of an existing store: a SQLite path that does not exist or is not a
+    complete MLflow store is an error, never a new or migrated database (nothing is written
+    outside ``--out``; MLflow only reads a store that :func:`existing_store` accepts)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = existing_store(uri)
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri), uri
+    _quiet_database_errors()
+    try:
+        return MlflowClient(tracking_uri=uri), uri
+    except Exception as exc:  # noqa: BLE001  (MLflow's many ways to refuse a store)
+        raise ReportError(f"cannot read the MLflow store {path or uri}: {_reason(exc)}") from exc
+
+
+class _NoTraceback(logging.Filter):
+    """MLflow logs a database error with its traceback before raising it; the report says it
+    in one line (:class:`ReportError`) instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.levelno >= logging.ERROR)
+
+
+def _quiet_database_errors() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+        logger.addFilter(_NoTraceback())
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for an error from the store: SQLite's own message where there is one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        for e in (cause, getattr(cause, "orig", None)):
+            if isinstance(e, sqlite3.Error):
+                return " ".join(str(e).split())
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def _search(client: Any, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
@@ -246,8 +366,10 @@ def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def read_suite(client: Any, run: Any, experiment: str) -> Suite:
-    """A suite and its method runs (tuning runs left out: the tables report the final runs)."""
+def read_suite(client: Any, run: Any, experiment: str, warn: Progress | None = None) -> Suite:
+    """A suite and its method runs (tuning runs left out: the tables report the final runs).
+    A run whose params are not metalr's (a seed that is no integer: written by hand, or by
+    another tool) is left out with a ``warn`` line, not a traceback."""
     params = run.data.params
     children = [r for r in _search(client, [run.info.experiment_id],
                                    f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
@@ -260,8 +382,14 @@ def read_suite(client: Any, run: Any, experiment: str) -> Suite:
     wanted = {k.format(metric=metric) for k, _, _ in CURVES} | {f"test_{metric}", "wall_time"}
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         p = child.data.params
-        seed_run = SeedRun(p["method"], int(p.get("seed", 0)), child.info.status,
-                           child.info.run_id, dict(p))
+        try:
+            seed = int(p.get("seed", 0))
+        except ValueError:
+            if warn is not None:
+                warn(f"{run.info.run_name} ({run.info.run_id[:8]}): run {child.info.run_id} "
+                     f"left out: its seed param {p['seed'][:40]!r} is not an integer")
+            continue
+        seed_run = SeedRun(p["method"], seed, child.info.status, child.info.run_id, dict(p))
         if "step_lr" in child.data.metrics:
             seed_run.lrs = _history(client, child.info.run_id, "step_lr")
         for key in wanted & set(child.data.metrics):
@@ -273,19 +401,40 @@ def read_suite(client: Any, run: Any, experiment: str) -> Suite:
 
 
 def load_suites(targets: Sequence[str], tracking_uri: str | None = None,
-                progress: Progress | None = None) -> tuple[list[Suite], str]:
-    """Every suite ``targets`` names (see :func:`select_suites`), read from the store."""
+                progress: Progress | None = None,
+                warn: Progress | None = None) -> tuple[list[Suite], str]:
+    """Every suite ``targets`` names (see :func:`select_suites`), read from the store. A store
+    that fails while read (a damaged database) is a one-line :class:`ReportError`; ``warn``
+    gets a line for each run left out (default: a Python warning)."""
     say = progress or (lambda _: None)
+    warn = warn or (lambda line: warnings.warn(line, stacklevel=3))
     client, uri = _client(tracking_uri)
-    runs = select_suites(client, targets, uri, say)
-    names = {e.experiment_id: e.name for e in client.search_experiments()}
-    suites = []
-    for i, run in enumerate(runs, 1):
-        suite = read_suite(client, run, names.get(run.info.experiment_id, "?"))
-        say(f"[{i}/{len(runs)}] {suite.name} ({suite.run_id[:8]}): task {suite.task}, "
-            f"{len(suite.methods())} methods, {len(suite.runs)} runs")
-        suites.append(suite)
+    try:
+        runs = select_suites(client, targets, uri, say)
+        names = {e.experiment_id: e.name for e in client.search_experiments()}
+        suites = []
+        for i, run in enumerate(runs, 1):
+            suite = read_suite(client, run, names.get(run.info.experiment_id, "?"), warn)
+            say(f"[{i}/{len(runs)}] {suite.name} ({suite.run_id[:8]}): task {suite.task}, "
+                f"{len(suite.methods())} methods, {len(suite.runs)} runs")
+            suites.append(suite)
+    except ReportError:
+        raise
+    except Exception as exc:
+        if not _from_store(exc):
+            raise
+        where = _sqlite_file(uri) or uri
+        raise ReportError(f"cannot read the MLflow store {where}: {_reason(exc)}; restore it "
+                          "from a copy, or pass another with --tracking-uri") from exc
     return suites, uri
+
+
+def _from_store(exc: BaseException) -> bool:
+    """An error of the store (MLflow's, its database's), not a bug of this module."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, (MlflowException, sqlite3.Error)) or type(exc).__module__.startswith(
+        "sqlalchemy")
 
 
 # -- statistics and the performance profile ------------------------------------------------------
@@ -447,11 +596,19 @@ def results_rows(suite: Suite) -> list[list[str]]:
         rows.append([method, mean_std(finals), mean_std(bests),
                      f"{statistics.fmean(lrs):.4g}" if lrs else "-",
                      f"{statistics.fmean(walls):.1f}" if walls else "-",
-                     " / ".join(f"{float(v):.3g}" for v in probes) or "-",
+                     " / ".join(_number(v) for v in probes) or "-",
                      next((r.tuned for r in runs if r.tuned), ""),
                      f"{len(done)}/{len(runs)} finished"
                      + (f" ({'/'.join(failed)})" if failed else "")])
     return rows
+
+
+def _number(text: str) -> str:
+    """A param that should hold a number, shown as one (or as written, when it does not)."""
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
 
 
 def seed_rows(suite: Suite) -> list[list[str]]:
@@ -566,6 +723,15 @@ def _when(ms: int) -> str:
     return _dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M") if ms else "?"
 
 
+def script_json(data: Any) -> str:
+    """JSON to embed in a ``<script>`` block: ``<``, ``>`` and ``&`` as ``\\u003c`` etc., so
+    that no name in it can end the block (``</script``) or switch the HTML parser into its
+    escaped states (``<!--``, ``<script``) and lose the rest of the page. JSON.parse reads the
+    escapes back as the characters."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def render(suites: Sequence[Suite], uri: str) -> str:
     """The whole page: sections, tables and the JSON its charts are drawn from."""
     charts: dict[str, Any] = {}
@@ -592,7 +758,7 @@ def render(suites: Sequence[Suite], uri: str) -> str:
     toc = "".join(f"<li><a href='#suite-{i}'>{_e(s.name)}</a> — {_e(s.task)}, "
                   f"{len(s.methods())} methods, seeds {_e(', '.join(map(str, s.seeds())))}</li>"
                   for i, s in enumerate(suites))
-    data = json.dumps(charts, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    data = script_json(charts)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -630,7 +796,7 @@ def write_report(suites: Sequence[Suite], out: str | Path, uri: str) -> Path:
 
 
 def build_report(targets: Sequence[str], out: str | Path, tracking_uri: str | None = None,
-                 progress: Progress | None = None) -> Path:
+                 progress: Progress | None = None, warn: Progress | None = None) -> Path:
     """Read the suites ``targets`` name from the store and write the report folder ``out``."""
-    suites, uri = load_suites(targets, tracking_uri, progress)
+    suites, uri = load_suites(targets, tracking_uri, progress, warn)
     return write_report(suites, out, uri)

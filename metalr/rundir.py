@@ -3,7 +3,8 @@
 Layout (``RUN_DIR`` is the folder ``metalr run`` prints)::
 
     RUN_DIR/recipe.yaml, provenance.json    the resolved recipe and where it ran
-    RUN_DIR/suite.json                      the parent MLflow run's id
+    RUN_DIR/suite.json                      the parent MLflow run's id and the tracking store
+                                            (its absolute URI: resume uses it from any folder)
     RUN_DIR/.lock                           held (flock) by the process running the suite
     RUN_DIR/<job>/run.json                  the child MLflow run's id, written as it starts
     RUN_DIR/<job>/checkpoint.pt[.prev]      the training state (:mod:`metalr.checkpoint`)
@@ -37,6 +38,19 @@ class RunError(RuntimeError):
     """A problem that stops a whole ``metalr run`` / ``resume``; one line, names the path."""
 
 
+class StoreError(RunError):
+    """The tracking store cannot be used (a full disk, a damaged database, a server gone).
+
+    It stops the whole command, not one run: every run after it would fail the same way, and a
+    run stopped this way is continued by ``metalr resume`` once the store is writable again.
+    ``store`` names the store (a SQLite file's path, else its URI).
+    """
+
+    def __init__(self, message: str, store: str):
+        super().__init__(message)
+        self.store = store
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomically: a reader (or a resume after a kill) sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -46,6 +60,11 @@ def write_json(path: Path, data: Any) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def update_json(path: Path, **values: Any) -> None:
+    """Set ``values`` in the JSON object at ``path`` (created if missing), atomically."""
+    write_json(path, {**(read_json(path) or {}), **values})
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import socket
 import time
 import traceback
@@ -45,7 +46,7 @@ from metalr.plugins import Registry, get_registry
 from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
 from metalr.results import MethodResult, RunSummary, chance_level
-from metalr.rundir import RunError
+from metalr.rundir import RunError, StoreError
 from metalr.scheduler import ceiling_epochs
 from metalr.stopping import StopRequest
 from metalr.weights import load_meta_learner, save_meta_learner
@@ -111,6 +112,54 @@ def resume_run(tracker: Tracker, run_id: str) -> None:
     reopen(run_id)
 
 
+class Landed:
+    """What a continued tracker run already holds, so that resuming sends every metric once:
+    per metric key, the steps in the store (asked once per key, by ``logged_steps``), and
+    those sent since. A new run, or a tracker that cannot tell, holds nothing."""
+
+    def __init__(self, tracker: Tracker | None, run_id: str | None, continued: bool):
+        ask = getattr(tracker, "logged_steps", None)
+        self._ask = ask if continued and callable(ask) else None
+        self.run_id = run_id
+        self._steps: dict[str, set[int]] = {}
+
+    def missing(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
+        """The part of ``metrics`` not yet at ``step`` in the store (then counted as sent)."""
+        if self._ask is None:
+            return dict(metrics)
+        out = {}
+        for key, value in metrics.items():
+            if key not in self._steps:
+                self._steps[key] = set(self._ask(self.run_id, key))
+            if step not in self._steps[key]:
+                self._steps[key].add(step)
+                out[key] = value
+        return out
+
+
+def log_once(tracker: Tracker, landed: Landed, metrics: Mapping[str, float], step: int) -> None:
+    """``tracker.log_metrics`` of what the run does not hold yet at ``step``."""
+    todo = landed.missing(metrics, step)
+    if todo:
+        tracker.log_metrics(landed.run_id, todo, step)
+
+
+def diverged_steps(history: History, start: int, explode_factor: float) -> Iterator[
+        tuple[int, dict[str, float]]]:
+    """Per step from ``start``, the LR and loss a diverged run recorded, up to and including
+    the step whose loss was not finite or exploded (as the engine judges it); past the
+    last full epoch only the LR is known (the engine holds that epoch's losses apart)."""
+    losses = history.losses
+    limit = explode_factor * abs(losses[0]) if losses else math.inf
+    for step in range(start, len(history.lrs)):
+        point = {"step_lr": history.lrs[step]}
+        if step < len(losses):
+            point["step_train_loss"] = losses[step]
+        yield step, point
+        if step < len(losses) and not (math.isfinite(losses[step]) and losses[step] <= limit):
+            return
+
+
 def mark_killed(tracker: Tracker, folder: Path | None = None) -> list[str]:
     """End as KILLED the RUNNING runs whose process is gone (its folder's lock is free): those
     of ``folder``, or all that metalr started. Returns their ids."""
@@ -170,6 +219,11 @@ def new_output_dir(root: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create an output folder under {root}")
 
 
+_RECIPE_COPY = ("it is the recipe the suite started with (its MLflow parent run holds a copy, "
+                "artifact recipe.yaml): put it back to resume, or start the suite over with "
+                "`metalr run`")
+
+
 class Runner:
     def __init__(self, recipe: Recipe, registry: Registry | None = None, progress: bool = True,
                  report: bool = True):
@@ -189,6 +243,8 @@ class Runner:
         self.parent_run: str | None = None  # a sweep's run: the suite's run is nested in it
         self.extra_tags: dict[str, str] = {}  # a sweep point's key values, on all its runs
         self.run_name: str | None = None  # the suite run's name; unset: the recipe's name
+        self.tracking_uri: str | None = None  # the store (resume --tracking-uri); unset: the
+        # one the folder recorded when resuming, else the recipe's
 
     @classmethod
     def resumable(cls, run_dir: str | Path, registry: Registry | None = None,
@@ -201,10 +257,12 @@ class Runner:
         try:
             recipe = Recipe.model_validate(yaml.safe_load(path.read_text()))
         except FileNotFoundError:
-            raise RunError(f"{run_dir} is not a metalr run folder (no recipe.yaml); pass the "
-                           "folder that `metalr run` printed") from None
+            if not (run_dir / "suite.json").is_file():
+                raise RunError(f"{run_dir} is not a metalr run folder (no recipe.yaml); pass "
+                               "the folder that `metalr run` printed") from None
+            raise RunError(f"{path} is missing: {_RECIPE_COPY}") from None
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise RunError(f"cannot read {path}: {_one_line(exc)}") from None
+            raise RunError(f"cannot read {path}: {_one_line(exc)}; {_RECIPE_COPY}") from None
         runner = cls(recipe, registry, progress, report)
         runner.output_dir = run_dir
         return runner
@@ -292,12 +350,21 @@ class Runner:
             parent_id = (rundir.read_json(out / rundir.SUITE) or {}).get("parent_run_id")
             tracker: Tracker | None = None
             try:
-                if recipe.tracking is not None and self.writes:
-                    tracker = self.registry.get("tracker", recipe.tracking.name).build(
-                        **recipe.tracking.options)
-                if resuming and tracker is not None:
-                    mark_killed(tracker, out)
-                return self._suite(out, tracker, parent_id)
+                try:
+                    if recipe.tracking is not None and self.writes:
+                        tracker = self._tracker(out, resuming)
+                    if resuming and tracker is not None:
+                        mark_killed(tracker, out)
+                    summary = self._suite(out, tracker, parent_id)
+                finally:
+                    if tracker is not None:
+                        tracker.close()  # ends every run it started, on any path
+                failure = getattr(tracker, "failure", None)
+                if isinstance(failure, StoreError):  # met on the way, and said nowhere yet
+                    raise failure
+                return summary
+            except StoreError as exc:
+                raise RunError(self._store_failed(exc, out, tracker)) from None
             except RunError:
                 raise
             except Exception as exc:  # outside any one run (the tracker, the folder): one line
@@ -306,9 +373,55 @@ class Runner:
                     if self.writes:
                         path.write_text(traceback.format_exc())
                 raise RunError(f"{recipe.name}: {_one_line(exc)} (traceback: {path})") from exc
-            finally:
-                if tracker is not None:
-                    tracker.close()
+
+    def _tracker(self, out: Path, resuming: bool) -> Tracker:
+        """The recipe's tracker, on the store the folder recorded when resuming (so that a
+        relative default such as ``sqlite:///mlflow.db`` is the run's, from any folder) or on
+        ``self.tracking_uri``; the store it opened is recorded in ``suite.json`` before any
+        run starts."""
+        ref = self.recipe.tracking
+        component = self.registry.get("tracker", ref.name)
+        options = dict(ref.options)
+        record = rundir.read_json(out / rundir.SUITE) or {}
+        uri = self.tracking_uri or (record.get("tracking_uri") if resuming else None)
+        if uri is not None:
+            fields = component.options.model_fields if component.options else {}
+            if "tracking_uri" in fields:
+                options["tracking_uri"] = uri
+            elif self.tracking_uri is not None:
+                raise RunError(f"--tracking-uri: the tracker {ref.name!r} of {out / 'recipe.yaml'}"
+                               " has no tracking_uri option; resume without it")
+        tracker = component.build(**options)
+        used = getattr(tracker, "uri", None)
+        # recorded by a new run, or on a resume told where the store is now (a folder from
+        # before stores were recorded is not: from another folder, its guess may be wrong)
+        told = not resuming or self.tracking_uri is not None
+        if told and isinstance(used, str) and used != record.get("tracking_uri"):
+            try:
+                rundir.update_json(out / rundir.SUITE, tracking_uri=used)
+            except OSError as exc:
+                tracker.close()
+                raise RunError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        return tracker
+
+    def _store_failed(self, exc: StoreError, out: Path, tracker: Tracker | None) -> str:
+        """The one line for a store that failed: what, where the traceback is, how to go on,
+        and which runs the store would not let us end."""
+        path = out / "error.txt"
+        try:
+            path.write_text("".join(traceback.format_exception(exc)))
+            where = f" (traceback: {path})"
+        except OSError:
+            where = ""
+        line = (f"{exc}{where}; the run stopped: once the store has room (or is repaired), "
+                f"`metalr resume {out}` continues it")
+        unclosed = list(getattr(tracker, "unclosed", None) or [])
+        if unclosed:
+            uri = getattr(tracker, "uri", None)
+            flag = f" --tracking-uri {uri}" if isinstance(uri, str) else ""
+            line += (f"; {len(unclosed)} MLflow run{'s' * (len(unclosed) != 1)} may remain "
+                     f"RUNNING: `metalr runs --clean{flag}` marks them KILLED")
+        return line
 
     def _write_recipe(self, out: Path) -> None:
         try:
@@ -351,8 +464,9 @@ class Runner:
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent
+            landed = Landed(tracker, parent, continued=parent_id is not None)
             if parent_id is None and self.writes:
-                rundir.write_json(out / rundir.SUITE, {"parent_run_id": parent})
+                rundir.update_json(out / rundir.SUITE, parent_run_id=parent)
                 if tracker is not None:
                     tracker.log_artifact(parent, str(out / "recipe.yaml"))
                     tracker.log_artifact(parent, str(out / "provenance.json"))
@@ -365,7 +479,7 @@ class Runner:
                         job = Job(name, seed, recipe.train.epochs, chosen.get(name))
                         self._run_job(job, tracker, parent, out, bar, summary.results)
             finally:  # on Ctrl-C too: the tables and figures of what ran
-                self._write_outputs(summary, tracker, parent, bar)
+                self._write_outputs(summary, tracker, landed, bar)
         return summary
 
     def _task_info(self, seeds: list[int]) -> tuple[str, bool, float | None]:
@@ -381,21 +495,29 @@ class Runner:
         return (getattr(task, "metric", "metric"), getattr(task, "higher_is_better", True),
                 chance_level(task))
 
-    def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, parent: str | None,
+    def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, landed: Landed,
                        bar: tqdm) -> None:
+        """The tables and figures, then the same to the parent run with the per-seed values
+        (each once: a resumed suite wrote some of them before it stopped)."""
         if not self.writes:
             return
         try:
             paths = write_outputs(summary)
-            if tracker is not None:
-                for path in paths:
-                    tracker.log_artifact(parent, str(path))
-                finals = summary.seed_metrics()
-                if finals:  # per-seed values, queryable beside the parent's parameters
-                    tracker.log_metrics(parent, finals, 0)
         except Exception as exc:  # the runs are tracked and saved; say what is missing
             bar.write(f"results not written to {summary.output_dir}: {type(exc).__name__}: "
                       f"{exc}")
+            return
+        if tracker is None:
+            return
+        try:
+            for path in paths:
+                tracker.log_artifact(landed.run_id, str(path))
+            # per-seed values, queryable beside the parent's parameters
+            log_once(tracker, landed, summary.seed_metrics(), 0)
+        except StoreError:
+            pass  # the command's error line says it (the tracker's failure)
+        except Exception as exc:
+            bar.write(f"results not tracked in run {landed.run_id}: {_one_line(exc)}")
 
     def _line(self, result: MethodResult, metric: str) -> str:
         if result.status != "FINISHED":
@@ -494,7 +616,7 @@ class Runner:
                 try:
                     self._train(job, method, options, folder, tracker, run_id, bar, result,
                                 epochs_done, continued=known is not None)
-                except (TrainingDiverged, KeyboardInterrupt) as exc:
+                except (TrainingDiverged, KeyboardInterrupt, StoreError) as exc:
                     result.history = getattr(exc, "history", None) or result.history
                     raise
                 except Exception:
@@ -502,6 +624,12 @@ class Runner:
                     raise
         except TrainingDiverged as exc:
             result.error = f"{job.method}, seed {job.seed}: {exc}"
+        except StoreError as exc:  # not this run's fault: it stops, resumable, and so does all
+            result.status = "KILLED"
+            result.error = f"stopped: {exc}; `metalr resume` continues it"
+            self._finish(folder, result, bar, epochs_done[0], job.epochs)
+            into.append(result)
+            raise
         except KeyboardInterrupt:
             result.status, result.error = "KILLED", "interrupted; `metalr resume` continues it"
             self._finish(folder, result, bar, epochs_done[0], job.epochs)
@@ -535,23 +663,15 @@ class Runner:
             bar.write(self._line(result, self._metric))
 
     @staticmethod
-    def _relog(tracker: Tracker | None, run_id: str | None, history: History,
-               logged: int) -> tuple[set[int], set[int]]:
+    def _relog(tracker: Tracker, landed: Landed, history: History, logged: int) -> None:
         """On resume: send the metrics up to the checkpoint that a kill kept from the store,
-        and return the steps and epochs already there, so that none is sent twice."""
-        landed = getattr(tracker, "logged_steps", None)
-        if not callable(landed):
-            return set(), set()
-        steps = landed(run_id, "step_lr") & landed(run_id, "step_train_loss")
-        epochs = landed(run_id, "epoch")
+        key by key (a kill can land a step's LR and not its loss: they may go in two
+        batches), so that none is sent twice."""
         for s in range(logged):
-            if s not in steps:
-                tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
-                                             "step_train_loss": history.losses[s]}, s)
+            log_once(tracker, landed, {"step_lr": history.lrs[s],
+                                       "step_train_loss": history.losses[s]}, s)
         for i, metrics in enumerate(history.epochs):
-            if i + 1 not in epochs:
-                tracker.log_metrics(run_id, metrics, i + 1)
-        return steps, epochs
+            log_once(tracker, landed, metrics, i + 1)
 
     def _save_error(self, folder: Path, tracker: Tracker | None, run_id: str | None) -> None:
         if not self.writes:
@@ -587,13 +707,14 @@ class Runner:
         found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
         state = None if found is None else found[0]
         logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker
-        landed: tuple[set[int], set[int]] = (set(), set())  # steps, epochs already in the store
+        # an existing run (with or without a checkpoint): what the store holds is not resent
+        landed = Landed(tracker, run_id, continued)
         if state is not None:
             epochs_done[0] = state["epoch"]
             bar.update(state["epoch"])
-        if continued:  # into an existing run, with or without a checkpoint
-            landed = self._relog(tracker, run_id, History() if state is None else
-                                 History.from_dict(state["history"]), logged)
+        if continued and tracker is not None:
+            self._relog(tracker, landed, History() if state is None else
+                        History.from_dict(state["history"]), logged)
         save_at = set(method.meta.save_epochs)
         if method.meta.save_phases:
             save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
@@ -611,11 +732,9 @@ class Runner:
             nonlocal logged
             if tracker is not None:
                 for s in range(logged, len(history.lrs)):
-                    if s not in landed[0]:
-                        tracker.log_metrics(run_id, {"step_lr": history.lrs[s],
-                                                     "step_train_loss": history.losses[s]}, s)
-                if epoch + 1 not in landed[1]:
-                    tracker.log_metrics(run_id, metrics, epoch + 1)
+                    log_once(tracker, landed, {"step_lr": history.lrs[s],
+                                               "step_train_loss": history.losses[s]}, s)
+                log_once(tracker, landed, metrics, epoch + 1)
             logged = len(history.lrs)
             if learned and epoch + 1 in save_at:
                 save_theta(f"epoch{epoch + 1:04d}")
@@ -632,9 +751,15 @@ class Runner:
             # trains itself over episodes first, then runs frozen (a resume from a checkpoint
             # of the frozen run finds the trained weights in the policy's saved state)
             self._train_episodes(job, method, task, options, config, policy, tracker, run_id)
-        history = engine.fit(on_epoch=on_epoch, progress=progress,
-                             checkpoint=on_checkpoint if self.writes else None,
-                             resume=state, stop=self.stop)
+        try:
+            history = engine.fit(on_epoch=on_epoch, progress=progress,
+                                 checkpoint=on_checkpoint if self.writes else None,
+                                 resume=state, stop=self.stop)
+        except TrainingDiverged as exc:  # its curves up to the divergence, in the tracker too
+            if tracker is not None and exc.history is not None:
+                for step, point in diverged_steps(exc.history, logged, config.explode_factor):
+                    log_once(tracker, landed, point, step)
+            raise
         result.history = history
         if not self.writes:
             return
@@ -642,7 +767,7 @@ class Runner:
             result.files.setdefault(path.stem.removeprefix("theta-"), path)
         if learned:
             save_theta("final")
-        self._save_history(folder, history, task.metric, tracker, run_id, job.label)
+        self._save_history(folder, history, task.metric, tracker, run_id, job.label, landed)
         checkpoint.previous(folder / rundir.CHECKPOINT).unlink(missing_ok=True)
 
     def _train_episodes(self, job: Job, method: Method, task: Task, options: dict[str, Any],
@@ -664,7 +789,7 @@ class Runner:
 
     @staticmethod
     def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,
-                      run_id: str | None, label: str) -> None:
+                      run_id: str | None, label: str, landed: Landed | None = None) -> None:
         probe = history.probe
         # History's own plain form, the one a checkpoint holds (probe and recheck included)
         (folder / "history.json").write_text(json.dumps(history.to_dict()))
@@ -684,8 +809,8 @@ class Runner:
                 setup["recheck_seconds"] = recheck.seconds
             if history.t_val is not None:
                 setup["meta_t_val"] = history.t_val
-            if setup:
-                tracker.log_metrics(run_id, setup, 0)
+            if setup:  # once: a run resumed after it ended sends them again otherwise
+                log_once(tracker, landed or Landed(tracker, run_id, False), setup, 0)
         files = [plot_lr({label: history}, folder / "lr.png"),
                  plot_curves({label: history}, folder / "curves.png", metric)]
         if tracker is not None:

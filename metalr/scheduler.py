@@ -110,14 +110,42 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
     return files
 
 
-def _download(uri: str) -> Path:
-    import tempfile
+_DOWNLOADED: dict[tuple[str, str], Path] = {}
 
+
+def _download(uri: str) -> Path:
+    """The artifact in a temporary folder removed when the process exits, fetched once per
+    process and store. The store is only read: a local one that is not there, or not MLflow's,
+    is named, never created or migrated (``metalr validate`` writes nothing)."""
+    import atexit
+    import shutil
+    import tempfile
+    from urllib.parse import urlparse
+
+    import mlflow
     from mlflow.artifacts import download_artifacts
 
+    from metalr.report import ReportError, existing_store
+
+    store = mlflow.get_tracking_uri()
+    if (store, uri) in _DOWNLOADED and _DOWNLOADED[store, uri].exists():
+        return _DOWNLOADED[store, uri]
+    try:  # of this MLflow's schema too, so that opening it migrates nothing
+        existing_store(store)
+    except ReportError as exc:
+        raise FileNotFoundError(f"{uri!r} cannot be read: {exc}") from None
+    scheme = urlparse(store).scheme.lower()
+    folder_store = Path(urlparse(store).path if scheme == "file" else store)
+    if scheme in ("", "file") and not folder_store.is_dir():
+        raise FileNotFoundError(f"{uri!r} cannot be read: no MLflow store at {folder_store} "
+                                "(set MLFLOW_TRACKING_URI)")
+    folder = tempfile.mkdtemp(prefix="metalr-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
-        return Path(download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="metalr-")))
+        _DOWNLOADED[store, uri] = Path(download_artifacts(artifact_uri=uri, dst_path=folder))
+        return _DOWNLOADED[store, uri]
     except Exception as exc:  # MLflow raises several types for a missing run or path
+        shutil.rmtree(folder, ignore_errors=True)
         raise FileNotFoundError(f"{uri!r}: cannot download it from the tracking store: {exc}") from None
 
 

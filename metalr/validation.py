@@ -11,10 +11,14 @@ written. Every check reports a :class:`~metalr.recipe.Problem`; none raises.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import re
+import shutil
 import socket
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,8 @@ from pydantic import ValidationError
 from metalr.datafiles import MissingDataError
 from metalr.engine import is_episodic, is_meta_learned
 from metalr.plugins import Registry
-from metalr.recipe import Method, Problem, Recipe, resolve_device, type_members
+from metalr.recipe import (Method, Problem, Recipe, TuningConfig, named_option, resolve_device,
+                           type_members)
 from metalr.weights import WeightsError, load_meta_learner
 
 MEMORY_FACTOR = 4
@@ -46,7 +51,8 @@ def check_deep(recipe: Recipe, data: dict[str, Any], registry: Registry) -> list
     still tells which keys were written and how (``10`` or ``10.0``)."""
     problems: list[Problem] = []
     task = _guarded(problems, "task", "cannot be built",
-                    lambda: registry.get("task", recipe.task.name).build(**recipe.task.options))
+                    lambda: registry.get("task", recipe.task.name).build(**recipe.task.options),
+                    options=(recipe.task.options, "task.options"))
     raw_methods = data.get("methods", {})
     checks: list[tuple[str, Callable[[], list[Problem]]]] = [
         (f"methods.{name}", lambda n=name, m=method: check_method(
@@ -64,12 +70,40 @@ def check_deep(recipe: Recipe, data: dict[str, Any], registry: Registry) -> list
     return _unique(problems)
 
 
-def _guarded(problems: list[Problem], path: str, what: str, build: Callable[[], Any]) -> Any:
-    """``build()``, or None with its error, in one line, added to ``problems``."""
+_TORCH_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+@contextlib.contextmanager
+def temporary_files_removed() -> Iterator[None]:
+    """Whatever is made through :mod:`tempfile` inside goes into one folder, removed on the way
+    out, so that checking a recipe leaves nothing behind: a ``runs:/`` net is downloaded to be
+    checked, and torch makes its compile-cache folder when ``torch.optim`` first imports dynamo.
+    """
+    scratch = tempfile.mkdtemp(prefix="metalr-validate-")
+    saved, cache = tempfile.tempdir, os.environ.get(_TORCH_CACHE_ENV)
+    tempfile.tempdir = scratch
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        if cache is None:  # torch sets it to the folder it made in scratch
+            os.environ.pop(_TORCH_CACHE_ENV, None)
+        else:
+            os.environ[_TORCH_CACHE_ENV] = cache
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _guarded(problems: list[Problem], path: str, what: str, build: Callable[[], Any],
+             options: tuple[dict[str, Any], str] | None = None, sole: bool = False) -> Any:
+    """``build()``, or None with its error, in one line, added to ``problems``: at ``path``, or
+    at the option the error is about, given ``options`` as ``(options, their dotted path)``
+    (:func:`metalr.recipe.named_option`; ``sole``: the only option given, when none is named)."""
     try:
         return build()
     except Exception as exc:
-        problems.append(Problem(path, f"{what}: {one_line(exc)}"))
+        text = one_line(exc)
+        key = named_option(options[0], text, sole) if options else None
+        problems.append(Problem(f"{options[1]}.{key}" if key else path, f"{what}: {text}"))
         return None
 
 
@@ -99,9 +133,9 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
     problems: list[Problem] = []
     at = f"methods.{name}"
     ref = method.lr_policy
-    options_at = f"{at}.lr_policy.options.nets" if "nets" in ref.options else f"{at}.lr_policy"
-    policy = _guarded(problems, options_at, f"{ref.name!r} cannot be built",
-                      lambda: registry.get("lr_policy", ref.name).build(**ref.options))
+    policy = _guarded(problems, f"{at}.lr_policy", f"{ref.name!r} cannot be built",
+                      lambda: registry.get("lr_policy", ref.name).build(**ref.options),
+                      options=(ref.options, f"{at}.lr_policy.options"), sole=True)
     opt = method.optimizer
     _guarded(problems, f"{at}.optimizer", f"{opt.name!r} cannot be built",
              lambda: registry.get("optimizer", opt.name).build(
@@ -114,7 +148,8 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
     if not has_theta(policy):
         if given:
             keys = ", ".join(map(str, given))
-            problems.append(Problem(f"{at}.meta", f"{ref.name!r} has no parameters theta to learn, "
+            where = f"{at}.meta.{keys}" if len(given) == 1 else f"{at}.meta"
+            problems.append(Problem(where, f"{ref.name!r} has no parameters theta to learn, "
                                     f"so these settings ({keys}) would be ignored: remove them, or "
                                     "use a meta-learner such as 'mlrsnet'"))
     elif isinstance(given, dict) and "objective" in given and not is_meta_learned(policy):
@@ -145,33 +180,45 @@ def check_weights(at: str, path: str, policy_name: str, fresh: Any) -> list[Prob
 
 def check_tune_grid(name: str, method: Method, raw: Any, data: dict[str, Any],
                     registry: Registry) -> list[Problem]:
-    """Every grid value must be one the tuned option accepts, with the recipe's other options."""
+    """Every grid value must be one the tuned option accepts, with the recipe's other options.
+
+    When the recipe gives no grid, the default one is checked too, and its problems are put at
+    ``methods.<m>.tune``: the key the user wrote.
+    """
     if method.tune is None:
         return []
     schema = registry.get("lr_policy", method.lr_policy.name).options
     if schema is None or method.tune not in schema.model_fields:
         return []  # an unknown option is reported by recipe.check_semantics
-    own = isinstance(raw, dict) and raw.get("tune_grid") is not None
-    at = f"methods.{name}.tune_grid" if own else "tuning.grid"
-    grid = raw["tune_grid"] if own else (data.get("tuning") or {}).get("grid")
-    if not isinstance(grid, list):
-        grid = method.tune_grid or []  # the default grid
+    tune_at, policy = f"methods.{name}.tune", method.lr_policy.name
     kinds = type_members(schema.model_fields[method.tune].annotation)
+    if not any(k in (int, float, Any, object) for k in kinds):
+        return [Problem(tune_at, f"{method.tune!r} of {policy!r} is not a number, so no grid of "
+                        "values can tune it: tune a numeric option, or remove tune")]
+    own = isinstance(raw, dict) and raw.get("tune_grid") is not None
+    grid = raw["tune_grid"] if own else (data.get("tuning") or {}).get("grid")
+    at = f"methods.{name}.tune_grid" if own else "tuning.grid"
+    default = not isinstance(grid, list)
+    if default:
+        grid = TuningConfig().grid
+        if int in kinds and float not in kinds:
+            return [Problem(tune_at, f"{method.tune!r} of {policy!r} is an integer option, but the "
+                            f"default tuning.grid {grid} holds fractions: give "
+                            f"methods.{name}.tune_grid with integers")]
     problems = []
     for i, value in enumerate(grid):
-        where = f"{at}.{i}"
+        where, which = (tune_at, " (default tuning.grid)") if default else (f"{at}.{i}", "")
         if isinstance(value, float) and int in kinds and float not in kinds:
-            problems.append(Problem(where, f"{value!r}: {method.tune!r} of "
-                                    f"{method.lr_policy.name!r} is an integer option; tune it "
-                                    "with integers"))
+            problems.append(Problem(where, f"{value!r}: {method.tune!r} of {policy!r} is an "
+                                    "integer option; tune it with integers"))
             continue
         try:
             schema.model_validate({**method.lr_policy.options, method.tune: value})
         except ValidationError as exc:
             for err in exc.errors():
                 message = err["msg"].removeprefix("Value error, ")
-                problems.append(Problem(where, f"{value!r} for {method.tune} of "
-                                        f"{method.lr_policy.name!r}: {message}"))
+                problems.append(Problem(where, f"{value!r}{which} for {method.tune} of "
+                                        f"{policy!r}: {message}"))
     return problems
 
 
@@ -217,15 +264,21 @@ def check_model(recipe: Recipe, registry: Registry, task: Any) -> list[Problem]:
     except Exception as exc:
         if "meta" in str(exc).lower():
             return []  # this factory needs real data to build; the run will tell
-        return [Problem("model.options", f"{ref.name!r} cannot be built with these options: "
-                                         f"{one_line(exc)}")]
+        key = named_option(ref.options, one_line(exc), sole=False)
+        # no option named: the model itself does not fit the task (an LSTM for images)
+        at = f"model.options.{key}" if key else "model.options" if ref.options else "model.name"
+        return [Problem(at, f"{ref.name!r} cannot be built for task {recipe.task.name!r}"
+                        f"{' with these options' if ref.options else ''}: {one_line(exc)}")]
+    # the size follows from the options together; when one was given, it is the one to change
+    sized_at = f"model.options.{next(iter(ref.options))}" if len(ref.options) == 1 else \
+        "model.options"
     if count == 0:
-        return [Problem("model.options", f"{ref.name!r} has no parameters with these options")]
+        return [Problem(sized_at, f"{ref.name!r} has no parameters with these options")]
     device = resolve_device(recipe.train.device)
     have = device_memory(device)
     need = size * MEMORY_FACTOR
     if have is not None and need > have:
-        return [Problem("model.options", f"{ref.name!r} has {count:,} parameters: about "
+        return [Problem(sized_at, f"{ref.name!r} has {count:,} parameters: about "
                         f"{need / 2**30:,.1f} GiB with gradients, optimizer state and the "
                         f"meta-step's copy, more than the {have / 2**30:,.1f} GiB of {device.type} "
                         "memory here; use smaller widths")]
@@ -258,7 +311,8 @@ def check_task_data(recipe: Recipe, registry: Registry, task: Any) -> list[Probl
         return []
     seed = recipe.train.all_seeds[0] if recipe.train.split_seed is None else recipe.train.split_seed
     if _guarded(problems, "task.options", f"task {recipe.task.name!r} cannot be set up",
-                lambda: task.setup(seed, torch.device("cpu")) or True) is None:
+                lambda: task.setup(seed, torch.device("cpu")) or True,
+                options=(recipe.task.options, "task.options")) is None:
         return problems
     _guarded(problems, "train.batch_size", f"{recipe.train.batch_size} does not fit the data",
              lambda: task.num_train_batches(recipe.train.batch_size))
@@ -342,9 +396,10 @@ def _sqlite_file_problem(db: Path) -> str | None:
             return f"cannot read {db} ({exc.strerror or exc})"
         if head and head != b"SQLite format 3\0":
             return f"{db} exists and is not an SQLite database"
-        if not os.access(db, os.W_OK):
-            return f"{db} is not writable"
-        return None
+        reason = _mount_problem(db)
+        if reason is None and not os.access(db, os.W_OK):
+            reason = f"{db} is not writable"
+        return reason
     return _folder_problem(db.parent, "store's folder")  # MLflow creates missing folders
 
 
@@ -353,15 +408,61 @@ def _folder_problem(path: Path, what: str) -> str | None:
     if path.exists():
         if not path.is_dir():
             return f"{path} is a file, not a folder"
-        return None if os.access(path, os.W_OK | os.X_OK) else f"{path} is not writable"
+        reason = _mount_problem(path)
+        if reason is None and not os.access(path, os.W_OK | os.X_OK):
+            reason = f"{path} is not writable"
+        return reason
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is a file, so the {what} {path} cannot be created"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{parent} is not writable, so the {what} {path} cannot be created"
+    reason = _mount_problem(parent)
+    if reason is None and not os.access(parent, os.W_OK | os.X_OK):
+        reason = f"{parent} is not writable"
+    return f"{reason}, so the {what} {path} cannot be created" if reason else None
+
+
+PSEUDO_FILESYSTEMS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                      "configfs", "pstore", "bpf", "efivarfs", "fusectl", "binfmt_misc"}
+"""The kernel's views of itself (/proc, /sys, ...): nothing a run writes can be stored there."""
+
+
+def _mount_problem(path: Path) -> str | None:
+    """Why the file system holding existing ``path`` cannot store files, or None.
+
+    ``os.access`` answers yes to root for any folder whose mode bits allow writing, on a
+    read-only mount and in /proc or /sys too; the mount's own flags and type say otherwise.
+    """
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): os.access has answered
+        return None
+    if read_only:
+        return f"{path} is on a read-only file system"
+    fstype = _filesystem_type(path)
+    if fstype in PSEUDO_FILESYSTEMS:
+        return f"{path} is in the kernel's {fstype} file system, which cannot store files"
     return None
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the mount that holds ``path`` (Linux: /proc/self/mountinfo), or None."""
+    try:
+        table = Path("/proc/self/mountinfo").read_text()
+        target = path.resolve()
+    except OSError:
+        return None
+    best, fstype = -1, None
+    for line in table.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+        after = fields[fields.index("-", 6) + 1:]
+        if after and target.is_relative_to(point) and len(point.parts) > best:
+            best, fstype = len(point.parts), after[0]
+    return fstype
 
 
 def check_output_dir(output_dir: str) -> list[Problem]:

@@ -10,6 +10,8 @@ key's line is kept so that errors can name it.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +48,35 @@ class _TooLarge(Exception):
 
 
 def read_text(path: Path) -> str:
-    """The file's text, or a one-line reason why it is not a recipe file."""
+    """The file's text, or a one-line reason why it is not a recipe file.
+
+    Only a regular file is read, and never more than :data:`MAX_BYTES` of it: a FIFO would
+    block ``validate`` for ever and ``/dev/zero`` would be read until memory runs out. The file
+    is opened without blocking and checked on the open descriptor, so nothing can swap it
+    between the check and the read.
+    """
     if path.is_dir():
         raise YAMLLoadError([YAMLProblem("", "is a folder, not a recipe file (give the .yaml "
                                               "file inside it)")])
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise YAMLLoadError([YAMLProblem("", "no such file")]) from None
     except OSError as exc:
         raise YAMLLoadError([YAMLProblem("", f"cannot read it: {exc.strerror or exc}")]) from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise YAMLLoadError([YAMLProblem("", f"is {_file_kind(mode)}, not a regular file: "
+                                                  "give the recipe's .yaml file")])
+        try:
+            raw = f.read(MAX_BYTES + 1)
+        except OSError as exc:
+            raise YAMLLoadError([YAMLProblem("", f"cannot read it: {exc.strerror or exc}")]) \
+                from None
     if len(raw) > MAX_BYTES:
-        raise YAMLLoadError([YAMLProblem("", f"{len(raw):,} bytes: too large for a recipe "
-                                              f"(at most {MAX_BYTES:,}); is this the right file?")])
+        raise YAMLLoadError([YAMLProblem("", f"more than {MAX_BYTES:,} bytes: too large for a "
+                                              "recipe; is this the right file?")])
     if b"\0" in raw:
         raise YAMLLoadError([YAMLProblem("", "a binary file, not a YAML recipe")])
     try:
@@ -66,6 +84,15 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise YAMLLoadError([YAMLProblem("", f"not UTF-8 text (byte {exc.start}): a binary "
                                               "file, not a YAML recipe")]) from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def load_yaml(text: str) -> tuple[Any, dict[str, int]]:

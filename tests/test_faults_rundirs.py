@@ -78,7 +78,7 @@ def test_resume_of_a_damaged_folder_names_the_file_in_one_line(finished, tmp_pat
     assert "Traceback" not in said
     lines = [line for line in said.splitlines() if named in line]
     assert lines, f"no line names {named}:\n{said}"
-    assert any(word in lines[0] for word in ("delete", "start", "rerun", "run it again")), \
+    assert any(word in lines[0] for word in ("delete", "start", "put it back")), \
         f"the line says nothing of what to do: {lines[0]}"
 
 

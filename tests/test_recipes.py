@@ -65,8 +65,8 @@ CASES = [
     (edit("methods.m.meta.weights", "/nonexistent/theta.safetensors"), [],
      "methods.m.meta.weights: '/nonexistent/theta.safetensors': no such file"),
     (edit("methods.m.optimizer.options.momentum", 1.5), [], "methods.m.optimizer.options.momentum: 1.5"),
-    (edit("methods.m.optimizer.options", {"nesterov": True}), [],
-     "methods.m.optimizer.options: "),
+    (edit("methods.m.optimizer.options", {"nesterov": True}), [],  # the option the check names
+     "methods.m.optimizer.options.nesterov: True: nesterov needs momentum"),
     (edit("name", "has spaces"), [], "name: 'has spaces'"),
     (None, ["task.name.x=1"], "task.name: is 'mnist1d', not a mapping"),
     (None, ["methods.m.lr_policy.options.gamma=-1"], "methods.m.lr_policy.options.gamma: -1"),
