@@ -389,7 +389,23 @@ def _error(message: object) -> None:
         print(message, file=sys.stderr)
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    """metalr's own warnings (a checkpoint fallback, a refused plugin, a resume with other
+    settings) as one console line, not Python's ``file:line: Category: ...`` plus source line;
+    other packages' warnings as Python writes them."""
+    parts = Path(filename).parts
+    if category.__module__.split(".")[0].startswith("metalr") or "metalr" in parts or \
+            any(part.startswith("metalr_") for part in parts):
+        return f"metalr: warning: {str(message).removeprefix('metalr: ')}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     args = parse_args(build_parser(), argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:

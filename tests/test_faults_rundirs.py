@@ -92,3 +92,20 @@ def test_a_finished_run_is_read_back_not_rerun_when_its_run_json_is_damaged(fini
     assert done.returncode == 0, done.stderr
     assert "done before" in done.stdout
     assert json.loads((folder / "fixed-seed0" / "result.json").read_text()) == before
+
+
+def test_a_fallback_to_the_previous_checkpoint_is_one_warning_line(finished, tmp_path):
+    folder = tmp_path / finished.name
+    shutil.copytree(finished, folder)
+    run = folder / "fixed-seed0"
+    (run / "result.json").unlink()
+    shutil.copy(run / "checkpoint.pt", run / "checkpoint.pt.prev")
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (run / "checkpoint.pt").write_bytes(bytes(data))
+    done = cli(tmp_path, "resume", str(folder), "-q")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "checkpoint.pt" in line]
+    assert warned == [f"metalr: warning: checkpoint {run / 'checkpoint.pt'} is corrupt (checksum "
+                      f"mismatch); continuing from the previous one, {run / 'checkpoint.pt.prev'}"]
+    assert "CheckpointWarning" not in done.stderr
