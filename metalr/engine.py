@@ -45,11 +45,14 @@ UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: se
 
 
 class TrainingDiverged(RuntimeError):
-    """The LR or the loss stopped being finite, or the loss exploded; carries the history so far."""
+    """The LR or the loss stopped being finite, or the loss exploded; carries the history so far
+    and the step where it happened (the history may hold later steps of that epoch: losses are
+    judged once an epoch)."""
 
-    def __init__(self, message: str, history: History | None = None):
+    def __init__(self, message: str, history: History | None = None, step: int | None = None):
         super().__init__(message)
         self.history = history
+        self.step = step
 
 
 @dataclass
@@ -257,9 +260,9 @@ class Engine:
         try:
             lr = float(self.policy.lr(ctx))
         except ArithmeticError as exc:  # a rule that found its own numbers non-finite
-            raise TrainingDiverged(f"{exc} (step {ctx.step})") from exc
+            raise TrainingDiverged(f"{exc} (step {ctx.step})", step=ctx.step) from exc
         if not 0 <= lr <= self._max_lr:  # NaN fails too; beyond max the update overflows
-            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {ctx.step}")
+            raise TrainingDiverged(f"the policy gave LR {lr:g} at step {ctx.step}", step=ctx.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.precision.step(self.optimizer)
@@ -437,7 +440,7 @@ class Engine:
             for i, value in enumerate(epoch_losses):  # checked once an epoch: no per-step sync
                 if not math.isfinite(value) or value > limit:
                     raise TrainingDiverged(f"training loss {value:.4g} at step {first_step + i} "
-                                           f"(epoch {epoch + 1})", history)
+                                           f"(epoch {epoch + 1})", history, first_step + i)
             metrics = {"epoch": epoch + 1, "train_batch_loss": sum(epoch_losses) / len(epoch_losses),
                        "lr": history.lrs[-1]}
             if meta_losses:  # each rank's are on its slice of the meta batches: their mean

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import socket
 import time
 import traceback
@@ -144,20 +143,17 @@ def log_once(tracker: Tracker, landed: Landed, metrics: Mapping[str, float], ste
         tracker.log_metrics(landed.run_id, todo, step)
 
 
-def diverged_steps(history: History, start: int, explode_factor: float) -> Iterator[
+def diverged_steps(history: History, start: int, last: int | None) -> Iterator[
         tuple[int, dict[str, float]]]:
-    """Per step from ``start``, the LR and loss a diverged run recorded, up to and including
-    the step whose loss was not finite or exploded (as the engine judges it); past the
-    last full epoch only the LR is known (the engine holds that epoch's losses apart)."""
-    losses = history.losses
-    limit = explode_factor * abs(losses[0]) if losses else math.inf
-    for step in range(start, len(history.lrs)):
+    """Per step from ``start`` to the diverged step ``last`` (all recorded ones if unknown), the
+    LR and loss the run recorded; past the last full epoch only the LR is known (the engine
+    holds that epoch's losses apart)."""
+    end = len(history.lrs) if last is None else min(len(history.lrs), last + 1)
+    for step in range(start, end):
         point = {"step_lr": history.lrs[step]}
-        if step < len(losses):
-            point["step_train_loss"] = losses[step]
+        if step < len(history.losses):
+            point["step_train_loss"] = history.losses[step]
         yield step, point
-        if step < len(losses) and not (math.isfinite(losses[step]) and losses[step] <= limit):
-            return
 
 
 def mark_killed(tracker: Tracker, folder: Path | None = None) -> list[str]:
@@ -757,7 +753,7 @@ class Runner:
                                  resume=state, stop=self.stop)
         except TrainingDiverged as exc:  # its curves up to the divergence, in the tracker too
             if tracker is not None and exc.history is not None:
-                for step, point in diverged_steps(exc.history, logged, config.explode_factor):
+                for step, point in diverged_steps(exc.history, logged, exc.step):
                     log_once(tracker, landed, point, step)
             raise
         result.history = history
