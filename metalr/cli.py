@@ -271,11 +271,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         index = build_report(args.targets, args.out, args.tracking_uri, say,
                              warn=lambda line: print(f"metalr: warning: {line}",
-                                                     file=sys.stderr, flush=True))
+                                                     file=sys.stderr, flush=True),
+                             markdown=args.markdown)
     except ReportError as exc:  # an unknown name or id, no store or not one, nothing tracked
         print(f"metalr: {exc}", file=sys.stderr)
         return 2
     print(f"report: {index.resolve()}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from metalr.report import ReportError
+    from metalr.reproduce import load_index, reproduce
+
+    if args.list:
+        index = load_index(args.index)
+        for name, section in index.sections.items():
+            minutes = f", ~{section.minutes:g} min" if section.minutes else ""
+            print(f"{name}\t{section.doc}{minutes}: {', '.join(section.recipes)}")
+        return 0
+    if args.section is None:
+        raise RunError("`metalr reproduce` needs a section name (`--list` shows them)")
+    try:
+        reproduce(args.section, args.index, args.out, args.store, args.doc, args.quiet)
+    except ReportError as exc:
+        print(f"metalr: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -342,8 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow experiment names or suite run ids (default: every experiment)")
     p.add_argument("--out", required=True, help="folder for index.html and assets/")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    p.add_argument("--markdown", action="store_true",
+                   help="also report.md: the same tables as Markdown, stamped with the commit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("reproduce", help="rerun a published section's recipes into a fresh "
+                       "MLflow store and rewrite its tables in docs/ (results/index.yaml)")
+    p.add_argument("section", nargs="?", help="a section of the index (`--list` shows them)")
+    p.add_argument("--list", action="store_true", help="list the sections and their recipes")
+    p.add_argument("--index", default="results/index.yaml", help="default: results/index.yaml")
+    p.add_argument("--out", default="metalr-out", help="where the runs' folder and store go")
+    p.add_argument("--store", help="render from this MLflow store instead of running")
+    p.add_argument("--doc", help="write into this file instead of the section's document")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -35,7 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from metalr.results import mean_std
+from metalr.results import SeedRecord, method_rows
 
 MAX_POINTS = 2000
 """Points per LR series at most: a long run's 100k steps would make a page of tens of MB; the
@@ -102,6 +102,7 @@ class Suite:
     metric: str
     higher_is_better: bool
     runs: list[SeedRun] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)  # the run's metalr.* tags
 
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r.method for r in self.runs))
@@ -378,8 +379,11 @@ def read_suite(client: Any, run: Any, experiment: str, warn: Progress | None = N
     metric, higher = _task_metric(params["task.name"], keys)
     suite = Suite(run.info.run_id, run.info.run_name, experiment, run.info.status,
                   run.info.start_time or 0, params["task.name"], params.get("model.name", "?"),
-                  metric, higher)
-    wanted = {k.format(metric=metric) for k, _, _ in CURVES} | {f"test_{metric}", "wall_time"}
+                  metric, higher,
+                  provenance={k.removeprefix("metalr."): v for k, v in run.data.tags.items()
+                              if k.startswith("metalr.")})
+    wanted = ({k.format(metric=metric) for k, _, _ in CURVES}
+              | {f"test_{metric}", "wall_time", "probe_seconds"})
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         p = child.data.params
         try:
@@ -580,35 +584,31 @@ def _suite_charts(suite: Suite) -> dict[str, Any]:
                    **lr}, "curves": panels}
 
 
-def results_rows(suite: Suite) -> list[list[str]]:
-    """The results table: the columns and formats of :meth:`metalr.results.RunSummary.rows`."""
-    m = suite.metric
-    rows = []
-    for method in suite.methods():
-        runs = [r for r in suite.runs if r.method == method]
-        done = suite.finished(method)
-        finals = [v for r in done if (v := r.final(f"test_{m}")) is not None]
-        bests = [v for r in done if (v := r.best(f"test_{m}", suite.higher_is_better)) is not None]
-        lrs = [r.lrs[-1][1] for r in done if r.lrs]
-        walls = [v for r in done if (v := r.final("wall_time")) is not None]
-        probes = [r.params["probe_lr"] for r in done if "probe_lr" in r.params]
-        failed = sorted({r.status for r in runs if r.status != "FINISHED"})
-        rows.append([method, mean_std(finals), mean_std(bests),
-                     f"{statistics.fmean(lrs):.4g}" if lrs else "-",
-                     f"{statistics.fmean(walls):.1f}" if walls else "-",
-                     " / ".join(_number(v) for v in probes) or "-",
-                     next((r.tuned for r in runs if r.tuned), ""),
-                     f"{len(done)}/{len(runs)} finished"
-                     + (f" ({'/'.join(failed)})" if failed else "")])
-    return rows
+def seed_records(suite: Suite) -> list[SeedRecord]:
+    """The suite's runs as the one result model, :class:`metalr.results.SeedRecord`."""
+    m, out = suite.metric, []
+    for r in suite.runs:
+        done = r.status == "FINISHED"
+        probe = r.params.get("probe_lr") if done else None
+        try:
+            probe_lr: float | str | None = None if probe is None else float(probe)
+        except ValueError:
+            probe_lr = probe  # written by another tool: shown as written
+        out.append(SeedRecord(
+            r.method, r.seed, r.status,
+            final=r.final(f"test_{m}") if done else None,
+            best=r.best(f"test_{m}", suite.higher_is_better) if done else None,
+            last_lr=r.lrs[-1][1] if r.lrs else None,
+            wall_time=r.final("wall_time") if done else None,
+            probe_lr=probe_lr, probe_signal=r.params.get("probe_signal") != "False",
+            probe_seconds=r.final("probe_seconds") if probe is not None else None,
+            tuned=r.tuned))
+    return out
 
 
-def _number(text: str) -> str:
-    """A param that should hold a number, shown as one (or as written, when it does not)."""
-    try:
-        return f"{float(text):.3g}"
-    except ValueError:
-        return text
+def results_rows(suite: Suite) -> list[dict[str, str]]:
+    """The results table: :func:`metalr.results.method_rows`, as results.md has it."""
+    return method_rows(seed_records(suite), suite.metric)
 
 
 def seed_rows(suite: Suite) -> list[list[str]]:
@@ -688,8 +688,8 @@ def _profile_section(suites: Sequence[Suite]) -> tuple[str, dict[str, Any] | Non
 def _suite_section(i: int, suite: Suite, cards: Mapping[str, Path | None]) -> str:
     m = suite.metric
     direction = "higher is better" if suite.higher_is_better else "lower is better"
-    head = ["method", f"final test {m}", f"best test {m}", "final LR",
-            "wall time per run (s)", "probe start LR (per seed)", "tuned", "runs"]
+    rows = results_rows(suite)
+    head = list(rows[0]) if rows else ["method"]
     seeds_head = ["method", *(f"seed {s}" for s in suite.seeds())]
     nets = suite.nets()
     net_lines = "".join(
@@ -709,7 +709,7 @@ def _suite_section(i: int, suite: Suite, cards: Mapping[str, Path | None]) -> st
         f"<h3>Training and test curves <small>(mean over finished seeds)</small></h3>"
         f"<div class='curves'>{curves}</div>"
         f"<h3>Results <small>mean ± sample std (ddof = 1) over the seeds that finished"
-        f"</small></h3>" + _table(head, results_rows(suite), "results")
+        f"</small></h3>" + _table(head, [list(r.values()) for r in rows], "results")
         + f"<h3>Final test {_e(m)} per seed</h3>" + _table(seeds_head, seed_rows(suite), "seeds")
         + (f"<h3>Meta-learned nets used</h3><ul>{net_lines}</ul>" if net_lines else "")
         + "</section>")
@@ -796,7 +796,14 @@ def write_report(suites: Sequence[Suite], out: str | Path, uri: str) -> Path:
 
 
 def build_report(targets: Sequence[str], out: str | Path, tracking_uri: str | None = None,
-                 progress: Progress | None = None, warn: Progress | None = None) -> Path:
-    """Read the suites ``targets`` name from the store and write the report folder ``out``."""
+                 progress: Progress | None = None, warn: Progress | None = None,
+                 markdown: bool = False) -> Path:
+    """Read the suites ``targets`` name from the store and write the report folder ``out``
+    (``markdown``: also ``report.md``, the same tables as Markdown)."""
     suites, uri = load_suites(targets, tracking_uri, progress, warn)
-    return write_report(suites, out, uri)
+    index = write_report(suites, out, uri)
+    if markdown:
+        from metalr.report_markdown import markdown_report
+
+        (Path(out) / "report.md").write_text(markdown_report(suites, uri), encoding="utf-8")
+    return index

@@ -97,6 +97,77 @@ def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+@dataclass(frozen=True)
+class SeedRecord:
+    """One method's run with one seed, as the results tables need it. The one result model:
+    made from a run in memory (:meth:`RunSummary.records`) or read back from the tracker
+    (:func:`metalr.report.seed_records`), and turned into rows by :func:`method_rows` only, so
+    results.md, results.csv, `metalr report`'s page and its Markdown show the same numbers."""
+
+    method: str
+    seed: int
+    status: str
+    final: float | None = None  # the final test metric (finished runs only)
+    best: float | None = None  # the best test metric over the evaluated epochs
+    last_lr: float | None = None
+    wall_time: float | None = None  # training, the probe included
+    probe_lr: float | str | None = None  # a number; as written where a store holds another
+    probe_signal: bool = True  # False: the probe saw no signal (shown with a *)
+    probe_seconds: float | None = None
+    tuned: str = ""  # the tuning column: chosen value (and the grid's rejections)
+    error: str | None = None  # why an unfinished run ended, where known
+
+
+def _probe(record: SeedRecord) -> str:
+    value = record.probe_lr
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return text + ("" if record.probe_signal else "*")
+
+
+def method_rows(records: Sequence[SeedRecord], metric: str,
+                per_seed: bool = False) -> list[dict[str, str]]:
+    """One row per method (in the records' order): final and best test metric as mean ± sample
+    std over the finished seeds, mean final LR and wall time, the probe's start per seed, the
+    tuning, how many finished; ``per_seed`` adds a column per seed (``final test <metric>
+    seed<N>``), as results.csv has them."""
+    m = metric
+    methods = list(dict.fromkeys(r.method for r in records))
+    seeds = list(dict.fromkeys(r.seed for r in records))
+    rows = []
+    for method in methods:
+        runs = [r for r in records if r.method == method]
+        done = [r for r in runs if r.status == "FINISHED"]
+        lrs = [r.last_lr for r in done if r.last_lr is not None]
+        walls = [r.wall_time for r in done if r.wall_time is not None]
+        probed = [r for r in done if r.probe_lr is not None]
+        seconds = [r.probe_seconds for r in probed if r.probe_seconds is not None]
+        unfinished = [r for r in runs if r.status != "FINISHED"]
+        rows.append({
+            "method": method,
+            f"final test {m}": mean_std([r.final for r in done if r.final is not None]),
+            f"best test {m}": mean_std([r.best for r in done if r.best is not None]),
+            "final LR": f"{statistics.fmean(lrs):.4g}" if lrs else "-",
+            "wall time per run (s)": f"{statistics.fmean(walls):.1f}" if walls else "-",
+            "probe start LR (per seed)": " / ".join(_probe(r) for r in probed) or "-",
+            "probe (s)": f"{statistics.fmean(seconds):.1f}" if seconds else "-",
+            "tuned": next((r.tuned for r in runs if r.tuned), ""),
+            "runs": f"{len(done)}/{len(runs)} finished" + (
+                "" if not unfinished else " (" + "/".join(sorted(
+                    {r.status for r in unfinished})) + (": " + "; ".join(
+                        r.error or r.status for r in unfinished)
+                    if any(r.error for r in unfinished) else "") + ")"),
+        })
+        if per_seed:
+            by_seed = {r.seed: r.final if r.status == "FINISHED" else None for r in runs}
+            rows[-1].update({f"final test {m} seed{s}": _value(by_seed.get(s)) for s in seeds})
+    return rows
+
+
+NO_SIGNAL_NOTE = ("\\* the LR probe saw no signal on that seed (no LR beat the untrained model "
+                  "beyond its noise): the run started at half the largest LR that did no harm "
+                  "(docs/design.md)")
+
+
 @dataclass
 class RunSummary:
     name: str
@@ -212,49 +283,36 @@ class RunSummary:
                 "The table above gives mean ± sample std (ddof=1) over the finished seeds.\n\n"
                 + _markdown(rows))
 
-    def rows(self, per_seed: bool = False) -> list[dict[str, str]]:
-        """One row per method; ``per_seed`` adds a column per seed (``final test <metric>
-        seed<N>``) after the summary columns, for results.csv."""
+    def records(self) -> list[SeedRecord]:
+        """The final runs as :class:`SeedRecord` s, in the order they ran."""
         m = self.metric
-        seeds, table = self.seeds(), self.per_seed() if per_seed else {}
-        rows = []
-        for method in self.methods():
-            runs = [r for r in self.results if r.method == method]
-            done = [r for r in runs if r.status == "FINISHED"]
-            tuned = runs[0].tuned
-            note = self.tuning_note(method) or (f"{tuned[0]}={tuned[1]:g}" if tuned else "")
-            lrs = [r.history.lrs[-1] for r in done if r.history.lrs]
-            rows.append({
-                "method": method,
-                f"final test {m}": mean_std([r.final(f"test_{m}") for r in done]),
-                f"best test {m}": mean_std([r.best(f"test_{m}", self.higher_is_better)
-                                             for r in done]),
-                "final LR": f"{statistics.fmean(lrs):.4g}" if lrs else "-",
-                "wall time per run (s)": (f"{statistics.fmean(r.history.wall_time for r in done):.1f}"
-                                          if done else "-"),
-                "probe start LR (per seed)": " / ".join(
-                    f"{r.history.probe.lr:.3g}" + ("" if r.history.probe.signal else "*")
-                    for r in done if r.history.probe) or "-",
-                "probe (s)": (f"{statistics.fmean(r.history.probe.seconds for r in probed):.1f}"
-                              if (probed := [r for r in done if r.history.probe]) else "-"),
-                "tuned": note,
-                "runs": f"{len(done)}/{len(runs)} finished" + (
-                    "" if len(done) == len(runs) else " (" + "/".join(sorted(
-                        {r.status for r in runs if r.status != "FINISHED"})) + ": " + "; ".join(
-                        r.error or r.status for r in runs if r.status != "FINISHED") + ")"),
-            })
-            if per_seed:
-                rows[-1].update({f"final test {m} seed{s}": _value(table[method].get(s))
-                                 for s in seeds})
-        return rows
+        out = []
+        for r in self.results:
+            done, h = r.status == "FINISHED", r.history
+            tuned = self.tuning_note(r.method) or (f"{r.tuned[0]}={r.tuned[1]:g}"
+                                                   if r.tuned else "")
+            probe = h.probe if h is not None and done else None
+            out.append(SeedRecord(
+                r.method, r.seed, r.status,
+                final=r.final(f"test_{m}") if done else None,
+                best=r.best(f"test_{m}", self.higher_is_better) if done else None,
+                last_lr=h.lrs[-1] if h is not None and h.lrs else None,
+                wall_time=r.final("wall_time") if done else None,
+                probe_lr=probe.lr if probe else None,
+                probe_signal=probe.signal if probe else True,
+                probe_seconds=probe.seconds if probe else None,
+                tuned=tuned, error=r.error))
+        return out
+
+    def rows(self, per_seed: bool = False) -> list[dict[str, str]]:
+        """One row per method (:func:`method_rows`); ``per_seed`` adds a column per seed."""
+        return method_rows(self.records(), self.metric, per_seed)
 
     def markdown(self) -> str:
-        table = _markdown(self.rows()) or "(no runs)"
-        if any(r.history and r.history.probe and not r.history.probe.signal
-               for r in self.results):
-            table += ("\n\n\\* the LR probe saw no signal on that seed (no LR beat the "
-                      "untrained model beyond its noise): the run started at half the largest "
-                      "LR that did no harm (docs/design.md)")
+        records = self.records()
+        table = _markdown(method_rows(records, self.metric)) or "(no runs)"
+        if not all(r.probe_signal for r in records):
+            table += "\n\n" + NO_SIGNAL_NOTE
         return table
 
     def csv(self) -> str:

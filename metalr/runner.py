@@ -793,7 +793,8 @@ class Runner:
         if probe is not None and callable(log_params):  # optional (the Tracker protocol)
             # only what a rerun of the probe gives again (a run restarted from its first
             # step logs them twice; a store refuses a param that changes): no seconds
-            log_params(run_id, {"probe_lr": f"{probe.lr:.6g}", "probe_steps": probe.steps})
+            log_params(run_id, {"probe_lr": f"{probe.lr:.6g}", "probe_steps": probe.steps,
+                                "probe_signal": probe.signal})
         recheck = history.recheck
         if recheck is not None and callable(log_params):
             log_params(run_id, {"recheck_step": history.recheck_step,

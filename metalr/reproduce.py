@@ -1,0 +1,164 @@
+"""`metalr reproduce SECTION`: rerun a published section's recipes and rewrite its tables.
+
+``results/index.yaml`` maps each generated section of docs/ to the committed recipes that make
+it and to the comparisons it states. The command runs those recipes into a fresh MLflow store
+in its own output folder, reads the suites back from that store with `metalr report`'s reader,
+renders them with its Markdown output (:mod:`metalr.report_markdown`: the same rows as the
+report's page), stamps the commit and environment, computes the comparisons
+(:mod:`metalr.comparisons`) and replaces the section's generated block in the document:
+
+    <!-- metalr reproduce quickstart -->
+    ... written by the command, never by hand ...
+    <!-- end metalr reproduce quickstart -->
+
+Prose around the block is kept. ``--store URI`` renders from a store that already holds the
+runs (no training), e.g. to rewrite a block after a wording change.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from metalr.rundir import RunError
+
+INDEX = Path("results") / "index.yaml"
+
+
+class Compared(BaseModel):
+    """One stated comparison: ``method`` against each of ``against``."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    against: list[str]
+    margin: float | None = Field(None, ge=0, description="`within`: how far behind still passes")
+
+
+class Section(BaseModel):
+    """One generated block of a document."""
+
+    model_config = ConfigDict(extra="forbid")
+    doc: str = Field(description="the document, relative to the repository")
+    recipes: list[str] = Field(min_length=1, description="committed recipes, relative paths")
+    overrides: list[str] = Field(default_factory=list, description="`key=value` for every recipe")
+    compare: list[Compared] = Field(default_factory=list)
+    minutes: float | None = Field(None, description="about how long on the 2-core CPU machine")
+
+
+class Index(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sections: dict[str, Section]
+
+
+def load_index(path: str | Path = INDEX) -> Index:
+    """The index, validated; one line naming the file and the key where it is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: no index of generated sections here; run `metalr reproduce` "
+                       "from the repository's root, or pass --index")
+    try:
+        return Index.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise RunError(f"{path}: {key}: {first['msg']}") from None
+    except yaml.YAMLError as exc:
+        raise RunError(f"{path}: not YAML ({' '.join(str(exc).split())})") from None
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- metalr reproduce {name} -->", f"<!-- end metalr reproduce {name} -->"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the block of section ``name`` replaced by ``body``."""
+    begin, end = markers(name)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise RunError(f"the document has no single block for {name!r}: put the two lines "
+                       f"{begin!r} and {end!r} where its tables go")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+
+
+def command(name: str) -> str:
+    return f"metalr reproduce {name}"
+
+
+def run_section(section: Section, out: Path, uri: str, quiet: bool) -> list[str]:
+    """Every recipe of the section into the store ``uri``; returns the suite names."""
+    from metalr.recipe import load_recipe
+    from metalr.runner import Runner
+
+    names = []
+    for path in section.recipes:
+        recipe = load_recipe(path, [*section.overrides, f"output_dir={out}"], deep=True)
+        if recipe.tracking is None:
+            raise RunError(f"{path}: tracking: none, but a section is read back from its "
+                           "MLflow store; drop the tracking override from the index")
+        runner = Runner(recipe, progress=not quiet)
+        runner.tracking_uri = uri
+        summary = runner.run()
+        if not summary.ok:
+            print(f"metalr: {path}: not every run finished; the section shows it")
+        names.append(recipe.name)
+    return names
+
+
+def render_section(name: str, section: Section, suites: list, when: str) -> str:
+    from metalr.comparisons import compare
+    from metalr.report_markdown import stamp, suite_markdown
+
+    recipes = ", ".join(f"`{r}`" for r in section.recipes)
+    extra = f" with `{' '.join(map(shlex.quote, section.overrides))}`" if section.overrides else ""
+    minutes = (f", about {section.minutes:g} minute{'s' * (section.minutes != 1)} on the "
+               "2-core CPU machine" if section.minutes else "")
+    parts = [f"Generated by `{command(name)}` ({recipes}{extra}{minutes}) on {when}; "
+             "do not edit by hand.", stamp(suites)]
+    for suite in suites:
+        comparisons = [compare(suite, c.method, other, c.margin)
+                       for c in section.compare
+                       if c.method in suite.methods()
+                       for other in c.against if other in suite.methods()]
+        parts.append(suite_markdown(suite, comparisons))
+    return "\n\n".join(parts)
+
+
+def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "metalr-out",
+              store: str | None = None, doc: str | Path | None = None, quiet: bool = False,
+              say: Callable[[str], None] = print) -> Path:
+    """Run (or, with ``store``, only read) section ``name`` and rewrite its block in ``doc``
+    (default: the section's document). Returns the document written."""
+    from metalr.report import load_suites
+
+    index = load_index(index_path)
+    if name not in index.sections:
+        raise RunError(f"{index_path}: no section {name!r}; sections: "
+                       f"{', '.join(sorted(index.sections))}")
+    section = index.sections[name]
+    target = Path(doc or section.doc)
+    text = target.read_text()
+    replace_block(text, name, "")  # the block exists: checked before hours of training
+    if store is None:
+        folder = Path(out) / f"reproduce-{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+        folder.mkdir(parents=True)
+        store = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+        say(f"{command(name)}: {len(section.recipes)} recipe(s) into {folder} ({store})")
+        experiments = run_section(section, folder, store, quiet)
+    else:
+        experiments = []
+        for path in section.recipes:
+            from metalr.recipe import load_recipe
+
+            experiments.append(load_recipe(path, section.overrides).name)
+    suites, _ = load_suites(experiments, store, None if quiet else say)
+    when = _dt.date.today().isoformat()
+    target.write_text(replace_block(text, name, render_section(name, section, suites, when)))
+    say(f"rewrote the block {name!r} of {target}")
+    return target
+
