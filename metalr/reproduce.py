@@ -158,7 +158,9 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
             experiments.append(load_recipe(path, section.overrides).name)
     suites, _ = load_suites(experiments, store, None if quiet else say)
     when = _dt.date.today().isoformat()
-    target.write_text(replace_block(text, name, render_section(name, section, suites, when)))
+    body = render_section(name, section, suites, when)
+    # read again: another section of the same document may have been written meanwhile
+    target.write_text(replace_block(target.read_text(), name, body))
     say(f"rewrote the block {name!r} of {target}")
     return target
 
