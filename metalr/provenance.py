@@ -35,6 +35,9 @@ def collect(device: torch.device) -> dict[str, str]:
     }
     tags.update(gpu_tags(device))
     tags.update(git_state())
+    from metalr.cards import command_tag  # the command line, for the model card of its nets
+
+    tags.update(command_tag())
     return tags
 
 
