@@ -65,7 +65,8 @@ def git_state(source: Path | None = None) -> dict[str, str]:
     """
     source = source or Path(__file__).resolve().parent
     calls = {"tracked": ["ls-files", "--error-unmatch", "--", "__init__.py"],
-             "status": ["status", "--porcelain=v2", "--branch", "--untracked-files=no"]}
+             "status": ["-c", "status.relativePaths=false",  # paths from the root, not cwd
+                        "status", "--porcelain=v2", "--branch", "--untracked-files=no"]}
     procs: dict[str, subprocess.Popen] = {}
     out: dict[str, str | None] = {}
     try:

@@ -46,7 +46,8 @@ def expected_git() -> dict[str, str]:
 
     if git("ls-files", "--error-unmatch", "__init__.py") is None:
         return {}
-    dirty = [line for line in (git("status", "--porcelain", "--untracked-files=no") or "")
+    dirty = [line for line in (git("-c", "status.relativePaths=false", "status", "--porcelain",
+                                   "--untracked-files=no") or "")
              .splitlines() if not (line[3:].startswith("docs/") and line.endswith(".md"))]
     return {"metalr.git_commit": git("rev-parse", "HEAD"),
             "metalr.git_dirty": "true" if dirty else "false"}
