@@ -151,11 +151,9 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
         say(f"{command(name)}: {len(section.recipes)} recipe(s) into {folder} ({store})")
         experiments = run_section(section, folder, store, quiet)
     else:
-        experiments = []
-        for path in section.recipes:
-            from metalr.recipe import load_recipe
+        from metalr.recipe import load_recipe
 
-            experiments.append(load_recipe(path, section.overrides).name)
+        experiments = [load_recipe(path, section.overrides).name for path in section.recipes]
     suites, _ = load_suites(experiments, store, None if quiet else say)
     when = _dt.date.today().isoformat()
     body = render_section(name, section, suites, when)
