@@ -22,19 +22,18 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from test_faults import Exploding, NaNAt  # a NaN model, an exploding LR: third-party style
+
+from metalr import hookimpl
+from metalr.cli import main
+from metalr.plugins import Registry
+from metalr.recipe import Recipe
+from metalr.runner import Runner
 
 pytestmark = pytest.mark.faults
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from torch import nn  # noqa: E402
-
-from metalr import hookimpl  # noqa: E402
-from metalr.cli import main  # noqa: E402
-from metalr.plugins import Registry  # noqa: E402
-from metalr.recipe import Recipe  # noqa: E402
-from metalr.runner import Runner  # noqa: E402
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 FIXED = {"optimizer": SGD, "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}}
@@ -463,39 +462,6 @@ def test_hostile_names_stay_inside_the_pages_data_and_a_bad_seed_is_a_warning(
 
 
 # -- 5. diverged runs keep their curves in MLflow, 6. every metric once after a resume ----------
-
-class NaNAt(nn.Module):
-    """An MLP whose output turns NaN at one training forward pass (as a bad batch would)."""
-
-    def __init__(self, spec, at: int = 5):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-        self.at, self.calls = at, 0
-
-    def forward(self, x):
-        out = self.net(x)
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at + 1:
-                out = out * float("nan")
-        return out
-
-
-class Exploding:
-    """An LR that grows 1e10-fold every step, past what float32 weights can take."""
-
-    def __init__(self, lr: float = 0.01):
-        self.base = lr
-
-    def start(self, run):
-        pass
-
-    def lr(self, ctx):
-        return self.base * 10.0 ** (10 * ctx.step)
-
-    def end_epoch(self, epoch, metrics):
-        pass
-
 
 @pytest.fixture
 def faulty_registry():
