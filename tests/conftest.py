@@ -12,6 +12,27 @@ def registry():
 
 
 @pytest.fixture
+def restore_threads():
+    """In-process runs set the recipe's thread count (``train.threads``); the tests after them
+    get theirs back. Used by the modules that run recipes in-process (``usefixtures``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def empty_cwd(tmp_path, monkeypatch) :
+    """An empty working folder with its own MLflow store URI (which must stay uncreated)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    return work
+
+
+@pytest.fixture
 def float64():
     """Double precision for the test, for checks against finite differences and torch.func."""
     import torch
@@ -69,8 +90,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stats = terminalreporter.stats
     outcomes = {}
     for key in ("passed", "failed", "skipped", "error"):
-        n = sum(1 for r in stats.get(key, ())
-                if getattr(r, "when", "call") in ("call", "setup") and "faults" in getattr(r, "keywords", {}))
+        n = sum(1 for r in stats.get(key, ()) if getattr(r, "when", "call") in ("call", "setup")
+                and "faults" in getattr(r, "keywords", {}))
         if n:
             outcomes[key] = n
     if outcomes:

@@ -221,16 +221,6 @@ def nets(tmp_path_factory, registry) -> Path:
     return folder
 
 
-@pytest.fixture
-def empty_cwd(tmp_path, monkeypatch) -> Path:
-    """An empty working folder with its own MLflow store URI (which must stay uncreated)."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    return work
-
-
 def write_recipe(folder: Path, recipe, nets: Path) -> Path:
     if callable(recipe):
         recipe = recipe(nets)

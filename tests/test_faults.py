@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]
 import torch
 import yaml
 from torch import nn
@@ -43,14 +43,6 @@ RECIPE = {
     },
 }
 JOBS = ["multistep-seed0", "mlrsnet-seed0"]
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """In-process runs set the recipe's thread count (1); later tests get theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def write_recipe(tmp: Path, **changes) -> Path:

@@ -16,7 +16,7 @@ from metalr import checkpoint
 from metalr.recipe import Recipe
 from metalr.runner import Runner
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]
 
 RECIPE = {
     "name": "ckpt",
@@ -27,14 +27,6 @@ RECIPE = {
                          "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}}},
     "tracking": "none",
 }
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """In-process runs set the recipe's thread count (1); later tests get theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

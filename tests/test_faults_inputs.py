@@ -55,16 +55,6 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    """An empty working folder whose default MLflow store must stay uncreated."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-    return folder
-
-
 def write_recipe(folder: Path, data: dict | None = None) -> Path:
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data or BASE))
@@ -206,15 +196,15 @@ def test_validate_of_a_runs_uri_reads_the_store_and_leaves_nothing(tmp_path):
     ("tracking={name: mlflow, options: {tracking_uri: /sys/metalr-mlruns}}",
      "tracking.options.tracking_uri:", "/sys"),
 ])
-def test_kernel_file_systems_are_refused_even_to_root(work, tmp_path, capsys, command, override,
-                                                      key, where):
+def test_kernel_file_systems_are_refused_even_to_root(empty_cwd, tmp_path, capsys, command,
+                                                      override, key, where):
     """Root passes ``os.access`` for /proc and /sys; the mount's type says they store nothing."""
     code = main([command, str(write_recipe(tmp_path)), override])
     err = capsys.readouterr().err
     assert code == 2, err
     [problem] = [line.strip() for line in err.splitlines()[1:]]
     assert problem.startswith(key) and where in problem and "file system" in problem
-    assert os.listdir(work) == []  # the run tracked nothing
+    assert os.listdir(empty_cwd) == []  # the run tracked nothing
 
 
 @pytest.fixture
@@ -234,7 +224,7 @@ def read_only_mount(tmp_path):
         subprocess.run(["umount", str(point)], check=True)
 
 
-def test_a_read_only_mount_is_named(work, tmp_path, read_only_mount, capsys):
+def test_a_read_only_mount_is_named(empty_cwd, tmp_path, read_only_mount, capsys):
     code = main(["validate", str(write_recipe(tmp_path)), f"output_dir={read_only_mount}/out"])
     err = capsys.readouterr().err
     assert code == 2 and "output_dir:" in err
@@ -259,7 +249,7 @@ def test_dev_zero_as_recipe_is_refused_without_reading_it(tmp_path):
     assert line.startswith("/dev/zero:") and "character device" in line
 
 
-def test_a_recipe_over_a_megabyte_is_refused(work, tmp_path, capsys):
+def test_a_recipe_over_a_megabyte_is_refused(empty_cwd, tmp_path, capsys):
     path = tmp_path / "big.yaml"
     path.write_text("# padding\n" * 200_000)
     assert main(["validate", str(path)]) == 2
@@ -303,7 +293,8 @@ KEYED = [
 
 
 @pytest.mark.parametrize("overrides,key,words", [c[1:] for c in KEYED], ids=[c[0] for c in KEYED])
-def test_the_message_names_the_recipe_key(work, tmp_path, good_net, capsys, overrides, key, words):
+def test_the_message_names_the_recipe_key(empty_cwd, tmp_path, good_net, capsys, overrides, key,
+                                          words):
     path = write_recipe(tmp_path)
     code = main(["validate", str(path), *(o.replace("GOOD", str(good_net)) for o in overrides)])
     err = capsys.readouterr().err
@@ -315,4 +306,4 @@ def test_the_message_names_the_recipe_key(work, tmp_path, good_net, capsys, over
     for word in words:
         assert word in problem, problem
     assert "known keys: " not in problem or not problem.rstrip().endswith("known keys:")
-    assert os.listdir(work) == []
+    assert os.listdir(empty_cwd) == []

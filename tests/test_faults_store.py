@@ -22,7 +22,6 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from test_faults import Exploding, NaNAt  # a NaN model, an exploding LR: third-party style
@@ -33,7 +32,7 @@ from metalr.plugins import Registry
 from metalr.recipe import Recipe
 from metalr.runner import Runner
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 FIXED = {"optimizer": SGD, "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}}
@@ -82,7 +81,9 @@ def check(sql: str) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
 
-class Cursor(sqlite3.Cursor):
+class Checked:
+    """Every statement through check() first, on a cursor or on the connection itself."""
+
     def execute(self, sql, *args):
         check(sql)
         return super().execute(sql, *args)
@@ -92,17 +93,13 @@ class Cursor(sqlite3.Cursor):
         return super().executemany(sql, *args)
 
 
-class Connection(sqlite3.Connection):
+class Cursor(Checked, sqlite3.Cursor):
+    pass
+
+
+class Connection(Checked, sqlite3.Connection):
     def cursor(self, factory=Cursor):
         return super().cursor(factory)
-
-    def execute(self, sql, *args):
-        check(sql)
-        return super().execute(sql, *args)
-
-    def executemany(self, sql, *args):
-        check(sql)
-        return super().executemany(sql, *args)
 
 
 real_connect, real_copy = sqlite3.dbapi2.connect, shutil.copyfileobj
@@ -126,14 +123,6 @@ from metalr.cli import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))
 '''
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    """In-process runs set the recipe's thread count (1); later tests get theirs back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def write_recipe(folder: Path, **changes) -> Path:
