@@ -165,7 +165,8 @@ def mlflow_tables() -> set[str]:
     return tables | {"alembic_version"}
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None: a server, or an in-memory database)."""
     if not uri.startswith("sqlite:///"):
         return None  # a server (it checks itself), or an in-memory database
     path = uri[len("sqlite:///"):].split("?", 1)[0]
@@ -177,7 +178,7 @@ def existing_store(uri: str) -> Path | None:
     of this MLflow's schema: looking at a store (``report``, ``runs``) must never create,
     migrate or fill a file. A one-line :class:`ReportError` naming the file otherwise. None:
     not a SQLite store (a server answers for itself)."""
-    path = _sqlite_file(uri)
+    path = sqlite_file(uri)
     if path is None:
         return None
     if not path.exists():
@@ -427,7 +428,7 @@ def load_suites(targets: Sequence[str], tracking_uri: str | None = None,
     except Exception as exc:
         if not _from_store(exc):
             raise
-        where = _sqlite_file(uri) or uri
+        where = sqlite_file(uri) or uri
         raise ReportError(f"cannot read the MLflow store {where}: {_reason(exc)}; restore it "
                           "from a copy, or pass another with --tracking-uri") from exc
     return suites, uri

@@ -48,7 +48,6 @@ _PARAMS_CHUNK = 100
 _LOCK_TIMEOUT = 600.0  # seconds to wait for another process creating the store (minutes, at worst)
 _CLOSE_TRIES = 3  # attempts to end a run the store refused, at close (0.5 s apart)
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
-DEFAULT_URI = "sqlite:///mlflow.db"
 T = TypeVar("T")
 
 
@@ -85,16 +84,6 @@ def resolve_uri(uri: str) -> str:
     if "://" not in uri and ":" not in uri and not uri.startswith("databricks"):
         return str(Path(uri).resolve())  # a plain folder: MLflow's file store
     return uri
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None: a server, or an in-memory database)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path.removeprefix("file:"))
 
 
 def store_failure(exc: BaseException) -> str | None:
@@ -153,6 +142,8 @@ class MLflowTracker:
         self._open: dict[str, RunStatus] = {}  # started or reopened here, not ended yet
         self.failure: StoreError | None = None  # the first time the store could not be used
         self.unclosed: list[str] = []  # after close: runs the store would not mark ended
+
+        from metalr.report import DEFAULT_URI  # (the report: torch-heavy, imported when used)
 
         self.uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                or DEFAULT_URI)
@@ -298,6 +289,8 @@ class MLflowTracker:
             lock.release()
 
     def _sqlite_path(self) -> Path | None:
+        from metalr.report import sqlite_file
+
         db = sqlite_file(self.uri)
         return None if db is None else db.resolve()
 
