@@ -13,13 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from metalr.comparisons import COMPARISON_HEAD, Comparison, comparison_rows
 from metalr.report import Suite, results_rows, seed_rows
-
-def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table; ``|`` inside a cell escaped."""
-    def cells(row: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
-    return "\n".join([cells(head), cells(["---"] * len(head)), *map(cells, rows)])
-
+from metalr.results import markdown_table
 
 def stamp(suites: Sequence[Suite]) -> str:
     """Where the numbers come from: one line per distinct environment of the suites."""
@@ -52,13 +46,14 @@ def suite_markdown(suite: Suite, comparisons: Sequence[Comparison] = (),
     parts = [f"{'#' * level} {suite.name}: task {suite.task}, model {suite.model}",
              f"Final test {m} ({direction}), mean ± sample std (ddof = 1) over the seeds that "
              "finished; `*` after a probe's start LR: the probe saw no signal on that seed.",
-             table(list(rows[0]) if rows else ["method"], [list(r.values()) for r in rows]),
+             markdown_table(list(rows[0]) if rows else ["method"],
+                            [list(r.values()) for r in rows]),
              f"Final test {m} per seed:",
-             table(["method", *(f"seed {s}" for s in suite.seeds())], seed_rows(suite))]
+             markdown_table(["method", *(f"seed {s}" for s in suite.seeds())], seed_rows(suite))]
     if comparisons:
         parts += ["Computed comparisons (paired over the seeds, which share data and initial "
                   "weights; two-sided paired t-test; `within x`: the mean no more than x "
-                  "behind):", table(COMPARISON_HEAD, comparison_rows(comparisons))]
+                  "behind):", markdown_table(COMPARISON_HEAD, comparison_rows(comparisons))]
     return "\n\n".join(parts)
 
 

@@ -31,7 +31,7 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,13 +392,18 @@ class GridPoint:
         return statistics.fmean(self.scores)
 
 
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table; a ``|`` inside a cell escaped."""
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
     head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in head) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(head, ([r[h] for h in head] for r in rows))
 
 
 def _csv(rows: list[dict[str, str]]) -> str:
