@@ -286,11 +286,11 @@ class RunSummary:
     def records(self) -> list[SeedRecord]:
         """The final runs as :class:`SeedRecord` s, in the order they ran."""
         m = self.metric
+        notes = {method: self.tuning_note(method) for method in self.methods()}  # once each
         out = []
         for r in self.results:
             done, h = r.status == "FINISHED", r.history
-            tuned = self.tuning_note(r.method) or (f"{r.tuned[0]}={r.tuned[1]:g}"
-                                                   if r.tuned else "")
+            tuned = notes[r.method] or (f"{r.tuned[0]}={r.tuned[1]:g}" if r.tuned else "")
             probe = h.probe if h is not None and done else None
             out.append(SeedRecord(
                 r.method, r.seed, r.status,
