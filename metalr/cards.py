@@ -18,7 +18,6 @@ any other path outside the repository is replaced by ``<outside the repository>/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from metalr.weights import sha256
 
 COMMAND_TAG = "metalr.command"
 """The ``metalr`` command line of a run, paths inside the repository made relative to its root."""
@@ -260,7 +261,7 @@ def ship(run_folder: str | Path, out: str | Path, *, replace: bool = False) -> S
     names = {src: target_name(run, src) for src in run.nets}
     existing = sorted(out.glob("*.safetensors")) if out.is_dir() else []
     differ = [p for p in existing
-              if p.name not in names.values() or _sha256(p) != _sha256(_source(names, p.name))]
+              if p.name not in names.values() or sha256(p) != sha256(_source(names, p.name))]
     if differ and not replace:
         raise NetsDiffer(f"{out}: holds other nets than the run's "
                          f"({describe_differences(differ, names)}); pass --replace to ship the "
@@ -275,7 +276,7 @@ def ship(run_folder: str | Path, out: str | Path, *, replace: bool = False) -> S
     for src, name in names.items():
         if not (out / name).is_file():
             shutil.copyfile(src, out / name)
-        shas[name] = _sha256(out / name)
+        shas[name] = sha256(out / name)
     card.write_text(new_card)
     notes = list(run.notes)
     if old_card is not None and not _BEGIN_RE.search(old_card):
@@ -291,10 +292,6 @@ def target_name(run: ShippedRun, src: Path) -> str:
 
 def _source(names: dict[Path, str], name: str) -> Path:
     return next(src for src, n in names.items() if n == name)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def describe_differences(differ: list[Path], names: dict[Path, str]) -> str:
@@ -369,7 +366,7 @@ def render(run: ShippedRun, names: dict[Path, str], name: str) -> str:
              f"`metalr run` of recipe `{run.recipe.get('name')}`; the files are copied unchanged.",
              "", "| file | meta-train epoch | sha256 |", "| --- | --- | --- |"]
     for src, target in names.items():
-        lines.append(f"| `{target}` | {run.epoch_of(src)} | `{_sha256(src)[:16]}…` |")
+        lines.append(f"| `{target}` | {run.epoch_of(src)} | `{sha256(src)[:16]}…` |")
     commit = prov.get("metalr.git_commit")
     where = "From the repository root"
     if commit:
