@@ -1,4 +1,5 @@
-"""Figures of runs: the LR each method applied (paper Fig. 4) and the training curves.
+"""Figures of runs: the LR each method applied (paper Fig. 4), the training curves and a
+sweep's metric against a swept key.
 
 Suites compare twenty-odd methods, so colours cycle through a 20-colour map with a second line
 style, and the legend sits outside the axes.
@@ -6,8 +7,11 @@ style, and the legend sits outside the axes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from metalr.engine import History
 
@@ -74,6 +78,34 @@ def plot_curves(histories: Mapping[str, History], path: Path, metric: str = "acc
             ax.set_yscale("log")
     right = _legend(fig, axes[-1], n)
     fig.subplots_adjust(left=0.04, right=right, bottom=0.14, top=0.9, wspace=0.25)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_swept(key: str, values: Sequence[Any], lines: Mapping[str, Mapping[int, Sequence[float]]],
+               metric: str, path: Path) -> Path:
+    """A sweep's final test metric against one swept key: per line (a method, with the other
+    keys' values) the mean ± std over seeds at each value (``lines[label][i]``: the scores at
+    ``values[i]``)."""
+    plt = _pyplot()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = list(values) if numeric else list(range(len(values)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, by_x in lines.items():
+        at = sorted(i for i in by_x if by_x[i])
+        means = [statistics.fmean(by_x[i]) for i in at]
+        stds = [statistics.stdev(by_x[i]) if len(by_x[i]) > 1 else 0.0 for i in at]
+        ax.errorbar([xs[i] for i in at], means, yerr=stds, marker="o", capsize=3, label=label)
+    if numeric and all(v > 0 for v in values) and max(values) / min(values) >= 100:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs, [json.dumps(v) for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"final test_{metric} (mean ± std over seeds)")
+    if lines:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -9,11 +9,18 @@ a page whose suites come from more than one commit says so.
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from metalr.comparisons import COMPARISON_HEAD, Comparison, comparison_rows
-from metalr.report import Suite, results_rows, seed_rows
-from metalr.results import markdown_table
+from metalr.engine import History
+from metalr.report import CURVES, Suite, results_rows, seed_rows
+from metalr.results import markdown_table, mean_std
+
+SWEPT = "sweep."
 
 def stamp(suites: Sequence[Suite]) -> str:
     """Where the numbers come from: one line per distinct environment of the suites."""
@@ -65,3 +72,94 @@ def markdown_report(suites: Sequence[Suite], uri: str,
             stamp(suites)]
     body += [suite_markdown(s, comparisons.get(s.run_id, ()), level=2) for s in suites]
     return "\n\n".join(body) + "\n"
+
+
+def sweep_markdown(points: Sequence[Suite], level: int = 4) -> str:
+    """A sweep's points as one table: a row per combination of the swept values, per method
+    the final test metric, mean ± sample std over the seeds, then each seed's value."""
+    first = points[0]
+    m = first.metric
+    keys = [SWEPT + k for k in swept_keys(points)]
+    groups: dict[tuple[str, ...], list[Suite]] = {}
+    for point in sorted(points, key=lambda p: int(p.provenance.get(f"{SWEPT}index", 0))):
+        groups.setdefault(tuple(point.provenance.get(k, "?") for k in keys), []).append(point)
+    methods = list(dict.fromkeys(r.method for p in points for r in p.runs))
+    seeds = sorted({r.seed for p in points for r in p.runs})
+    head = [k.removeprefix(SWEPT) for k in keys]
+    for method in methods:
+        head += [f"{method}: final test {m}", *(f"seed {s}" for s in seeds)]
+    head.append("points finished")
+    rows = []
+    for values, group in groups.items():
+        row = [_shown(v) for v in values]
+        for method in methods:
+            finals = {r.seed: v for p in group for r in p.finished(method)
+                      if (v := r.final(f"test_{m}")) is not None and math.isfinite(v)}
+            row += [mean_std(list(finals.values())),
+                    *(f"{finals[s]:.4f}" if s in finals else "-" for s in seeds)]
+        row.append(f"{sum(p.status == 'FINISHED' for p in group)}/{len(group)}")
+        rows.append(row)
+    direction = "higher is better" if first.higher_is_better else "lower is better"
+    return "\n\n".join([
+        f"{'#' * level} {first.experiment}: sweep of {', '.join(head[:len(keys)])}, task "
+        f"{first.task}, model {first.model}",
+        f"Final test {m} ({direction}), mean ± sample std (ddof = 1) over the seeds that "
+        "finished, then each seed (a point per value and seed):",
+        markdown_table(head, rows)])
+
+
+def swept_keys(points: Sequence[Suite]) -> list[str]:
+    """The keys a sweep varied (without its seed and index), as recorded on its points."""
+    return [k.removeprefix(SWEPT) for k in points[0].provenance if k.startswith(SWEPT)
+            and k not in (f"{SWEPT}seed", f"{SWEPT}index")]
+
+
+def sweep_lines(points: Sequence[Suite], key: str
+                ) -> tuple[list[Any], dict[str, dict[int, list[float]]]]:
+    """For :func:`metalr.figures.plot_swept`: ``key``'s values in grid order and, per method
+    (with the other keys' values), the finished seeds' final test metric at each value."""
+    others = [k for k in swept_keys(points) if k != key]
+    ordered = sorted(points, key=lambda p: int(p.provenance.get(f"{SWEPT}index", 0)))
+    values = list(dict.fromkeys(p.provenance[SWEPT + key] for p in ordered))
+    lines: dict[str, dict[int, list[float]]] = {}
+    for point in ordered:
+        at = values.index(point.provenance[SWEPT + key])
+        rest = ",".join(f"{k}={point.provenance.get(SWEPT + k)}" for k in others)
+        for method in point.methods():
+            label = method + (f" ({rest})" if rest else "")
+            for r in point.finished(method):
+                value = r.final(f"test_{point.metric}")
+                if value is not None and math.isfinite(value):
+                    lines.setdefault(label, {}).setdefault(at, []).append(value)
+    return [json.loads(v) for v in values], lines
+
+
+def _shown(value: str) -> str:
+    try:
+        return json.dumps(json.loads(value))
+    except ValueError:
+        return value
+
+
+def suite_histories(suite: Suite) -> tuple[dict[str, History], dict[str, History]]:
+    """Per method, the applied LR of its first seed and its curves averaged over the finished
+    seeds, as :class:`~metalr.engine.History` for :mod:`metalr.figures`."""
+    first = suite.seeds()[0] if suite.runs else None
+    lrs, curves = {}, {}
+    keys = [k.format(metric=suite.metric) for k, _, _ in CURVES]
+    for method in suite.methods():
+        run = next((r for r in suite.runs if r.method == method and r.seed == first), None)
+        if run is not None and run.lrs:
+            lrs[method] = History(lrs=[v for _, v in run.lrs])
+        done = suite.finished(method)
+        by_epoch: dict[int, dict[str, list[float]]] = {}
+        for r in done:
+            for key in keys:
+                for epoch, value in r.epochs.get(key, []):
+                    by_epoch.setdefault(epoch, {}).setdefault(key, []).append(value)
+        if by_epoch:
+            curves[method] = History(epochs=[
+                {"epoch": e, **{k: statistics.fmean(v) for k, v in row.items()
+                                if len(v) == len(done)}}
+                for e, row in sorted(by_epoch.items())])
+    return lrs, curves

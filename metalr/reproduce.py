@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from metalr.rundir import RunError
 
@@ -61,17 +61,39 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
     doc: str = Field(description="the document, relative to the repository")
     recipes: list[str | RecipeRun] = Field(
-        min_length=1, description="committed recipes (relative paths), or {recipe, only, "
-        "overrides} for one run of a recipe restricted to some methods or changed by keys")
+        default_factory=list, description="committed recipes (relative paths), or {recipe, "
+        "only, overrides} for one run of a recipe restricted to some methods or changed by keys")
+    sweeps: list[str | RecipeRun] = Field(
+        default_factory=list, description="committed recipes with a sweep: block (`metalr "
+        "sweep`), as paths or {recipe, only, overrides}")
+    bench: list[str] = Field(
+        default_factory=list, description="bench scripts with their arguments, e.g. `python "
+        "bench/memory.py --threads 1`: their printed output is the section")
     overrides: list[str] = Field(default_factory=list, description="`key=value` for every recipe")
     compare: list[Compared] = Field(default_factory=list)
     minutes: float | None = Field(None, description="about how long on the 2-core CPU machine")
 
-    def runs(self) -> list[RecipeRun]:
-        """Every recipe as a run, the section's overrides first (a run's own win)."""
+    @model_validator(mode="after")
+    def _something_to_run(self) -> Section:
+        if not (self.recipes or self.sweeps or self.bench):
+            raise ValueError("a section needs recipes, sweeps or bench commands")
+        for line in self.bench:
+            if not line.startswith("python bench/"):
+                raise ValueError(f"bench: {line!r}: give a committed script as "
+                                 "`python bench/NAME.py ARGS`")
+        return self
+
+    def _as_runs(self, items: list[str | RecipeRun]) -> list[RecipeRun]:
         return [RecipeRun(recipe=r, overrides=list(self.overrides)) if isinstance(r, str) else
                 r.model_copy(update={"overrides": [*self.overrides, *r.overrides]})
-                for r in self.recipes]
+                for r in items]
+
+    def runs(self) -> list[RecipeRun]:
+        """Every recipe as a run, the section's overrides first (a run's own win)."""
+        return self._as_runs(self.recipes)
+
+    def sweep_runs(self) -> list[RecipeRun]:
+        return self._as_runs(self.sweeps)
 
 
 class Index(BaseModel):
@@ -132,25 +154,121 @@ def run_section(section: Section, out: Path, uri: str, quiet: bool) -> list[str]
         if not summary.ok:
             print(f"metalr: {path}: not every run finished; the section shows it")
         names.append(recipe.name)
+    for run in section.sweep_runs():
+        names.append(run_sweep(run, out, uri, quiet))
+    for i, line in enumerate(section.bench):
+        run_bench(line, out / f"bench-{i}.txt", quiet)
     return names
 
 
-def render_section(name: str, section: Section, suites: list, when: str) -> str:
-    from metalr.comparisons import compare
-    from metalr.report_markdown import stamp, suite_markdown
+def run_sweep(run: RecipeRun, out: Path, uri: str, quiet: bool) -> str:
+    """One sweep (every point, its executor's workers) into the store ``uri``; its name."""
+    import json
 
-    recipes = ", ".join(run.argv() for run in section.runs())
+    from metalr.recipe import load_recipe
+    from metalr.sweep import execute, plan
+
+    recipe = load_recipe(run.recipe, run.overrides, only=run.only)
+    if recipe.tracking is None:
+        raise RunError(f"{run.recipe}: tracking: none, but a section is read back from its "
+                       "MLflow store; drop the tracking override from the index")
+    tracking = {"name": recipe.tracking.name,
+                "options": {**recipe.tracking.options, "tracking_uri": uri}}
+    sweep = plan(run.recipe, [*run.overrides, f"output_dir={json.dumps(str(out))}",
+                              f"tracking={json.dumps(tracking)}"], only=run.only)
+    outcome = execute(sweep, progress=not quiet)
+    if not outcome.ok:
+        print(f"metalr: {run.recipe}: not every sweep point finished; the section shows it")
+    return recipe.name
+
+
+def run_bench(line: str, out: Path, quiet: bool) -> None:
+    """A bench script, run from the repository's root with this Python; its output kept."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, *shlex.split(line)[1:]]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = " ".join(done.stderr.split()[-40:])
+        raise RunError(f"`{line}` failed (exit {done.returncode}): {tail}")
+    out.write_text(done.stdout)
+    if not quiet:
+        print(done.stdout, end="")
+
+
+def render_section(name: str, section: Section, suites: list, when: str,
+                   bench: list[str] = (), figures: Path | None = None) -> str:
+    """The block's Markdown: what made it, the stamp, each suite's tables and comparisons, each
+    sweep's table, each bench script's output; with ``figures`` (the document's folder) each
+    suite's LR and curves are drawn into ``figures/`` and linked."""
+    from metalr.comparisons import compare
+    from metalr.report_markdown import stamp, suite_markdown, sweep_markdown
+
+    made = [run.argv() for run in section.runs()]
+    made += [f"`metalr sweep {run.argv().strip('`')}`" for run in section.sweep_runs()]
+    made += [f"`{line}`" for line in section.bench]
+    recipes = ", ".join(made)
     minutes = (f", about {section.minutes:g} minute{'s' * (section.minutes != 1)} on the "
                "2-core CPU machine" if section.minutes else "")
     parts = [f"Generated by `{command(name)}` ({recipes}{minutes}) on {when}; "
-             "do not edit by hand.", stamp(suites)]
-    for suite in suites:
+             "do not edit by hand."]
+    if suites:
+        parts.append(stamp(suites))
+    points = [s for s in suites if "sweep.index" in s.provenance]
+    plain = [s for s in suites if "sweep.index" not in s.provenance]
+    sweeps = [[s for s in points if s.experiment == e]
+              for e in dict.fromkeys(s.experiment for s in points)]
+    for i, suite in enumerate(plain):
         comparisons = [compare(suite, c.method, other, c.margin)
                        for c in section.compare
                        if c.method in suite.methods()
                        for other in c.against if other in suite.methods()]
         parts.append(suite_markdown(suite, comparisons))
+        if figures is not None:
+            stem = name if len(plain) == 1 else f"{name}-{i + 1}"
+            parts.append(_suite_figures(stem, suite, figures / "figures"))
+    for i, group in enumerate(sweeps):
+        parts.append(sweep_markdown(group))
+        if figures is not None:
+            stem = name if len(sweeps) == 1 else f"{name}-sweep{i + 1}"
+            parts.append(_sweep_figures(stem, group, figures / "figures"))
+    for line, output in zip(section.bench, bench):
+        parts.append(f"`{line}` printed:\n\n```text\n{output.rstrip()}\n```")
     return "\n\n".join(parts)
+
+
+def _suite_figures(stem: str, suite, folder: Path) -> str:
+    """The suite's applied LR (its first seed) and its curves (mean over the finished seeds),
+    drawn from the store's runs into ``folder`` (``figures/`` beside the document)."""
+    from metalr.figures import plot_curves, plot_lr
+    from metalr.report_markdown import suite_histories
+
+    folder.mkdir(exist_ok=True)
+    lrs, curves = suite_histories(suite)
+    links = []
+    if lrs:
+        plot_lr(lrs, folder / f"{stem}-lr.png")
+        links.append(f"![LR applied, seed {suite.seeds()[0]}](figures/{stem}-lr.png)")
+    if curves:
+        plot_curves(curves, folder / f"{stem}-curves.png", suite.metric)
+        links.append(f"![curves, mean over the finished seeds](figures/{stem}-curves.png)")
+    return "\n".join(links)
+
+
+def _sweep_figures(stem: str, points: list, folder: Path) -> str:
+    """Per swept key, the final test metric against its values (mean ± std over seeds)."""
+    from metalr.figures import plot_swept
+    from metalr.report_markdown import swept_keys, sweep_lines
+
+    folder.mkdir(exist_ok=True)
+    links = []
+    for j, key in enumerate(swept_keys(points)):
+        values, lines = sweep_lines(points, key)
+        path = folder / f"{stem}-{j + 1}.png"
+        plot_swept(key, values, lines, points[0].metric, path)
+        links.append(f"![final test {points[0].metric} against {key}](figures/{path.name})")
+    return "\n".join(links)
 
 
 def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "metalr-out",
@@ -172,16 +290,26 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
         folder = Path(out) / f"reproduce-{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         folder.mkdir(parents=True)
         store = f"sqlite:///{folder.resolve() / 'mlflow.db'}"
-        say(f"{command(name)}: {len(section.recipes)} recipe run(s) into {folder} ({store})")
+        say(f"{command(name)}: {len(section.recipes) + len(section.sweeps)} recipe(s), "
+            f"{len(section.bench)} bench script(s) into {folder} ({store})")
         experiments = run_section(section, folder, store, quiet)
     else:
         from metalr.recipe import load_recipe
+        from metalr.report import sqlite_file
 
         experiments = [load_recipe(run.recipe, run.overrides, only=run.only).name
-                       for run in section.runs()]
-    suites, _ = load_suites(experiments, store, None if quiet else say)
+                       for run in [*section.runs(), *section.sweep_runs()]]
+        folder = sqlite_file(store).parent if sqlite_file(store) else Path(".")
+    bench = []
+    for i, line in enumerate(section.bench):
+        saved = folder / f"bench-{i}.txt"
+        if not saved.is_file():
+            raise RunError(f"{saved}: no saved output of `{line}` beside the store; run the "
+                           f"section again without --store")
+        bench.append(saved.read_text())
+    suites = load_suites(experiments, store, None if quiet else say)[0] if experiments else []
     when = _dt.date.today().isoformat()
-    body = render_section(name, section, suites, when)
+    body = render_section(name, section, suites, when, bench, target.parent)
     # read again: another section of the same document may have been written meanwhile
     target.write_text(replace_block(target.read_text(), name, body))
     say(f"rewrote the block {name!r} of {target}")

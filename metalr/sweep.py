@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -244,12 +243,9 @@ def write_outputs(sweep: Sweep) -> list[Path]:
 def plot_key(sweep: Sweep, key: str) -> Path:
     """The final test metric against ``key``'s values, mean ± std over seeds (and over nothing
     else: each combination of the other keys is its own line, per method)."""
-    from metalr.figures import _pyplot
+    from metalr.figures import plot_swept
 
-    plt = _pyplot()
     values = sweep.recipe.sweep.grid[key]
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    xs = values if numeric else list(range(len(values)))
     lines: dict[str, dict[int, list[float]]] = {}
     metric = "metric"
     for point in sweep.points:
@@ -262,25 +258,7 @@ def plot_key(sweep: Sweep, key: str) -> Path:
         for method, scores in record["finals"].items():
             label = method + (f" ({others})" if others else "")
             lines.setdefault(label, {}).setdefault(at, []).extend(scores)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, by_x in lines.items():
-        at = sorted(i for i in by_x if by_x[i])
-        means = [statistics.fmean(by_x[i]) for i in at]
-        stds = [statistics.stdev(by_x[i]) if len(by_x[i]) > 1 else 0.0 for i in at]
-        ax.errorbar([xs[i] for i in at], means, yerr=stds, marker="o", capsize=3, label=label)
-    if numeric and all(v > 0 for v in values) and max(values) / min(values) >= 100:
-        ax.set_xscale("log")
-    if not numeric:
-        ax.set_xticks(xs, [json.dumps(v) for v in values])
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"final test_{metric} (mean ± std over seeds)")
-    if lines:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = sweep.folder / f"sweep-{key}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plot_swept(key, values, lines, metric, sweep.folder / f"sweep-{key}.png")
 
 
 @dataclass
