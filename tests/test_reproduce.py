@@ -6,6 +6,7 @@ the stamp naming the commit, and verdicts that never pass a method that loses.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import statistics
@@ -125,6 +126,97 @@ def test_a_rerender_from_the_store_gives_the_same_block(section, tmp_path):
                "--doc", str(copy), "-q")
     assert done.returncode == 0, done.stderr
     assert copy.read_text() == (root / "docs" / "page.md").read_text()
+
+
+def test_figures_are_drawn_from_the_stores_runs(section):
+    """The LR figure's data are each method's applied LRs as its run folder recorded them."""
+    from metalr.report import load_suites
+    from metalr.report_markdown import suite_histories
+
+    root, folder = section
+    body = block((root / "docs" / "page.md").read_text(), "tiny")
+    assert "![LR applied, seed 0](figures/tiny-lr.png)" in body
+    assert (root / "docs" / "figures" / "tiny-lr.png").stat().st_size > 1000
+    assert (root / "docs" / "figures" / "tiny-curves.png").stat().st_size > 1000
+    suites, _ = load_suites(["tiny-section"], f"sqlite:///{folder / 'mlflow.db'}")
+    lrs, curves = suite_histories(suites[0])
+    run = next(folder.glob("tiny-section-*"))
+    for method in ("fast", "slow"):
+        saved = json.loads((run / f"{method}-seed0" / "history.json").read_text())
+        assert lrs[method].lrs == pytest.approx(saved["lrs"])
+        finals = [json.loads((run / f"{method}-seed{s}" / "history.json").read_text())
+                  ["epochs"][-1]["test_accuracy"] for s in range(3)]
+        assert curves[method].epochs[-1]["test_accuracy"] == pytest.approx(
+            statistics.fmean(finals))
+
+
+SWEEP = {
+    "name": "tiny-sweep",
+    "task": {"name": "digits"},
+    "model": {"name": "mlp", "options": {"hidden": [16]}},
+    "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "threads": 1},
+    "methods": {"m": {"optimizer": {"name": "sgd"},
+                      "lr_policy": {"name": "fixed", "options": {"lr": 0.05}}}},
+    "sweep": {"grid": {"methods.m.lr_policy.options.lr": [0.01, 0.1]}, "seeds": [0, 1],
+              "executor": {"name": "local", "options": {"workers": 1}}},
+    "tracking": "mlflow",
+}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> tuple[Path, Path]:
+    """A section made by a sweep and a bench script, regenerated."""
+    root = tmp_path_factory.mktemp("swept")
+    for folder in ("recipes", "results", "docs", "bench"):
+        (root / folder).mkdir()
+    (root / "recipes" / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    (root / "bench" / "hello.py").write_text("import sys\nprint('ratio 1.00', *sys.argv[1:])\n")
+    (root / "results" / "index.yaml").write_text(yaml.safe_dump({"sections": {"sw": {
+        "doc": "docs/page.md", "sweeps": ["recipes/sweep.yaml"],
+        "bench": ["python bench/hello.py --x 2"]}}}))
+    begin, end = markers("sw")
+    (root / "docs" / "page.md").write_text(f"{begin}\n{end}\n")
+    done = cli(root, "reproduce", "sw", "--out", "out", "-q")
+    assert done.returncode == 0, done.stderr
+    return root, next((root / "out").glob("reproduce-sw-*"))
+
+
+def test_a_sweep_section_shows_every_points_value(swept):
+    root, folder = swept
+    body = block((root / "docs" / "page.md").read_text(), "sw")
+    assert "`metalr sweep recipes/sweep.yaml`" in body and "`python bench/hello.py --x 2`" in body
+    points = [json.loads(p.read_text()) for p in
+              sorted((folder / "tiny-sweep-sweep").glob("p*/point.json"))]
+    assert len(points) == 4 and all(p["status"] == "FINISHED" for p in points)
+    for i, lr in enumerate(("0.01", "0.1")):
+        line = next(ln for ln in body.splitlines() if ln.startswith(f"| {lr} | "))
+        cells = line.strip("| ").split(" | ")
+        finals = [points[2 * i + seed]["finals"]["m"][0] for seed in (0, 1)]
+        assert [float(c) for c in cells[2:4]] == pytest.approx(finals, abs=5e-5)
+        assert cells[1].startswith(f"{statistics.fmean(finals):.4f} ± ")
+        assert cells[-1] == "2/2"
+    assert "![final test accuracy against methods.m.lr_policy.options.lr](figures/sw-1.png)" \
+        in body and (root / "docs" / "figures" / "sw-1.png").is_file()
+
+
+def test_a_bench_section_quotes_the_scripts_output(swept, tmp_path):
+    root, folder = swept
+    body = block((root / "docs" / "page.md").read_text(), "sw")
+    assert "```text\nratio 1.00 --x 2\n```" in body
+    copy = tmp_path / "page.md"
+    copy.write_text((root / "docs" / "page.md").read_text())
+    done = cli(root, "reproduce", "sw", "--store", f"sqlite:///{folder / 'mlflow.db'}",
+               "--doc", str(copy), "-q")
+    assert done.returncode == 0, done.stderr
+    assert copy.read_text() == (root / "docs" / "page.md").read_text()
+
+
+def test_a_bench_line_must_name_a_committed_script(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "index.yaml").write_text(yaml.safe_dump({"sections": {"s": {
+        "doc": "page.md", "bench": ["rm -rf /"]}}}))
+    done = cli(tmp_path, "reproduce", "--list")
+    assert done.returncode == 1 and "python bench/NAME.py" in done.stderr
 
 
 @pytest.mark.parametrize("args,words", [
