@@ -18,7 +18,7 @@ from typing import Any
 from metalr.comparisons import COMPARISON_HEAD, Comparison, comparison_rows
 from metalr.engine import History
 from metalr.report import CURVES, Suite, results_rows, seed_rows
-from metalr.results import markdown_table, mean_std
+from metalr.results import SweepPointRecord, markdown_table, sweep_rows
 
 SWEPT = "sweep."
 
@@ -75,37 +75,29 @@ def markdown_report(suites: Sequence[Suite], uri: str,
 
 
 def sweep_markdown(points: Sequence[Suite], level: int = 4) -> str:
-    """A sweep's points as one table: a row per combination of the swept values, per method
-    the final test metric, mean ± sample std over the seeds, then each seed's value."""
+    """A sweep's points as one table (:func:`metalr.results.sweep_rows`, as `metalr sweep`
+    writes it from its points' records): a row per combination of the swept values."""
     first = points[0]
     m = first.metric
-    keys = [SWEPT + k for k in swept_keys(points)]
-    groups: dict[tuple[str, ...], list[Suite]] = {}
+    keys = swept_keys(points)
+    records = []
     for point in sorted(points, key=lambda p: int(p.provenance.get(f"{SWEPT}index", 0))):
-        groups.setdefault(tuple(point.provenance.get(k, "?") for k in keys), []).append(point)
-    methods = list(dict.fromkeys(r.method for p in points for r in p.runs))
-    seeds = sorted({r.seed for p in points for r in p.runs})
-    head = [k.removeprefix(SWEPT) for k in keys]
-    for method in methods:
-        head += [f"{method}: final test {m}", *(f"seed {s}" for s in seeds)]
-    head.append("points finished")
-    rows = []
-    for values, group in groups.items():
-        row = [_shown(v) for v in values]
-        for method in methods:
-            finals = {r.seed: v for p in group for r in p.finished(method)
-                      if (v := r.final(f"test_{m}")) is not None and math.isfinite(v)}
-            row += [mean_std(list(finals.values())),
-                    *(f"{finals[s]:.4f}" if s in finals else "-" for s in seeds)]
-        row.append(f"{sum(p.status == 'FINISHED' for p in group)}/{len(group)}")
-        rows.append(row)
+        finals = {}
+        for method in point.methods():
+            done = point.finished(method)
+            finals[method] = done[0].final(f"test_{m}") if done else None
+        seed = point.provenance.get(f"{SWEPT}seed")
+        records.append(SweepPointRecord(
+            tuple((k, _shown(point.provenance.get(SWEPT + k, "?"))) for k in keys),
+            None if seed is None else int(seed), finals, point.status == "FINISHED"))
+    rows = sweep_rows(records, m)
     direction = "higher is better" if first.higher_is_better else "lower is better"
     return "\n\n".join([
-        f"{'#' * level} {first.experiment}: sweep of {', '.join(head[:len(keys)])}, task "
-        f"{first.task}, model {first.model}",
+        f"{'#' * level} {first.experiment}: sweep of {', '.join(keys)}, task {first.task}, "
+        f"model {first.model}",
         f"Final test {m} ({direction}), mean ± sample std (ddof = 1) over the seeds that "
         "finished, then each seed (a point per value and seed):",
-        markdown_table(head, rows)])
+        markdown_table(list(rows[0]), [list(r.values()) for r in rows])])
 
 
 def swept_keys(points: Sequence[Suite]) -> list[str]:

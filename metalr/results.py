@@ -31,7 +31,7 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,6 +390,40 @@ class GridPoint:
         if not self.scores or any(v is None for v in self.scores):
             return math.nan
         return statistics.fmean(self.scores)
+
+
+@dataclass(frozen=True)
+class SweepPointRecord:
+    """One point of a sweep, as the one result model of sweeps: its swept values (shown as
+    JSON), its seed, each method's final test metric (None: the run did not finish with one)
+    and whether the point finished; from the points' records or from the store."""
+
+    values: tuple[tuple[str, str], ...]
+    seed: int | None
+    finals: Mapping[str, float | None]
+    finished: bool
+
+
+def sweep_rows(points: Sequence[SweepPointRecord], metric: str) -> list[dict[str, str]]:
+    """One row per combination of swept values (in the points' order): per method the final
+    test metric, mean ± sample std over the seeds, then each seed's value; points finished."""
+    methods = list(dict.fromkeys(m for p in points for m in p.finals))
+    seeds = list(dict.fromkeys(p.seed for p in points))
+    groups: dict[tuple, list[SweepPointRecord]] = {}
+    for point in points:
+        groups.setdefault(point.values, []).append(point)
+    rows = []
+    for values, group in groups.items():
+        row = dict(values)
+        for method in methods:
+            finals = {p.seed: v for p in group
+                      if (v := p.finals.get(method)) is not None and math.isfinite(v)}
+            row[f"{method}: final test {metric}"] = mean_std(list(finals.values()))
+            if len(seeds) > 1:
+                row.update({f"{method}: seed {s}": _value(finals.get(s)) for s in seeds})
+        row["points finished"] = f"{sum(p.finished for p in group)}/{len(group)}"
+        rows.append(row)
+    return rows
 
 
 def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -28,7 +28,7 @@ from metalr import rundir
 from metalr.plugins import Registry, get_registry
 from metalr.protocols import ItemFailed
 from metalr.recipe import Problem, Recipe, RecipeError, load_recipe
-from metalr.results import _csv, _markdown, mean_std
+from metalr.results import SweepPointRecord, _csv, _markdown, sweep_rows
 
 POINT_RECORD = "point.json"
 SWEEP_RECORD = "sweep.json"
@@ -210,23 +210,19 @@ def read_record(sweep: Sweep, point: Point) -> dict[str, Any] | None:
 
 
 def table_rows(sweep: Sweep) -> list[dict[str, str]]:
-    """One row per grid combination: each method's final test metric, mean ± std over seeds."""
+    """The sweep's table from its points' records (:func:`metalr.results.sweep_rows`, as
+    `metalr reproduce` builds it from the store)."""
     records = [read_record(sweep, p) for p in sweep.points]
     metric = next((r["metric"] for r in records if r and "metric" in r), "metric")
-    methods = list(sweep.recipe.methods)
-    groups: dict[tuple, list[dict[str, Any] | None]] = {}
+    points = []
     for point, record in zip(sweep.points, records):
-        groups.setdefault(point.values, []).append(record)
-    rows = []
-    for values, recs in groups.items():
-        row = {k: json.dumps(v) for k, v in values}
-        done = [r for r in recs if r and r["status"] == "FINISHED"]
-        row["points done"] = f"{len(done)}/{len(recs)}"
-        for m in methods:
-            scores = [v for r in recs if r for v in r.get("finals", {}).get(m, [])]
-            row[f"{m} test_{metric}"] = mean_std(scores)
-        rows.append(row)
-    return rows
+        finals = {m: None for m in sweep.recipe.methods}
+        finals.update({m: v[0] if v else None
+                       for m, v in ((record or {}).get("finals") or {}).items()})
+        points.append(SweepPointRecord(tuple((k, json.dumps(v)) for k, v in point.values),
+                                       point.seed, finals,
+                                       bool(record) and record["status"] == "FINISHED"))
+    return sweep_rows(points, metric)
 
 
 def write_outputs(sweep: Sweep) -> list[Path]:

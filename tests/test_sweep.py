@@ -96,8 +96,11 @@ def test_index_mode_two_indices_one_parent_then_resume_skips(where, capsys):
                 if r.data.tags.get("mlflow.parentRunId") == by_index["1"].info.run_id]
     assert [c.info.run_name for c in children] == ["fixed/seed1"]
     table = (tmp / "out/swp-sweep/results.md").read_text()
-    assert f"| {LR} | points done | fixed test_accuracy |" in table
-    assert "| 0.01 | 1/2 |" in table and "| 0.1 | 1/2 |" in table
+    assert (f"| {LR} | fixed: final test accuracy | fixed: seed 0 | fixed: seed 1 | "
+            "points finished |") in table
+    ran = json.loads((tmp / "out/swp-sweep/p001/point.json").read_text())["finals"]["fixed"][0]
+    assert f"| 0.01 | {ran:.4f} | - | {ran:.4f} | 1/2 |" in table  # point 1: lr 0.01, seed 1
+    assert "| 0.1 | " in table and table.rstrip().endswith("| 1/2 |")
     assert (tmp / f"out/swp-sweep/sweep-{LR}.png").stat().st_size > 1000
     # again: point 1 is skipped, no new run
     capsys.readouterr()
