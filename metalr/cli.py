@@ -309,7 +309,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         index = load_index(args.index)
         for name, section in index.sections.items():
             minutes = f", ~{section.minutes:g} min" if section.minutes else ""
-            print(f"{name}\t{section.doc}{minutes}: {', '.join(section.recipes)}")
+            print(f"{name}\t{section.doc}{minutes}: {', '.join(section.made_by())}")
         return 0
     if args.section is None:
         raise RunError("`metalr reproduce` needs a section name (`--list` shows them)")

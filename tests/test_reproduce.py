@@ -150,6 +150,28 @@ def test_figures_are_drawn_from_the_stores_runs(section):
             statistics.fmean(finals))
 
 
+def test_a_gathering_section_tabulates_the_comparisons_of_others(section, tmp_path):
+    """The gathered row is the one the gathered section computed from its own store."""
+    root, _ = section
+    index = tmp_path / "index.yaml"
+    index.write_text(yaml.safe_dump({"sections": {
+        "tiny": {"doc": "docs/page.md", "recipes": ["recipes/tiny.yaml"]},
+        "all": {"doc": str(tmp_path / "all.md"), "gather": ["tiny"],
+                "compare": [{"method": "fast", "against": ["slow"]}]}}}))
+    begin, end = markers("all")
+    (tmp_path / "all.md").write_text(f"{begin}\n{end}\n")
+    done = cli(root, "reproduce", "all", "--index", str(index), "--out", "out", "-q")
+    assert done.returncode == 0, done.stderr
+    body = block((tmp_path / "all.md").read_text(), "all")
+    own = next(ln for ln in block((root / "docs" / "page.md").read_text(), "tiny").splitlines()
+               if ln.startswith("| fast | slow |"))
+    assert f"| tiny-section {own}" in body
+    assert "the stores of `metalr reproduce tiny`" in body
+    missing = cli(root, "reproduce", "all", "--index", str(index), "--out", "elsewhere", "-q")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "run `metalr reproduce tiny --out elsewhere` first" in missing.stderr
+
+
 SWEEP = {
     "name": "tiny-sweep",
     "task": {"name": "digits"},
