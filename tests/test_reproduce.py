@@ -327,3 +327,18 @@ def test_the_quickstart_section_regenerates_within_the_seeds_spread(tmp_path):
     for method, values in before.items():
         spread = 2 * statistics.stdev(values) + 0.01
         assert abs(statistics.fmean(after[method]) - statistics.fmean(values)) <= spread, method
+
+
+def test_the_readmes_quickstart_table_is_the_generated_one():
+    """README.md quotes the quickstart block of docs/results.md: the same mean ± std and the
+    same per-seed values, method by method."""
+    body = block((ROOT / "docs" / "results.md").read_text(), "quickstart")
+    readme = (ROOT / "README.md").read_text()
+    rows = [ln for ln in readme.splitlines() if re.match(r"\| `[\w-]+` ", ln)]
+    assert len(rows) == 3
+    for row in rows:
+        method, summary, seeds = (c.strip() for c in row.strip("| ").split(" | "))
+        name = method.split("`")[1]
+        assert f"| {name} | {summary} | " in body, name
+        per_seed = " | ".join(seeds.split(" / "))
+        assert f"| {name} | {per_seed} |" in body, name
