@@ -77,11 +77,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    load = os.getloadavg()[0]  # other work on the machine: the timings need it near 0
     with tempfile.TemporaryDirectory(prefix="metalr-bench-sweep-") as tmp:
         serial, _, serial_point = timed_sweep(Path(tmp), args.epochs, 1)
         parallel, statuses, parallel_point = timed_sweep(Path(tmp), args.epochs, args.workers)
     finished = statuses.count("FINISHED")
-    print(f"8 points, {args.epochs} epochs each, {os.cpu_count()} cores")
+    print(f"8 points, {args.epochs} epochs each, {os.cpu_count()} cores, load average before "
+          f"{load:.2f}, after {os.getloadavg()[0]:.2f}")
     for label, total, (wall, cpu) in [("one after another (1 worker)", serial, serial_point),
                                       (f"{args.workers} local workers", parallel, parallel_point)]:
         print(f"{label:<29} {total:.1f} s (a point, median: {wall:.2f} s wall, {cpu:.2f} s CPU)")
