@@ -22,18 +22,24 @@ from metalr.results import SweepPointRecord, markdown_table, sweep_rows
 
 SWEPT = "sweep."
 
-def stamp(suites: Sequence[Suite]) -> str:
-    """Where the numbers come from: one line per distinct environment of the suites."""
+def _environment(p: Mapping[str, str]) -> tuple[str, ...]:
+    commit = p.get("git_commit", "unknown")[:10]
+    if p.get("git_dirty") == "true":
+        commit += " with uncommitted changes"
+    return (commit, p.get("version", "?"), p.get("torch_version", "?"),
+            p.get("torch_threads", "?"), p.get("cpu_capability", "?"), p.get("device", "?"),
+            p.get("python_version", "?"))
+
+
+def stamp(suites: Sequence[Suite], others: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """Where the numbers come from: one line per distinct environment of the suites (and of
+    ``others``: a name, e.g. a bench script's, and its ``metalr.*`` provenance without the
+    prefix; its thread count is the script's own, which it prints)."""
     seen: dict[tuple[str, ...], list[str]] = {}
     for suite in suites:
-        p = suite.provenance
-        commit = p.get("git_commit", "unknown")[:10]
-        if p.get("git_dirty") == "true":
-            commit += " with uncommitted changes"
-        key = (commit, p.get("version", "?"), p.get("torch_version", "?"),
-               p.get("torch_threads", "?"), p.get("cpu_capability", "?"), p.get("device", "?"),
-               p.get("python_version", "?"))
-        seen.setdefault(key, []).append(suite.name)
+        seen.setdefault(_environment(suite.provenance), []).append(suite.name)
+    for name, p in (others or {}).items():
+        seen.setdefault(_environment({**p, "torch_threads": "as printed"}), []).append(name)
     lines = []
     for (commit, version, torch, threads, cpu, device, python), names in seen.items():
         lines.append(f"metalr {version} at commit {commit}; torch {torch}, {threads} "

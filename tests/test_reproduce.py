@@ -225,6 +225,8 @@ def test_a_bench_section_quotes_the_scripts_output(swept, tmp_path):
     root, folder = swept
     body = block((root / "docs" / "page.md").read_text(), "sw")
     assert "```text\nratio 1.00 --x 2\n```" in body
+    env = json.loads((folder / "bench-0.json").read_text())  # the script's environment, stamped
+    assert env["git_commit"][:10] in body and env["torch_version"] in body
     copy = tmp_path / "page.md"
     copy.write_text((root / "docs" / "page.md").read_text())
     done = cli(root, "reproduce", "sw", "--store", f"sqlite:///{folder / 'mlflow.db'}",
