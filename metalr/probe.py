@@ -1,38 +1,20 @@
 """The LR scale of a run, measured on the run itself before it starts.
 
-A learned schedule outputs an LR in ``[0, gamma]``; what gamma should be depends on the model,
-the optimizer and the data, and no single constant fits them all (gamma 1, the paper's, leaves a
-momentum CNN at chance and makes Adam diverge at step 1). The probe asks the question a
-practitioner's LR sweep asks, at a fraction of the cost: from the run's own initial weights and
-on its own first batches, a few steps of fixed-LR training for each point of a log grid, each
-judged by the loss on fixed meta batches (never the test split). Decades first, then the
-half-decades around the best; a best value at the edge of the grid extends the grid once.
+A learned schedule outputs an LR in ``[0, gamma]``, and no single gamma fits every model,
+optimizer and data set. The probe asks what a practitioner's LR sweep asks, at a fraction of the
+cost: from the run's own initial weights, on its own first batches and data order, a few steps
+of fixed-LR training for each point of a log grid (decades, then half-decades around the best;
+a best point at the grid's edge extends it once), each judged by the loss on fixed meta batches,
+never the test split.
 
-Which point to start from is the delicate part. The point with the lowest loss after a few steps
-is a short-horizon answer: too low where large steps pay later (the MNIST-1D MLP with momentum
-generalises best from 0.5; its probe's best is 0.1-0.3) and too high where they hurt later (the
-language model's best after 10 steps, 32, ends 30% worse than 20). What a few steps do measure
-well is where training stops working. So for SGD the probe finds the **edge**: the largest LR,
-climbing half-decades from the best and then one quarter-decade, that still keeps half of the best
-point's improvement over the untrained loss, and the run starts at **half the edge**: below where
-training breaks, as high as is safe.
-
-Adam-like optimizers are the exception: their step is the LR whatever the gradient, so an LR too
-large does not blow up within a few steps, it degrades later, and after 20 steps the losses are
-flat over two decades (the language model: 6.69-6.83 from 0.01 to 0.18; its edge is 1, where Adam
-at 0.05 ends at perplexity 855 against 427 at 0.03). Three times as many steps per point separate
-them: the best point then is 0.03 on the language model on every seed (the tuned LR), 0.01 on the
-MNIST-1D MLP and CNN (the tuned LRs; the CNN dies at 0.03), where 20 steps named anything from
-0.003 to 0.3. So Adam-like optimizers get a probe three times as long, no edge climb, and start at
-its **best** point. (The run's own data order matters for the same reason: with another order Adam
-on the MNIST-1D CNN kept working at 0.03 in the probe, while the real run died at 0.03.)
-
-A probe can also measure nothing: training that starts on a loss plateau moves every point by
-less than the probe's own noise. It then says so (``signal`` False), tries once more with a longer
-horizon when that is affordable, and otherwise starts at half the largest LR that did no harm
-on the plateau (:func:`_plateau_edge`) instead of a "best" picked from noise (:func:`has_signal`,
-docs/design.md). Known limit: noisy
-labels make the short-horizon picture misleading for a long run.
+Which point to start from: a few steps measure well where training stops working, not which
+LR ends best, so for SGD the run starts at **half the edge** (the largest LR that keeps half of
+the best point's improvement). Adam-like optimizers do not blow up within a few steps at too
+large an LR, they degrade later; they get a probe three times as long and start at its **best**
+point. A probe that sees no signal (a loss plateau: every point moves less than the probe's own
+noise) says so, tries once more with a longer horizon when affordable, and otherwise starts at
+half the largest LR that did no harm. What each rule was measured on, and its known limits
+(noisy labels), is in docs/design.md, "Learned schedules that work untuned".
 """
 
 from __future__ import annotations
