@@ -59,8 +59,9 @@ def git_state(source: Path | None = None) -> dict[str, str]:
 
     Empty when git is missing, slow or refuses, or when the package is not tracked by the
     repository around it (an installed copy in a virtualenv inside some project's checkout).
-    Dirty means tracked files differ from the commit, Markdown under docs/ aside (it cannot move
-    a number); untracked files are not looked at. Two git
+    Dirty means tracked files differ from the commit, Markdown and figures under docs/ aside (they
+    cannot move a number: `metalr reproduce` rewrites them while it regenerates one section
+    after another); untracked files are not looked at. Two git
     calls, run side by side: a few milliseconds.
     """
     source = source or Path(__file__).resolve().parent
@@ -96,10 +97,12 @@ def git_state(source: Path | None = None) -> dict[str, str]:
 
 def _may_move_numbers(line: str) -> bool:
     """Whether a ``git status --porcelain=v2`` entry is a change that could move a result:
-    anything but Markdown under ``docs/`` (prose, and the blocks that `metalr reproduce`
-    rewrites while a regeneration of several sections runs). Paths are the repository's."""
+    anything but Markdown under ``docs/`` and ``docs/figures/`` (prose, and the blocks and
+    figures that `metalr reproduce` rewrites while a regeneration of several sections runs).
+    Paths are the repository's."""
     if line.startswith("#"):
         return False
     fields = {"1": 8, "2": 9, "u": 10}.get(line[:1], 0)  # the fields before the path
     path = line.split(" ", fields)[-1].split("\t")[0] if fields else ""
-    return not (path.startswith("docs/") and path.endswith(".md"))
+    return not ((path.startswith("docs/") and path.endswith(".md"))
+                or path.startswith("docs/figures/"))

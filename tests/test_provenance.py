@@ -90,6 +90,18 @@ def test_git_state_of_a_checkout_a_folder_and_no_git(tmp_path, monkeypatch):
     subprocess.run([*git, "commit", "-q", "-m", "d"], check=True)
     (repo / "docs" / "page with space.md").write_text("b\n")  # prose: moves no number
     assert provenance.git_state(package)["metalr.git_dirty"] == "false"
+    (repo / "docs" / "figures").mkdir()
+    (repo / "docs" / "figures" / "lr.png").write_bytes(b"\x89PNG 1")
+    subprocess.run([*git, "add", "docs"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "f"], check=True)
+    (repo / "docs" / "figures" / "lr.png").write_bytes(b"\x89PNG 2")  # a redrawn figure
+    assert provenance.git_state(package)["metalr.git_dirty"] == "false"
+    (repo / "docs" / "data.csv").write_text("1\n")  # not prose: could move a number
+    subprocess.run([*git, "add", "docs"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "g"], check=True)
+    (repo / "docs" / "data.csv").write_text("2\n")
+    assert provenance.git_state(package)["metalr.git_dirty"] == "true"
+    (repo / "docs" / "data.csv").write_text("1\n")
     (package / "__init__.py").write_text("x = 2\n")
     assert provenance.git_state(package)["metalr.git_dirty"] == "true"
     assert provenance.git_state(tmp_path / "elsewhere") == {}  # no such folder: no tag
