@@ -10,16 +10,13 @@ warning saying which file was bad and why. Every error names the file: a payload
 (pickled objects) without torch's advice to load it unrestricted, a key the payload lacks as
 :class:`CheckpointKeyError` rather than a bare ``KeyError``.
 
-It also holds the generic capture of an LR policy's state (:func:`policy_state`), used for
-policies that do not define ``state_dict`` / ``load_state_dict`` themselves: their attributes
-are saved (tensors, numbers, strings, containers, nested modules, torch optimizers and
-schedulers, torch / NumPy / Python generators) and written back after ``policy.start`` has
-rebuilt the rest.
+A component (the lr policy, the meta-objective) is kept through its declared run state only
+(:class:`metalr.protocols.Resumable`, :func:`component_state`): a component that declares none
+is refused on resume, by name, rather than resumed inexactly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -28,14 +25,14 @@ import random
 import re
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from metalr.protocols import RunInfo
+from metalr.protocols import Resumable
 
 MAGIC = b"metalr-checkpoint 1 "
 SLEEP_ENV = "METALR_FAULT_CHECKPOINT_SLEEP"
@@ -237,161 +234,101 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-# -- LR policies -------------------------------------------------------------------------------
+# -- components: their declared run state ------------------------------------------------------
 
-_KIND = "__metalr_kind__"
-_MODULE_ATTRS = frozenset(vars(nn.Module()))  # nn.Module's own bookkeeping
-
-
-def policy_state(policy: Any, skip: tuple[Any, ...] = ()) -> dict[str, Any]:
-    """What a checkpoint keeps of a policy: its own ``state_dict()`` when it has one (and is
-    not an ``nn.Module``, whose ``state_dict`` is theta alone), else its captured attributes.
-    ``skip``: objects the engine saves itself (model, optimizer, task)."""
-    kind = {"type": _type_name(policy)}
-    if not isinstance(policy, nn.Module) and callable(getattr(policy, "state_dict", None)):
-        return {**kind, "own": policy.state_dict()}
-    return {**kind, "captured": _capture(policy, {id(o) for o in skip})}
+_LABELS = {"lr_policy": "lr policy", "meta_objective": "meta-objective"}
 
 
 def _type_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def load_policy_state(policy: Any, state: Mapping[str, Any]) -> None:
-    if state.get("type") != _type_name(policy):
-        raise CheckpointError(f"the checkpoint holds the state of a {state.get('type')} policy, "
-                              f"not of this run's {_type_name(policy)}; was the recipe changed? "
-                              "Delete the run's checkpoint files to start it over")
-    if "own" in state:
-        policy.load_state_dict(state["own"])
-    else:
-        _restore(policy, state["captured"])
+def _describe(kind: str, name: str | None, obj: Any) -> str:
+    """``lr policy 'hd' (metalr_adaptive.hd.HypergradientDescent)``: kind, name and class."""
+    label = _LABELS.get(kind, kind)
+    return (f"{label} {name!r} ({_type_name(obj)})" if name else f"{label} {_type_name(obj)}")
 
 
-def _capture(value: Any, skip: set[int]) -> Any:
-    """A plain tree for ``value``, or ``_SKIP`` for what ``start()`` rebuilds or cannot be saved."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if id(value) in skip or isinstance(value, RunInfo):  # start() hands a new RunInfo
-        return _SKIP
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, torch.Generator):
-        return {_KIND: "generator", "state": value.get_state()}
-    if isinstance(value, random.Random):
-        return {_KIND: "py_random", "state": value.getstate()}
-    if hasattr(value, "bit_generator"):  # numpy.random.Generator
-        return {_KIND: "np_generator", "state": value.bit_generator.state}
-    if type(value).__module__ == "numpy":  # numeric arrays as tensors, scalars as numbers
-        if not hasattr(value, "dtype") or value.dtype.kind not in "fiub":
-            return _SKIP
-        if not getattr(value, "shape", ()):
-            return value.item()
-        return {_KIND: "ndarray", "dtype": str(value.dtype), "shape": list(value.shape),
-                "data": torch.from_numpy(value.copy()).reshape(-1)}
-    if isinstance(value, (set, frozenset)):
-        items = [_capture(v, skip) for v in value]
-        return _SKIP if any(i is _SKIP for i in items) else {_KIND: "set", "items": items}
-    if isinstance(value, (list, tuple)):
-        items = [_capture(v, skip) for v in value]
-        return _SKIP if any(i is _SKIP for i in items) else type(value)(items)
-    if isinstance(value, dict):
-        if not all(isinstance(k, (str, int, float, tuple)) for k in value):
-            return _SKIP
-        items = {k: _capture(v, skip) for k, v in value.items()}
-        return _SKIP if any(i is _SKIP for i in items.values()) else items
-    if isinstance(value, nn.Module):
-        return {_KIND: "module", "state": nn.Module.state_dict(value),
-                "attrs": _capture_attrs(value, skip, _MODULE_ATTRS)}
-    if type(value).__module__.startswith("pydantic") or _is_pydantic(value):
-        return _SKIP  # options: rebuilt from the recipe
-    if callable(getattr(value, "state_dict", None)) and callable(
-            getattr(value, "load_state_dict", None)):
-        return {_KIND: "state_dict", "state": value.state_dict()}  # optimizers, schedulers
-    if not isinstance(value, type) and (dataclasses.is_dataclass(value) or (
-            hasattr(value, "__dict__") and not callable(value))):
-        return {_KIND: "object", "attrs": _capture_attrs(value, skip, frozenset())}
-    return _SKIP
+def component_state(kind: str, obj: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of a component: its type and its declared run state
+    (:class:`metalr.protocols.Resumable`), or None where it declares none or one that
+    ``torch.load(weights_only=True)`` would refuse (then the run goes on, and its resume
+    refuses the component, saying why: :func:`load_component_state`). Kept out, such a value
+    cannot make the whole file unreadable."""
+    entry: dict[str, Any] = {"kind": kind, "type": _type_name(obj), "state": None}
+    if isinstance(obj, Resumable):
+        state = obj.run_state()
+        problem = _unplain(state, "run_state()")
+        entry.update({"state": state} if problem is None else {"problem": problem})
+    return entry
 
 
-def _is_pydantic(value: Any) -> bool:
-    return any(c.__module__.startswith("pydantic") for c in type(value).__mro__[1:])
+# exact types: a NumPy float is a float, yet the restricted loader refuses it
+_LEAVES = (type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype,
+           torch.device)
 
 
-def _capture_attrs(obj: Any, skip: set[int], exclude: frozenset[str]) -> dict[str, Any]:
-    skip = skip | {id(obj)}
-    out = {}
-    for name, value in vars(obj).items():
-        if name in exclude:
-            continue
-        captured = _capture(value, skip)
-        if captured is not _SKIP:
-            out[name] = captured
-    return out
+def _unplain(value: Any, where: str) -> str | None:
+    """Where ``value`` holds what the restricted loader refuses, and what; None if nowhere.
+    Plain containers are walked; any other value is tried on the loader itself (a Counter of
+    a torch scheduler's state passes, a NumPy array does not)."""
+    if type(value) in _LEAVES or isinstance(value, torch.Tensor):
+        return None
+    if type(value) in (list, tuple, set):
+        return next((p for i, v in enumerate(value)
+                     if (p := _unplain(v, f"{where}[{i}]")) is not None), None)
+    if type(value) in (dict, OrderedDict):
+        for key, v in value.items():
+            if (problem := _unplain(key, f"a key of {where}")) is not None:
+                return problem
+            if (problem := _unplain(v, f"{where}[{key!r}]")) is not None:
+                return problem
+        return None
+    try:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception:
+        return f"a {type(value).__module__}.{type(value).__qualname__} at {where}"
+    return None
 
 
-def _restore(live: Any, saved: Any) -> Any:
-    """``saved`` written into ``live`` in place where identity matters (parameters, modules,
-    optimizers: others hold references to them); the value to assign otherwise."""
-    if isinstance(saved, dict) and _KIND in saved:
-        kind = saved[_KIND]
-        if live is None and kind not in ("ndarray", "set"):
-            raise CheckpointError(f"the checkpoint has a {kind} where the policy has none after "
-                                  "start(); a policy that creates such objects later needs its "
-                                  "own state_dict / load_state_dict")
-        if kind == "ndarray":
-            return saved["data"].cpu().numpy().astype(saved["dtype"]).reshape(saved["shape"])
-        if kind == "set":
-            return set(saved["items"])
-        if kind == "module":
-            nn.Module.load_state_dict(live, saved["state"])
-            _restore_attrs(live, saved["attrs"])
-        elif kind == "state_dict":
-            live.load_state_dict(saved["state"])
-        elif kind == "generator":
-            live.set_state(saved["state"].cpu())
-        elif kind == "py_random":
-            live.setstate(_tuples(saved["state"]))
-        elif kind == "np_generator":
-            live.bit_generator.state = saved["state"]
-        else:
-            _restore_attrs(live, saved["attrs"])
-        return live
-    if isinstance(saved, torch.Tensor):
-        # Parameters are written in place (optimizers hold them); any other tensor is replaced,
-        # since live tensors may alias each other (an LSTM state starts as one zero tensor).
-        if (isinstance(live, torch.Tensor) and live.requires_grad and live.is_leaf
-                and live.shape == saved.shape and live.dtype == saved.dtype):
-            with torch.no_grad():
-                live.copy_(saved)
-            return live
-        return saved.to(live.device) if isinstance(live, torch.Tensor) else saved
-    if isinstance(saved, (list, tuple)):
-        if isinstance(live, (list, tuple)) and len(live) == len(saved):
-            return type(saved)(_restore(a, b) for a, b in zip(live, saved))
-        return type(saved)(_restore(None, b) if _has_kind(b) else b for b in saved)
-    if isinstance(saved, dict):
-        if isinstance(live, dict):
-            return {k: _restore(live.get(k), v) for k, v in saved.items()}
-        return saved
-    return saved
+def load_component_state(kind: str, obj: Any, saved: Mapping[str, Any],
+                         name: str | None = None) -> None:
+    """Write ``saved`` (a :func:`component_state`) into ``obj``, after its ``start``.
 
-
-def _has_kind(value: Any) -> bool:
-    return isinstance(value, dict) and _KIND in value
-
-
-def _restore_attrs(obj: Any, attrs: Mapping[str, Any]) -> None:
-    for name, saved in attrs.items():
-        try:
-            object.__setattr__(obj, name, _restore(getattr(obj, name, None), saved))
-        except CheckpointError as exc:
-            raise CheckpointError(f"{type(obj).__name__}.{name}: {exc}") from None
-
-
-class _Skip:
-    def __repr__(self) -> str:
-        return "<not saved>"
-
-
-_SKIP: Any = _Skip()
+    Refuses in one line, naming the component (``name``: as registered) and the fix, a
+    component without the contract, a checkpoint of another component, and a checkpoint written
+    before the contract (its state was captured by walking attributes, not declared).
+    """
+    path = getattr(saved, "path", None)
+    where = f"checkpoint {path}" if path is not None else "the checkpoint"
+    if "state" not in saved and ("captured" in saved or "own" in saved):
+        # that metalr kept a policy by walking its attributes, skipping what it could not save
+        raise CheckpointError(f"{where} is from an earlier metalr and cannot resume this run "
+                              "exactly: delete it and its .prev to start the run again")
+    what = _describe(kind, name, obj)
+    if saved.get("type") != _type_name(obj):
+        noun = "policy" if kind == "lr_policy" else _LABELS[kind]
+        raise CheckpointError(f"{where} holds the state of a {saved.get('type')} {noun}, not "
+                              f"of this run's {_type_name(obj)}; was the recipe changed? Delete "
+                              "the run's checkpoint files to start it over")
+    if saved.get("problem") is not None:
+        raise CheckpointError(
+            f"cannot resume: the {what} gave a run state with {saved['problem']}, which a "
+            "checkpoint cannot hold; keep its run_state() to tensors, numbers, strings and "
+            "lists, tuples and dicts of them, or delete the run's checkpoint files to start it "
+            "over")
+    if not isinstance(obj, Resumable) or saved["state"] is None:
+        raise CheckpointError(
+            f"cannot resume: the {what} declares no run state; implement run_state() / "
+            "load_run_state() (metalr.protocols.Resumable) in it, or delete the run's "
+            "checkpoint files to start it over")
+    try:
+        obj.load_run_state(saved["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise CheckpointError(f"{where}: the {what} could not load its run state (delete "
+                              "the run's checkpoint files to start it over): "
+                              f"{' '.join(message.split())[:300]}") from exc

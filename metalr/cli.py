@@ -190,14 +190,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     """Lists (and cleans) an existing store only: a missing, empty, foreign or damaged SQLite
     file is a one-line error (exit 2), never created, migrated or written."""
-    from metalr.report import DEFAULT_URI, ReportError, existing_store
     from metalr.rundir import StoreError, is_running
     from metalr.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
+    from metalr.suite_reader import ReportError, existing_store
 
     try:
-        if args.tracker == "mlflow":
-            existing_store(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                           or DEFAULT_URI)
+        if args.tracker == "mlflow":  # its default store resolved by the plugin, read-only
+            existing_store(args.tracking_uri, args.tracker)
         tracker = get_registry().get("tracker", args.tracker).build(
             **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}))
     except (ReportError, StoreError) as exc:
@@ -251,7 +250,7 @@ def _cmd_nets(args: argparse.Namespace) -> int:
 
 
 def _cmd_nets_import(args: argparse.Namespace) -> int:
-    from metalr.official_nets import import_nets
+    from metalr.net_import import import_nets
     from metalr.weights import WeightsError
 
     try:
@@ -359,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="convert the authors' released MLR-SNet .pth files to safetensors + card")
     imp.add_argument("files", nargs="+", help=".pth files, in phase order (e.g. epochs 1 100 200)")
     imp.add_argument("--out", required=True, help="new folder for the nets and card.md")
-    imp.add_argument("--gamma", type=float, default=1.0,
-                     help="the LR bound (default 1, the paper's for images)")
+    imp.add_argument("--gamma", type=float, default=None,
+                     help="the LR bound (default: the format's; for the authors' nets 1, the "
+                          "paper's for images)")
     shp = nets_sub.add_parser(
         "ship", help="copy a finished run's nets into a folder with a card.md made from the run",
         formatter_class=argparse.RawDescriptionHelpFormatter, description=_SHIP_HELP)

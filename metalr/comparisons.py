@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from metalr.report import Suite
+from metalr.suites import Suite
 
 ALPHA = 0.05
 """The significance level of the paired test."""

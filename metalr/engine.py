@@ -126,6 +126,25 @@ class RunInterrupted(KeyboardInterrupt):
         self.history = history
 
 
+def step_context(
+    step: int, epoch: int, loss: torch.Tensor, loss_scale: float,
+    params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, *,
+    batch_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
+    meta_grads: Callable[[], list[torch.Tensor]] | None = None,
+    meta_loss: Callable[[], float] | None = None,
+    batch_outputs: Callable[[Sequence[torch.Tensor] | None], torch.Tensor] | None = None,
+) -> StepContext:
+    """The one builder of a :class:`StepContext`, for the engine's step and for a plugin's
+    scheduler in a hand-written loop alike, so a policy reads the same numbers in both: the loss
+    detached, its input ``loss / loss_scale``, and zeros for a parameter that got no gradient."""
+    loss = loss.detach()
+    return StepContext(
+        step=step, epoch=epoch, loss=loss, loss_input=loss / loss_scale, params=params,
+        grads=[p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+        optimizer=optimizer, batch_loss=batch_loss, meta_grads=meta_grads, meta_loss=meta_loss,
+        batch_outputs=batch_outputs)
+
+
 def is_meta_learned(policy: Any) -> bool:
     """The engine meta-trains this policy's theta by hypergradient (Algorithm 1)."""
     return isinstance(policy, HypergradientLearner)
@@ -142,11 +161,15 @@ class Engine:
     def __init__(
         self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer,
         policy: LRPolicy, config: EngineConfig, objective: MetaObjective | None = None,
+        *, names: Mapping[str, str] | None = None,
     ):
         self.task, self.model, self.optimizer, self.policy, self.cfg = (
             task, model, optimizer, policy, config
         )
         self.objective = objective or OneStep()  # what a meta-update minimises (Algorithm 1)
+        # the registered names of the policy and objective by kind ("lr_policy",
+        # "meta_objective"): a resume that refuses one names it
+        self.names = dict(names or {})
         self.order = DataOrder.of(config.seed, config.order_seed)
         # The parameters the engine trains, the one definition: those that take a gradient.
         # (The optimizer moves the ones it holds that got one; so does the virtual step.)
@@ -269,12 +292,8 @@ class Engine:
         return lr
 
     def _context(self, loss: torch.Tensor, batch: Batch, step: int, epoch: int) -> StepContext:
-        loss = loss.detach()
-        return StepContext(
-            step=step, epoch=epoch, loss=loss, loss_input=loss / self.task.loss_scale,
-            params=self.params,
-            grads=[p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params],
-            optimizer=self.optimizer,
+        return step_context(
+            step, epoch, loss, self.task.loss_scale, self.params, self.optimizer,
             batch_loss=functools.partial(self._loss_at, batch),
             meta_grads=self._meta_grads if self.cfg.meta_train else None,
             meta_loss=self._meta_loss,
@@ -476,8 +495,10 @@ class Engine:
             "optimizer": self.optimizer.state_dict(),
             "meta_optimizer": (None if self.meta_optimizer is None
                                else self.meta_optimizer.state_dict()),
-            "policy": ckpt.policy_state(self.policy,
-                                        skip=(self.model, self.optimizer, self.task)),
+            "policy": ckpt.component_state("lr_policy", self.policy),
+            # a meta-update's objective may carry state from one to the next (none of ours do)
+            "objective": (ckpt.component_state("meta_objective", self.objective)
+                          if self.meta_learning else None),
             "rng": {**ckpt.rng_state(), "data": epoch_rng.clone(),
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
@@ -492,7 +513,11 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.meta_optimizer is not None:
             self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        ckpt.load_policy_state(self.policy, state["policy"])
+        ckpt.load_component_state("lr_policy", self.policy, state["policy"],
+                                  self.names.get("lr_policy"))
+        if self.meta_learning:
+            ckpt.load_component_state("meta_objective", self.objective, state["objective"],
+                                      self.names.get("meta_objective"))
         if state.get("grad_scaler") is not None:
             self.precision.scaler.load_state_dict(state["grad_scaler"])
         ckpt.set_rng_state(state["rng"])

@@ -68,3 +68,10 @@ def register_meta_objectives(register: Register) -> Any:
     """Register meta-objectives: ``factory(**options)`` returns a
     :class:`metalr.protocols.MetaObjective`, what a meta-update of a hypergradient learner
     minimises as a function of the LR (recipe key ``meta.objective``)."""
+
+
+@hookspec
+def register_net_formats(register: Register) -> Any:
+    """Register net formats: ``factory(**options)`` returns a :class:`metalr.protocols.NetFormat`,
+    which reads a foreign file of meta-learned nets (the authors' released MLR-SNet ``.pth``)
+    wherever a net is named, and which ``metalr nets import`` converts to safetensors."""

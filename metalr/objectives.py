@@ -7,6 +7,9 @@ Other objectives (an unroll over K steps, third parties') implement the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from metalr.protocols import Lookahead
@@ -19,3 +22,10 @@ class OneStep:
 
     def meta_loss(self, look: Lookahead, lr: torch.Tensor) -> torch.Tensor:
         return look.meta_loss(look.steps(lr).first())
+
+    def run_state(self) -> dict[str, Any]:
+        """Nothing carries from one meta-update to the next (``Resumable``)."""
+        return {}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        pass

@@ -50,6 +50,7 @@ KINDS: dict[str, str] = {
     "tracker": "register_trackers",
     "executor": "register_executors",
     "meta_objective": "register_meta_objectives",
+    "net_format": "register_net_formats",
 }
 
 

@@ -116,13 +116,9 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 class LRPolicy(Protocol):
     """Chooses the learning rate of every training step.
 
-    Checkpoints (docs/reliability.md) save a policy's state. A policy may define
-    ``state_dict()`` / ``load_state_dict(state)`` (plain tensors, numbers, strings, containers);
-    without them its attributes are saved (tensors, numbers, strings, containers, nested
-    modules, torch optimizers and schedulers, generators) and written back after
-    :meth:`start` has rebuilt everything else, which covers stateless policies and those built
-    on ``torch.optim.lr_scheduler``. For an ``nn.Module`` policy the attributes are always
-    saved, since its ``state_dict`` is theta alone.
+    Checkpoints (docs/reliability.md) save a policy's state through :class:`Resumable`
+    (``run_state()`` / ``load_run_state(state)``, called after :meth:`start`); a policy without
+    it runs, but a stopped run of it cannot resume, and resume says so.
     """
 
     def start(self, run: RunInfo) -> None: ...
@@ -308,3 +304,193 @@ class TrackerReader(Protocol):
     """A tracker that can give back what it stored: what `metalr.testing` checks it against."""
 
     def read_run(self, run_id: str) -> RecordedRun: ...
+
+
+@runtime_checkable
+class HandLoopScheduled(Protocol):
+    """An lr-policy factory whose saved policies run in a user's own PyTorch loop through a torch
+    scheduler of its plugin's, where :class:`metalr.LearnedLR` (which feeds a policy the loss
+    alone) cannot run them: the RL controller also looks at the model and a validation loss.
+
+    ``scheduler()`` returns that scheduler class. ``metalr.ControlledLR`` is the ``lr-controller``
+    component's, found through the registry when first asked for, so the core imports no plugin.
+    """
+
+    def scheduler(self) -> type: ...
+
+
+# -- saved nets: what the core calls on a loss-to-LR net and on a foreign net format -----------
+
+@runtime_checkable
+class LossToLRNet(Protocol):
+    """A net from the (normalised) training loss to an LR, with a scale (MLR-SNet, the MLP
+    variant, a third party's): what a saved net must offer for the core to run it frozen
+    (:class:`metalr.scheduler.PhasedNets`, behind ``LearnedLR`` and ``mlrsnet-transfer``), load
+    it (:func:`metalr.weights.load_meta_learner`) and convert it (``metalr nets import``).
+
+    It is an ``nn.Module`` whose ``state_dict`` is theta. ``net(x, state)`` gives ``(lr, next
+    state)`` for one input, from ``initial_state(device)``; the LR lies in ``[0, gamma]`` and
+    ``envelope(step, total_steps)`` multiplies it (a cool-down). ``ref_lr`` is the LR the scale
+    was calibrated to: ``rescale(factor)`` multiplies gamma and ``ref_lr``, so a net moved to a
+    new run keeps its schedule relative to its start; ``set_gamma(gamma, ref_lr)`` sets both
+    (``ref_lr`` unset: gamma / 2). Optional: ``inputs(loss_input, step, total_steps)``, what the
+    net reads at a step (without it: the normalised loss alone).
+    """
+
+    ref_lr: torch.Tensor
+
+    @property
+    def gamma(self) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+    def initial_state(self, device: torch.device) -> Any: ...
+
+    def envelope(self, step: int, total_steps: int) -> float: ...
+
+    def set_gamma(self, gamma: float, ref_lr: float | None = None) -> None: ...
+
+    def rescale(self, factor: float) -> None: ...
+
+    def to(self, device: torch.device | str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ImportedNet:
+    """One file converted by ``metalr nets import``, as :meth:`NetFormat.card` lists it."""
+
+    source: Path
+    target: Path
+    sha256: str  # of the source file
+    net: Any  # the converted net, as saved
+
+
+@runtime_checkable
+class NetFormat(Protocol):
+    """A foreign file format of meta-learned nets (the authors' released MLR-SNet ``.pth``),
+    which the loader reads wherever a net is named and ``metalr nets import`` converts into
+    metalr's safetensors. The core tries each registered format on a file that is not
+    safetensors; the first whose ``read`` and ``convert`` succeed reads it.
+
+    ``read(path)``: the file's tensors, never running code from it. ``convert(tensors, path)``:
+    ``(registered lr_policy name, its options, its tensors)``. Both raise ``ValueError`` naming
+    the file, the key and what was expected, for a file that is not of the format; between them
+    the core refuses tensors no net can run with. ``complete(net)`` sets, once the net is built
+    and loaded (and again after ``--gamma`` set its bound), what the file could not hold (the
+    authors' ``ref_lr``). ``label`` is recorded in
+    a converted net's header (``metalr.source_format``); ``description`` says what a file of the
+    format is, in errors ("one of the authors' MLR-SNet torch files"). For ``nets import``:
+    ``target_name(source)`` is the converted file's name (in phase order) and ``card(imported,
+    gamma)`` the folder's ``card.md`` (``gamma``: the bound given with ``--gamma``, or None).
+    """
+
+    label: str
+    description: str
+
+    def read(self, path: Path) -> dict[str, torch.Tensor]: ...
+
+    def convert(self, tensors: dict[str, torch.Tensor],
+                path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]: ...
+
+    def complete(self, net: Any) -> None: ...
+
+    def target_name(self, source: Path) -> str: ...
+
+    def card(self, imported: Sequence[ImportedNet], gamma: float | None) -> str: ...
+
+
+# -- a tracking store read back, outside any run (`metalr report`, `runs:/` nets) ---------------
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One run as a :class:`StoreReader` lists it: what choosing suites and their method runs
+    takes, without any metric's history. ``experiment`` is the experiment's name (``?``: not
+    listed); ``start_time`` is in milliseconds since the epoch (0: unknown); ``tags`` leave out
+    the backend's own, as :class:`RecordedRun`'s do; ``metrics`` are the keys the run logged."""
+
+    run_id: str
+    name: str
+    experiment: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: frozenset[str]
+    parent: str | None = None
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """A tracking store opened read-only: what `metalr report` reads suites through, so that the
+    core never imports a tracking library.
+
+    Opening and reading never create, migrate or write the store. A store that cannot be read
+    (missing, damaged, foreign, of an older schema, a server gone) raises
+    :class:`metalr.rundir.StoreError`: one line naming the store and the fix. ``uri`` is the
+    store as it was named, or defaulted, for messages and pages. ``runs(experiment)``: the runs
+    of one experiment (None: of all); ``run(run_id)``: None for a run the store does not know;
+    ``history(run_id, key)``: the ``(step, value)`` points of a metric in step order, one per
+    step.
+    """
+
+    uri: str
+
+    def experiments(self) -> list[str]: ...
+
+    def runs(self, experiment: str | None = None) -> list[StoredRun]: ...
+
+    def run(self, run_id: str) -> StoredRun | None: ...
+
+    def children(self, run_id: str) -> list[StoredRun]: ...
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TrackerStore(Protocol):
+    """What a tracker component's factory offers for its store outside any run; the core finds
+    it through the registry (:mod:`metalr.stores`), as it finds the factory to build a tracker.
+
+    ``open_reader(location)``: the store at ``location`` (None: the tracker's default, as its
+    own settings name it) as a :class:`StoreReader`. ``fetch_artifact(uri)``: a local copy of
+    an artifact named in the tracker's own URI form (MLflow's ``runs:/<run id>/<path>``), valid
+    until the process exits; ``FileNotFoundError`` saying why when it cannot be had. Neither
+    writes to the store.
+    """
+
+    def open_reader(self, location: str | None = None) -> StoreReader: ...
+
+    def fetch_artifact(self, uri: str) -> Path: ...
+
+
+# -- run state: what a checkpoint keeps of a component ------------------------------------------
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A component whose state a checkpoint keeps, so that a run stopped between two steps goes
+    on exactly as if it had never stopped: the lr policy of every run, and the meta-objective of
+    a run that meta-learns (docs/reliability.md). A checkpoint keeps what the component declares
+    here and nothing else; resume refuses a component without it, naming it, rather than go on
+    inexactly. (Executors are not asked: a sweep resumes from its points' records.)
+
+    ``run_state()`` holds everything the component needs to continue exactly: step counters,
+    the LR it carries, the states of its own random generators, optimizer states, running
+    averages, and theta where the run changes it; as plain tensors, numbers, strings, None and
+    lists, tuples and dicts of them (what ``torch.load(weights_only=True)`` reads back). Not
+    what ``start(run)`` rebuilds from the recipe and the run (options, references to the run's
+    optimizer or task, the probe's result, structures built at start): on resume the component
+    is built from the recipe, ``start`` runs, then ``load_run_state`` writes the state into
+    what ``start`` built. Tensors come back on the run's device; write parameters in place
+    (an optimizer holds them). A component with no state returns ``{}``.
+
+    Not ``state_dict()``: a meta-learner's ``state_dict`` is theta alone, what its net file
+    holds (:class:`HypergradientLearner`, :class:`EpisodicLearner`); its run state is theta and
+    what the run has done with it. :mod:`metalr.run_state` saves named attributes for the
+    common case; ``metalr.testing`` checks the round trip.
+    """
+
+    def run_state(self) -> dict[str, Any]: ...
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None: ...

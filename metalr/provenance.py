@@ -9,8 +9,11 @@ thread count (docs/design.md, "Determinism"). These tags go on every tracked run
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -35,9 +38,7 @@ def collect(device: torch.device) -> dict[str, str]:
     }
     tags.update(gpu_tags(device))
     tags.update(git_state())
-    from metalr.cards import command_tag  # the command line, for the model card of its nets
-
-    tags.update(command_tag())
+    tags.update(command_tag())  # the command line, for the model card of its nets
     return tags
 
 
@@ -106,3 +107,63 @@ def _may_move_numbers(line: str) -> bool:
     path = line.split(" ", fields)[-1].split("\t")[0] if fields else ""
     return not ((path.startswith("docs/") and path.endswith(".md"))
                 or path.startswith("docs/figures/"))
+
+
+COMMAND_TAG = "metalr.command"
+"""The ``metalr`` command line of a run, paths inside the repository made relative to its root
+(what a model card gives as the command that made its net)."""
+
+
+def repository_root() -> Path | None:
+    """The checkout metalr runs from (the folder holding ``metalr/`` and ``.git``), or None for
+    an installed copy: the root that recorded paths are made relative to."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / ".git").exists() else None
+
+
+def command_tag(argv: list[str] | None = None, cwd: Path | None = None,
+                root: Path | None = None) -> dict[str, str]:
+    """``{"metalr.command": "metalr run recipes/x.yaml key=value"}`` for a process started as
+    the ``metalr`` command (or ``python -m metalr``); empty from Python, where no command line
+    made the run. Paths that name an existing file or folder become relative to the repository
+    root when inside it (the command then reruns from a fresh clone), absolute otherwise, so the
+    record never depends on the folder the command was typed in."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not _is_metalr(argv[0]):
+        return {}
+    try:  # a record, never a reason for a run to fail
+        cwd = Path.cwd() if cwd is None else cwd
+        root = repository_root() if root is None else root
+        words = ["metalr", *argv[1:2], *(_portable_word(w, cwd, root) for w in argv[2:])]
+    except (OSError, ValueError, RuntimeError):
+        return {}
+    return {COMMAND_TAG: shlex.join(words)}
+
+
+def _is_metalr(program: str) -> bool:
+    path = Path(program)
+    return path.stem == "metalr" or (path.name == "__main__.py" and path.parent.name == "metalr")
+
+
+def _portable_word(word: str, cwd: Path, root: Path | None) -> str:
+    """One word of the command line with its path (alone or after ``key=``) made portable."""
+    key, sep, value = word.partition("=") if "=" in word and not word.startswith("-") else (
+        "", "", word)
+    if not value or value.startswith("-") or "://" in value:
+        return word
+    path = Path(value).expanduser()
+    looks_like_path = path.is_absolute() or "/" in value or os.sep in value or path.suffix
+    if not looks_like_path:
+        return word
+    full = path if path.is_absolute() else cwd / path
+    try:
+        if not full.exists():
+            return word
+        full = full.resolve()
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, a symlink loop
+        return word
+    if root is not None and full.is_relative_to(root.resolve()):
+        value = full.relative_to(root.resolve()).as_posix() or "."
+    else:
+        value = str(full)
+    return f"{key}{sep}{value}"

@@ -1,7 +1,7 @@
 """The report as Markdown: the tables of `metalr report`'s page, for docs/ and `metalr reproduce`.
 
-Read from the same :class:`~metalr.report.Suite` objects and built with the same row functions
-as the HTML page (:func:`~metalr.report.results_rows`, :func:`~metalr.report.seed_rows`), so a
+Read from the same :class:`~metalr.suites.Suite` objects and built with the same row functions
+as the HTML page (:func:`~metalr.suites.results_rows`, :func:`~metalr.suites.seed_rows`), so a
 number in docs/ and on the page cannot differ. Each suite is stamped with what decides its
 numbers on a machine (commit, torch, threads, CPU kernel set: docs/design.md, Determinism), and
 a page whose suites come from more than one commit says so.
@@ -17,8 +17,8 @@ from typing import Any
 
 from metalr.comparisons import COMPARISON_HEAD, Comparison, comparison_rows
 from metalr.engine import History
-from metalr.report import CURVES, Suite, results_rows, seed_rows
 from metalr.results import SweepPointRecord, markdown_table, sweep_rows
+from metalr.suites import CURVES, Suite, results_rows, seed_rows
 
 SWEPT = "sweep."
 
@@ -95,7 +95,8 @@ def sweep_markdown(points: Sequence[Suite], level: int = 4) -> str:
         seed = point.provenance.get(f"{SWEPT}seed")
         records.append(SweepPointRecord(
             tuple((k, _shown(point.provenance.get(SWEPT + k, "?"))) for k in keys),
-            None if seed is None else int(seed), finals, point.status == "FINISHED"))
+            None if seed is None else int(seed), finals,
+            bool(point.runs) and all(r.status == "FINISHED" for r in point.runs)))
     rows = sweep_rows(records, m)
     direction = "higher is better" if first.higher_is_better else "lower is better"
     return "\n\n".join([

@@ -218,7 +218,8 @@ def run_bench(line: str, out: Path, quiet: bool) -> None:
 
 
 def render_section(name: str, section: Section, suites: list, when: str,
-                   bench: list[tuple[str, dict]] = (), figures: Path | None = None) -> str:
+                   bench: list[tuple[str, dict]] = (), figures: Path | None = None,
+                   gathered: tuple[list, list[str]] = ([], [])) -> str:
     """The block's Markdown: what made it, the stamp, each suite's tables and comparisons, each
     sweep's table, each bench script's output; with ``figures`` (the document's folder) each
     suite's LR and curves are drawn into ``figures/`` and linked."""
@@ -233,7 +234,7 @@ def render_section(name: str, section: Section, suites: list, when: str,
     if suites or bench:
         parts.append(stamp(suites, {line: env for line, (_, env) in zip(section.bench, bench)}))
     if section.gather:
-        parts.append(_gathered(section, suites))
+        parts.append(_gathered(section, *gathered))
         return "\n\n".join(parts)
     points = [s for s in suites if "sweep.index" in s.provenance]
     plain = [s for s in suites if "sweep.index" not in s.provenance]
@@ -258,29 +259,31 @@ def render_section(name: str, section: Section, suites: list, when: str,
     return "\n\n".join(parts)
 
 
-def _gathered(section: Section, suites: list) -> str:
-    """The section's comparisons in every gathered suite that has both methods, one table."""
+def _gathered(section: Section, gathered: list, missing: list[str]) -> str:
+    """The section's comparisons in every gathered suite that has both methods, one table,
+    each row named by the section it comes from; the sections with no run yet said."""
     from metalr.comparisons import COMPARISON_HEAD, compare, comparison_rows
     from metalr.results import markdown_table
 
     rows = []
-    for suite in suites:
+    for source, suite in gathered:
         comparisons = [compare(suite, c.method, other, c.margin)
                        for c in section.compare if c.method in suite.methods()
                        for other in c.against if other in suite.methods()]
-        rows += [[suite.name, *row] for row in comparison_rows(comparisons)]
-    return ("Computed comparisons (paired over the seeds, which share data and initial weights; "
+        rows += [[source, *row] for row in comparison_rows(comparisons)]
+    text = ("Computed comparisons (paired over the seeds, which share data and initial weights; "
             "two-sided paired t-test; `within x`: the mean no more than x behind):\n\n"
-            + markdown_table(["suite", *COMPARISON_HEAD], rows))
+            + markdown_table(["section", *COMPARISON_HEAD], rows))
+    if missing:
+        text += ("\n\nNot in this table yet (no run of the section was there to read): "
+                 + ", ".join(f"`{command(m)}`" for m in missing) + ".")
+    return text
 
 
-def latest_store(name: str, out: str | Path) -> str:
-    """The store of section ``name``'s latest run under ``out``."""
+def latest_store(name: str, out: str | Path) -> str | None:
+    """The store of section ``name``'s latest run under ``out`` (None: none there)."""
     folders = sorted(Path(out).glob(f"reproduce-{name}-*/mlflow.db"))
-    if not folders:
-        raise RunError(f"{out}: no run of the section {name!r} here; run `{command(name)} "
-                       f"--out {out}` first (a gathering section reads its store)")
-    return f"sqlite:///{folders[-1].resolve()}"
+    return f"sqlite:///{folders[-1].resolve()}" if folders else None
 
 
 def _suite_figures(stem: str, suite, folder: Path) -> str:
@@ -328,7 +331,7 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
               say: Callable[[str], None] = print) -> Path:
     """Run (or, with ``store``, only read) section ``name`` and rewrite its block in ``doc``
     (default: the section's document). Returns the document written."""
-    from metalr.report import load_suites
+    from metalr.suite_reader import load_suites
 
     index = load_index(index_path)
     if name not in index.sections:
@@ -339,14 +342,23 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
     text = target.read_text()
     replace_block(text, name, "")  # the block exists: checked before hours of training
     if section.gather:
-        suites = []
+        gathered, missing = [], []
         for other in section.gather:
             if other not in index.sections:
                 raise RunError(f"{index_path}: sections.{name}.gather: no section {other!r}")
+            found = latest_store(other, out)
+            if found is None:
+                missing.append(other)
+                continue
             experiments = [load_recipe_name(run) for run in index.sections[other].runs()]
-            suites += load_suites(experiments, latest_store(other, out),
-                                  None if quiet else say)[0]
-        body = render_section(name, section, suites, _dt.date.today().isoformat())
+            gathered += [(other, suite) for suite in
+                         load_suites(experiments, found, None if quiet else say)[0]]
+        if not gathered:
+            raise RunError(f"{out}: no run of the sections {', '.join(section.gather)} here; "
+                           f"run `{command(section.gather[0])} --out {out}` (and the others) "
+                           "first: a gathering section reads their stores")
+        body = render_section(name, section, [suite for _, suite in gathered],
+                              _dt.date.today().isoformat(), gathered=(gathered, missing))
         target.write_text(replace_block(target.read_text(), name, body))
         say(f"rewrote the block {name!r} of {target}")
         return target
@@ -358,7 +370,7 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
             f"{len(section.bench)} bench script(s) into {folder} ({store})")
         experiments = run_section(section, folder, store, quiet)
     else:
-        from metalr.report import sqlite_file
+        from metalr.stores import sqlite_file
 
         experiments = [load_recipe_name(run) for run in [*section.runs(), *section.sweep_runs()]]
         folder = sqlite_file(store).parent if sqlite_file(store) else Path(".")

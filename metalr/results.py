@@ -101,7 +101,7 @@ def _value(value: float | None) -> str:
 class SeedRecord:
     """One method's run with one seed, as the results tables need it. The one result model:
     made from a run in memory (:meth:`RunSummary.records`) or read back from the tracker
-    (:func:`metalr.report.seed_records`), and turned into rows by :func:`method_rows` only, so
+    (:func:`metalr.suites.seed_records`), and turned into rows by :func:`method_rows` only, so
     results.md, results.csv, `metalr report`'s page and its Markdown show the same numbers."""
 
     method: str

@@ -46,9 +46,8 @@ from metalr.protocols import RunStatus, Task, Tracker
 from metalr.recipe import Method, Recipe, resolve_device
 from metalr.results import MethodResult, RunSummary, chance_level
 from metalr.rundir import RunError, StoreError
-from metalr.scheduler import ceiling_epochs
 from metalr.stopping import StopRequest
-from metalr.weights import load_meta_learner, save_meta_learner
+from metalr.weights import ceiling_epochs, load_meta_learner, save_meta_learner
 
 
 @dataclass(frozen=True)
@@ -699,7 +698,9 @@ class Runner:
         )
         objective = self.registry.get("meta_objective", method.meta.objective.name).build(
             **method.meta.objective.options)
-        engine = Engine(task, model, optimizer, policy, config, objective)
+        engine = Engine(task, model, optimizer, policy, config, objective,
+                        names={"lr_policy": method.lr_policy.name,
+                               "meta_objective": method.meta.objective.name})
         found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
         state = None if found is None else found[0]
         logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from metalr.weights import load_meta_learner, read_meta_learner
+from metalr.protocols import LossToLRNet
+from metalr.weights import ceiling_epochs, load_meta_learner, read_meta_learner
 
 NETS_DIR = Path(__file__).parent / "nets"
 """Nets shipped inside the package: ``nets/<name>/*.safetensors`` plus a ``card.md``; the file
@@ -90,8 +91,10 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         raise ValueError("no nets given")
     shipped, files, missing = shipped_nets(), [], []
     for spec in specs:
-        if str(spec).startswith("runs:/"):
-            files.append(_download(str(spec)))
+        if str(spec).startswith("runs:/"):  # MLflow's artifact URI: its tracker plugin fetches it
+            from metalr.stores import fetch_artifact
+
+            files.append(fetch_artifact(str(spec)))
             continue
         path = Path(spec).expanduser()
         if path.is_file():
@@ -110,61 +113,9 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
     return files
 
 
-_DOWNLOADED: dict[tuple[str, str], Path] = {}
-
-
-def _download(uri: str) -> Path:
-    """The artifact in a temporary folder removed when the process exits, fetched once per
-    process and store. The store is only read: a local one that is not there, or not MLflow's,
-    is named, never created or migrated (``metalr validate`` writes nothing)."""
-    import atexit
-    import shutil
-    import tempfile
-    from urllib.parse import urlparse
-
-    import mlflow
-    from mlflow.artifacts import download_artifacts
-
-    from metalr.report import ReportError, existing_store
-
-    store = mlflow.get_tracking_uri()
-    if (store, uri) in _DOWNLOADED and _DOWNLOADED[store, uri].exists():
-        return _DOWNLOADED[store, uri]
-    try:  # of this MLflow's schema too, so that opening it migrates nothing
-        existing_store(store)
-    except ReportError as exc:
-        raise FileNotFoundError(f"{uri!r} cannot be read: {exc}") from None
-    scheme = urlparse(store).scheme.lower()
-    folder_store = Path(urlparse(store).path if scheme == "file" else store)
-    if scheme in ("", "file") and not folder_store.is_dir():
-        raise FileNotFoundError(f"{uri!r} cannot be read: no MLflow store at {folder_store} "
-                                "(set MLFLOW_TRACKING_URI)")
-    folder = tempfile.mkdtemp(prefix="metalr-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    try:
-        _DOWNLOADED[store, uri] = Path(download_artifacts(artifact_uri=uri, dst_path=folder))
-        return _DOWNLOADED[store, uri]
-    except Exception as exc:  # MLflow raises several types for a missing run or path
-        shutil.rmtree(folder, ignore_errors=True)
-        raise FileNotFoundError(f"{uri!r}: cannot download it from the tracking store: {exc}") from None
-
-
 def load_nets(specs: NetSpec | Sequence[NetSpec]) -> list[nn.Module]:
     """Frozen loss-to-LR nets for files, folders, shipped names or MLflow artifacts."""
     return [load_meta_learner(path, frozen=True) for path in resolve_nets(specs)]
-
-
-def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
-    """The paper's rule (App. C) for k nets out of an E-epoch meta-train.
-
-    Epochs ``ceil(E * l / (k - 1))`` for ``l = 0 .. k-1``, clipped to at least 1 (nets are saved
-    after an epoch, so "epoch 0" means the first saved one). E = 200, k = 3 gives 1, 100, 200.
-    """
-    if k < 2:
-        raise ValueError(f"the ceiling rule needs k >= 2 nets, got {k} (one net: pass its file)")
-    if meta_epochs < 1:
-        raise ValueError(f"meta_epochs must be >= 1, got {meta_epochs}")
-    return [max(1, -(-meta_epochs * l // (k - 1))) for l in range(k)]  # exact integer ceiling
 
 
 def pick_nets(folder: str | Path, k: int, meta_epochs: int | None = None) -> list[Path]:
@@ -252,12 +203,18 @@ class PhasedNets:
     The LSTM state is zeroed once when a run starts and **carried over** from one net into the
     next, as the reference code's ``meta_test.py`` does (it loads the next net's weights into
     the same module and keeps its hidden state). All nets must therefore share one state shape.
-    Each net keeps its own saved gamma unless :meth:`set_gamma` overrides it.
+    Each net keeps its own saved gamma unless :meth:`set_gamma` overrides it. A net is anything
+    that follows :class:`metalr.protocols.LossToLRNet`, the only calls made on it.
     """
 
-    def __init__(self, nets: Sequence[nn.Module]):
+    def __init__(self, nets: Sequence[LossToLRNet]):
         if not nets:
             raise ValueError("PhasedNets needs at least one net")
+        for i, net in enumerate(nets):
+            if not isinstance(net, LossToLRNet):
+                raise TypeError(f"net {i} of the phased schedule is a {type(net).__name__}, not "
+                                "a loss-to-LR net (metalr.protocols.LossToLRNet, e.g. an "
+                                "'mlrsnet'): pass nets saved from such a policy")
         shapes = [[t.shape for t in _state_tensors(n.initial_state(torch.device("cpu")))]
                   for n in nets]
         if any(type(n) is not type(nets[0]) or s != shapes[0] for n, s in zip(nets, shapes)):
@@ -309,7 +266,7 @@ class PhasedNets:
         """The LR of this step from this step's (normalised) loss; advances the state once."""
         net = self.nets[self.phase]
         x = torch.as_tensor(loss_input).detach().to(device=net.ref_lr.device, dtype=net.ref_lr.dtype)
-        if callable(getattr(net, "inputs", None)):  # the loss, and t/T for a progress net
+        if callable(getattr(net, "inputs", None)):  # optional (LossToLRNet): t/T for a progress net
             x = net.inputs(x, self.step, self.total_steps)
         with torch.no_grad():
             lr, self.state = net(x, self.state)
@@ -496,7 +453,7 @@ class LearnedLR(LossDrivenLR):
     ``device`` (default CPU: they are tiny; the loss is copied there, one scalar per step).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, nets: Sequence[nn.Module],
+    def __init__(self, optimizer: torch.optim.Optimizer, nets: Sequence[LossToLRNet],
                  total_steps: int, *, lr: float | None = None, gamma: float | None = None,
                  loss_scale: float = 1.0, device: torch.device | str = "cpu"):
         if not loss_scale > 0:

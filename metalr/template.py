@@ -196,6 +196,7 @@ POLICY = '''\
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -211,8 +212,9 @@ class WarmupOptions(BaseModel):
 class WarmupDecay:
     """Linear warm-up to ``lr``, then linear decay towards 0 at the last step.
 
-    Its state is plain attributes set in ``start``, which metalr's checkpoints save and
-    restore on their own.
+    ``start`` sets all it needs from the run, so its run state (what a checkpoint keeps of
+    it: metalr.protocols.Resumable) is empty; a rule that carries a value from step to step
+    returns it from ``run_state`` and sets it back in ``load_run_state``.
     """
 
     def __init__(self, lr: float = 0.1, warmup: float = 0.1):
@@ -227,6 +229,12 @@ class WarmupDecay:
         return self.peak * ramp * (1 - ctx.step / self.total)
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def run_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
         pass
 '''
 

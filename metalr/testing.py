@@ -14,17 +14,32 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from metalr import checkpoint
 from metalr.data import TensorClassificationTask
-from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned
+from metalr.engine import (
+    Engine,
+    EngineConfig,
+    RunInterrupted,
+    is_episodic,
+    is_meta_learned,
+    step_context,
+)
 from metalr.plugins import Component
-from metalr.protocols import ModelSpec, RunInfo, StepContext, TrackerReader
+from metalr.protocols import (
+    ModelSpec,
+    NetFormat,
+    Resumable,
+    RunInfo,
+    StepContext,
+    TrackerReader,
+)
 
 
 class Blobs(TensorClassificationTask):
@@ -74,14 +89,17 @@ def check_component(component: Component, options: dict[str, Any] | None = None,
     """Run the conformance check for the component's kind (``task=`` for models)."""
     checks = {"lr_policy": check_lr_policy, "task": check_task, "model": check_model,
               "optimizer": check_optimizer, "tracker": check_tracker,
-              "executor": check_executor, "meta_objective": check_meta_objective}
+              "executor": check_executor, "meta_objective": check_meta_objective,
+              "net_format": check_net_format}
     checks[component.kind](component, options or {}, **kwargs)
 
 
 def check_meta_objective(component: Component, options: dict[str, Any]) -> None:
     """A meta-objective must give a finite scalar meta loss that depends on the LR, whose
-    derivative matches a central finite difference of itself (float64), and meta-train a
-    learner end to end (theta moves, the run learns)."""
+    derivative matches a central finite difference of itself (float64), meta-train a
+    learner end to end (theta moves, the run learns), and declare its run state
+    (:class:`metalr.protocols.Resumable`): that meta-training, stopped and resumed with a fresh
+    objective, gives the same LRs."""
     from metalr.protocols import MetaObjective  # noqa: PLC0415 (the check's own contract)
 
     name = component.name
@@ -123,6 +141,15 @@ def check_meta_objective(component: Component, options: dict[str, Any]) -> None:
     moved = any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
     assert moved, f"{name}: meta-training with it did not change theta"
     assert history.losses[-1] < history.losses[0], f"{name}: the run under it did not learn"
+    assert isinstance(objective, Resumable), f"{name}: {_NOT_RESUMABLE}"
+
+    def meta_training() -> Engine:
+        torch.manual_seed(0)
+        learner = get_registry().get("lr_policy", "mlrsnet").build(gamma=0.2)
+        return _engine(task, _mlp(task.spec).double(), learner,
+                       objective=component.build(**options), t_val=4)
+
+    _check_resume(name, meta_training, meta_training().fit().lrs)
 
 
 def _square(x: int) -> int:  # module-level: an executor may run it in another process
@@ -140,12 +167,42 @@ def check_executor(component: Component, options: dict[str, Any]) -> None:
         f"executor {component.name!r} gave back {got} for items {items} (expected each x*x once)")
 
 
+def check_net_format(component: Component, options: dict[str, Any],
+                     sample: str | Path | None = None) -> None:
+    """A net format must refuse, with ``ValueError`` naming the file, a file that is not of it
+    (the loader tries every format on a file that is not safetensors); given a ``sample`` of
+    it, its conversion must build and load as the lr policy it names."""
+    from metalr.plugins import get_registry
+
+    fmt = component.build(**options)
+    assert isinstance(fmt, NetFormat), (
+        f"net format {component.name!r}: give it label, description, read, convert, complete, "
+        "target_name and card (metalr.protocols.NetFormat)")
+    with tempfile.TemporaryDirectory() as folder:
+        junk = Path(folder) / "junk.bin"
+        junk.write_bytes(b"not a net of any format")
+        try:
+            fmt.convert(fmt.read(junk), junk)
+        except ValueError as exc:
+            assert str(junk) in str(exc), f"{component.name}: the refusal must name the file"
+        else:
+            raise AssertionError(f"net format {component.name!r} took a file of junk bytes")
+    if sample is not None:
+        sample = Path(sample)
+        policy, opts, tensors = fmt.convert(fmt.read(sample), sample)
+        get_registry().get("lr_policy", policy).build(**opts).load_state_dict(tensors)
+        assert fmt.target_name(sample).endswith(".safetensors"), (
+            f"{component.name}: target_name must name a .safetensors file")
+
+
 def check_lr_policy(component: Component, options: dict[str, Any],
                     expected_lr: float | None = None) -> None:
     """Train with the policy and see it steer: positive finite LRs under which the model learns.
 
     ``expected_lr``: the LR the policy must give at every step (a fixed schedule's configured
-    LR). A meta-learner must also change theta, give LRs that respond to the loss it is fed,
+    LR). Every policy must declare its run state (:class:`metalr.protocols.Resumable`) so
+    that the run, stopped and resumed from a checkpoint with a fresh policy, gives the same
+    LRs. A meta-learner must also change theta, give LRs that respond to the loss it is fed,
     and survive a ``state_dict`` round trip.
     """
     name = component.name
@@ -174,6 +231,14 @@ def check_lr_policy(component: Component, options: dict[str, Any],
     assert last < 0.9 * first, (
         f"{name}: the model did not learn under this policy (training loss {first:.3g} -> "
         f"{last:.3g}, LRs {min(lrs):.3g}..{max(lrs):.3g})")
+    assert isinstance(policy, Resumable), f"{name}: {_NOT_RESUMABLE}"
+
+    def same_run() -> Engine:
+        torch.manual_seed(0)
+        fresh = component.build(**options)
+        return _engine(task, _mlp(task.spec), fresh, t_val=4)
+
+    _check_resume(name, same_run, lrs)
     if is_episodic(policy):  # trains itself (metalr.episodes); its saved state must act the same
         twin = component.build(**options)
         twin.load_state_dict(policy.state_dict())
@@ -204,9 +269,47 @@ def check_lr_policy(component: Component, options: dict[str, Any],
             f"{name}: the same LR {answers.pop()} whatever the loss: the net ignores its input")
 
 
+_NOT_RESUMABLE = ("no run_state() / load_run_state() (metalr.protocols.Resumable): a checkpoint "
+                  "cannot keep its state, so a stopped run of it cannot resume")
+
+
+def _check_resume(name: str, make: Callable[[], Engine], lrs: list[float]) -> None:
+    """The run ``make()`` builds, stopped three quarters in and resumed with a fresh component
+    from each checkpoint (the end of epoch 1, the stop; real files, read with
+    ``weights_only``), gives every LR of the run that never stopped (``lrs``): its
+    ``run_state`` holds all that decides them."""
+    with tempfile.TemporaryDirectory() as folder:
+        saved: list[Path] = []
+        steps = iter(range(10**9))
+        stop_after = max(1, len(lrs) * 3 // 4 - 1)
+
+        def save(state: dict[str, Any]) -> None:
+            saved.append(checkpoint.save(Path(folder) / f"checkpoint{len(saved)}.pt", state))
+
+        try:
+            make().fit(checkpoint=save, stop=lambda: next(steps) == stop_after)
+        except RunInterrupted:
+            pass
+        for path in saved:
+            state, _ = checkpoint.load(path)
+            at = state["step"]
+            try:
+                resumed = make().fit(resume=state).lrs
+            except checkpoint.CheckpointError as exc:
+                raise AssertionError(f"{name}: resumed after step {at}: {exc}") from exc
+            wrong = next((i for i, (a, b) in enumerate(zip(resumed, lrs)) if a != b),
+                         None if len(resumed) == len(lrs) else min(len(resumed), len(lrs)))
+            assert wrong is None, (
+                f"{name}: resumed after step {at}, the LR of step {wrong} is "
+                f"{resumed[wrong] if wrong < len(resumed) else 'missing'}, not "
+                f"{lrs[wrong] if wrong < len(lrs) else 'missing'} as in the run that never "
+                "stopped: its run_state() misses part of what decides the LRs")
+
+
 def _loss_context(loss: float) -> StepContext:
-    x = torch.tensor(loss)
-    return StepContext(0, 0, x, x, [], [], None, None)
+    """A step that shows a policy only its loss (no parameters, no optimizer), built by the
+    engine's one builder (loss scale 1)."""
+    return step_context(0, 0, torch.tensor(loss), 1.0, [], None)
 
 
 def check_task(component: Component, options: dict[str, Any]) -> None:

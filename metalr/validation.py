@@ -6,7 +6,9 @@ nothing to learn, a tuned value the option refuses, a model too large for the ma
 split larger than the data, a plateau monitor no task reports, a tracking store that cannot be
 opened. Each is found here instead, by building the component the way the runner will (the
 model on torch's ``meta`` device, so no memory is allocated), before anything is tracked or
-written. Every check reports a :class:`~metalr.recipe.Problem`; none raises.
+written. Every check reports a :class:`~metalr.problems.Problem`; none raises. The loader
+(:func:`metalr.recipe.load_recipe`) calls :func:`check_deep`; this module reads the schema only
+(:mod:`metalr.recipe_schema`), never the loader.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from pydantic import ValidationError
 from metalr.datafiles import MissingDataError
 from metalr.engine import is_episodic, is_meta_learned
 from metalr.plugins import Registry
-from metalr.recipe import (Method, Problem, Recipe, TuningConfig, named_option, resolve_device,
-                           type_members)
+from metalr.problems import Problem, named_option
+from metalr.recipe_schema import Method, Recipe, TuningConfig, resolve_device, type_members
 from metalr.weights import WeightsError, load_meta_learner
 
 MEMORY_FACTOR = 4
@@ -97,7 +99,7 @@ def _guarded(problems: list[Problem], path: str, what: str, build: Callable[[], 
              options: tuple[dict[str, Any], str] | None = None, sole: bool = False) -> Any:
     """``build()``, or None with its error, in one line, added to ``problems``: at ``path``, or
     at the option the error is about, given ``options`` as ``(options, their dotted path)``
-    (:func:`metalr.recipe.named_option`; ``sole``: the only option given, when none is named)."""
+    (:func:`metalr.problems.named_option`; ``sole``: the only option given, when none is named)."""
     try:
         return build()
     except Exception as exc:

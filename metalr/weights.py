@@ -1,10 +1,11 @@
 """Meta-learned nets on disk: loading a file never runs code from it.
 
 metalr writes safetensors: the header carries the registered policy name and its options, which
-is all that is needed to rebuild the net through the registry before its tensors are loaded. It
-also reads the authors' released ``.pth`` files (plain tensor state_dicts, read with
-``torch.load(weights_only=True)``; :mod:`metalr.official_nets`). The format is sniffed from the
-first bytes, not the file name.
+is all that is needed to rebuild the net through the registry before its tensors are loaded. A
+file that is not safetensors (sniffed from its first bytes, not its name) is read by a registered
+net format (:class:`metalr.protocols.NetFormat`; the mlrsnet plugin's reads the authors' released
+``.pth`` files with ``torch.load(weights_only=True)``), found through the registry, so this
+module knows no format's layout and imports no plugin.
 
 A net is a few thousand numbers, so a file is bounded before anything is allocated for it: its
 byte size, its header's length and JSON nesting, the sizes its options declare and the
@@ -26,12 +27,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from metalr import official_nets
 from metalr.plugins import Registry, get_registry
-from metalr.protocols import EpisodicLearner
+from metalr.protocols import EpisodicLearner, LossToLRNet, NetFormat
 
 POLICY_KEY = "metalr.policy"
 OPTIONS_KEY = "metalr.options"
+FORMAT_KEY = "metalr.source_format"
+"""A converted net's header: the label of the net format it was converted from."""
+SOURCE_KEY, SHA256_KEY = "metalr.source", "metalr.source_sha256"
+"""A converted net's header: the name of the file it was converted from, and its sha256."""
+CONVERTED_BY_KEY = "metalr.net_format"
+"""Only in what :func:`read_meta_learner` returns for a foreign file, never saved: the registered
+net format that read it, which completes the net once it is built."""
 
 MAX_PARAMETERS = 10_000_000
 """Values in a net's tensors, all together (the shipped nets: ~8,500; the authors': ~12,000)."""
@@ -48,7 +55,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class WeightsError(ValueError):
-    """A file that is not a meta-learned net metalr can read (safetensors or a released .pth)."""
+    """A file that is not a meta-learned net metalr can read (safetensors or a net format's)."""
 
 
 def is_safetensors(path: Path) -> bool:
@@ -81,7 +88,7 @@ def check_file_size(path: Path) -> None:
 def check_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse tensors no net can run with: not a float, NaN or inf, or too many values.
 
-    The one check of a saved net's tensors, for safetensors and the authors' ``.pth`` alike, run
+    The one check of a saved net's tensors, for safetensors and every net format alike, run
     when the file is read (so ``validate`` runs it too): an integer net loses its fractions (a
     ``ref_lr`` of 0.05 becomes 0, which the run then divides by), a NaN net gives NaN LRs.
     """
@@ -167,30 +174,56 @@ def save_meta_learner(
     return path
 
 
-def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
+def net_formats(registry: Registry | None = None) -> dict[str, NetFormat]:
+    """The registered net formats by name: what reads a file that is not safetensors."""
+    registry = registry or get_registry()
+    return {name: registry.get("net_format", name).build()
+            for name in registry.names("net_format")}
+
+
+def _read_foreign(
+    path: Path, registry: Registry | None,
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
+    """A file that is not safetensors, read by the first net format that takes it."""
+    formats = net_formats(registry)
+    if not formats:
+        raise WeightsError(f"{path}: not a safetensors file, and no net format is registered "
+                           "to read another kind (`metalr plugins` lists them, and any plugin "
+                           "that failed to load): metalr loads nets from safetensors")
+    refusals = []
+    for format_name, fmt in formats.items():
+        try:
+            state = fmt.read(path)
+            check_tensors(path, state)
+            name, options, tensors = fmt.convert(state, path)
+        except ValueError as exc:  # say first what the file is not, then why each format refused
+            refusals.append(f"read as {fmt.description}: {str(exc).removeprefix(f'{path}: ')}")
+            continue
+        metadata = {POLICY_KEY: name, OPTIONS_KEY: json.dumps(options), FORMAT_KEY: fmt.label,
+                    SOURCE_KEY: path.name, SHA256_KEY: sha256(path),
+                    CONVERTED_BY_KEY: format_name}
+        return name, options, tensors, metadata
+    if len(refusals) == 1:
+        raise WeightsError(f"{path}: not a safetensors file; {refusals[0]}")
+    raise WeightsError(f"{path}: not a safetensors file, nor of a net format metalr knows; "
+                       + "; ".join(refusals))
+
+
+def read_meta_learner(
+    path: str | Path, registry: Registry | None = None,
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, str]]:
     """Return ``(policy name, options, tensors, metadata)`` of a saved net.
 
-    A torch file (the authors' released nets) is checked key by key and converted to an
-    ``mlrsnet`` with ``cell: official``; its metadata records the source and its sha256.
+    A file that is not safetensors is converted by the registered net format that reads it (the
+    authors' released nets: checked key by key, an ``mlrsnet`` with ``cell: official``); its
+    metadata records the format, the source and its sha256.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     check_file_size(path)
     if not is_safetensors(path):
-        try:
-            state = official_nets.read_state_dict(path)
-            check_tensors(path, state)
-            name, options, tensors = official_nets.convert(state, path)
-        except ValueError as exc:  # say first what the file is not: most are not the authors'
-            detail = str(exc).removeprefix(f"{path}: ")
-            raise WeightsError(f"{path}: not a safetensors file; read as one of the authors' "
-                               f"MLR-SNet torch files: {detail}") from None
-        metadata = {POLICY_KEY: name, OPTIONS_KEY: json.dumps(options),
-                    official_nets.FORMAT_KEY: official_nets.FORMAT,
-                    official_nets.SOURCE_KEY: path.name, official_nets.SHA256_KEY: sha256(path),
-                    official_nets.REF_UNSET_KEY: "true"}
-        return name, options, tensors, metadata
+        return _read_foreign(path, registry)
     with open(path, "rb") as f:
         header_bytes = struct.unpack("<Q", f.read(8))[0]
     if header_bytes > MAX_HEADER_BYTES:
@@ -224,11 +257,10 @@ def read_meta_learner(path: str | Path) -> tuple[str, dict[str, Any], dict[str, 
 
 
 def is_loss_to_lr_net(policy: Any) -> bool:
-    """A net from the loss to the LR with a scale (MLR-SNet, the MLP variant, a third party's)."""
-    return (isinstance(policy, torch.nn.Module)
-            and all(callable(getattr(policy, m, None)) for m in ("initial_state", "rescale",
-                                                                   "set_gamma", "envelope"))
-            and isinstance(getattr(policy, "gamma", None), torch.Tensor))
+    """A net from the loss to the LR with a scale (MLR-SNet, the MLP variant, a third party's):
+    an ``nn.Module`` that follows :class:`metalr.protocols.LossToLRNet`."""
+    return (isinstance(policy, torch.nn.Module) and isinstance(policy, LossToLRNet)
+            and isinstance(policy.gamma, torch.Tensor))
 
 
 def load_meta_learner(
@@ -245,7 +277,7 @@ def load_meta_learner(
     options it cannot use (the controller: other features or action map). ``frozen`` stops
     gradients (meta-test).
     """
-    name, options, tensors, metadata = read_meta_learner(path)
+    name, options, tensors, metadata = read_meta_learner(path, registry)
     if into is None:
         check_size_options(path, options)
         try:
@@ -281,11 +313,24 @@ def load_meta_learner(
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
         raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different cell, "
                            f"hidden size or layers?): {first}") from None
-    if (metadata.get(official_nets.REF_UNSET_KEY) == "true"
-            and getattr(into, "gamma_source", None) != "option"):
-        official_nets.set_reference_lr(into)  # the file has no ref_lr: where the net starts
+    converted_by = metadata.get(CONVERTED_BY_KEY)
+    if converted_by is not None:  # what the foreign file could not hold (the authors' ref_lr)
+        net_formats(registry)[converted_by].complete(into)
     if frozen:
         if callable(getattr(into, "requires_grad_", None)):
             into.requires_grad_(False)
         into.frozen = True
     return into
+
+
+def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
+    """The paper's rule (App. C) for k nets out of an E-epoch meta-train.
+
+    Epochs ``ceil(E * l / (k - 1))`` for ``l = 0 .. k-1``, clipped to at least 1 (nets are saved
+    after an epoch, so "epoch 0" means the first saved one). E = 200, k = 3 gives 1, 100, 200.
+    """
+    if k < 2:
+        raise ValueError(f"the ceiling rule needs k >= 2 nets, got {k} (one net: pass its file)")
+    if meta_epochs < 1:
+        raise ValueError(f"meta_epochs must be >= 1, got {meta_epochs}")
+    return [max(1, -(-meta_epochs * l // (k - 1))) for l in range(k)]  # exact integer ceiling

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from metalr.cards import BEGIN, END, absolute_paths, card_command, command_tag
+from metalr.cards import BEGIN, END, absolute_paths, card_command
+from metalr.provenance import command_tag
 from metalr.cli import main
 from metalr.scheduler import NETS_DIR, PhasedNets, load_nets
 

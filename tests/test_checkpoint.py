@@ -104,7 +104,7 @@ def test_a_state_that_does_not_fit_the_policy_is_a_clear_error(registry, task, t
 class NoisyLR:
     """A third-party-style policy whose state is NumPy's and Python's: arrays, a NumPy
     generator, a ``random.Random``, a set, and the global generators of both. None of it may
-    be lost by a checkpoint."""
+    be lost by a checkpoint: it declares all of it (the global generators are the engine's)."""
 
     def __init__(self, lr: float = 0.05):
         import random
@@ -131,6 +131,17 @@ class NoisyLR:
     def end_epoch(self, epoch, metrics):
         pass
 
+    def run_state(self):
+        return {"trace": torch.from_numpy(self.trace.copy()), "seen": sorted(self.seen),
+                "np_rng": self.np_rng.bit_generator.state, "py_rng": self.py_rng.getstate()}
+
+    def load_run_state(self, state):
+        self.trace = state["trace"].numpy().copy()
+        self.seen = set(state["seen"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+        version, internal, gauss = state["py_rng"]
+        self.py_rng.setstate((version, tuple(internal), gauss))
+
 
 def test_numpy_python_and_global_state_resumes_exactly(task, tmp_path):
     """The policy above, and a model with dropout (torch's global generator)."""
@@ -156,3 +167,63 @@ def test_numpy_python_and_global_state_resumes_exactly(task, tmp_path):
                     stop=lambda: next(steps) == 30)
     resumed = build().fit(resume=checkpoint.load(saved[-1])[0])
     assert comparable(resumed) == comparable(reference)
+
+
+class Forgetful(NoisyLR):
+    """The same policy without a declared run state: what a checkpoint could not keep."""
+
+    run_state = load_run_state = None
+
+
+def test_a_policy_without_a_run_state_runs_but_is_refused_on_resume(task, tmp_path):
+    """No field is skipped in silence: the run goes on (its checkpoints hold everything but the
+    policy), and its resume refuses in one line naming the policy and the fix."""
+
+    def build(policy):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return Engine(task, model, opt, policy, EngineConfig(epochs=2, batch_size=64),
+                      names={"lr_policy": "forgetful"})
+
+    saved, steps = [], iter(range(10**6))
+    with pytest.raises(RunInterrupted):
+        build(Forgetful()).fit(
+            checkpoint=lambda s: saved.append(checkpoint.save(tmp_path / "c.pt", s)),
+            stop=lambda: next(steps) == 20)
+    state, _ = checkpoint.load(saved[-1])
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        build(Forgetful()).fit(resume=state)
+    message = str(refused.value)
+    assert "\n" not in message
+    where = f"{Forgetful.__module__}.Forgetful"
+    assert message == (f"cannot resume: the lr policy 'forgetful' ({where}) declares no run "
+                       "state; implement run_state() / load_run_state() "
+                       "(metalr.protocols.Resumable) in it, or delete the run's checkpoint "
+                       "files to start it over")
+
+
+class KeepsAnArray(NoisyLR):
+    """Declares its state, but as a NumPy array, which the restricted loader refuses."""
+
+    def run_state(self):
+        return {**super().run_state(), "trace": self.trace.copy()}
+
+
+def test_a_run_state_a_checkpoint_cannot_hold_is_refused_by_name_not_the_file(task, tmp_path):
+    """The file stays readable (the refused value is left out), and the resume says where."""
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return Engine(task, model, opt, KeepsAnArray(), EngineConfig(epochs=1, batch_size=64),
+                      names={"lr_policy": "array"})
+
+    state = {}
+    build().fit(checkpoint=state.update)
+    state, _ = checkpoint.load(checkpoint.save(tmp_path / "c.pt", state))
+    with pytest.raises(checkpoint.CheckpointError, match=(
+            r"^cannot resume: the lr policy 'array' \(.*KeepsAnArray\) gave a run state with a "
+            r"numpy.ndarray at run_state\(\)\['trace'\], which a checkpoint cannot hold")):
+        build().fit(resume=state)

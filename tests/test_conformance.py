@@ -119,6 +119,56 @@ def test_a_meta_learner_that_ignores_the_loss_fails():
     check_component(policy(MLPNet), {"gamma": 0.1})  # the same net, hearing the loss, passes
 
 
+class Undeclared(Zero):
+    """A sound schedule whose state a checkpoint cannot keep: no run_state()."""
+
+    def lr(self, ctx): return 0.05
+
+
+class ForgetsItsStep(Zero):
+    """Decays step by step, and declares a run state that leaves the step out: a resumed run
+    would start the decay over."""
+
+    def __init__(self):
+        self.t = 0
+
+    def start(self, run): self.t = 0
+
+    def lr(self, ctx):
+        self.t += 1
+        return 0.1 * 0.98**self.t
+
+    def run_state(self): return {}
+    def load_run_state(self, state): pass
+
+
+class KeepsItsStep(ForgetsItsStep):
+    def run_state(self): return {"t": self.t}
+    def load_run_state(self, state): self.t = state["t"]
+
+
+def test_a_policy_without_a_run_state_fails():
+    with pytest.raises(AssertionError, match=r"no run_state\(\) / load_run_state\(\)"):
+        check_component(policy(Undeclared))
+
+
+def test_a_policy_whose_run_state_misses_a_counter_fails():
+    with pytest.raises(AssertionError, match="resumed after step .* misses part"):
+        check_component(policy(ForgetsItsStep))
+    check_component(policy(KeepsItsStep))  # the same policy, its step declared, passes
+
+
+def test_a_meta_objective_without_a_run_state_fails():
+    from metalr.objectives import OneStep
+    from metalr.plugins import Component
+
+    class Undeclared:
+        def meta_loss(self, look, lr): return OneStep().meta_loss(look, lr)
+
+    with pytest.raises(AssertionError, match=r"no run_state\(\)"):
+        check_component(Component("meta_objective", "undeclared", Undeclared, None, "tests"))
+
+
 # -- trackers -------------------------------------------------------------------------------------
 
 

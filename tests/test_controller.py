@@ -349,3 +349,40 @@ def test_controlled_lr_state_round_trips_through_a_weights_only_file(task, tmp_p
     tail = steps(net, opt2, second, batches[15:])
     assert head + tail == whole
     assert len(set(whole)) > 2  # the controller acted twice: the test compares real decisions
+
+
+def test_controlled_lr_is_the_plugins_reached_through_the_registry(registry):
+    """``metalr.ControlledLR`` lives in the controller plugin; the core finds it through the
+    lr-controller component's declared ``scheduler()``, never by importing the plugin."""
+    import metalr
+    from metalr.protocols import HandLoopScheduled
+
+    factory = registry.get("lr_policy", "lr-controller").factory
+    assert isinstance(factory, HandLoopScheduled)
+    assert metalr.ControlledLR is factory.scheduler()
+    assert metalr.ControlledLR.__module__ == "metalr_controller.controlled"
+
+
+def test_controller_modules_import_one_way():
+    """No cycle among the plugin's modules, counting imports inside functions and under
+    TYPE_CHECKING: what acting, the env and the hand loop share is the rules protocol."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "plugins" / "metalr_controller"
+    imports = {path.stem: {node.module or "__init__"
+                           for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, ast.ImportFrom) and node.level == 1}
+               for path in folder.glob("*.py")}
+
+    def cycle_from(module: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for other in sorted(imports.get(module, ())):
+            if other in path:
+                return (*path, other)
+            found = cycle_from(other, (*path, other))
+            if found:
+                return found
+        return None
+
+    assert "rules" in imports["acting"]
+    assert [c for m in imports if (c := cycle_from(m, (m,)))] == []

@@ -116,3 +116,52 @@ def test_a_refused_checkpoint_never_advises_loading_it_unrestricted(killed_run, 
     assert result.status == "FAILED" and f"{path} cannot be loaded" in result.error
     assert "possibly unsafe" in result.error and "weights_only" not in result.error
     assert "weights_only" not in (killed_run / "error.txt").read_text()
+
+
+def test_a_checkpoint_of_an_earlier_metalr_says_to_start_again(killed_run, registry):
+    """Before the run-state contract, a checkpoint kept the policy by walking its attributes;
+    such a file cannot resume exactly, and says so in one line."""
+    path = killed_run / "checkpoint.pt"
+    state, _ = checkpoint.load(path)
+    old = {"type": state["policy"]["type"], "captured": {"_lr": 0.05}}  # that format's policy
+    checkpoint.save(path, {k: v for k, v in state.items() if k != "objective"} | {"policy": old})
+    checkpoint.previous(path).unlink()
+    result = resume(killed_run, registry)
+    assert result.status == "FAILED" and "\n" not in result.error
+    assert (f"checkpoint {path} is from an earlier metalr and cannot resume this run exactly: "
+            "delete it and its .prev to start the run again") in result.error
+
+
+class Forgetful:
+    """A third party's policy that declares no run state (metalr.protocols.Resumable)."""
+
+    def __init__(self, lr: float = 0.05):
+        self.value = lr
+
+    def start(self, run): pass
+    def lr(self, ctx): return self.value
+    def end_epoch(self, epoch, metrics): pass
+
+
+def test_a_policy_without_a_run_state_is_refused_on_resume_by_name(tmp_path):
+    from metalr import hookimpl
+    from metalr.plugins import Registry
+
+    @hookimpl
+    def register_lr_policies(register):
+        register("forgetful", Forgetful)
+
+    registry = Registry(strict=False).load_entry_points()
+    assert registry.add_plugin(types.SimpleNamespace(register_lr_policies=register_lr_policies),
+                               "tests:forgetful")
+    methods = {"fine": {**RECIPE["methods"]["fine"], "lr_policy": {"name": "forgetful"}}}
+    data = {**RECIPE, "output_dir": str(tmp_path), "methods": methods}
+    summary = Runner(Recipe.model_validate(data), registry=registry, progress=False).run()
+    assert [r.status for r in summary.results] == ["FINISHED"]  # it runs, checkpoints and all
+    job = summary.output_dir / "fine-seed0"
+    (job / "result.json").unlink()
+    result = resume(job, registry)
+    assert result.status == "FAILED" and "\n" not in result.error
+    assert (f"cannot resume: the lr policy 'forgetful' ({__name__}.Forgetful) declares no run "
+            "state; implement run_state() / load_run_state() (metalr.protocols.Resumable) in "
+            "it, or delete the run's checkpoint files to start it over") in result.error

@@ -22,10 +22,10 @@ import yaml
 from safetensors.torch import save_file
 
 from metalr.cli import main
-from metalr.official_nets import expected_shapes
 from metalr.scheduler import load_nets
 from metalr.weights import (MAX_FILE_BYTES, OPTIONS_KEY, POLICY_KEY, WeightsError,
                             load_meta_learner, read_meta_learner)
+from metalr_mlrsnet.official import expected_shapes
 
 ROOT = Path(__file__).parents[1]
 

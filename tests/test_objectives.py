@@ -142,6 +142,12 @@ class Blend:
         two = look.meta_loss(steps.next(lambda w: look.train_loss(w, batch)))
         return (1 - self.weight) * one + self.weight * two
 
+    def run_state(self):  # nothing carries from one meta-update to the next
+        return {}
+
+    def load_run_state(self, state):
+        pass
+
 
 @hookimpl
 def register_meta_objectives(register):

@@ -1,24 +1,31 @@
 """The authors' released MLR-SNet nets: read without running code, converted faithfully.
 
 The reference for every LR below is a forward pass of the authors' meta-test cell written here
-from their code, on the raw tensors of the file, independent of metalr's cell.
+from their code, on the raw tensors of the file, independent of metalr's cell. Their format is
+the mlrsnet plugin's ``mlrsnet-official`` net format, which the core finds through the registry
+only: the last tests here hold the core to that, and to importing no plugin at all.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metalr import LearnedLR
+from metalr import LearnedLR, hookimpl
 from metalr.cli import main
-from metalr.official_nets import expected_shapes
+from metalr.plugins import Registry, get_registry
 from metalr.weights import WeightsError, load_meta_learner, read_meta_learner
+from metalr_mlrsnet.official import expected_shapes
 
 OFFICIAL = Path(os.environ.get("METALR_OFFICIAL_NETS",
                                Path(__file__).resolve().parents[1].parent / "shared" / "official-nets"))
@@ -191,6 +198,141 @@ def test_the_official_cell_meta_trains_and_round_trips(registry, tmp_path):
     assert again.width == 4 and again.cell == "official"
     x = torch.tensor(1.3)
     assert torch.equal(again(x, None)[0], policy(x, None)[0])
+
+
+# -- the format is the plugin's: the core reaches it through the registry -------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_PACKAGES = sorted(p.name for p in (ROOT / "plugins").iterdir()
+                         if (p / "__init__.py").is_file())
+
+
+def test_no_core_module_imports_a_plugin():
+    """The team's rule, read from the source: no ``import`` in metalr/ names a plugin package,
+    at the top of a module or inside a function."""
+    found = []
+    for path in sorted((ROOT / "metalr").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n and n.split(".")[0] in PLUGIN_PACKAGES]
+    assert len(PLUGIN_PACKAGES) > 10 and found == []
+
+
+CORE_ALONE = """
+import sys
+from metalr.plugins import Registry
+from metalr.weights import WeightsError, read_meta_learner
+import metalr.cli, metalr.net_import, metalr.scheduler
+
+plugins = set(sys.argv[2].split(","))
+def loaded():
+    return sorted(m for m in sys.modules if m.split(".")[0] in plugins)
+
+assert loaded() == [], loaded()
+bare = Registry(strict=True)
+bare._loaded = True  # no entry point loaded: the core alone
+try:
+    read_meta_learner(sys.argv[1], bare)
+    raise SystemExit("a .pth was read with no net format registered")
+except WeightsError as exc:
+    assert "no net format is registered" in str(exc), exc
+assert loaded() == [], loaded()
+name, _, _, metadata = read_meta_learner(sys.argv[1])  # the registry loads the entry points
+assert (name, metadata["metalr.net_format"]) == ("mlrsnet", "mlrsnet-official"), metadata
+assert "metalr_mlrsnet.official" in loaded(), loaded()
+"""
+
+
+def test_the_core_reads_the_authors_format_only_through_the_registry(tmp_path):
+    """In a fresh process: importing the loader, ``nets import`` and the CLI loads no plugin;
+    with no entry point loaded a .pth is refused; the registry's entry point brings the format."""
+    path = save_legacy(random_state(), tmp_path / "mlr_snet 1.pth")
+    done = subprocess.run(
+        [sys.executable, "-c", CORE_ALONE, str(path), ",".join(PLUGIN_PACKAGES)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_authors_format_conforms(registry, tmp_path):
+    from metalr.testing import check_component
+
+    sample = save_legacy(random_state(), tmp_path / "mlr_snet 7.pth")
+    check_component(registry.get("net_format", "mlrsnet-official"), sample=sample)
+
+
+class _Fake:
+    """A third party's net format: files that start with ``FAKE``, read as an ``mlp-lr``."""
+
+    label, description = "fake", "a fake file"
+
+    def read(self, path):
+        if not Path(path).read_bytes().startswith(b"FAKE"):
+            raise ValueError(f"{path}: no FAKE magic; write one with b'FAKE' first")
+        torch.manual_seed(0)
+        return dict(get_registry().get("lr_policy", "mlp-lr").build(hidden=4, layers=1,
+                                                                     gamma=0.5).state_dict())
+
+    def convert(self, tensors, path):
+        return "mlp-lr", {"hidden": 4, "layers": 1}, tensors
+
+    def complete(self, net):
+        net.completed = True
+
+    def target_name(self, source):
+        return f"{source.stem}.safetensors"
+
+    def card(self, imported, gamma):
+        return f"{len(imported)} fake nets, gamma {gamma}\n"
+
+
+@pytest.fixture
+def two_formats():
+    @hookimpl
+    def register_net_formats(register):
+        register("fake", _Fake)
+
+    reg = Registry(strict=False).load_entry_points()
+    assert reg.add_plugin(types.SimpleNamespace(register_net_formats=register_net_formats),
+                          "tests:fake")
+    return reg
+
+
+def test_a_third_partys_format_is_read_and_imported_like_the_authors(two_formats, tmp_path):
+    from metalr.net_import import import_nets
+
+    fake = tmp_path / "net-3.fake"
+    fake.write_bytes(b"FAKE")
+    net = load_meta_learner(fake, frozen=True, registry=two_formats)
+    assert net.completed and read_meta_learner(fake, two_formats)[3]["metalr.net_format"] == "fake"
+    authors = save_legacy(random_state(), tmp_path / "mlr_snet 1.pth")
+    assert load_meta_learner(authors, registry=two_formats).cell == "official"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"neither")
+    with pytest.raises(WeightsError, match=r"(?s)junk\.pth: not a safetensors file, nor of a net "
+                                           r"format metalr knows; read as a fake file: no FAKE.*; "
+                                           r"read as one of the authors' MLR-SNet torch files"):
+        read_meta_learner(junk, two_formats)
+    out = tmp_path / "out"
+    assert [p.name for p in import_nets([fake], out, gamma=0.25, registry=two_formats)] == \
+        ["net-3.safetensors"]
+    assert (out / "card.md").read_text() == "1 fake nets, gamma 0.25\n"
+    _, _, tensors, meta = read_meta_learner(out / "net-3.safetensors")
+    assert meta["metalr.source_format"] == "fake" and meta["metalr.source"] == "net-3.fake"
+    assert float(tensors["log_gamma"].exp()) == pytest.approx(0.25)
+    with pytest.raises(WeightsError, match=r"mlr_snet 1\.pth: a 'mlrsnet-official' file, but "
+                                           r".*net-3\.fake a 'fake' one"):
+        import_nets([fake, authors], tmp_path / "mixed", registry=two_formats)
+
+
+def test_nets_import_refuses_a_net_that_is_already_metalrs(tmp_path, capsys):
+    main(["nets", "import", str(save_legacy(random_state(), tmp_path / "a.pth")),
+          "--out", str(tmp_path / "once")])
+    again = str(tmp_path / "once" / "a.safetensors")
+    assert main(["nets", "import", again, "--out", str(tmp_path / "x")]) == 2
+    assert "a.safetensors: already a metalr net (safetensors)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 # -- the three released files, where ../shared/official-nets exists ------------------------------

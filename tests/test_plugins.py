@@ -314,3 +314,17 @@ def test_cli_shows_options_in_a_table(capsys):
     assert out[0].startswith("lr_policy mlrsnet (metalr:mlrsnet)")
     preset = next(line for line in out if line.split()[0] == "preset")
     assert "'auto' | 'paper'" in preset and "probed scale" in preset
+
+
+def test_a_plugins_import_of_metalr_loads_no_torch():
+    """``from metalr import hookimpl`` (all a plugin module needs) is cheap: metalr's own
+    __init__ loads neither torch nor the registry; the public names still resolve on use."""
+    code = ("import sys\nfrom metalr import hookimpl\n"
+            "assert 'torch' not in sys.modules and 'metalr.plugins' not in sys.modules\n"
+            "import metalr\nassert metalr.LearnedLR.__name__ == 'LearnedLR'\n"
+            "from metalr import get_registry, Registry\n"
+            "assert isinstance(get_registry(), Registry)\n"
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
-from metalr.report import (
+from metalr.performance_profile import (
     comparable,
     cost,
     performance_profile,
@@ -203,6 +203,50 @@ def test_report_of_one_run_id_and_one_experiment(store, tmp_path, capsys):
         page = (out / "index.html").read_text()
         assert "rep-digits" in page and "rep-mnist1d" not in page
     assert "[1/1] rep-digits" in capsys.readouterr().out
+
+
+def test_the_store_is_read_through_the_tracker_plugins_reader_contract(store):
+    """What the report reads, the mlflow plugin's reader gives back as MLflow stored it."""
+    from metalr.protocols import StoreReader, TrackerStore
+    from metalr.stores import open_store, tracker_store
+
+    root, uri = store
+    assert isinstance(tracker_store("mlflow"), TrackerStore)
+    before = hashlib.sha256((root / "mlflow.db").read_bytes()).hexdigest()
+    reader = open_store(uri)
+    assert isinstance(reader, StoreReader) and reader.uri == uri
+    client = MlflowClient(uri)
+    assert set(RECIPES) <= set(reader.experiments())
+    (suite,) = [r for r in reader.runs("rep-digits") if r.parent is None]
+    assert suite.experiment == "rep-digits" and suite.params["task.name"] == "digits"
+    assert not any(k.startswith("mlflow.") for k in suite.tags) and "metalr.version" in suite.tags
+    children = reader.children(suite.run_id)
+    assert {(r.params["method"], r.params["seed"]) for r in children} == {
+        (m, str(s)) for m in METHODS for s in TRAIN["seeds"]}
+    child = children[0]
+    assert reader.run(child.run_id) == child and reader.run("0" * 32) is None
+    assert "test_accuracy" in child.metrics and child.parent == suite.run_id
+    stored = client.get_metric_history(child.run_id, "test_accuracy")
+    assert reader.history(child.run_id, "test_accuracy") == sorted(
+        (m.step, m.value) for m in stored)
+    reader.close()
+    assert hashlib.sha256((root / "mlflow.db").read_bytes()).hexdigest() == before
+
+
+def test_no_core_module_imports_mlflow():
+    """MLflow is a plugin: the report, `metalr runs` and ``runs:/`` nets reach it through the
+    tracker component (:mod:`metalr.stores`), so no module of metalr/ imports it."""
+    import ast
+
+    core = Path(__file__).resolve().parents[1] / "metalr"
+    found = []
+    for path in sorted(core.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names
+                      if n and n.split(".")[0] == "mlflow"]
+    assert found == []
 
 
 def test_unknown_target_or_empty_store_is_one_line_and_writes_nothing(store, tmp_path, capsys):

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from metalr.comparisons import compare
-from metalr.report import SeedRun, Suite
 from metalr.reproduce import markers
+from metalr.suites import SeedRun, Suite
 
 ROOT = Path(__file__).parents[1]
 
@@ -130,7 +130,7 @@ def test_a_rerender_from_the_store_gives_the_same_block(section, tmp_path):
 
 def test_figures_are_drawn_from_the_stores_runs(section):
     """The LR figure's data are each method's applied LRs as its run folder recorded them."""
-    from metalr.report import load_suites
+    from metalr.suite_reader import load_suites
     from metalr.report_markdown import suite_histories
 
     root, folder = section
@@ -156,7 +156,8 @@ def test_a_gathering_section_tabulates_the_comparisons_of_others(section, tmp_pa
     index = tmp_path / "index.yaml"
     index.write_text(yaml.safe_dump({"sections": {
         "tiny": {"doc": "docs/page.md", "recipes": ["recipes/tiny.yaml"]},
-        "all": {"doc": str(tmp_path / "all.md"), "gather": ["tiny"],
+        "never": {"doc": "docs/page.md", "recipes": ["recipes/tiny.yaml"]},
+        "all": {"doc": str(tmp_path / "all.md"), "gather": ["tiny", "never"],
                 "compare": [{"method": "fast", "against": ["slow"]}]}}}))
     begin, end = markers("all")
     (tmp_path / "all.md").write_text(f"{begin}\n{end}\n")
@@ -165,11 +166,13 @@ def test_a_gathering_section_tabulates_the_comparisons_of_others(section, tmp_pa
     body = block((tmp_path / "all.md").read_text(), "all")
     own = next(ln for ln in block((root / "docs" / "page.md").read_text(), "tiny").splitlines()
                if ln.startswith("| fast | slow |"))
-    assert f"| tiny-section {own}" in body
+    assert f"| tiny {own}" in body  # the row named by the section it comes from
+    assert "Not in this table yet (no run of the section was there to read): " \
+        "`metalr reproduce never`." in body
     assert "the stores of `metalr reproduce tiny`" in body
     missing = cli(root, "reproduce", "all", "--index", str(index), "--out", "elsewhere", "-q")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
-    assert "run `metalr reproduce tiny --out elsewhere` first" in missing.stderr
+    assert "run `metalr reproduce tiny --out elsewhere`" in missing.stderr
 
 
 SWEEP = {

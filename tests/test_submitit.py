@@ -45,7 +45,8 @@ def test_a_sweep_as_a_local_job_array(where, tmp_path, monkeypatch, capsys):
         "mlflow.parentRunId") == p.info.run_id] for p in points}
     assert method == {"0.05": ["FINISHED"], "1e+48": ["FAILED"]}
     folder = out / "swp-sweep"
-    assert "| 0.05 | 1/1 |" in (folder / "results.md").read_text()
+    table = (folder / "results.md").read_text()
+    assert "| 0.05 | " in table and "| 1/1 |\n| 1e+48 | - | 0/1 |" in table  # the diverged point
     records = [json.loads((folder / f"p00{i}/point.json").read_text()) for i in (0, 1)]
     assert [r["status"] for r in records] == ["FINISHED", "FAILED"]
     # one job per point, run by submitit, its files kept where the sweep keeps its own
@@ -103,7 +104,7 @@ def test_a_lost_point_is_written_failed_and_the_sweep_goes_on(where, registry, c
         in printed
     record = json.loads((tmp / "out/swp-sweep/p001/point.json").read_text())
     assert record["status"] == "FAILED" and "OUT_OF_MEMORY" in record["error"]
-    assert "| 0.1 | 0/1 |" in (tmp / "out/swp-sweep/results.md").read_text()
+    assert "| 0.1 | - | 0/1 |" in (tmp / "out/swp-sweep/results.md").read_text()
 
 
 def test_without_the_extra_one_line_names_the_key_and_the_fix(where, monkeypatch, capsys):

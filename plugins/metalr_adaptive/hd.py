@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 
 from .directions import dot, optimizer_kind, update_direction
 
@@ -45,8 +46,12 @@ class HDOptions(BaseModel):
         return self
 
 
-class HypergradientDescent:
+class HypergradientDescent(SavedAttributes):
     """An LR policy; the LR is carried across epochs (the paper never resets it)."""
+
+    # the carried LR, the last hypergradient and the direction of the last step (the variant
+    # and beta come from the recipe and the optimizer at start)
+    run_state_attributes = ("current_lr", "hypergradient", "_prev_direction")
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 
 from .directions import dot, optimizer_kind, update_direction
 
@@ -40,8 +41,10 @@ class L4Options(BaseModel):
     max_lr: float | None = Field(None, gt=0, description="optional cap on the LR")
 
 
-class L4:
+class L4(SavedAttributes):
     """An LR policy; L_min is carried across epochs, as in the authors' code."""
+
+    run_state_attributes = ("min_loss", "_grad_avg", "_avg_steps")  # L_min, g's average
 
     def __init__(
         self,

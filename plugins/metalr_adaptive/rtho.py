@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 
 from .directions import UnsupportedOptimizerError, dot, optimizer_kind, optimizer_slots
 
@@ -63,8 +64,12 @@ def hessian_vector_product(
     return out
 
 
-class RTHO:
+class RTHO(SavedAttributes):
     """An LR policy that needs ``ctx.meta_grads`` (a meta split) and a torch SGD optimizer."""
+
+    # the carried LR, the last hypergradient, the call count (when to hyper-step) and the
+    # tangents dw/d eta and d buf/d eta
+    run_state_attributes = ("current_lr", "hypergradient", "_calls", "_z", "_z_buf")
 
     def __init__(
         self,

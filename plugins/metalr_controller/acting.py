@@ -9,21 +9,21 @@ action outside), which is why both paths give the same LR trace for the same act
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import torch
 
 from metalr.protocols import RunInfo, StepContext
 
-if TYPE_CHECKING:
-    from .policy import LRController
+from .rules import ControllerRules
 
 
 class Actor:
     """An LR policy for one run: holds the current LR, observes at every block's end."""
 
-    def __init__(self, controller: LRController, act: Callable[[np.ndarray], float] | None,
+    def __init__(self, controller: ControllerRules, act: Callable[[np.ndarray], float] | None,
                  update_stats: bool):
         self.controller, self.act, self.update_stats = controller, act, update_stats
         self.features = controller.make_features()
@@ -55,3 +55,18 @@ class Actor:
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """What decides the rest of the run besides the controller's own state: the current LR,
+        the last observation and meta loss, the features' averages and previous weights."""
+        return {"current": float(self.current), **self.features.state_dict(),
+                "meta_loss": float(self.meta_loss),
+                "obs": None if self.obs is None else torch.from_numpy(np.array(self.obs))}
+
+    def load_state_dict(self, state: Mapping[str, Any],
+                        params: Sequence[torch.Tensor]) -> None:
+        """``params``: the run's trained parameters (the previous weights go to their device)."""
+        self.current = float(state["current"])
+        self.features.load_state_dict(state, params)
+        self.meta_loss = float(state["meta_loss"])
+        self.obs = None if state["obs"] is None else state["obs"].numpy()

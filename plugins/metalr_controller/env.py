@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,9 +22,7 @@ from metalr.probe import probe_lr
 from metalr.protocols import RunInfo
 
 from .acting import Actor
-
-if TYPE_CHECKING:
-    from .policy import LRController
+from .rules import ControllerRules
 
 DIVERGED_REWARD = -10.0
 
@@ -35,7 +33,7 @@ MakeEngine = Callable[[int, Any], Engine]
 class ControllerEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, controller: LRController, make_engine: MakeEngine,
+    def __init__(self, controller: ControllerRules, make_engine: MakeEngine,
                  on_episode: Callable[[int, Mapping[str, Any]], None] | None = None,
                  update_stats: bool = True):
         super().__init__()

@@ -10,7 +10,8 @@ weights and at the weights of the previous observation, on the same batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,19 @@ class Features:
     def reset(self) -> None:
         self.ema: dict[str, float] = {}
         self.previous: list[torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        previous = self.previous
+        return {"ema": dict(self.ema),
+                "previous": None if previous is None else [p.detach().cpu().clone()
+                                                           for p in previous]}
+
+    def load_state_dict(self, state: Mapping[str, Any], params: Sequence[torch.Tensor]) -> None:
+        """``params``: the weights the previous ones belong to (their device is restored)."""
+        self.ema = {k: float(v) for k, v in state["ema"].items()}
+        previous = state["previous"]
+        self.previous = None if previous is None else [t.to(p.device)
+                                                       for t, p in zip(previous, params)]
 
     def _average(self, key: str, value: float) -> float:
         old = self.ema.get(key)

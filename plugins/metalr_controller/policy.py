@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +28,9 @@ from metalr.protocols import RunInfo, StepContext
 
 from .acting import Actor
 from .features import FEATURES, Features
+
+if TYPE_CHECKING:
+    from .controlled import ControlledLR
 
 CLIP_OBS = 10.0
 NET_PREFIX = "net."
@@ -88,6 +91,7 @@ class LRController:
         self.net.set_training_mode(False)
         self.obs_rms = RunningMeanStd(shape=(n,))
         self._actor: Actor | None = None
+        self._device = torch.device("cpu")  # the run's (start), where the actor's tensors go
 
     # -- pieces the env and the frozen policy share -------------------------------------------
     def policy_kwargs(self) -> dict[str, Any]:
@@ -122,12 +126,40 @@ class LRController:
     def start(self, run: RunInfo) -> None:
         self._actor = Actor(self, self.deterministic_action, update_stats=False)
         self._actor.start(run)
+        self._device = torch.device(run.device)
 
     def lr(self, ctx: StepContext) -> float:
         return self._actor.lr(ctx)
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
+
+    # -- the Resumable protocol: what a checkpoint of a run keeps ------------------------------
+    def run_state(self) -> dict[str, Any]:
+        """The trained controller (:meth:`state_dict`: a resumed run skips meta-training) and
+        its actor's run: the LR of the block in progress, the feature averages, the previous
+        weights and the last observation."""
+        if self._actor is None:
+            raise RuntimeError("lr-controller: start(run) must be called before run_state()")
+        return {"controller": self.state_dict(), "actor": self._actor.state_dict()}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        if self._actor is None:
+            raise RuntimeError("lr-controller: start(run) must be called before load_run_state()")
+        self.load_state_dict(state["controller"])
+        previous = state["actor"]["previous"] or []
+        # the previous weights go to the run's device (the actor takes them per parameter)
+        self._actor.load_state_dict(state["actor"],
+                                    [torch.empty(0, device=self._device)] * len(previous))
+
+    # -- the HandLoopScheduled protocol: metalr.ControlledLR ----------------------------------
+    @classmethod
+    def scheduler(cls) -> type[ControlledLR]:
+        """The torch scheduler that runs a saved controller in a user's own loop; imported on
+        demand, so that loading the plugin does not import the engine."""
+        from .controlled import ControlledLR
+
+        return ControlledLR
 
     # -- the EpisodicLearner protocol ---------------------------------------------------------
     def train_episodes(self, make_engine: Callable[..., Any],

@@ -42,6 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metalr.protocols import RecordedRun, RunStatus
 from metalr.rundir import StoreError
+from metalr.stores import sqlite_file
+
+from .reading import MLflowReader, fetch_artifact
+from .store import DEFAULT_URI, has_default_experiment, mlflow_tables, sqlite_tables
 
 _CHUNK = 1000  # MLflow's limit of metrics per log_batch call
 _PARAMS_CHUNK = 100
@@ -129,6 +133,18 @@ def _quiet_mlflow_store_errors() -> None:
 
 
 class MLflowTracker:
+    # -- the store outside any run (metalr.protocols.TrackerStore, found through the registry) --
+    @staticmethod
+    def open_reader(location: str | None = None) -> MLflowReader:
+        """The store at ``location`` (unset: ``$MLFLOW_TRACKING_URI``, else
+        ``sqlite:///mlflow.db``) read-only, for `metalr report` and `metalr runs`."""
+        return MLflowReader(location)
+
+    @staticmethod
+    def fetch_artifact(uri: str) -> Path:
+        """A ``runs:/<run id>/<path>`` artifact, copied read-only into a temporary folder."""
+        return fetch_artifact(uri)
+
     def __init__(self, tracking_uri: str | None = None, flush_seconds: float = 0.5,
                  system_metrics: bool | None = None):
         from mlflow.tracking import MlflowClient  # imported here: `metalr plugins` needn't pay
@@ -142,8 +158,6 @@ class MLflowTracker:
         self._open: dict[str, RunStatus] = {}  # started or reopened here, not ended yet
         self.failure: StoreError | None = None  # the first time the store could not be used
         self.unclosed: list[str] = []  # after close: runs the store would not mark ended
-
-        from metalr.report import DEFAULT_URI  # (the report: torch-heavy, imported when used)
 
         self.uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                or DEFAULT_URI)
@@ -190,8 +204,6 @@ class MLflowTracker:
         tables to any other database, and fails on a damaged one with pages of traceback."""
         import sqlite3
 
-        from metalr.report import sqlite_tables
-
         db = self._sqlite_path()
         if db is None or not db.is_file() or db.stat().st_size == 0:
             return
@@ -211,8 +223,6 @@ class MLflowTracker:
         """Whether the SQLite store exists with all of MLflow's tables and its default
         experiment: MLflow opens it without writing (no migration), so no lock is needed."""
         import sqlite3
-
-        from metalr.report import has_default_experiment, mlflow_tables, sqlite_tables
 
         db = self._sqlite_path()
         if db is None or not db.is_file():
@@ -289,8 +299,6 @@ class MLflowTracker:
             lock.release()
 
     def _sqlite_path(self) -> Path | None:
-        from metalr.report import sqlite_file
-
         db = sqlite_file(self.uri)
         return None if db is None else db.resolve()
 

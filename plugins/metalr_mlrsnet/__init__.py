@@ -1,5 +1,5 @@
 """Meta-learned LR policies: MLR-SNet (an LSTM, paper Eq. 7), its memoryless MLP variant, and
-their control with nothing learned (probed-wsd)."""
+their control with nothing learned (probed-wsd); and the authors' released nets as a net format."""
 
 from metalr import hookimpl
 
@@ -8,6 +8,7 @@ from .control import ProbedWSD
 from .es import ESOptions, MLRSNetES
 from .lstm import MLRSNet, MLRSNetOptions
 from .mlp import MLPNet, MLPNetOptions
+from .official import OfficialFormat
 from .transfer import MLRSNetTransfer, TransferOptions
 
 
@@ -23,3 +24,10 @@ def register_lr_policies(register):
                      "loss of whole runs (offline, antithetic pairs)")
     register("mlrsnet-transfer", MLRSNetTransfer, options=TransferOptions,
              summary="frozen MLR-SNets over k equal phases (meta-test, App. C)")
+
+
+@hookimpl
+def register_net_formats(register):
+    register("mlrsnet-official", OfficialFormat,
+             summary="the authors' released MLR-SNet .pth files (xjtushujun/MLR-SNet), read as "
+                     "mlrsnet nets with cell: official")

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import load_attributes, save_attributes
 
 Preset = Literal["auto", "paper"]
 BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's, not undone by
@@ -242,6 +243,22 @@ class ProbedSchedule(nn.Module):
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         pass
+
+    # -- the Resumable protocol: what a checkpoint keeps ------------------------------------
+    # besides theta with log_gamma and ref_lr (moved by meta-updates, the brake and the
+    # recheck): the carried LSTM state and the brake's memory. The rest start() sets again
+    # from the recipe and the run (total_steps, the probe's result, where gamma came from).
+    run_state_attributes = ("state", "first_loss", "braked", "jumped")
+
+    def run_state(self) -> dict[str, Any]:
+        theta = {k: v.detach().clone() for k, v in nn.Module.state_dict(self).items()}
+        return {"theta": theta, **save_attributes(self, self.run_state_attributes)}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        # nn.Module's own loader, in place (the meta-optimizer holds theta): the override
+        # below is for net files, where a recipe's gamma wins over the file's
+        nn.Module.load_state_dict(self, state["theta"])
+        load_attributes(self, state, self.run_state_attributes)
 
     def options(self) -> dict[str, Any]:
         """The options that rebuild this schedule (saved in a net file's header)."""

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 from metalr.scheduler import PhasedNets, choose_nets, load_nets, resolve_nets
 
 DEFAULT_NETS = "mnist1d-mlp"
@@ -56,8 +57,11 @@ class TransferOptions(BaseModel):
         return self
 
 
-class MLRSNetTransfer:
+class MLRSNetTransfer(SavedAttributes):
     """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run."""
+
+    # the phases' step, carried LSTM state and every net's scale (theta stays as loaded)
+    run_state_attributes = ("phases",)
 
     def __init__(self, nets: list[str] | None = None, scale: str = "auto",
                  gamma: float | None = None, k: int | None = None):

@@ -10,6 +10,9 @@ optimizer). Cost per meta-update: K forwards and K double backwards; memory: K s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,3 +38,10 @@ class Unroll:
             batch = look.train_batch(k)
             weights = steps.next(lambda w, b=batch: look.train_loss(w, b), look.clip_grad_norm)
         return look.meta_loss(weights)
+
+    def run_state(self) -> dict[str, Any]:
+        """Nothing carries from one meta-update to the next: K is the recipe's."""
+        return {}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        pass

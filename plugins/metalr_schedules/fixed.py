@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 
 
 class FixedOptions(BaseModel):
@@ -14,7 +15,9 @@ class FixedOptions(BaseModel):
     lr: float = Field(0.1, gt=0, description="the learning rate of every step")
 
 
-class FixedLR:
+class FixedLR(SavedAttributes):
+    run_state_attributes = ()  # one LR, the recipe's: nothing to resume
+
     def __init__(self, lr: float):
         self._lr = float(lr)
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.optim import lr_scheduler
 
 from metalr.protocols import RunInfo, StepContext
+from metalr.run_state import SavedAttributes
 
 
 class _Options(BaseModel):
@@ -101,8 +102,15 @@ def _dummy_optimizer(lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=lr)
 
 
-class _TorchSchedule:
-    """Base of the policies: the dummy optimizer, the scheduler and the common protocol."""
+class _TorchSchedule(SavedAttributes):
+    """Base of the policies: the dummy optimizer, the scheduler and the common protocol.
+
+    Run state: the LR the scheduler wrote into the dummy, and the scheduler's own state (its
+    step count, a plateau's best value and patience); ``start`` builds both, the state is
+    loaded into them.
+    """
+
+    run_state_attributes = ("_opt", "_sched")
 
     def __init__(self, lr: float):
         self.initial_lr = float(lr)
@@ -197,6 +205,8 @@ class MultiStepLR(_TorchSchedule):
 class _PerIteration(_TorchSchedule):
     """Tracks where in its epoch each step falls, to step the scheduler per iteration."""
 
+    run_state_attributes = _TorchSchedule.run_state_attributes + ("_epoch", "_epoch_start")
+
     def start(self, run: RunInfo) -> None:
         super().start(run)
         self._epoch, self._epoch_start = 0, 0
@@ -232,6 +242,8 @@ class CosineLR(_TorchSchedule):
     ``CosineAnnealingLR``): one value per iteration (``T_max = epochs * steps_per_epoch``), or,
     with ``per="epoch"``, one per epoch (``T_max = epochs``, stepped after each epoch), the way
     published recipes that call ``scheduler.step()`` once an epoch do."""
+
+    run_state_attributes = _TorchSchedule.run_state_attributes + ("_t",)  # steps caught up
 
     def __init__(self, lr: float = 0.1, eta_min: float = 0.0, per: str = "iteration"):
         super().__init__(lr)
@@ -279,6 +291,8 @@ class WSD(_TorchSchedule):
     defaults (no warm-up, the last 20% decayed linearly to 0) are MLR-SNet's cool-down: tuned,
     it is the strongest simple schedule beside the learned one, and the control for it."""
 
+    run_state_attributes = _TorchSchedule.run_state_attributes + ("_t",)  # steps caught up
+
     def __init__(self, lr: float = 0.1, warmup: float = 0.0, decay: float = 0.2,
                  shape: str = "linear"):
         super().__init__(lr)
@@ -305,6 +319,8 @@ class PlateauLR(_TorchSchedule):
     Epochs without the metric (not evaluated, ``eval_every > 1``) are skipped; the engine always
     evaluates the last epoch, so a metric still missing there is a misnamed one and an error.
     """
+
+    run_state_attributes = _TorchSchedule.run_state_attributes + ("_seen",)  # metric seen
 
     def __init__(self, lr: float = 0.1, monitor: str = "meta_loss", mode: str = "min",
                  factor: float = 0.25, patience: int = 0, threshold: float = 1e-4,

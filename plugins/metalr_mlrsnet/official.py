@@ -3,10 +3,12 @@
 They are ``torch.save`` state_dicts of the authors' meta-test net: plain tensors, read here
 with ``torch.load(weights_only=True, map_location="cpu")`` (their storages are tagged
 ``cuda:0``; ``weights_only`` refuses any pickle that would build objects or run code). Their
-keys map onto metalr's ``mlrsnet`` policy with ``cell: official``; the map and the checks live
-here so :func:`metalr.weights.load_meta_learner` stays the one loader of saved nets.
+keys map onto the ``mlrsnet`` policy with ``cell: official``. The core reaches this module only
+as the ``mlrsnet-official`` net format (:class:`metalr.protocols.NetFormat`), so that
+:func:`metalr.weights.load_meta_learner` stays the one loader of saved nets without knowing
+this plugin's parameter paths.
 
-What the files do not hold, and metalr sets:
+What the files do not hold, and the format sets:
 
 - **gamma**: the paper's value for images, 1 (Sec. 4, footnote 1; the reference code instead
   derives ~0.67 for CIFAR-10 from the initial loss). ``metalr nets import --gamma`` changes it.
@@ -22,18 +24,17 @@ import math
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metalr.protocols import ImportedNet
+
 POLICY = "mlrsnet"
 PAPER_GAMMA = 1.0  # images (paper Sec. 4, footnote 1)
 SOURCE_CLASSES = 10  # CIFAR-10: ref_lr is the LR at the untrained loss ln(10)
-FORMAT_KEY = "metalr.source_format"
-FORMAT = "torch-state-dict (authors' MLR-SNet layout)"
-SOURCE_KEY, SHA256_KEY = "metalr.source", "metalr.source_sha256"
-REF_UNSET_KEY = "metalr.ref_lr_unset"  # read straight from a .pth: ref_lr still to be set
 _MAPS = ("fc_i2h", "fc_h2h")
 _LAYOUT_HINT = ("expected the authors' MLR-SNet layout: layer1.fc_i2h.{0,2}.{weight,bias}, "
                 "layer1.fc_h2h.{0,2}.{weight,bias}, layer3.{weight,bias}")
@@ -86,7 +87,7 @@ def convert(state: dict[str, torch.Tensor], path: Path,
 
     Checks every key and shape first; ``ValueError`` names the file, the key and what was
     expected. Dtypes, NaNs and sizes are checked before, by :func:`metalr.weights.check_tensors`,
-    the one check of both formats. ``ref_lr`` is left to :func:`set_reference_lr`, which needs
+    the one check of every format. ``ref_lr`` is left to :func:`set_reference_lr`, which needs
     the built net.
     """
     if "layer3.weight" not in state or "layer1.fc_i2h.0.weight" not in state:
@@ -124,7 +125,7 @@ def set_reference_lr(net: Any, classes: int = SOURCE_CLASSES) -> float:
     return float(lr)
 
 
-def _target_name(source: Path) -> str:
+def target_name(source: Path) -> str:
     """``mlr_snet 100.pth`` -> ``theta-epoch0100.safetensors`` (the epoch the authors saved it)."""
     epoch = re.search(r"(\d+)$", source.stem)
     if epoch is None:
@@ -132,46 +133,21 @@ def _target_name(source: Path) -> str:
     return f"theta-epoch{int(epoch.group(1)):04d}.safetensors"
 
 
-def import_nets(files: list[str | Path], out: str | Path, gamma: float = PAPER_GAMMA) -> list[Path]:
-    """Convert released ``.pth`` files into safetensors in ``out``, with a ``card.md``.
-
-    Each output's header and the card record the source file and its sha256, so a converted
-    net can be traced to the exact file it came from. ``out`` must hold no nets yet (a stale
-    net would become an extra phase). The folder then works wherever a net is named.
-    """
-    from metalr.weights import WeightsError, load_meta_learner, save_meta_learner, sha256
-
-    if not (math.isfinite(gamma) and gamma > 0):  # a NaN or inf gamma would be saved as theta
-        raise WeightsError(f"--gamma must be a finite number > 0 (the LR bound), got {gamma}")
-    out = Path(out)
-    if out.is_dir() and any(out.glob("*.safetensors")):
-        raise WeightsError(f"{out}: already holds nets; choose an empty or new folder")
-    sources = [Path(f) for f in files]
-    targets = [out / _target_name(src) for src in sources]
-    if len(set(targets)) != len(targets):
-        raise WeightsError(f"two sources map to the same output name: {[t.name for t in targets]}")
-    nets = []
-    for src in sources:  # check every file before writing anything
-        net = load_meta_learner(src, frozen=True)
-        if gamma != PAPER_GAMMA:
-            net.set_gamma(gamma)
-            set_reference_lr(net)
-        nets.append(net)
-    rows = []
-    for src, target, net in zip(sources, targets, nets):
-        digest = sha256(src)
-        save_meta_learner(target, POLICY, net, extra={
-            FORMAT_KEY: FORMAT, SOURCE_KEY: src.name, SHA256_KEY: digest})
-        rows.append(f"| {target.name} | {src.name} | `{digest}` | {float(net.ref_lr):.6g} |")
-    card = [
+def card(imported: Sequence[ImportedNet], gamma: float | None) -> str:
+    """The ``card.md`` of a folder of converted nets: where they came from, what metalr set."""
+    gamma = PAPER_GAMMA if gamma is None else gamma
+    first = imported[0].net
+    rows = [f"| {i.target.name} | {i.source.name} | `{i.sha256}` | {float(i.net.ref_lr):.6g} |"
+            for i in imported]
+    lines = [
         "# MLR-SNet nets released by the paper's authors",
         "",
         ("Meta-trained by Shu et al. on CIFAR-10 with ResNet-18 (xjtushujun/MLR-SNet, "
          "`meta-test/`), converted by `metalr nets import` to safetensors. No licence is "
          "stated by their repository: do not redistribute without asking the authors."),
         "",
-        (f"- policy `mlrsnet`, `cell: official`, hidden {nets[0].hidden}, width "
-         f"{nets[0].width}, `preset: paper` (no cool-down)"),
+        (f"- policy `mlrsnet`, `cell: official`, hidden {first.hidden}, width "
+         f"{first.width}, `preset: paper` (no cool-down)"),
         (f"- gamma {gamma:g} (the paper's for images; the reference code derives ~0.67 for "
          "CIFAR-10); ref_lr: each net's first LR from a zero state at loss ln(10)"),
         "- phases: the files in name order (meta-training epochs)",
@@ -181,5 +157,29 @@ def import_nets(files: list[str | Path], out: str | Path, gamma: float = PAPER_G
         *rows,
         "",
     ]
-    (out / "card.md").write_text("\n".join(card))
-    return targets
+    return "\n".join(lines)
+
+
+class OfficialFormat:
+    """The ``mlrsnet-official`` net format: the authors' files as ``mlrsnet`` nets."""
+
+    label = "torch-state-dict (authors' MLR-SNet layout)"
+    description = "one of the authors' MLR-SNet torch files"
+
+    def read(self, path: Path) -> dict[str, torch.Tensor]:
+        return read_state_dict(path)
+
+    def convert(self, tensors: dict[str, torch.Tensor],
+                path: Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+        return convert(tensors, path)
+
+    def complete(self, net: Any) -> None:
+        """Set ``ref_lr``, which the files lack, unless a recipe's gamma fixed the scale."""
+        if getattr(net, "gamma_source", None) != "option":
+            set_reference_lr(net)
+
+    def target_name(self, source: Path) -> str:
+        return target_name(source)
+
+    def card(self, imported: Sequence[ImportedNet], gamma: float | None) -> str:
+        return card(imported, gamma)
