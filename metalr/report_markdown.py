@@ -42,8 +42,10 @@ def stamp(suites: Sequence[Suite], others: Mapping[str, Mapping[str, str]] | Non
         seen.setdefault(_environment({**p, "torch_threads": "as printed"}), []).append(name)
     lines = []
     for (commit, version, torch, threads, cpu, device, python), names in seen.items():
-        lines.append(f"metalr {version} at commit {commit}; torch {torch}, {threads} "
-                     f"thread(s), CPU kernels {cpu}, device {device}, Python {python}"
+        threads = ("the thread count it prints" if threads == "as printed"
+                   else f"{threads} thread(s)")
+        lines.append(f"metalr {version} at commit {commit}; torch {torch}, {threads}, "
+                     f"CPU kernels {cpu}, device {device}, Python {python}"
                      + (f" ({', '.join(names)})" if len(seen) > 1 else ""))
     if len({key[0] for key in seen}) > 1:
         lines.append("**These rows come from more than one commit**: rerun them at one.")
