@@ -275,7 +275,7 @@ def _gathered(section: Section, gathered: list, missing: list[str]) -> str:
             "two-sided paired t-test; `within x`: the mean no more than x behind):\n\n"
             + markdown_table(["section", *COMPARISON_HEAD], rows))
     if missing:
-        text += ("\n\nNot in this table yet (no run of the section was there to read): "
+        text += ("\n\nNot in this table yet (no finished run of the section was there to read): "
                  + ", ".join(f"`{command(m)}`" for m in missing) + ".")
     return text
 
@@ -351,8 +351,11 @@ def reproduce(name: str, index_path: str | Path = INDEX, out: str | Path = "meta
                 missing.append(other)
                 continue
             experiments = [load_recipe_name(run) for run in index.sections[other].runs()]
-            gathered += [(other, suite) for suite in
-                         load_suites(experiments, found, None if quiet else say)[0]]
+            suites = load_suites(experiments, found, None if quiet else say)[0]
+            if not suites or any(suite.status != "FINISHED" for suite in suites):
+                missing.append(other)  # still running, or stopped: not a result yet
+                continue
+            gathered += [(other, suite) for suite in suites]
         if not gathered:
             raise RunError(f"{out}: no run of the sections {', '.join(section.gather)} here; "
                            f"run `{command(section.gather[0])} --out {out}` (and the others) "

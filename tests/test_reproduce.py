@@ -167,7 +167,7 @@ def test_a_gathering_section_tabulates_the_comparisons_of_others(section, tmp_pa
     own = next(ln for ln in block((root / "docs" / "page.md").read_text(), "tiny").splitlines()
                if ln.startswith("| fast | slow |"))
     assert f"| tiny {own}" in body  # the row named by the section it comes from
-    assert "Not in this table yet (no run of the section was there to read): " \
+    assert "Not in this table yet (no finished run of the section was there to read): " \
         "`metalr reproduce never`." in body
     assert "the stores of `metalr reproduce tiny`" in body
     missing = cli(root, "reproduce", "all", "--index", str(index), "--out", "elsewhere", "-q")
