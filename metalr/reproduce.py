@@ -282,7 +282,7 @@ def _gathered(section: Section, gathered: list, missing: list[str]) -> str:
 
 def latest_store(name: str, out: str | Path) -> str | None:
     """The store of section ``name``'s latest run under ``out`` (None: none there)."""
-    folders = sorted(Path(out).glob(f"reproduce-{name}-*/mlflow.db"))
+    folders = sorted(Path(out).glob(f"reproduce-{name}-[0-9]*/mlflow.db"))  # not NAME-other
     return f"sqlite:///{folders[-1].resolve()}" if folders else None
 
 
