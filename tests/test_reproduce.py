@@ -43,6 +43,17 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=300)
 
 
+def assert_rerender_is_the_same(root: Path, name: str, folder: Path, tmp_path: Path) -> None:
+    """Section ``name`` rendered again from its store (``--store``) into a copy of its document
+    gives the document the run wrote, byte for byte."""
+    copy = tmp_path / "page.md"
+    copy.write_text((root / "docs" / "page.md").read_text())
+    done = cli(root, "reproduce", name, "--store", f"sqlite:///{folder / 'mlflow.db'}",
+               "--doc", str(copy), "-q")
+    assert done.returncode == 0, done.stderr
+    assert copy.read_text() == (root / "docs" / "page.md").read_text()
+
+
 def block(text: str, name: str) -> str:
     begin, end = markers(name)
     return text[text.index(begin) + len(begin):text.index(end)]
@@ -120,12 +131,7 @@ def test_the_comparison_is_a_paired_t_test(section):
 
 def test_a_rerender_from_the_store_gives_the_same_block(section, tmp_path):
     root, folder = section
-    copy = tmp_path / "page.md"
-    copy.write_text((root / "docs" / "page.md").read_text())
-    done = cli(root, "reproduce", "tiny", "--store", f"sqlite:///{folder / 'mlflow.db'}",
-               "--doc", str(copy), "-q")
-    assert done.returncode == 0, done.stderr
-    assert copy.read_text() == (root / "docs" / "page.md").read_text()
+    assert_rerender_is_the_same(root, "tiny", folder, tmp_path)
 
 
 def test_figures_are_drawn_from_the_stores_runs(section):
@@ -230,12 +236,7 @@ def test_a_bench_section_quotes_the_scripts_output(swept, tmp_path):
     assert "```text\nratio 1.00 --x 2\n```" in body
     env = json.loads((folder / "bench-0.json").read_text())  # the script's environment, stamped
     assert env["git_commit"][:10] in body and env["torch_version"] in body
-    copy = tmp_path / "page.md"
-    copy.write_text((root / "docs" / "page.md").read_text())
-    done = cli(root, "reproduce", "sw", "--store", f"sqlite:///{folder / 'mlflow.db'}",
-               "--doc", str(copy), "-q")
-    assert done.returncode == 0, done.stderr
-    assert copy.read_text() == (root / "docs" / "page.md").read_text()
+    assert_rerender_is_the_same(root, "sw", folder, tmp_path)
 
 
 def test_a_bench_line_must_name_a_committed_script(tmp_path):
