@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from metalr.plugins import get_registry
-from metalr.results import CHANCE_MARGIN, chance_level
+from metalr.contracts.registry import get_registry
+from metalr.running.results import CHANCE_MARGIN, chance_level
 
 TUNED = ("fixed", "cosine", "wsd")
 

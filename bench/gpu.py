@@ -35,11 +35,11 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from metalr.data import TensorClassificationTask
-from metalr.device import Precision, channels_last, device_settings
-from metalr.engine import Engine, EngineConfig
-from metalr.plugins import get_registry
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.contracts.registry import get_registry
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.data import TensorClassificationTask
+from metalr.engine.device import Precision, channels_last, device_settings
 
 PRESETS = {  # train images, meta images, image side, batch size, rounds
     "full": {"train": 49_000, "meta": 1000, "side": 32, "batch": 128, "repeats": 3},

@@ -73,8 +73,8 @@ def _train(reg, task, model_name, model_opts, meta: bool, steps: int, device,
     the ``unroll`` objective ``unroll`` steps ahead when above 1)."""
     import torch
 
-    from metalr.engine import Engine, EngineConfig
-    from metalr.protocols import RunInfo
+    from metalr.contracts.protocols import RunInfo
+    from metalr.engine.algorithm import Engine, EngineConfig
 
     torch.manual_seed(SEED)
     model = reg.get("model", model_name).build(task.spec, **model_opts).to(device)
@@ -106,7 +106,7 @@ def measure(model_key: str, meta: bool, steps: int, device_name: str, threads: i
     """One measurement, in this process: meant to run in a fresh one (see the module docstring)."""
     import torch
 
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)

@@ -16,7 +16,7 @@ verdict: PASS when hi <= target, FAIL when lo > target, UNRESOLVED when the inte
 the target (more pairs, or a quieter machine). The interval is the median's, not the spread of
 single pairs: it narrows as pairs are added, which is what lets a noisy machine resolve 2%.
 ``torch.set_num_threads`` is pinned (``--threads``, default 1) and printed. Freed memory is kept
-for reuse (:func:`metalr.device.keep_freed_memory`), as ``metalr run`` does on the CPU by
+for reuse (:func:`metalr.engine.device.keep_freed_memory`), as ``metalr run`` does on the CPU by
 default; ``--system-malloc`` measures glibc's default instead (the runs of ratios 2-6 go through
 the runner, which keeps freed memory unless the recipe says ``train.keep_freed_memory: false``).
 
@@ -60,12 +60,12 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from metalr.device import keep_freed_memory
-from metalr.engine import Engine, EngineConfig
-from metalr.plugins import get_registry
-from metalr.protocols import RunInfo
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.contracts.protocols import RunInfo
+from metalr.contracts.registry import get_registry
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.device import keep_freed_memory
+from metalr.recipes.loader import Recipe
+from metalr.running.runner import Runner
 
 SEED = 0
 KEEP_FREED_MEMORY = [True]  # --system-malloc: False, for the runs that go through the runner

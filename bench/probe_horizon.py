@@ -15,8 +15,8 @@ import argparse
 
 import torch
 
-from metalr import probe
-from metalr.plugins import get_registry
+from metalr.contracts.registry import get_registry
+from metalr.engine import probe
 
 CASES = {
     "digits": (("digits", {"meta_size": 200}), ("cnn-digits", {}), {}, 128, 30),

@@ -45,7 +45,7 @@ def timed_sweep(root: Path, epochs: int,
                 workers: int) -> tuple[float, list[str], tuple[float, float]]:
     from mlflow.tracking import MlflowClient
 
-    from metalr.sweep import execute, plan
+    from metalr.running.sweep import execute, plan
 
     folder = root / f"workers{workers}"
     folder.mkdir()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from metalr.hookspecs import hookimpl
+from metalr.contracts.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads them
-    from metalr.plugins import (
+    from metalr.contracts.registry import (
         DuplicateComponentError,
         Registry,
         UnknownComponentError,
@@ -23,15 +23,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
 
 __version__ = "0.1.0"
 
-_LAZY = {"DuplicateComponentError": "metalr.plugins", "Registry": "metalr.plugins",
-         "UnknownComponentError": "metalr.plugins", "get_registry": "metalr.plugins",
+_LAZY = {"DuplicateComponentError": "metalr.contracts.registry", "Registry": "metalr.contracts.registry",
+         "UnknownComponentError": "metalr.contracts.registry", "get_registry": "metalr.contracts.registry",
          "LearnedLR": "metalr.scheduler"}
 
 
 def __getattr__(name: str) -> Any:
     """The public names, imported on first use. ``ControlledLR`` lives in the controller plugin:
-    asked of the registry (the :class:`metalr.protocols.HandLoopScheduled` contract), since the
-    core imports no plugin."""
+    asked of the registry (the :class:`metalr.contracts.protocols.HandLoopScheduled` contract),
+    since the core imports no plugin."""
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name == "ControlledLR":
@@ -43,8 +43,8 @@ def __getattr__(name: str) -> Any:
 
 
 def _controlled_lr() -> type:
-    from metalr.plugins import UnknownComponentError, get_registry
-    from metalr.protocols import HandLoopScheduled
+    from metalr.contracts.protocols import HandLoopScheduled
+    from metalr.contracts.registry import UnknownComponentError, get_registry
 
     try:
         factory = get_registry().get("lr_policy", "lr-controller").factory
@@ -52,7 +52,7 @@ def _controlled_lr() -> type:
         raise ImportError(f"metalr.ControlledLR needs the lr-controller plugin: {exc}") from exc
     if not isinstance(factory, HandLoopScheduled):
         raise ImportError("metalr.ControlledLR: the lr-controller component offers no "
-                          "scheduler() (metalr.protocols.HandLoopScheduled)")
+                          "scheduler() (metalr.contracts.protocols.HandLoopScheduled)")
     return factory.scheduler()
 
 

@@ -16,13 +16,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metalr.checkpoint import CheckpointError
-from metalr.plugins import KINDS, PluginLoadError, UnknownComponentError, get_registry
-from metalr.recipe import RecipeError, load_recipe
-from metalr.rundir import RunError
+from metalr.contracts.registry import KINDS, PluginLoadError, UnknownComponentError, get_registry
+from metalr.engine.checkpoint import CheckpointError
+from metalr.recipes.loader import RecipeError, load_recipe
+from metalr.running.rundir import RunError
 
 if TYPE_CHECKING:
-    from metalr.results import RunSummary
+    from metalr.running.results import RunSummary
 
 
 def option_rows(component: Any) -> list[dict[str, str]]:
@@ -115,7 +115,7 @@ def _selection(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from metalr.validation import temporary_files_removed
+    from metalr.recipes.validation import temporary_files_removed
 
     with temporary_files_removed():  # validate writes nothing, temporary files included
         recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
@@ -132,7 +132,7 @@ def _is_main_rank() -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from metalr.runner import Runner  # torch-heavy; not needed by the other commands
+    from metalr.running.runner import Runner  # torch-heavy; not needed by the other commands
 
     recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
     args.runner = Runner(recipe, progress=not args.quiet)  # -q: result lines still print
@@ -153,7 +153,7 @@ def _report(summary: RunSummary, tracked: bool) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from metalr.sweep import execute, plan
+    from metalr.running.sweep import execute, plan
 
     if os.environ.get("WORLD_SIZE", "1") != "1":
         raise RunError("a sweep cannot run under torchrun (its executor starts its own "
@@ -179,7 +179,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from metalr.runner import Runner
+    from metalr.running.runner import Runner
 
     args.runner = Runner.resumable(args.run_dir, progress=not args.quiet)
     args.runner.tracking_uri = args.tracking_uri  # else the store the folder recorded
@@ -190,9 +190,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     """Lists (and cleans) an existing store only: a missing, empty, foreign or damaged SQLite
     file is a one-line error (exit 2), never created, migrated or written."""
-    from metalr.rundir import StoreError, is_running
-    from metalr.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
-    from metalr.suite_reader import ReportError, existing_store
+    from metalr.reporting.suite_reader import ReportError, existing_store
+    from metalr.running.rundir import StoreError, is_running
+    from metalr.running.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
 
     try:
         if args.tracker == "mlflow":  # its default store resolved by the plugin, read-only
@@ -230,7 +230,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_nets(args: argparse.Namespace) -> int:
-    from metalr.scheduler import describe_shipped_nets
+    from metalr.scheduler.learned import describe_shipped_nets
 
     if getattr(args, "nets_command", None) == "import":
         return _cmd_nets_import(args)
@@ -250,8 +250,8 @@ def _cmd_nets(args: argparse.Namespace) -> int:
 
 
 def _cmd_nets_import(args: argparse.Namespace) -> int:
-    from metalr.net_import import import_nets
-    from metalr.weights import WeightsError
+    from metalr.engine.net_import import import_nets
+    from metalr.engine.weights import WeightsError
 
     try:
         written = import_nets(args.files, args.out, gamma=args.gamma)
@@ -266,7 +266,7 @@ def _cmd_nets_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_nets_ship(args: argparse.Namespace) -> int:
-    from metalr.cards import CardError, NetsDiffer, ship
+    from metalr.reporting.cards import CardError, NetsDiffer, ship
 
     try:
         shipped = ship(args.run, args.out, replace=args.replace)
@@ -285,7 +285,7 @@ def _cmd_nets_ship(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from metalr.report import ReportError, build_report
+    from metalr.reporting.html import ReportError, build_report
 
     say = None if args.quiet else (lambda line: print(line, flush=True))
     try:
@@ -301,8 +301,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from metalr.report import ReportError
-    from metalr.reproduce import load_index, reproduce
+    from metalr.reporting.html import ReportError
+    from metalr.reporting.reproduce import load_index, reproduce
 
     if args.list:
         index = load_index(args.index)
@@ -439,7 +439,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
-    from metalr.template import TemplateError, new_plugin
+    from metalr.recipes.template import TemplateError, new_plugin
 
     try:
         folder = new_plugin(args.name, args.out)

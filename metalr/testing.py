@@ -1,6 +1,6 @@
 """Conformance checks for plugin authors: test a component the way metalr tests its own.
 
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
     from metalr.testing import check_component
 
     def test_my_rule():
@@ -21,18 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metalr import checkpoint
-from metalr.data import TensorClassificationTask
-from metalr.engine import (
-    Engine,
-    EngineConfig,
-    RunInterrupted,
-    is_episodic,
-    is_meta_learned,
-    step_context,
-)
-from metalr.plugins import Component
-from metalr.protocols import (
+from metalr.contracts.protocols import (
     ModelSpec,
     NetFormat,
     Resumable,
@@ -40,6 +29,17 @@ from metalr.protocols import (
     StepContext,
     TrackerReader,
 )
+from metalr.contracts.registry import Component
+from metalr.engine import checkpoint
+from metalr.engine.algorithm import (
+    Engine,
+    EngineConfig,
+    RunInterrupted,
+    is_episodic,
+    is_meta_learned,
+    step_context,
+)
+from metalr.engine.data import TensorClassificationTask
 
 
 class Blobs(TensorClassificationTask):
@@ -98,9 +98,9 @@ def check_meta_objective(component: Component, options: dict[str, Any]) -> None:
     """A meta-objective must give a finite scalar meta loss that depends on the LR, whose
     derivative matches a central finite difference of itself (float64), meta-train a
     learner end to end (theta moves, the run learns), and declare its run state
-    (:class:`metalr.protocols.Resumable`): that meta-training, stopped and resumed with a fresh
-    objective, gives the same LRs."""
-    from metalr.protocols import MetaObjective  # noqa: PLC0415 (the check's own contract)
+    (:class:`metalr.contracts.protocols.Resumable`): that meta-training, stopped and resumed with a
+    fresh objective, gives the same LRs."""
+    from metalr.contracts.protocols import MetaObjective  # noqa: PLC0415 (the check's own contract)
 
     name = component.name
     objective = component.build(**options)
@@ -131,7 +131,7 @@ def check_meta_objective(component: Component, options: dict[str, Any]) -> None:
     fd = (float(above) - float(below)) / 2e-6
     assert math.isfinite(float(d)) and abs(float(d) - fd) <= 1e-4 * max(1.0, abs(fd)), (
         f"{name}: d meta loss / d lr = {float(d):.6g}, finite difference {fd:.6g}")
-    from metalr.plugins import get_registry  # noqa: PLC0415 (a real meta-learner to train)
+    from metalr.contracts.registry import get_registry  # noqa: PLC0415 (a real meta-learner to train)
 
     learner = get_registry().get("lr_policy", "mlrsnet").build(gamma=0.2)
     before = {k: v.clone() for k, v in learner.state_dict().items()}
@@ -172,12 +172,12 @@ def check_net_format(component: Component, options: dict[str, Any],
     """A net format must refuse, with ``ValueError`` naming the file, a file that is not of it
     (the loader tries every format on a file that is not safetensors); given a ``sample`` of
     it, its conversion must build and load as the lr policy it names."""
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
 
     fmt = component.build(**options)
     assert isinstance(fmt, NetFormat), (
         f"net format {component.name!r}: give it label, description, read, convert, complete, "
-        "target_name and card (metalr.protocols.NetFormat)")
+        "target_name and card (metalr.contracts.protocols.NetFormat)")
     with tempfile.TemporaryDirectory() as folder:
         junk = Path(folder) / "junk.bin"
         junk.write_bytes(b"not a net of any format")
@@ -200,7 +200,7 @@ def check_lr_policy(component: Component, options: dict[str, Any],
     """Train with the policy and see it steer: positive finite LRs under which the model learns.
 
     ``expected_lr``: the LR the policy must give at every step (a fixed schedule's configured
-    LR). Every policy must declare its run state (:class:`metalr.protocols.Resumable`) so
+    LR). Every policy must declare its run state (:class:`metalr.contracts.protocols.Resumable`) so
     that the run, stopped and resumed from a checkpoint with a fresh policy, gives the same
     LRs. A meta-learner must also change theta, give LRs that respond to the loss it is fed,
     and survive a ``state_dict`` round trip.
@@ -239,7 +239,7 @@ def check_lr_policy(component: Component, options: dict[str, Any],
         return _engine(task, _mlp(task.spec), fresh, t_val=4)
 
     _check_resume(name, same_run, lrs)
-    if is_episodic(policy):  # trains itself (metalr.episodes); its saved state must act the same
+    if is_episodic(policy):  # trains itself (metalr.engine.episodes); its saved state must act the same
         twin = component.build(**options)
         twin.load_state_dict(policy.state_dict())
         runs = []
@@ -269,7 +269,7 @@ def check_lr_policy(component: Component, options: dict[str, Any],
             f"{name}: the same LR {answers.pop()} whatever the loss: the net ignores its input")
 
 
-_NOT_RESUMABLE = ("no run_state() / load_run_state() (metalr.protocols.Resumable): a checkpoint "
+_NOT_RESUMABLE = ("no run_state() / load_run_state() (metalr.contracts.protocols.Resumable): a checkpoint "
                   "cannot keep its state, so a stopped run of it cannot resume")
 
 
@@ -366,7 +366,7 @@ def check_optimizer(component: Component, options: dict[str, Any]) -> None:
 def check_tracker(component: Component, options: dict[str, Any]) -> None:
     """A parent and a child run, read back: params, tags, metrics by step, artifacts, status.
 
-    The tracker must implement :class:`~metalr.protocols.TrackerReader` (``read_run``): a
+    The tracker must implement :class:`~metalr.contracts.protocols.TrackerReader` (``read_run``): a
     tracker that stores nothing, or drops a step, has to fail here.
     """
     import inspect
@@ -378,7 +378,7 @@ def check_tracker(component: Component, options: dict[str, Any]) -> None:
     assert "tags" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()), (
         f"{name}: start_run must take tags= (the run's provenance)")
     assert isinstance(tracker, TrackerReader), (
-        f"{name}: give the tracker read_run(run_id) -> metalr.protocols.RecordedRun, so that "
+        f"{name}: give the tracker read_run(run_id) -> metalr.contracts.protocols.RecordedRun, so that "
         "this check can read back what it stored")
     tags = {"metalr.device": "cpu", "metalr.torch_threads": "1"}
     parent = tracker.start_run("metalr-conformance", "check", {"a": 1, "lr": 0.1}, tags=tags)
@@ -422,10 +422,10 @@ def check_learned(summary: Any, may_not_learn: Collection[str] = ()) -> None:
     """Every method of a recipe run finished and learned something (a slow test's bar).
 
     Finished: not diverged, not failed. Learned: the final test (else meta) metric above chance
-    plus :data:`metalr.results.CHANCE_MARGIN` where the task has a chance level (classification
-    accuracy), else a last epoch whose training loss is below the first step's. A recipe whose
-    methods all diverge, or all sit at chance, fails here. ``may_not_learn``: methods that
-    must finish but whose failure to learn is the point (an ablation's bad setting). Every
+    plus :data:`metalr.running.results.CHANCE_MARGIN` where the task has a chance level
+    (classification accuracy), else a last epoch whose training loss is below the first step's. A
+    recipe whose methods all diverge, or all sit at chance, fails here. ``may_not_learn``: methods
+    that must finish but whose failure to learn is the point (an ablation's bad setting). Every
     problem is reported at once.
     """
     assert summary.results, f"{summary.name}: no results"
@@ -435,7 +435,7 @@ def check_learned(summary: Any, may_not_learn: Collection[str] = ()) -> None:
 
 
 def _not_learned(r: Any, summary: Any, finish_only: bool) -> str | None:
-    from metalr.results import CHANCE_MARGIN
+    from metalr.running.results import CHANCE_MARGIN
 
     if r.status != "FINISHED":
         return f"{r.label}: {r.status} ({r.error})"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from metalr.plugins import get_registry
+from metalr.contracts.registry import get_registry
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +57,11 @@ def mnist1d_64(registry):
 @pytest.fixture
 def replay_learned():
     """The LRs the shipped ``mnist1d-mlp`` nets give for a sequence of losses, computed directly
-    through :class:`~metalr.scheduler.PhasedNets` (no scheduler, no framework): what an adapter
-    must have applied at each optimizer step."""
+    through :class:`~metalr.scheduler.learned.PhasedNets` (no scheduler, no framework): what an
+    adapter must have applied at each optimizer step."""
     import torch
 
-    from metalr.scheduler import PhasedNets, load_nets
+    from metalr.scheduler.learned import PhasedNets, load_nets
 
     def replay(losses, total_steps: int, lr: float | None = None) -> list[float]:
         phases = PhasedNets(load_nets("mnist1d-mlp"))

@@ -24,10 +24,10 @@ from metalr_adaptive import L4, RTHO, HypergradientDescent, MissingMetaSplitErro
 from metalr_adaptive.directions import UnsupportedOptimizerError, update_direction
 from torch.func import functional_call
 
-from metalr.engine import Engine, EngineConfig, TrainingDiverged
-from metalr.order import DataOrder
-from metalr.plugins import Registry
-from metalr.protocols import RunInfo
+from metalr.contracts.protocols import RunInfo
+from metalr.contracts.registry import Registry
+from metalr.engine.algorithm import Engine, EngineConfig, TrainingDiverged
+from metalr.engine.order import DataOrder
 
 pytestmark = pytest.mark.usefixtures("float64")
 

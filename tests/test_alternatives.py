@@ -16,8 +16,8 @@ import pytest
 import torch
 from metalr_alternatives import RECOMMENDED_LR, MissingExtraError
 
-from metalr.engine import Engine, EngineConfig
-from metalr.plugins import Registry
+from metalr.contracts.registry import Registry
+from metalr.engine.algorithm import Engine, EngineConfig
 
 PACKAGES = {
     "sgd-schedulefree": "schedulefree",

@@ -19,10 +19,10 @@ import yaml
 from metalr_schedules import CosineLR
 
 from metalr.cli import main
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import RunInfo, StepContext
-from metalr.recipe import RecipeError, load_recipe
-from metalr.runner import Runner
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.recipes.loader import RecipeError, load_recipe
+from metalr.running.runner import Runner
 from metalr.testing import Blobs, _Fixed, _mlp
 
 REPO = Path(__file__).resolve().parents[1]

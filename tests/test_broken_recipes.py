@@ -21,8 +21,8 @@ import yaml
 from safetensors.torch import save_file
 
 from metalr.cli import build_parser, main, parse_args
-from metalr.recipe import load_recipe
-from metalr.weights import save_meta_learner
+from metalr.engine.weights import save_meta_learner
+from metalr.recipes.loader import load_recipe
 
 pytestmark = pytest.mark.faults
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from metalr.cards import BEGIN, END, absolute_paths, card_command
-from metalr.provenance import command_tag
 from metalr.cli import main
-from metalr.scheduler import NETS_DIR, PhasedNets, load_nets
+from metalr.reporting.cards import BEGIN, END, absolute_paths, card_command
+from metalr.running.provenance import command_tag
+from metalr.scheduler.learned import NETS_DIR, PhasedNets, load_nets
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout these tests belong to
 MACHINE_PATH = re.compile(r"/tmp/|/work/|/home/|/root/|/Users/|[A-Za-z]:\\")

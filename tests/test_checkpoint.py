@@ -12,8 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from metalr import checkpoint
-from metalr.engine import Engine, EngineConfig, RunInterrupted
+from metalr.engine import checkpoint
+from metalr.engine.algorithm import Engine, EngineConfig, RunInterrupted
 
 slow = pytest.mark.slow
 CASES = [  # the default suite keeps one of each kind of state; -m slow runs them all
@@ -199,7 +199,7 @@ def test_a_policy_without_a_run_state_runs_but_is_refused_on_resume(task, tmp_pa
     where = f"{Forgetful.__module__}.Forgetful"
     assert message == (f"cannot resume: the lr policy 'forgetful' ({where}) declares no run "
                        "state; implement run_state() / load_run_state() "
-                       "(metalr.protocols.Resumable) in it, or delete the run's checkpoint "
+                       "(metalr.contracts.protocols.Resumable) in it, or delete the run's checkpoint "
                        "files to start it over")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalr.plugins import get_registry
+from metalr.contracts.registry import get_registry
 from metalr.testing import check_component
 
 # mlflow: against a temporary store below; lstm-lm: trained on pydoc-lm in test_tasks_extra.py
@@ -46,7 +46,7 @@ def test_mlflow_tracker_conforms(tmp_path, monkeypatch):
 
 
 def test_a_broken_policy_fails_the_check(registry):
-    from metalr.plugins import Component
+    from metalr.contracts.registry import Component
 
     class Negative:
         def start(self, run): pass
@@ -61,7 +61,7 @@ def test_a_broken_policy_fails_the_check(registry):
 
 
 def policy(cls, name="broken"):
-    from metalr.plugins import Component
+    from metalr.contracts.registry import Component
 
     return Component("lr_policy", name, cls, None, "tests")
 
@@ -159,8 +159,8 @@ def test_a_policy_whose_run_state_misses_a_counter_fails():
 
 
 def test_a_meta_objective_without_a_run_state_fails():
-    from metalr.objectives import OneStep
-    from metalr.plugins import Component
+    from metalr.contracts.registry import Component
+    from metalr.engine.objectives import OneStep
 
     class Undeclared:
         def meta_loss(self, look, lr): return OneStep().meta_loss(look, lr)
@@ -192,13 +192,13 @@ class StoresNothing(CannotReadBack):
     """What it reads back is empty: nothing was stored."""
 
     def read_run(self, run_id):
-        from metalr.protocols import RecordedRun
+        from metalr.contracts.protocols import RecordedRun
 
         return RecordedRun("", "RUNNING", {}, {}, {}, [])
 
 
 def tracker(cls):
-    from metalr.plugins import Component
+    from metalr.contracts.registry import Component
 
     return Component("tracker", "broken", cls, None, "tests")
 
@@ -245,8 +245,8 @@ def test_a_real_tracker_with_one_fault_fails(tmp_path, monkeypatch, fault):
 
 
 def digits_run(tmp_path, **methods):
-    from metalr.recipe import Recipe
-    from metalr.runner import Runner
+    from metalr.recipes.loader import Recipe
+    from metalr.running.runner import Runner
 
     recipe = Recipe.model_validate({
         "name": "bar", "task": {"name": "digits"}, "model": {"name": "mlp",

@@ -7,8 +7,8 @@ import pytest
 import torch
 from metalr_mlrsnet.base import cooldown_factor
 
-from metalr.engine import Engine, EngineConfig, is_meta_learned
-from metalr.protocols import Rechecked
+from metalr.contracts.protocols import Rechecked
+from metalr.engine.algorithm import Engine, EngineConfig, is_meta_learned
 
 
 def _fit(registry, name, seed=0, epochs=8, **options):

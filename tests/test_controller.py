@@ -15,10 +15,10 @@ from gymnasium.utils.env_checker import check_env
 from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
-from metalr.engine import Engine, EngineConfig, is_episodic, is_meta_learned
-from metalr.protocols import EpisodicLearner, HypergradientLearner
+from metalr.contracts.protocols import EpisodicLearner, HypergradientLearner
+from metalr.engine.algorithm import Engine, EngineConfig, is_episodic, is_meta_learned
+from metalr.engine.weights import WeightsError, load_meta_learner, save_meta_learner
 from metalr.testing import Blobs, _mlp
-from metalr.weights import WeightsError, load_meta_learner, save_meta_learner
 
 EPOCHS, BATCH = 2, 32  # Blobs: 512 - 64 meta = 448 train, 14 steps an epoch, 28 a run
 
@@ -51,7 +51,7 @@ def maker(task, base_seed: int = 100):
 @pytest.fixture(scope="module")
 def trained(registry, task):
     """A controller after a few hundred PPO timesteps on the tiny task, and its episodes."""
-    from metalr.episodes import train_episodes
+    from metalr.engine.episodes import train_episodes
 
     ctrl = build(registry, act_every=2, episodes=20, batch_size=13, n_epochs=4, ppo_lr=3e-3)
     before = {k: v.clone() for k, v in ctrl.state_dict().items()}
@@ -355,7 +355,7 @@ def test_controlled_lr_is_the_plugins_reached_through_the_registry(registry):
     """``metalr.ControlledLR`` lives in the controller plugin; the core finds it through the
     lr-controller component's declared ``scheduler()``, never by importing the plugin."""
     import metalr
-    from metalr.protocols import HandLoopScheduled
+    from metalr.contracts.protocols import HandLoopScheduled
 
     factory = registry.get("lr_policy", "lr-controller").factory
     assert isinstance(factory, HandLoopScheduled)

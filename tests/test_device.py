@@ -1,4 +1,5 @@
-"""How a run uses its device (metalr/device.py): AMP against fp32, channels_last, settings, syncs.
+"""How a run uses its device (metalr/engine/device.py): AMP against fp32, channels_last, settings,
+syncs.
 
 CPU autocast runs the same code path as CUDA autocast (bfloat16, and float16 with a
 GradScaler), so the hypergradient under AMP is checked here on every machine; the same checks
@@ -14,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from metalr.data import TensorClassificationTask
-from metalr.device import device_settings
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import ModelSpec, RunInfo
+from metalr.contracts.protocols import ModelSpec, RunInfo
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.data import TensorClassificationTask
+from metalr.engine.device import device_settings
 
 
 class TinyImages(TensorClassificationTask):
@@ -243,9 +244,9 @@ def test_a_run_records_the_device_it_used_and_runs_under_amp(tmp_path):
     import types
 
     from metalr import hookimpl
-    from metalr.plugins import Registry
-    from metalr.recipe import Recipe
-    from metalr.runner import Runner
+    from metalr.contracts.registry import Registry
+    from metalr.recipes.loader import Recipe
+    from metalr.running.runner import Runner
 
     params: list[dict] = []
 
@@ -287,7 +288,7 @@ def test_a_run_records_the_device_it_used_and_runs_under_amp(tmp_path):
 
 _RESIDENT_AFTER_FREE = """
 import sys, torch
-from metalr.device import keep_freed_memory
+from metalr.engine.device import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 def resident():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalr.engine import Engine, EngineConfig
+from metalr.engine.algorithm import Engine, EngineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH, META_BATCH, T_VAL = 2, 111, 63, 4
@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def build_engine() -> Engine:
     """Digits (real data, offline), an MLP (no BatchNorm), SGD with momentum, MLR-SNet."""
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
 
     registry = get_registry()
     task = registry.get("task", "digits").build(meta_size=200)
@@ -178,7 +178,7 @@ tracking: mlflow
 
 
 def test_shards_are_contiguous_slices_whose_weights_give_the_global_mean():
-    from metalr.distributed import Group, shard
+    from metalr.engine.distributed import Group, shard
 
     x, y = torch.arange(7.0).reshape(7, 1), torch.arange(7)
     parts = [shard((x, y), Group(rank, 3, rank)) for rank in range(3)]
@@ -193,10 +193,10 @@ def test_shards_are_contiguous_slices_whose_weights_give_the_global_mean():
 
 
 def test_torchrun_refuses_an_episodic_learner_before_any_work(tmp_path):
-    from metalr.distributed import Group
-    from metalr.recipe import load_recipe
-    from metalr.rundir import RunError
-    from metalr.runner import Runner
+    from metalr.engine.distributed import Group
+    from metalr.recipes.loader import load_recipe
+    from metalr.running.rundir import RunError
+    from metalr.running.runner import Runner
 
     recipe = load_recipe(ROOT / "recipes" / "cpu" / "controller.yaml",
                          [f"output_dir={tmp_path}"], deep=True)

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from metalr import hookimpl
 from metalr.cli import main
-from metalr.protocols import RunInfo, StepContext
-from metalr.weights import load_meta_learner
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.weights import load_meta_learner
 
 RECIPE = {
     "name": "e2e",
@@ -111,7 +111,7 @@ def test_run_tracks_everything_and_saved_theta_reproduces_lrs(run_dir, recorder,
     local = Path(client.download_artifacts(run_id, "theta/theta-final.safetensors", str(tmp)))
     net = load_meta_learner(local)
     assert float(net.gamma) == pytest.approx(0.5)
-    from metalr.scheduler import resolve_nets  # an MLflow run as the source of a transfer
+    from metalr.scheduler.learned import resolve_nets  # an MLflow run as the source of a transfer
 
     (via_run,) = resolve_nets(f"runs:/{run_id}/theta/theta-final.safetensors")
     assert via_run.read_bytes() == local.read_bytes()
@@ -138,7 +138,7 @@ def test_interrupted_run_is_marked_killed(run_dir, monkeypatch):
     tmp, client = run_dir
     recipe = tmp / "e2e.yaml"
     recipe.write_text(yaml.safe_dump(dict(RECIPE, methods={"fixed": RECIPE["methods"]["fixed"]})))
-    from metalr import engine
+    from metalr.engine import algorithm as engine
 
     def interrupt(self, *args, **kwargs):
         raise KeyboardInterrupt

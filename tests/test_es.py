@@ -6,9 +6,9 @@ import pytest
 import torch
 from metalr_mlrsnet.es import es_gradient
 
-from metalr.engine import is_episodic, is_meta_learned
-from metalr.recipe import load_recipe
-from metalr.runner import Runner
+from metalr.engine.algorithm import is_episodic, is_meta_learned
+from metalr.recipes.loader import load_recipe
+from metalr.running.runner import Runner
 
 
 def test_the_antithetic_estimate_is_the_gradient_of_a_quadratic():
@@ -53,7 +53,7 @@ def test_es_meta_trains_over_whole_runs_then_runs_frozen(registry, tmp_path, mon
     (run,) = summary.results
     assert run.status == "FINISHED", run.error
     saved = run.files["final"]
-    from metalr.weights import read_meta_learner
+    from metalr.engine.weights import read_meta_learner
 
     name, options, tensors, _ = read_meta_learner(saved)
     assert name == "mlrsnet-es" and options["episodes"] == 8

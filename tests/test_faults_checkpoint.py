@@ -1,6 +1,7 @@
 """Damaged checkpoints say what is wrong in one line: a fallback to ``.prev`` is announced, a
 payload lacking a key names the file and the key, a refused payload never advises
-``weights_only=False``. Real files written by :func:`metalr.checkpoint.save`, then altered."""
+``weights_only=False``. Real files written by :func:`metalr.engine.checkpoint.save`, then
+altered."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalr import checkpoint
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.engine import checkpoint
+from metalr.recipes.loader import Recipe
+from metalr.running.runner import Runner
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]
 
@@ -133,7 +134,7 @@ def test_a_checkpoint_of_an_earlier_metalr_says_to_start_again(killed_run, regis
 
 
 class Forgetful:
-    """A third party's policy that declares no run state (metalr.protocols.Resumable)."""
+    """A third party's policy that declares no run state (metalr.contracts.protocols.Resumable)."""
 
     def __init__(self, lr: float = 0.05):
         self.value = lr
@@ -145,7 +146,7 @@ class Forgetful:
 
 def test_a_policy_without_a_run_state_is_refused_on_resume_by_name(tmp_path):
     from metalr import hookimpl
-    from metalr.plugins import Registry
+    from metalr.contracts.registry import Registry
 
     @hookimpl
     def register_lr_policies(register):
@@ -163,5 +164,5 @@ def test_a_policy_without_a_run_state_is_refused_on_resume_by_name(tmp_path):
     result = resume(job, registry)
     assert result.status == "FAILED" and "\n" not in result.error
     assert (f"cannot resume: the lr policy 'forgetful' ({__name__}.Forgetful) declares no run "
-            "state; implement run_state() / load_run_state() (metalr.protocols.Resumable) in "
+            "state; implement run_state() / load_run_state() (metalr.contracts.protocols.Resumable) in "
             "it, or delete the run's checkpoint files to start it over") in result.error

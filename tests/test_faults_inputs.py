@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from metalr.cli import main
-from metalr.plugins import Registry
-from metalr.weights import save_meta_learner
+from metalr.contracts.registry import Registry
+from metalr.engine.weights import save_meta_learner
 
 pytestmark = pytest.mark.faults
 
@@ -166,7 +166,7 @@ def test_validate_of_a_runs_uri_without_a_store_creates_none(tmp_path):
 def test_validate_of_a_runs_uri_reads_the_store_and_leaves_nothing(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from metalr.scheduler import shipped_nets
+    from metalr.scheduler.learned import shipped_nets
 
     store, work, tmp = tmp_path / "store", tmp_path / "work", tmp_path / "tmp"
     for folder in (store, work, tmp):

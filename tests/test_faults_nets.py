@@ -19,13 +19,19 @@ import pytest
 pytestmark = pytest.mark.faults
 import torch
 import yaml
+from metalr_mlrsnet.official import expected_shapes
 from safetensors.torch import save_file
 
 from metalr.cli import main
-from metalr.scheduler import load_nets
-from metalr.weights import (MAX_FILE_BYTES, OPTIONS_KEY, POLICY_KEY, WeightsError,
-                            load_meta_learner, read_meta_learner)
-from metalr_mlrsnet.official import expected_shapes
+from metalr.engine.weights import (
+    MAX_FILE_BYTES,
+    OPTIONS_KEY,
+    POLICY_KEY,
+    WeightsError,
+    load_meta_learner,
+    read_meta_learner,
+)
+from metalr.scheduler.learned import load_nets
 
 ROOT = Path(__file__).parents[1]
 

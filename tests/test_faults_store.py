@@ -28,9 +28,9 @@ from test_faults import Exploding, NaNAt  # a NaN model, an exploding LR: third-
 
 from metalr import hookimpl
 from metalr.cli import main
-from metalr.plugins import Registry
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.contracts.registry import Registry
+from metalr.recipes.loader import Recipe
+from metalr.running.runner import Runner
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]
 
@@ -545,7 +545,7 @@ def test_every_metric_lands_once_when_a_killed_suite_resumes(tmp_path, faulty_re
 def test_every_metric_lands_once_after_ctrl_c_and_resume(tmp_path):
     """Ctrl-C in the second run (the tables and the per-seed values of the first are sent to
     the suite's run as it stops), then `metalr resume`: nothing in the store twice."""
-    from metalr import checkpoint
+    from metalr.engine import checkpoint
 
     store = tmp_path / "store.db"
     recipe = write_recipe(tmp_path, tracking="mlflow")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import RunInfo
+from metalr.contracts.protocols import RunInfo
+from metalr.engine.algorithm import Engine, EngineConfig
 
 CPU = torch.device("cpu")
 

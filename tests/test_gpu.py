@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalr.engine import Engine, EngineConfig
+from metalr.engine.algorithm import Engine, EngineConfig
 
 pytestmark = pytest.mark.gpu
 
@@ -38,8 +38,8 @@ def test_a_cuda_run_is_tagged_with_the_gpu_it_used(cuda, tmp_path):
     """Tags and params say which GPU, CUDA and cuDNN ran it, never `device: auto`."""
     from mlflow.tracking import MlflowClient
 
-    from metalr.recipe import Recipe
-    from metalr.runner import Runner
+    from metalr.recipes.loader import Recipe
+    from metalr.running.runner import Runner
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recipe = Recipe.model_validate({

@@ -16,7 +16,7 @@ from metalr_hard.sequences import SeqRecallOptions
 from pydantic import ValidationError
 from torch import nn
 
-from metalr.plugins import Component, Registry
+from metalr.contracts.registry import Component, Registry
 from metalr.testing import check_component
 
 CPU = torch.device("cpu")

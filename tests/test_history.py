@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from metalr.engine import History
-from metalr.probe import ProbeResult
-from metalr.runner import Runner
+from metalr.engine.algorithm import History
+from metalr.engine.probe import ProbeResult
+from metalr.running.runner import Runner
 
 EPOCHS = [{"epoch": 1, "train_batch_loss": 1.5, "lr": 0.1, "test_accuracy": 0.5}]
 

@@ -2,7 +2,8 @@
 
 The reference is written out by hand here: torch's SGD (weight decay, momentum, Nesterov) and
 Adam update rules as plain tensor arithmetic, differentiated with ``torch.func.grad``, and a
-central finite difference of the same meta loss. The engine goes through `higher`, by its own ``virtual_step``.
+central finite difference of the same meta loss. The engine goes through `higher`, by its own
+``virtual_step``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metalr.differentiable import virtual_step
-from metalr.engine import Engine, EngineConfig
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.differentiable import virtual_step
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -68,7 +69,7 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
     policy = registry.get("lr_policy", policy_name).build(
         gamma=gamma, learn_scale=learn_scale, cooldown=0.0).double()
     engine = Engine(task, model, opt, policy, EngineConfig(epochs=1, batch_size=64, t_val=10**9))
-    from metalr.protocols import RunInfo
+    from metalr.contracts.protocols import RunInfo
 
     policy.start(RunInfo(1, 1, opt, torch.device("cpu"), 0, task))
     gen = torch.Generator().manual_seed(0)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from metalr.engine import Engine, EngineConfig
-from metalr.order import DataOrder
-from metalr.protocols import RunInfo
+from metalr.contracts.protocols import RunInfo
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.order import DataOrder
 
 
 def _live_tensors() -> int:

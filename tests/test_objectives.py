@@ -14,8 +14,8 @@ import torch
 from metalr_objectives import OneStep, Unroll
 from torch import nn
 
-from metalr.engine import Engine, EngineConfig
-from metalr.recipe import load_recipe
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.recipes.loader import load_recipe
 from metalr.testing import check_component
 
 
@@ -110,7 +110,7 @@ def test_a_recipe_chooses_the_objective_and_it_is_checked(registry, tmp_path):
     good = load_recipe("recipes/quickstart.yaml",
                        ["methods.mlrsnet.meta.objective={name: unroll, options: {k: 3}}"])
     assert good.methods["mlrsnet"].meta.objective.options == {"k": 3}
-    from metalr.recipe import RecipeError
+    from metalr.recipes.loader import RecipeError
 
     with pytest.raises(RecipeError, match="methods.mlrsnet.meta.objective"):
         load_recipe("recipes/quickstart.yaml",
@@ -160,8 +160,8 @@ def test_a_third_party_objective_is_found_checked_and_runs(tmp_path, monkeypatch
     recipe meta-trains with it."""
     from test_plugins import write_distribution
 
-    from metalr.plugins import Registry
-    from metalr.runner import Runner
+    from metalr.contracts.registry import Registry
+    from metalr.running.runner import Runner
 
     write_distribution(tmp_path, "metalr-blend", "metalr_blend", THIRD_PARTY)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from metalr_mlrsnet.official import expected_shapes
 
 from metalr import LearnedLR, hookimpl
 from metalr.cli import main
-from metalr.plugins import Registry, get_registry
-from metalr.weights import WeightsError, load_meta_learner, read_meta_learner
-from metalr_mlrsnet.official import expected_shapes
+from metalr.contracts.registry import Registry, get_registry
+from metalr.engine.weights import WeightsError, load_meta_learner, read_meta_learner
 
 OFFICIAL = Path(os.environ.get("METALR_OFFICIAL_NETS",
                                Path(__file__).resolve().parents[1].parent / "shared" / "official-nets"))
@@ -134,7 +134,7 @@ def test_the_transfer_policy_takes_a_pth_or_a_folder(registry, tmp_path):
     for nets in ([str(f) for f in files], [str(out)]):
         policy = build(nets=nets, scale="saved")
         assert policy.phases.k == 2 and policy.phases.nets[0].cell == "official"
-    from metalr.engine import Engine, EngineConfig
+    from metalr.engine.algorithm import Engine, EngineConfig
 
     task = registry.get("task", "mnist1d").build(meta_size=100, num_samples=600)
     task.setup(0, torch.device("cpu"))
@@ -181,8 +181,8 @@ def test_a_torch_file_with_code_is_refused_unrun(tmp_path, zipfile):
 
 
 def test_the_official_cell_meta_trains_and_round_trips(registry, tmp_path):
-    from metalr.engine import Engine, EngineConfig
-    from metalr.weights import save_meta_learner
+    from metalr.engine.algorithm import Engine, EngineConfig
+    from metalr.engine.weights import save_meta_learner
 
     task = registry.get("task", "mnist1d").build(meta_size=100, num_samples=600)
     task.setup(0, torch.device("cpu"))
@@ -222,9 +222,9 @@ def test_no_core_module_imports_a_plugin():
 
 CORE_ALONE = """
 import sys
-from metalr.plugins import Registry
-from metalr.weights import WeightsError, read_meta_learner
-import metalr.cli, metalr.net_import, metalr.scheduler
+from metalr.contracts.registry import Registry
+from metalr.engine.weights import WeightsError, read_meta_learner
+import metalr.cli, metalr.engine.net_import, metalr.scheduler.learned
 
 plugins = set(sys.argv[2].split(","))
 def loaded():
@@ -300,7 +300,7 @@ def two_formats():
 
 
 def test_a_third_partys_format_is_read_and_imported_like_the_authors(two_formats, tmp_path):
-    from metalr.net_import import import_nets
+    from metalr.engine.net_import import import_nets
 
     fake = tmp_path / "net-3.fake"
     fake.write_bytes(b"FAKE")

@@ -18,9 +18,9 @@ from metalr_vision import fake_data
 from metalr_vision.cifar_pickle import load_pickled_batch
 from metalr_vision.sources import cifar_source, npy_source, svhn_source
 
-from metalr.datafiles import MissingDataError
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import ModelSpec, RunInfo
+from metalr.contracts.protocols import ModelSpec, RunInfo
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.datafiles import MissingDataError
 from metalr.testing import check_component
 
 IMAGE_TASKS = ["cifar10", "cifar100", "svhn", "cifar10-c", "cifar100-c", "tiny-imagenet",
@@ -453,8 +453,8 @@ def _nets_named(recipe: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def paper_data(data, tmp_path_factory) -> Path:
     """The fake image data plus PTB, and the transfer recipes' nets (fresh MLR-SNets)."""
-    from metalr.plugins import get_registry
-    from metalr.weights import save_meta_learner
+    from metalr.contracts.registry import get_registry
+    from metalr.engine.weights import save_meta_learner
 
     write_ptb(data / "ptb")
     work = tmp_path_factory.mktemp("paper-run")

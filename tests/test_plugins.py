@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from metalr.plugins import PluginLoadError, Registry
+from metalr.contracts.registry import PluginLoadError, Registry
 
 GOOD = '''
 from pydantic import BaseModel
@@ -289,7 +289,7 @@ def test_cli_shows_every_components_options_as_its_schema_has_them(kind, capsys)
     from pydantic_core import PydanticUndefined
 
     from metalr.cli import main
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
 
     registry = get_registry()
     for name in registry.names(kind):
@@ -320,7 +320,7 @@ def test_a_plugins_import_of_metalr_loads_no_torch():
     """``from metalr import hookimpl`` (all a plugin module needs) is cheap: metalr's own
     __init__ loads neither torch nor the registry; the public names still resolve on use."""
     code = ("import sys\nfrom metalr import hookimpl\n"
-            "assert 'torch' not in sys.modules and 'metalr.plugins' not in sys.modules\n"
+            "assert 'torch' not in sys.modules and 'metalr.contracts.registry' not in sys.modules\n"
             "import metalr\nassert metalr.LearnedLR.__name__ == 'LearnedLR'\n"
             "from metalr import get_registry, Registry\n"
             "assert isinstance(get_registry(), Registry)\n"

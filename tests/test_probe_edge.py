@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from metalr.probe import HALF_DECADE, probe_lr
+from metalr.engine.probe import HALF_DECADE, probe_lr
 
 
 def _probe(registry, seed: int):

@@ -8,8 +8,8 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.recipes.loader import Recipe
+from metalr.running.runner import Runner
 
 
 def test_probe_start_is_on_the_console_in_the_tables_and_in_mlflow(tmp_path, capsys):

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from metalr.data import TensorClassificationTask
-from metalr.probe import (
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import TensorClassificationTask
+from metalr.engine.probe import (
     BUDGET,
     LONGER,
     PLATEAU,
@@ -23,7 +24,6 @@ from metalr.probe import (
     probe_steps,
     recheck_lr,
 )
-from metalr.protocols import ModelSpec
 
 
 class FirstToken(TensorClassificationTask):
@@ -143,7 +143,7 @@ def test_the_plateau_edge_reaches_at_most_a_decade_past_the_strict_one():
     """The deep plain MLP's probe on seed 0 (recorded in its history.json): every point is within
     10% of the untrained loss up to LR 10, a dead net's flat plateau. The 1% edge is 0.316, so
     the plateau edge stops at 1 (start 0.5), not 10 (start 5)."""
-    from metalr.probe import _Found, _plateau_edge
+    from metalr.engine.probe import _Found, _plateau_edge
 
     initial, noise = 2.3080, 0.00554
     losses = {1e-4: 2.308, 1e-3: 2.3079, 0.01: 2.3071, 0.0316: 2.3058, 0.1: 2.3043,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_scheduler import _hand_loop
 
-from metalr.engine import Engine, EngineConfig
-from metalr.scheduler import LearnedLR
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.weights import read_meta_learner, save_meta_learner
+from metalr.scheduler.learned import LearnedLR
 from metalr.testing import check_component
-from metalr.weights import read_meta_learner, save_meta_learner
 
 
 @pytest.mark.parametrize("name", ["mlrsnet", "mlp-lr"])

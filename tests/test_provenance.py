@@ -14,11 +14,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import metalr
-from metalr import hookimpl, provenance
+from metalr import hookimpl
 from metalr.cli import main
-from metalr.plugins import Registry
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.contracts.registry import Registry
+from metalr.recipes.loader import Recipe
+from metalr.running import provenance
+from metalr.running.runner import Runner
 from metalr.testing import check_tracker
 
 RECIPE = {
@@ -33,7 +34,7 @@ RECIPE = {
 
 
 def expected_git() -> dict[str, str]:
-    """What the tags should say about git, found independently of metalr.provenance."""
+    """What the tags should say about git, found independently of metalr.running.provenance."""
     source = Path(metalr.__file__).parent
 
     def git(*args):

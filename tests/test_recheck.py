@@ -1,7 +1,7 @@
 """Recovery from a wrong start (issue 18, part 2): the recheck part-way into the run.
 
 MLR-SNet under ``preset: auto`` probes the run's LR again at 10% of the run, from the current
-weights and optimizer state (:func:`metalr.probe.recheck_lr`), and moves its scale when a far
+weights and optimizer state (:func:`metalr.engine.probe.recheck_lr`), and moves its scale when a far
 better LR is measured. A start 30x too low (``start_factor``) is moved up on two tasks and the
 run ends far above the same run without the recheck; a start that is right is left alone; a
 start 10x too high is moved down where it does harm. What the recheck did is in the history.
@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
-from metalr.engine import Engine, EngineConfig
-from metalr.probe import SIGNAL_FLOOR, probe_steps, recheck_lr
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.probe import SIGNAL_FLOOR, probe_steps, recheck_lr
 
 
 def _run(registry, task_name, task_options, model_name, model_options, opt_name, opt_options,
@@ -163,8 +163,8 @@ def test_a_gru_on_its_plateau_is_lifted_off_it_by_the_recheck(tmp_path, monkeypa
     chance for the whole run (measured: 0.28; 4 classes)."""
     from pathlib import Path
 
-    from metalr.recipe import load_recipe
-    from metalr.runner import Runner
+    from metalr.recipes.loader import load_recipe
+    from metalr.running.runner import Runner
 
     monkeypatch.chdir(Path(__file__).parents[1])
 

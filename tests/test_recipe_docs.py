@@ -1,7 +1,7 @@
 """docs/recipes.md documents every key the shipped recipes use, so it cannot fall behind them.
 
-Each recipe under recipes/ is walked along the recipe schema (``metalr.recipe.Recipe``): every
-dotted key path it writes (a method's name generalised to ``<name>``, the keys of a sweep grid
+Each recipe under recipes/ is walked along the recipe schema (``metalr.recipes.loader.Recipe``):
+every dotted key path it writes (a method's name generalised to ``<name>``, the keys of a sweep grid
 included) must appear in backticks in docs/recipes.md, and every option it gives a component
 must be listed in that component's row of the "Component options" table, whose rows must in
 turn match the components' schemas (names and defaults).
@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from metalr.plugins import UnknownComponentError
-from metalr.recipe import ComponentRef, Recipe
-from metalr.yaml_loader import load_yaml, read_text
+from metalr.contracts.registry import UnknownComponentError
+from metalr.contracts.yaml_loader import load_yaml, read_text
+from metalr.recipes.loader import ComponentRef, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "recipes.md").read_text()

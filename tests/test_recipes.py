@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from metalr.cli import main
-from metalr.recipe import load_recipe
+from metalr.recipes.loader import load_recipe
 
 BASE = {
     "name": "tiny",

@@ -14,14 +14,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
-from metalr.performance_profile import (
+from metalr.reporting.performance_profile import (
     comparable,
     cost,
     performance_profile,
     performance_ratios,
     profile_taus,
 )
-from metalr.results import mean_std
+from metalr.running.results import mean_std
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}
 METHODS = {
@@ -207,8 +207,8 @@ def test_report_of_one_run_id_and_one_experiment(store, tmp_path, capsys):
 
 def test_the_store_is_read_through_the_tracker_plugins_reader_contract(store):
     """What the report reads, the mlflow plugin's reader gives back as MLflow stored it."""
-    from metalr.protocols import StoreReader, TrackerStore
-    from metalr.stores import open_store, tracker_store
+    from metalr.contracts.protocols import StoreReader, TrackerStore
+    from metalr.running.stores import open_store, tracker_store
 
     root, uri = store
     assert isinstance(tracker_store("mlflow"), TrackerStore)
@@ -235,7 +235,7 @@ def test_the_store_is_read_through_the_tracker_plugins_reader_contract(store):
 
 def test_no_core_module_imports_mlflow():
     """MLflow is a plugin: the report, `metalr runs` and ``runs:/`` nets reach it through the
-    tracker component (:mod:`metalr.stores`), so no module of metalr/ imports it."""
+    tracker component (:mod:`metalr.running.stores`), so no module of metalr/ imports it."""
     import ast
 
     core = Path(__file__).resolve().parents[1] / "metalr"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metalr.comparisons import compare
-from metalr.reproduce import markers
-from metalr.suites import SeedRun, Suite
+from metalr.reporting.comparisons import compare
+from metalr.reporting.reproduce import markers
+from metalr.reporting.suites import SeedRun, Suite
 
 ROOT = Path(__file__).parents[1]
 
@@ -136,8 +136,8 @@ def test_a_rerender_from_the_store_gives_the_same_block(section, tmp_path):
 
 def test_figures_are_drawn_from_the_stores_runs(section):
     """The LR figure's data are each method's applied LRs as its run folder recorded them."""
-    from metalr.suite_reader import load_suites
-    from metalr.report_markdown import suite_histories
+    from metalr.reporting.markdown import suite_histories
+    from metalr.reporting.suite_reader import load_suites
 
     root, folder = section
     body = block((root / "docs" / "page.md").read_text(), "tiny")

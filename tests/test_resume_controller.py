@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("stable_baselines3")
 
-from metalr import checkpoint
-from metalr.engine import Engine, EngineConfig, RunInterrupted
+from metalr.engine import checkpoint
+from metalr.engine.algorithm import Engine, EngineConfig, RunInterrupted
 from metalr.testing import Blobs, _mlp
 
 

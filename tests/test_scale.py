@@ -10,10 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from metalr.engine import Engine, EngineConfig
-from metalr.probe import HALF_DECADE, decade_grid, probe_lr, probe_steps
-from metalr.protocols import ModelSpec, RunInfo
-from metalr.weights import WeightsError, load_meta_learner, read_meta_learner, save_meta_learner
+from metalr.contracts.protocols import ModelSpec, RunInfo
+from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.probe import HALF_DECADE, decade_grid, probe_lr, probe_steps
+from metalr.engine.weights import (
+    WeightsError,
+    load_meta_learner,
+    read_meta_learner,
+    save_meta_learner,
+)
 
 
 class Quadratic:
@@ -301,8 +306,8 @@ def test_a_recipe_gamma_survives_meta_weights(registry, tmp_path):
 
 
 def test_the_runner_keeps_a_recipe_gamma_with_meta_weights(registry, tmp_path):
-    from metalr.recipe import Recipe
-    from metalr.runner import Runner
+    from metalr.recipes.loader import Recipe
+    from metalr.running.runner import Runner
 
     _, path = _trained_net(registry, tmp_path, gamma=3.0)
     recipe = Recipe.model_validate({
@@ -342,8 +347,8 @@ def test_adamw_is_an_optimizer_with_an_exact_virtual_step(registry):
 def test_save_phases_follow_the_horizon(registry, tmp_path, epochs, expected):
     """meta.save_phases: 3 saves the nets of the ceiling rule for whatever train.epochs is, so
     shortening a recipe never breaks it (save_epochs: [1, 30, 60] fails validation at 20)."""
-    from metalr.recipe import Recipe
-    from metalr.runner import Runner
+    from metalr.recipes.loader import Recipe
+    from metalr.running.runner import Runner
 
     recipe = Recipe.model_validate({
         "name": "phases", "task": {"name": "digits", "options": {"meta_size": 200}},

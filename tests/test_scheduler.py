@@ -1,7 +1,7 @@
 """Plug-and-play learned schedules: LearnedLR in a plain loop, mlrsnet-transfer in the engine.
 
-Both run the same frozen nets through one implementation (metalr.scheduler.PhasedNets); these
-tests hold them to the same LRs, to exact resumption, and to never unpickling a file.
+Both run the same frozen nets through one implementation (metalr.scheduler.learned.PhasedNets);
+these tests hold them to the same LRs, to exact resumption, and to never unpickling a file.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import torch
 
 from metalr import LearnedLR
 from metalr.cli import main
-from metalr.engine import Engine, EngineConfig, is_meta_learned
-from metalr.order import DataOrder
-from metalr.scheduler import (
+from metalr.engine.algorithm import Engine, EngineConfig, is_meta_learned
+from metalr.engine.order import DataOrder
+from metalr.engine.weights import WeightsError, read_meta_learner, save_meta_learner
+from metalr.scheduler.learned import (
     ceiling_epochs,
     load_nets,
     phase_of,
     pick_nets,
     shipped_nets,
 )
-from metalr.weights import WeightsError, read_meta_learner, save_meta_learner
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scheduler.md"
 TASK = {"num_samples": 600, "meta_size": 100}  # 380 training samples: 6 steps of 64 per epoch

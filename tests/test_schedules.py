@@ -30,8 +30,8 @@ from metalr_schedules.torch_schedules import (
     WSDOptions,
 )
 
-from metalr.engine import Engine, EngineConfig
-from metalr.protocols import LRPolicy, RunInfo, StepContext
+from metalr.contracts.protocols import LRPolicy, RunInfo, StepContext
+from metalr.engine.algorithm import Engine, EngineConfig
 
 
 def drive(policy, epochs: int, steps_per_epoch: int, metrics=None) -> list[list[float]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metalr.recipe import load_recipe
-from metalr.runner import Runner
+from metalr.recipes.loader import load_recipe
+from metalr.running.runner import Runner
 from metalr.testing import check_learned
 
 pytestmark = pytest.mark.slow

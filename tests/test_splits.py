@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalr.data import disjoint_split
+from metalr.engine.data import disjoint_split
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7, 12345])

@@ -15,7 +15,7 @@ from test_sweep import LR, sweep_runs, write
 
 from metalr import hookimpl
 from metalr.cli import main
-from metalr.protocols import ItemFailed
+from metalr.contracts.protocols import ItemFailed
 
 pytest.importorskip("submitit")  # the `submitit` extra (quickstart.sh and tox install it)
 
@@ -58,7 +58,7 @@ def test_a_sweep_as_a_local_job_array(where, tmp_path, monkeypatch, capsys):
 def test_a_job_that_fails_outside_the_point_is_one_line(tmp_path):
     """A job whose function raises (here a stdlib function, as submitit runs it) is given back
     as ItemFailed with the error's last line and the path of its log, not raised."""
-    from metalr.plugins import get_registry
+    from metalr.contracts.registry import get_registry
 
     executor = get_registry().get("executor", "submitit").build(cluster="local")
     got = list(executor.run(math.sqrt, [4.0, -1.0], tmp_path))

@@ -7,8 +7,8 @@ import csv
 import pytest
 from mlflow.tracking import MlflowClient
 
-from metalr.recipe import Recipe
-from metalr.runner import Runner
+from metalr.recipes.loader import Recipe
+from metalr.running.runner import Runner
 
 SUITE = {
     "name": "suite",
@@ -104,7 +104,7 @@ def test_a_failing_rule_or_a_bug_fails_one_run_only(tmp_path):
     import types
 
     from metalr import hookimpl
-    from metalr.plugins import Registry
+    from metalr.contracts.registry import Registry
 
     @hookimpl
     def register_lr_policies(register):

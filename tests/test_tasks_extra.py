@@ -14,7 +14,7 @@ from metalr_digits.task import NUM_SAMPLES, Digits
 from metalr_text.task import EOS, UNK, PydocLM, pydoc_text, tokenize
 from torch.nn import functional as F
 
-from metalr.plugins import Registry
+from metalr.contracts.registry import Registry
 
 CPU = torch.device("cpu")
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from metalr.engine import History
-from metalr.protocols import ModelSpec
-from metalr.recipe import Recipe
-from metalr.results import CHANCE_MARGIN, MethodResult, RunSummary, chance_level
-from metalr.runner import Runner
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.algorithm import History
+from metalr.recipes.loader import Recipe
+from metalr.running.results import CHANCE_MARGIN, MethodResult, RunSummary, chance_level
+from metalr.running.runner import Runner
 
 # -- the selection rule on constructed results ---------------------------------------------
 

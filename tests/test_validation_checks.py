@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from metalr.cli import main
-from metalr.validation import tracking_uri_problem
-from metalr.weights import save_meta_learner
-from metalr.yaml_loader import YAMLLoadError, load_yaml
+from metalr.contracts.yaml_loader import YAMLLoadError, load_yaml
+from metalr.engine.weights import save_meta_learner
+from metalr.recipes.validation import tracking_uri_problem
 
 BASE = {
     "name": "tiny",
@@ -111,7 +111,7 @@ def test_an_integer_option_tuned_with_integers_validates(tmp_path, monkeypatch, 
 def test_a_weights_path_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, registry):
     """Written in the file, a relative ``meta.weights`` names the file beside the recipe, so the
     recipe runs from any folder; given as an override, it is relative to the working directory."""
-    from metalr.recipe import load_recipe
+    from metalr.recipes.loader import load_recipe
 
     (tmp_path / "nets").mkdir()
     save_meta_learner(tmp_path / "nets" / "theta.safetensors", "mlrsnet",
@@ -132,7 +132,7 @@ def test_a_weights_path_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, r
 def test_a_nets_folder_in_a_recipe_is_found_next_to_it(tmp_path, monkeypatch, registry):
     """The same for a path in ``lr_policy.options`` (``mlrsnet-transfer``'s ``nets``); a name
     without a slash (a shipped net) is left as written."""
-    from metalr.recipe import load_recipe
+    from metalr.recipes.loader import load_recipe
 
     (tmp_path / "nets" / "run").mkdir(parents=True)
     save_meta_learner(tmp_path / "nets" / "run" / "theta-epoch0001.safetensors", "mlrsnet",

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("metalr.integrations.lightning needs Lightning: "
                       "pip install 'metalr[lightning]'") from exc
 
-from metalr.scheduler import LearnedLR, NetSpec
+from metalr.scheduler.learned import LearnedLR, NetSpec
 
 
 class LearnedLRCallback(pl.Callback):

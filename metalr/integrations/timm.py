@@ -21,11 +21,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("metalr.integrations.timm needs timm: pip install 'metalr[timm]'") from exc
 
-from metalr.scheduler import LearnedLR, NetSpec
+from metalr.scheduler.learned import LearnedLR, NetSpec
 
 
 class TimmLearnedLR(Scheduler):
-    """A :class:`metalr.LearnedLR` as a timm ``Scheduler``; timm's ``lr_scale`` per group applies."""
+    """A :class:`metalr.LearnedLR` as a timm ``Scheduler``; timm's ``lr_scale`` per group
+    applies."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, nets: NetSpec | Sequence[NetSpec], *,
                  total_steps: int, lr: float | None = None, gamma: float | None = None,

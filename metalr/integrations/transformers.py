@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("metalr.integrations.transformers needs Transformers: "
                       "pip install 'metalr[transformers]'") from exc
 
-from metalr.scheduler import LearnedLR, NetSpec
+from metalr.scheduler.learned import LearnedLR, NetSpec
 
 
 class TrainerLearnedLR:

@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
 
 from .directions import dot, optimizer_kind, update_direction
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
 
 from .directions import dot, optimizer_kind, update_direction
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
 
 from .directions import UnsupportedOptimizerError, dot, optimizer_kind, optimizer_slots
 

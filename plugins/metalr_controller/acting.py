@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metalr.protocols import RunInfo, StepContext
+from metalr.contracts.protocols import RunInfo, StepContext
 
 from .rules import ControllerRules
 

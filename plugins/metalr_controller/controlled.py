@@ -3,10 +3,10 @@
 MLR-SNet needs only the loss; the controller of Xu et al. (2019) also looks at the model's
 predictions on the batch and at a validation loss, so the scheduler is given the model, the
 batch's inputs and a closure for the validation loss. It builds its step context with the
-engine's own builder (:func:`metalr.engine.step_context`) and acts through the same
+engine's own builder (:func:`metalr.engine.algorithm.step_context`) and acts through the same
 :class:`~.acting.Actor` as the frozen policy, so a hand loop gets the LRs a recipe's meta-test
 run gets (``tests/test_controller.py``). The core re-exports it as ``metalr.ControlledLR``
-through the registry (:class:`metalr.protocols.HandLoopScheduled`), never by import.
+through the registry (:class:`metalr.contracts.protocols.HandLoopScheduled`), never by import.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from metalr.engine import step_context
-from metalr.protocols import EpisodicLearner, RunInfo
-from metalr.scheduler import LossDrivenLR
-from metalr.weights import WeightsError, load_meta_learner
+from metalr.contracts.protocols import EpisodicLearner, RunInfo
+from metalr.engine.algorithm import step_context
+from metalr.engine.weights import WeightsError, load_meta_learner
+from metalr.scheduler.learned import LossDrivenLR
 
 from .acting import Actor
 

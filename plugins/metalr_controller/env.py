@@ -1,8 +1,8 @@
 """A gymnasium env whose episode is one training run of the recipe's task and model.
 
 One ``step()`` multiplies the LR by the action's factor, advances training by K steps through
-the engine's own :meth:`metalr.engine.Engine.step` (no second training loop), and returns the
-features at the block's last step with the reward ``offset - meta loss``. The end of the step
+the engine's own :meth:`metalr.engine.algorithm.Engine.step` (no second training loop), and returns
+the features at the block's last step with the reward ``offset - meta loss``. The end of the step
 budget is ``truncated`` (time ran out, the state is not terminal); a run whose loss stops being
 finite is ``terminated`` with a penalty.
 """
@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from metalr.engine import Engine, TrainingDiverged
-from metalr.probe import probe_lr
-from metalr.protocols import RunInfo
+from metalr.contracts.protocols import RunInfo
+from metalr.engine.algorithm import Engine, TrainingDiverged
+from metalr.engine.probe import probe_lr
 
 from .acting import Actor
 from .rules import ControllerRules

@@ -1,8 +1,8 @@
 """The controller's state: what it sees of a training run every K steps (Xu et al. 2019, Sec. 3).
 
-Every feature is computed from the engine's :class:`~metalr.protocols.StepContext`, the same in
-meta-training (inside the env) and in meta-test (the frozen policy), so a trained controller sees
-the same numbers wherever it runs. Predictions are the softmax of the model's outputs on this
+Every feature is computed from the engine's :class:`~metalr.contracts.protocols.StepContext`, the
+same in meta-training (inside the env) and in meta-test (the frozen policy), so a trained controller
+sees the same numbers wherever it runs. Predictions are the softmax of the model's outputs on this
 step's training batch; their "change" is the difference between the outputs at the current
 weights and at the weights of the previous observation, on the same batch.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metalr.protocols import StepContext
+from metalr.contracts.protocols import StepContext
 
 FEATURES = ("meta_loss", "pred_logvar", "pred_change_logvar", "train_loss",
             "first_w_mean", "first_w_var", "last_w_mean", "last_w_var", "log_lr")

@@ -24,7 +24,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
-from metalr.protocols import RunInfo, StepContext
+from metalr.contracts.protocols import RunInfo, StepContext
 
 from .acting import Actor
 from .features import FEATURES, Features
@@ -185,7 +185,8 @@ class LRController:
         self.net.load_state_dict(model.policy.state_dict())
         self.net.set_training_mode(False)
 
-    # -- saving (metalr.weights.save_meta_learner / load_meta_learner) ------------------------
+    # -- saving (metalr.engine.weights.save_meta_learner / load_meta_learner)
+    # ------------------------
     def options(self) -> dict[str, Any]:
         """Rebuild options, saved as JSON in the file's header; the action map included."""
         return self.opts.model_dump()

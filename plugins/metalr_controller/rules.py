@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from metalr.protocols import RunInfo
+from metalr.contracts.protocols import RunInfo
 
 from .features import Features
 

@@ -11,8 +11,8 @@ import functools
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.data import Batch, TensorClassificationTask, disjoint_split
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import Batch, TensorClassificationTask, disjoint_split
 
 NUM_SAMPLES = 1797
 

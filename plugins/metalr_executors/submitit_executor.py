@@ -2,14 +2,14 @@
 
 One array for the whole sweep, not a job per point: the scheduler sees one entry, and
 ``array_parallelism`` caps how many points run at once. Each array task runs
-:func:`metalr.sweep.run_point` on a compute node, which must see the sweep's folder and the
+:func:`metalr.running.sweep.run_point` on a compute node, which must see the sweep's folder and the
 tracking store (a shared filesystem, or an MLflow server); the jobs' scripts, pickles and logs
 go into ``folder`` inside the sweep's folder, never the working directory.
 
 The jobs are polled, and each point's record is yielded as its job ends, in any order. A job
 that ends without a result (killed at its time limit or for memory, or broken before the point
-started) costs that point only: it is yielded as :class:`metalr.protocols.ItemFailed`, one line
-with the job's error and the path of its log, and the sweep writes the point FAILED.
+started) costs that point only: it is yielded as :class:`metalr.contracts.protocols.ItemFailed`, one
+line with the job's error and the path of its log, and the sweep writes the point FAILED.
 
 Ctrl-C cancels the jobs not finished (SLURM sends SIGTERM to a running one, which the runner
 takes as Ctrl-C: checkpoint, runs KILLED) and waits a few seconds for them. ``cluster: local``
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import ItemFailed
+from metalr.contracts.protocols import ItemFailed
 
 EXTRA = "the submitit executor needs the `submitit` extra: pip install 'metalr[submitit]'"
 POLL_S = 1.0  # a done() is a file check (and, on SLURM, a cached sacct): cheap at this rate

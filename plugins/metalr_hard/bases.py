@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from metalr.data import Batch
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import Batch
 
 Base = Literal["mnist1d", "digits"]
 NUM_CLASSES = 10

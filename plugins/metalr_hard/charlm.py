@@ -23,7 +23,7 @@ from metalr_text.task import UNK, Corpus, PydocLM, pydoc_text
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 
 class CharLMOptions(BaseModel):

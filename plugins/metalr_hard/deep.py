@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 

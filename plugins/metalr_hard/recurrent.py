@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 
 class RecurrentOptions(BaseModel):

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from metalr.data import Batch, TensorClassificationTask
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import Batch, TensorClassificationTask
 
 NUM_FEATURES = 10  # Friedman #1 uses 5; the other 5 are distractors
 

@@ -18,8 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
-from metalr.data import Batch, TensorClassificationTask
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import Batch, TensorClassificationTask
 
 
 class SeqRecallOptions(BaseModel):

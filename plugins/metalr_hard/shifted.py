@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.data import Batch, TensorClassificationTask
+from metalr.engine.data import Batch, TensorClassificationTask
 
 from .bases import NUM_CLASSES, Base, load_base
 

@@ -1,6 +1,6 @@
 """MLflow tracking: runs, batched asynchronous metrics, artifacts; and the store read back
 without a run (`metalr report`, `metalr runs`, ``runs:/`` nets) through the factory's
-:class:`metalr.protocols.TrackerStore` side."""
+:class:`metalr.contracts.protocols.TrackerStore` side."""
 
 from metalr import hookimpl
 

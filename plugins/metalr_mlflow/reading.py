@@ -1,8 +1,8 @@
 """An MLflow store read back without a run: `metalr report`'s reader and ``runs:/`` nets.
 
-The core reads a store only through :class:`metalr.protocols.StoreReader` and fetches an
-artifact only through :class:`metalr.protocols.TrackerStore`; this is MLflow's side of both.
-Nothing here writes: a SQLite store is checked first (:func:`.store.existing_store`), and
+The core reads a store only through :class:`metalr.contracts.protocols.StoreReader` and fetches an
+artifact only through :class:`metalr.contracts.protocols.TrackerStore`; this is MLflow's side of
+both. Nothing here writes: a SQLite store is checked first (:func:`.store.existing_store`), and
 every failure of the store while it is read is one :class:`StoreError` line naming it, not
 MLflow's traceback.
 """
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from metalr.protocols import StoredRun
-from metalr.rundir import StoreError
+from metalr.contracts.protocols import StoredRun
+from metalr.running.rundir import StoreError
 
 from .store import DEFAULT_URI, existing_store
 
@@ -26,7 +26,7 @@ _PAGE = 1000  # runs per search_runs call (MLflow's limit)
 
 
 class MLflowReader:
-    """An MLflow store opened read-only (:class:`metalr.protocols.StoreReader`).
+    """An MLflow store opened read-only (:class:`metalr.contracts.protocols.StoreReader`).
 
     ``location`` unset: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``, kept as given
     (relative stays relative), which is how the store is named back to the user.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from metalr.rundir import StoreError
-from metalr.stores import sqlite_file
+from metalr.running.rundir import StoreError
+from metalr.running.stores import sqlite_file
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 """The store when neither ``tracking_uri`` nor ``$MLFLOW_TRACKING_URI`` names one."""

@@ -12,9 +12,10 @@ Both happen here under a file lock beside the database (``<db>.lock``), and an e
 that another process created first is looked up again (docs/design.md, Parallel runs).
 
 A store that cannot be used (its disk full, the database damaged, a server gone) raises
-:class:`metalr.rundir.StoreError`, one line naming the store, instead of MLflow's tracebacks:
-it stops the command, not one run. Every run this tracker started is ended on :meth:`close`
-(retried there when the store refused it); those the store still refuses are in ``unclosed``.
+:class:`metalr.running.rundir.StoreError`, one line naming the store, instead of MLflow's
+tracebacks: it stops the command, not one run. Every run this tracker started is ended on
+:meth:`close` (retried there when the store refused it); those the store still refuses are in
+``unclosed``.
 
 A relative SQLite path (the default ``sqlite:///mlflow.db``) is made absolute when the tracker
 starts, so that a run folder records where its runs are and ``metalr resume`` finds them from
@@ -40,9 +41,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RecordedRun, RunStatus
-from metalr.rundir import StoreError
-from metalr.stores import sqlite_file
+from metalr.contracts.protocols import RecordedRun, RunStatus
+from metalr.running.rundir import StoreError
+from metalr.running.stores import sqlite_file
 
 from .reading import MLflowReader, fetch_artifact
 from .store import DEFAULT_URI, has_default_experiment, mlflow_tables, sqlite_tables
@@ -133,7 +134,8 @@ def _quiet_mlflow_store_errors() -> None:
 
 
 class MLflowTracker:
-    # -- the store outside any run (metalr.protocols.TrackerStore, found through the registry) --
+    # -- the store outside any run (metalr.contracts.protocols.TrackerStore, found through the
+    # registry) --
     @staticmethod
     def open_reader(location: str | None = None) -> MLflowReader:
         """The store at ``location`` (unset: ``$MLFLOW_TRACKING_URI``, else

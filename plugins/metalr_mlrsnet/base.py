@@ -6,7 +6,7 @@ of the options below (docs/design.md, "Learned schedules that work untuned"):
 - ``paper``: gamma is the task's constant (1 for images, 40 for text), fixed; meta-updates twice
   an epoch; no cool-down. Exactly the paper's Eq. 7 and Algorithm 1.
 - ``auto`` (default): gamma = 2x the LR a short probe of this very run chose
-  (:mod:`metalr.probe`), so the net starts there; the last ``cooldown`` fraction of the run
+  (:mod:`metalr.engine.probe`), so the net starts there; the last ``cooldown`` fraction of the run
   decays the LR linearly to zero with theta frozen. A start that is wrong anyway is moved
   within the run: a ``brake`` on loss jumps in the first 5% of the run, a ``recheck`` of the LR
   at 10% (docs/design.md, "The recheck part-way into the run").
@@ -30,8 +30,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import load_attributes, save_attributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import load_attributes, save_attributes
 
 Preset = Literal["auto", "paper"]
 BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's, not undone by
@@ -194,7 +194,8 @@ class ProbedSchedule(nn.Module):
                 self.set_gamma(2 * start, ref_lr=start)
         self.gamma_source = "calibrated"
 
-    # -- the LRPolicy / HypergradientLearner protocol -----------------------------------------------
+    # -- the LRPolicy / HypergradientLearner protocol
+    # -----------------------------------------------
     def start(self, run: RunInfo) -> None:
         self.total_steps = run.total_steps
         self.to(run.device)
@@ -265,7 +266,8 @@ class ProbedSchedule(nn.Module):
         return {"preset": self.preset, "scale": self.scale, "start_factor": self.start_factor,
                 "cooldown": self.cooldown, "recheck": self.recheck, "brake": self.brake}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool =
+    False):
         """Load theta; files written before ``log_gamma`` existed carry a ``gamma`` buffer."""
         state = dict(state_dict)
         if "gamma" in state and "log_gamma" not in state:
@@ -282,7 +284,7 @@ class ProbedSchedule(nn.Module):
 
 class LossToLR(ProbedSchedule):
     """A net from the (normalised) training loss to an LR in ``[0, gamma]``, whose theta the
-    engine meta-learns by Algorithm 1 (the :class:`metalr.protocols.HypergradientLearner`
+    engine meta-learns by Algorithm 1 (the :class:`metalr.contracts.protocols.HypergradientLearner`
     protocol): MLR-SNet and the MLP variant."""
 
     learns_by: Literal["hypergradient", "self"] = "hypergradient"

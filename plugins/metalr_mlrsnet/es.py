@@ -14,8 +14,8 @@ an unbiased estimate of the gradient of the Gaussian-smoothed end-of-run meta lo
 al. 2017; for whole runs there is no truncation, so no persistent correction as in PES, Vicol et
 al. 2021, is needed). Every run is a real run of this recipe's task, model and optimizer, with
 its own probe, brake, recheck and cool-down (``make_engine`` of the runner, a new seed per pair);
-the learner is an :class:`metalr.protocols.EpisodicLearner`, so it meta-trains offline, then
-runs frozen like any transferred net. Cost: ``episodes`` whole runs per meta-training.
+the learner is an :class:`metalr.contracts.protocols.EpisodicLearner`, so it meta-trains offline,
+then runs frozen like any transferred net. Cost: ``episodes`` whole runs per meta-training.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from metalr.engine import TrainingDiverged
+from metalr.engine.algorithm import TrainingDiverged
 
 from .base import ProbedOptions, ProbedSchedule
 from .lstm import MLRSNet

@@ -4,8 +4,8 @@ They are ``torch.save`` state_dicts of the authors' meta-test net: plain tensors
 with ``torch.load(weights_only=True, map_location="cpu")`` (their storages are tagged
 ``cuda:0``; ``weights_only`` refuses any pickle that would build objects or run code). Their
 keys map onto the ``mlrsnet`` policy with ``cell: official``. The core reaches this module only
-as the ``mlrsnet-official`` net format (:class:`metalr.protocols.NetFormat`), so that
-:func:`metalr.weights.load_meta_learner` stays the one loader of saved nets without knowing
+as the ``mlrsnet-official`` net format (:class:`metalr.contracts.protocols.NetFormat`), so that
+:func:`metalr.engine.weights.load_meta_learner` stays the one loader of saved nets without knowing
 this plugin's parameter paths.
 
 What the files do not hold, and the format sets:
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from metalr.protocols import ImportedNet
+from metalr.contracts.protocols import ImportedNet
 
 POLICY = "mlrsnet"
 PAPER_GAMMA = 1.0  # images (paper Sec. 4, footnote 1)
@@ -86,9 +86,9 @@ def convert(state: dict[str, torch.Tensor], path: Path,
     """``(policy name, options, tensors)`` of an ``mlrsnet`` (official cell) for a released file.
 
     Checks every key and shape first; ``ValueError`` names the file, the key and what was
-    expected. Dtypes, NaNs and sizes are checked before, by :func:`metalr.weights.check_tensors`,
-    the one check of every format. ``ref_lr`` is left to :func:`set_reference_lr`, which needs
-    the built net.
+    expected. Dtypes, NaNs and sizes are checked before, by
+    :func:`metalr.engine.weights.check_tensors`, the one check of every format. ``ref_lr`` is left
+    to :func:`set_reference_lr`, which needs the built net.
     """
     if "layer3.weight" not in state or "layer1.fc_i2h.0.weight" not in state:
         raise ValueError(f"{path}: keys {sorted(state)[:6]}... are not an MLR-SNet's; "

@@ -1,15 +1,15 @@
 """Meta-test of saved MLR-SNets inside the engine (paper Eq. 12 and Appendix C).
 
 k frozen nets are switched over k equal phases of the new run's ``epochs * steps_per_epoch``
-steps, through :class:`metalr.scheduler.PhasedNets`: the same code as the plain-loop
+steps, through :class:`metalr.scheduler.learned.PhasedNets`: the same code as the plain-loop
 :class:`metalr.LearnedLR`, so a recipe and a hand-written loop give the same LRs.
 
 This is a plain LR policy, not a meta-learner: it has no ``virtual_lr`` or ``meta_parameters``
-(it is not a :class:`metalr.protocols.HypergradientLearner`), so the engine never builds a
+(it is not a :class:`metalr.contracts.protocols.HypergradientLearner`), so the engine never builds a
 hypergradient for it, never meta-trains it and never saves it; theta stays as loaded.
 
 The LR scale at transfer time (``scale: auto``, the default) comes from the new run itself: the
-short probe of :mod:`metalr.probe` chooses this run's start LR, and every net is rescaled by
+short probe of :mod:`metalr.engine.probe` chooses this run's start LR, and every net is rescaled by
 ``start / ref_lr`` (``ref_lr``: the LR the nets were calibrated to when meta-trained), so the
 schedule keeps its shape relative to its start on any model and optimizer. ``scale: saved``
 keeps the absolute scale the nets were meta-trained with; a ``gamma`` option sets the bound of
@@ -23,9 +23,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
-from metalr.scheduler import PhasedNets, choose_nets, load_nets, resolve_nets
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
+from metalr.scheduler.learned import PhasedNets, choose_nets, load_nets, resolve_nets
 
 DEFAULT_NETS = "mnist1d-mlp"
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.data import TensorClassificationTask
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.data import TensorClassificationTask
 
 
 class MNIST1DOptions(BaseModel):

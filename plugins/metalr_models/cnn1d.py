@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 
 class CNN1DOptions(BaseModel):

@@ -1,15 +1,14 @@
 """Meta-objectives: what a meta-update of MLR-SNet minimises, as a function of the LR.
 
-``one-step`` is Algorithm 1's (the engine's own :class:`metalr.objectives.OneStep`, named here);
-``unroll`` looks K steps ahead (truncated backpropagation through K steps of the real optimizer,
-made by higher's differentiable optimizers).
+``one-step`` is Algorithm 1's (the engine's own :class:`metalr.engine.objectives.OneStep`, named
+here); ``unroll`` looks K steps ahead (truncated backpropagation through K steps of the real
+optimizer, made by higher's differentiable optimizers).
 """
 
 from metalr import hookimpl
-from metalr.objectives import OneStep
+from metalr.engine.objectives import OneStep
 
 from .unroll import Unroll, UnrollOptions
-
 
 __all__ = ["OneStep", "Unroll", "UnrollOptions"]
 

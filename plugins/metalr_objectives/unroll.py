@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import Lookahead
+from metalr.contracts.protocols import Lookahead
 
 
 class UnrollOptions(BaseModel):

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
 
 
 class FixedOptions(BaseModel):

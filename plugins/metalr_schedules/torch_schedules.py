@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.optim import lr_scheduler
 
-from metalr.protocols import RunInfo, StepContext
-from metalr.run_state import SavedAttributes
+from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.run_state import SavedAttributes
 
 
 class _Options(BaseModel):

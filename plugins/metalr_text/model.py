@@ -6,7 +6,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 

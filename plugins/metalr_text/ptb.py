@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from metalr.datafiles import data_root, require
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.datafiles import data_root, require
 
 from .task import EOS, UNK, Corpus, PydocLM, tokenize
 
@@ -73,7 +73,7 @@ class PTB(PydocLM):
         self._carry_out = None
 
     def check_files(self) -> None:
-        """Raise a :class:`~metalr.datafiles.MissingDataError` naming every missing file."""
+        """Raise a :class:`~metalr.engine.datafiles.MissingDataError` naming every missing file."""
         require(self.root, FILES.values(), "Penn Treebank",
                 "ptb.*.txt from the simple-examples archive of Mikolov's RNNLM page")
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 UNK, EOS = "<unk>", "<eos>"
 Hidden = tuple[torch.Tensor, torch.Tensor]

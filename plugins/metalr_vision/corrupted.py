@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from metalr.datafiles import data_root, require
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.datafiles import data_root, require
 
 from . import transforms
 from .cifar import CIFAR10_TEST, CIFAR10_TRAIN, CIFAR100_FOLDER

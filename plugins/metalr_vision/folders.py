@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 from . import transforms
 from .image_task import ImageTask, LoaderOptions, Transform

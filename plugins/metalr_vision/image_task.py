@@ -1,7 +1,7 @@
 """The base of the paper's image tasks: splits streamed through a ``DataLoader``.
 
-Unlike the small in-memory tasks (:mod:`metalr.data`), these decode and augment every image on
-the fly, in worker processes (persistent across epochs, pinned memory on CUDA), and hand the
+Unlike the small in-memory tasks (:mod:`metalr.engine.data`), these decode and augment every image
+on the fly, in worker processes (persistent across epochs, pinned memory on CUDA), and hand the
 engine batches already on the training device.
 
 Splits. The meta split is carved from the *training* split, class-balanced, by a seeded
@@ -25,8 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from metalr.datafiles import data_root, require
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
+from metalr.engine.datafiles import data_root, require
 
 from .sources import Source
 
@@ -175,7 +175,7 @@ class ImageTask:
     # -- the Task protocol ------------------------------------------------------------------
 
     def check_files(self) -> None:
-        """Raise :class:`~metalr.datafiles.MissingDataError` naming every missing file;
+        """Raise :class:`~metalr.engine.datafiles.MissingDataError` naming every missing file;
         cheap (no file is opened), so ``metalr validate`` calls it before anything runs."""
         require(self.root, self.required(), self.spec_name(), self.hint)
 

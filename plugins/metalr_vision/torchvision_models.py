@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 Stem = Literal["auto", "cifar", "imagenet"]
 SMALL_INPUT = 64

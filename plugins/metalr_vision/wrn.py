@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional as F
 
-from metalr.protocols import ModelSpec
+from metalr.contracts.protocols import ModelSpec
 
 
 class WRNOptions(BaseModel):

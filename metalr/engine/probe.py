@@ -1,0 +1,460 @@
+"""The LR scale of a run, measured on the run itself before it starts.
+
+A learned schedule outputs an LR in ``[0, gamma]``, and no single gamma fits every model,
+optimizer and data set. The probe asks what a practitioner's LR sweep asks, at a fraction of the
+cost: from the run's own initial weights, on its own first batches and data order, a few steps
+of fixed-LR training for each point of a log grid (decades, then half-decades around the best;
+a best point at the grid's edge extends it once), each judged by the loss on fixed meta batches,
+never the test split.
+
+Which point to start from: a few steps measure well where training stops working, not which
+LR ends best, so for SGD the run starts at **half the edge** (the largest LR that keeps half of
+the best point's improvement). Adam-like optimizers do not blow up within a few steps at too
+large an LR, they degrade later; they get a probe three times as long and start at its **best**
+point. A probe that sees no signal (a loss plateau: every point moves less than the probe's own
+noise) says so, tries once more with a longer horizon when affordable, and otherwise starts at
+half the largest LR that did no harm. What each rule was measured on, and its known limits
+(noisy labels), is in docs/design.md, "Learned schedules that work untuned".
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from metalr.contracts.protocols import Batch, Task
+from metalr.engine.order import DataOrder
+
+HALF_DECADE = math.sqrt(10)
+QUARTER_DECADE = 10 ** 0.25
+ADAPTIVE_HORIZON = 3  # Adam-like optimizers: probe steps per point, times the SGD count
+SIGNAL_NOISE = 1.0  # a signal beats the noise (one replicate's movement) ...
+SIGNAL_FLOOR = 0.05  # ... and improves on the untrained loss by this fraction of it
+LONGER = 4  # no signal: the grid once more with this many times the steps, ...
+BUDGET = 0.25  # ... if the probe's steps then stay within this share of the run's
+REPLICATE = 1_000_003  # the data order of the noise replicate: seed + this
+RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
+DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
+HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
+PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
+# of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
+
+
+@dataclass
+class ProbeResult:
+    """What the probe measured (``losses[lr]``: mean meta loss after it) and chose.
+
+    ``best`` had the lowest loss; ``edge`` is the largest LR found that still keeps half of
+    ``best``'s improvement over the untrained loss (for SGD climbing half-decades up from the
+    best, then one quarter-decade; for Adam-like optimizers among the points measured); ``lr``
+    is where the run starts: ``edge / 2`` for SGD, ``best`` of the longer probe for Adam-like
+    optimizers (why: the module docstring).
+    """
+
+    lr: float
+    losses: dict[float, float] = field(default_factory=dict)
+    steps_per_point: int = 0
+    at_edge: bool = False
+    best: float = 0.0
+    edge: float = 0.0
+    initial_loss: float = math.nan  # the meta loss of the untrained model
+    steps: int = 0  # training steps the probe took, all points together
+    seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
+    signal: bool = True  # False: no point beat the untrained model beyond the noise
+    noise: float = 0.0  # how far the best point's loss moved with another data order
+
+
+    @property
+    def ceiling(self) -> float:
+        """Twice the start (a probed policy's gamma): about where training from the initial
+        weights stopped working; a recheck moves a run's LR no higher."""
+        return 2 * self.lr
+
+
+def is_adaptive(optimizer: torch.optim.Optimizer) -> bool:
+    """Adam-like optimizers normalise the step, so their LR is the step length itself."""
+    return "betas" in optimizer.defaults
+
+
+def decade_grid(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Decades to try first, by optimizer family.
+
+    Adam-like: 1e-5 .. 1e-1. SGD: an *effective* step of 1e-3 .. 1e2, divided by ``1/(1 - mu)``,
+    the factor by which momentum ``mu`` lengthens the step, so that plain SGD, momentum and
+    Nesterov are searched over the same effective steps.
+    """
+    if is_adaptive(optimizer):
+        return [10.0 ** e for e in range(-5, 0)]
+    momentum = float(optimizer.defaults.get("momentum", 0.0) or 0.0)
+    return [10.0 ** e * (1.0 - momentum) for e in range(-3, 3)]
+
+
+def probe_steps(total_steps: int, steps_per_epoch: int) -> int:
+    """Steps per grid point: 2% of the run, at least 20, at most one epoch (or 20), at most the
+    run. Ten steps were too few on the language model: LR 32 won there and 100 still looked
+    fine, where 20 steps show 100 diverging (the tuned LR is 20)."""
+    return max(1, min(total_steps, max(20, steps_per_epoch), max(20, round(0.02 * total_steps))))
+
+
+def probe_lr(
+    task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+    total_steps: int, steps_per_epoch: int, batch_size: int, meta_batch_size: int, seed: int,
+    clip_grad_norm: float | None = None, grid: Sequence[float] | None = None,
+    meta_batches: int = 2, steps_per_point: int | None = None,
+) -> ProbeResult:
+    """Probe fixed LRs for a few steps from the model's current weights; choose the start LR.
+
+    The model's weights and buffers, the optimizer's state and torch's global RNGs are restored
+    afterwards, so the run that follows starts exactly where it would have without the probe.
+    Each point draws its dropout from the global generator seeded with ``seed``, not from where
+    the global generator happens to stand: what was built before the probe (a policy's own
+    initialisation, e.g. the cell of an MLR-SNet) does not change the LR it chooses.
+    ``steps_per_point`` overrides the length rule (``probe_steps``, times ``ADAPTIVE_HORIZON``
+    for Adam-like optimizers) and turns the longer pass off; ``bench/probe_horizon.py`` uses it.
+
+    When the best point is no better than the untrained model by more than the probe's own noise
+    (:func:`has_signal`), nothing was measured: the grid runs once more with ``LONGER`` times the
+    steps if that fits ``BUDGET``, and if there is still no signal the run starts at half the
+    largest LR that did no harm on the plateau (:func:`_plateau_edge`; ``ProbeResult.signal``
+    False; docs/design.md).
+    """
+    began = time.perf_counter()
+    adaptive = is_adaptive(optimizer)
+    steps = steps_per_point or probe_steps(total_steps, steps_per_epoch)
+    if adaptive and steps_per_point is None:
+        steps = min(total_steps, ADAPTIVE_HORIZON * steps)
+    weights = copy.deepcopy(model.state_dict())
+    order = DataOrder(seed)
+    judge_gen = order.judge_generator()
+    judge = [task.meta_batch(meta_batch_size, judge_gen) for _ in range(meta_batches)]
+    initial = _judge(task, model, judge)
+    spent = 0  # training steps taken, all passes together
+
+    def measure(lr: float, horizon: int, data: DataOrder = order) -> float:
+        nonlocal spent
+        model.load_state_dict(weights)
+        torch.manual_seed(data.seed + DROPOUT)  # the same dropout draws for every point and policy
+        opt = _fresh(optimizer, model.parameters(), lr)
+        spent += horizon
+        return _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
+                                clip_grad_norm)
+
+    with torch.random.fork_rng(devices=_devices(model)):  # every device's, given back
+        try:
+            found = _search(lambda lr: measure(lr, steps), optimizer, grid, initial)
+            noise = _noise(found, lambda lr: measure(lr, steps, DataOrder(seed + REPLICATE)))
+            signal = has_signal(initial, found.losses[found.best], noise)
+            passes = [found]
+            harmless = found.harmless(initial, noise, PLATEAU)
+            again = [lr for lr in harmless if lr >= max(harmless) / 100]  # the top two decades
+            longer = LONGER * steps
+            if (not signal and steps_per_point is None
+                    and spent + longer * len(again) <= BUDGET * total_steps):
+                steps = longer
+                found = _search(lambda lr: measure(lr, steps), optimizer, again, initial,
+                                climb=False)
+                passes.append(found)
+                signal = has_signal(initial, found.losses[found.best], noise)
+        finally:
+            model.load_state_dict(weights)
+    if not math.isfinite(found.losses[found.best]):
+        raise FloatingPointError(
+            "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
+    if not signal:  # nothing measured: half the largest LR that did not lift the plateau
+        start = _plateau_edge(passes, initial, noise) / 2
+    else:
+        start = found.best if adaptive else found.edge / 2  # Adam fails late, not in a probe
+    return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
+                       found.best, found.edge, initial, steps=spent,
+                       seconds=time.perf_counter() - began, signal=signal, noise=noise)
+
+
+def recheck_lr(
+    task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, *,
+    steps: int, batch_size: int, meta_batch_size: int, seed: int,
+    clip_grad_norm: float | None = None, meta_batches: int = 2, ceiling: float = math.inf,
+    untrained: float | None = None,
+) -> ProbeResult:
+    """Probe again, part-way into a run, around the LR it runs at: is ``lr`` wrong by far?
+
+    A start can be wrong by 10x either way (a probe that saw no signal, a short horizon that
+    misled it, a user's scale, a net transferred from another model). From the current weights
+    *and* the optimizer's current state (momentum, Adam's moments), ``steps`` steps at
+    ``lr/10``, ``lr`` and ``10 lr`` (one more decade past an end that wins, then the
+    half-decades around the best), judged on the probe's meta batches like the first probe.
+    The run moves only when that is measured: the best point beats ``lr`` by more than the
+    noise (``lr`` replicated on another data order) and 1% of its loss. Up whenever a larger LR
+    wins (a few steps favour small LRs, the module docstring, so a larger one that wins is
+    real); down only when ``lr`` does harm, its loss after the steps higher than before them by
+    more than the noise and ``HARM`` (50%) of it. A smaller LR winning a few steps is otherwise
+    the short horizon speaking: on the MNIST-1D MLP with SGD momentum the loss at the right LR
+    (0.26) rises 3-6% over 28 steps from mid-run weights, and moving down on that evidence cost
+    3 points; on the CPU suite's MLP (40 epochs) the loss at 0.5 rose 20% and the move down to
+    0.05 cost 8 points on that seed (10% was the rule then). Too-high starts are the brake's. It
+    moves to the best point, not past it: on digits, moving to the largest point tied with the best
+    jumped 100x and broke a run, and so did the best point itself (0.30, 100x up) on one seed of
+    three; so where the run had a probe, ``ceiling`` (the engine passes the probe's gamma, twice its
+    start: about where training from the initial weights stopped working) bounds a move up.
+
+    A run still on a loss plateau is the exception to "only on a measured win": given
+    ``untrained`` (the probe's loss of the untrained model on the same judging batches), a run
+    whose loss has not fallen ``SIGNAL_FLOOR`` below it has learned nothing yet, and where no
+    point of this look has a signal either (:func:`has_signal` against the loss before it: a
+    run that learned and fell back to its untrained loss is not on a plateau; its smaller LRs
+    improve at once), it moves up to the largest point that kept the loss within
+    ``PLATEAU`` of where it stands (up to ``ceiling``): on a plateau the way off is a larger
+    step, and the run has nothing to lose (a GRU and an LSTM whose probe started them at 0.16-0.5
+    sat at chance for the whole run; fixed at 0.5-1 they escape it).
+
+    Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
+    was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``
+    whether it moved. Weights, buffers, optimizer state and the global RNGs are restored.
+    """
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"recheck_lr needs a positive LR to look around, got {lr}")
+    began = time.perf_counter()
+    weights = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(optimizer.state_dict())
+    judge_gen = DataOrder(seed).judge_generator()
+    judge = [task.meta_batch(meta_batch_size, judge_gen) for _ in range(meta_batches)]
+    initial = _judge(task, model, judge)
+    losses: dict[float, float] = {}
+    spent = 0
+
+    def measure(at: float, data: DataOrder) -> float:
+        nonlocal spent
+        model.load_state_dict(weights)
+        torch.manual_seed(data.seed + DROPOUT)
+        opt = _fresh(optimizer, model.parameters(), at, state)
+        spent += steps
+        return _train_and_judge(task, model, opt, steps, batch_size, data, judge,
+                                clip_grad_norm)
+
+    order = DataOrder(seed + RECHECK_ORDER)
+
+    def run(at: float) -> float:
+        known = _nearest(losses, at)
+        if known is None:
+            known = losses[at] = measure(at, order)
+        return known
+
+    with torch.random.fork_rng(devices=_devices(model)):
+        try:
+            for at in (lr / 10, lr, lr * 10):
+                run(at)
+            best = min(losses, key=losses.__getitem__)
+            if best != lr:  # one decade past the end that won
+                run(best / 10 if best < lr else best * 10)
+                best = min(losses, key=losses.__getitem__)
+            for at in (best / HALF_DECADE, best * HALF_DECADE):
+                run(at)
+            best = min(losses, key=losses.__getitem__)
+            noise = 0.0  # an LR that diverges here is harm enough: nothing to replicate
+            if math.isfinite(losses[lr]):
+                again = measure(lr, DataOrder(seed + REPLICATE + RECHECK_ORDER))
+                noise = abs(again - losses[lr]) if math.isfinite(again) else abs(losses[lr])
+            # on a plateau: no progress since the start, and no point of this look moves the
+            # loss beyond its noise either (a run that learned and then fell back is no plateau)
+            finite = [v for v in losses.values() if math.isfinite(v)]
+            stuck = (untrained is not None and not has_signal(untrained, initial, 0.0)
+                     and not has_signal(initial, min(finite, default=initial), noise))
+            if stuck and lr < ceiling < math.inf:  # the highest point a plateau move may take
+                run(min(ceiling, 10 * lr))
+        finally:
+            model.load_state_dict(weights)  # the real optimizer was never stepped
+    here = losses[lr]
+    tied = max(noise, 0.01 * abs(here)) if math.isfinite(here) else 0.0
+    better = math.isfinite(losses[best]) and here - losses[best] > tied
+    # up: a larger LR measured better (a short horizon favours small LRs, so this is real);
+    # down: only when the current LR does harm, its loss after the steps above the loss before
+    moved = better and (best > lr or not here <= initial + max(noise, HARM * abs(initial)))
+    chosen = (min(best, max(ceiling, lr)) if best > lr else best) if moved else lr
+    if not moved and stuck:
+        # no progress since the start, no measured win: off the plateau with a larger step
+        wobble = initial + max(noise, PLATEAU * abs(initial))
+        up = [at for at, v in losses.items() if at > lr and v <= wobble]
+        chosen = min(max(up), max(ceiling, lr)) if up else lr
+        moved = chosen > lr
+    return ProbeResult(chosen, dict(sorted(losses.items())), steps, False, best, chosen,
+                       initial, steps=spent, seconds=time.perf_counter() - began,
+                       signal=moved, noise=noise)
+
+
+def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> float:
+    """The largest LR that did no harm on a loss plateau in every pass that measured it: its
+    loss within ``PLATEAU`` of the untrained loss (or the noise). A few percent is what larger
+    steps do to a flat loss before they find a way off it (a GRU on its plateau: +1.7-2% at LR
+    1, the LR that escapes; 60x at 10), so the 1% of :meth:`_Found.harmless` is too strict.
+    It reaches at most a decade past the 1% edge: a dead net's plateau is flat at any LR (the
+    deep plain MLP's loss at LR 10 is 4-8% above the untrained one), and a start of 5 there
+    says more than the probe measured."""
+    strict = max(passes[0].harmless(initial, noise))
+    fine = {lr for lr in passes[0].harmless(initial, noise, PLATEAU) if lr <= 10.001 * strict}
+    for longer in passes[1:]:  # measured again with more steps: that verdict counts
+        fine -= set(longer.losses) - set(longer.harmless(initial, noise, PLATEAU))
+    return max(fine) if fine else max(passes[-1].harmless(initial, noise))
+
+
+def has_signal(initial: float, best: float, noise: float) -> bool:
+    """Whether the best point improved on the untrained model by more than the probe can
+    resolve: ``SIGNAL_NOISE`` times its noise (``_noise``) and ``SIGNAL_FLOOR`` of the untrained
+    loss. A loss plateau (a recurrent net that has not yet found its long-range signal) moves
+    every point by far less: there is nothing to pick a best from."""
+    improvement = initial - best
+    return improvement > max(SIGNAL_NOISE * noise, SIGNAL_FLOOR * abs(initial))
+
+
+@dataclass
+class _Found:
+    """One pass over the grid: the losses, the best point and the SGD edge."""
+
+    losses: dict[float, float]
+    best: float
+    at_edge: bool
+    edge: float
+
+    def harmless(self, initial: float, noise: float, share: float = 0.01) -> list[float]:
+        """The LRs measured that did no harm: finite, no worse than the untrained model by more
+        than the noise (or ``share`` of its loss)."""
+        tolerance = max(noise, share * abs(initial))
+        found = [lr for lr, v in self.losses.items() if v <= initial + tolerance]
+        return sorted(found) or [min(self.losses)]
+
+
+def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | None,
+            initial: float, climb: bool = True) -> _Found:
+    """Decades (or ``grid``), one extension past an edge the best sits on, the half-decades
+    around the best, then for SGD the edge climb (module docstring)."""
+    adaptive = is_adaptive(optimizer)
+    losses: dict[float, float] = {}
+
+    def run(lr: float) -> float:
+        known = _nearest(losses, lr)
+        if known is None:
+            known = losses[lr] = run_at(lr)
+        return known
+
+    searching = grid is None and climb
+    coarse = sorted(grid) if grid is not None else decade_grid(optimizer)
+    for lr in coarse:
+        run(lr)
+    best = min(coarse, key=lambda v: losses[v])
+    at_edge = best in (coarse[0], coarse[-1])
+    if searching and at_edge:  # extend once past the edge it sits on
+        ext = best / 10 if best == coarse[0] else best * 10
+        run(ext)
+        if losses[ext] < losses[best]:
+            best = ext
+        else:
+            at_edge = False
+    if searching:  # half-decades around the best
+        for lr in (best / HALF_DECADE, best * HALF_DECADE):
+            run(lr)
+        best = min(losses, key=losses.__getitem__)
+    edge = best
+    if math.isfinite(losses[best]):
+        # half the best improvement (the best itself always qualifies, even when no point
+        # improved on the untrained model)
+        keep = max(_halfway(initial, losses[best]), losses[best])
+        if searching and not adaptive:  # climb half-decades while training still works
+            top = max(coarse) * 10
+            x = best * HALF_DECADE
+            while x <= top * 1.001 and run(x) <= keep:
+                edge, x = x, x * HALF_DECADE
+            if run(edge * QUARTER_DECADE) <= keep:  # one finer step: the edge to 1.8x
+                edge *= QUARTER_DECADE
+        else:
+            edge = max(lr for lr, value in losses.items() if value <= keep)
+    return _Found(losses, best, at_edge, edge)
+
+
+def _halfway(initial: float, best: float) -> float:
+    """Half the way from the untrained loss down to the best, on a log scale where both are
+    positive (their geometric mean). A squared error falls by orders of magnitude in a probe
+    (regression: 201 to 12 in 20 steps), and half of that in absolute terms is a loss six times
+    the best's, which let the edge climb to an LR that killed the net; for a cross-entropy near
+    ln K the two agree (the three CPU suites' edges are the same on every seed)."""
+    if initial > 0 and best > 0:
+        return math.sqrt(initial * best)
+    return initial - 0.5 * (initial - best)
+
+
+def _noise(found: _Found, replicate) -> float:
+    """How much the best point's loss moves with another data order (seed to seed, batch to
+    batch): one replicate of it, on the same judging batches."""
+    best = found.losses[found.best]
+    if not math.isfinite(best):
+        return 0.0
+    again = replicate(found.best)
+    return abs(again - best) if math.isfinite(again) else abs(best)
+
+
+def _devices(model: nn.Module) -> list[int]:
+    """The CUDA devices the model lives on, whose generators the probe must give back."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def _fresh(optimizer: torch.optim.Optimizer, params, lr: float,
+           state: dict | None = None) -> torch.optim.Optimizer:
+    """A new optimizer of the same class and settings at this LR, with no state or a copy of
+    ``state`` (an ``optimizer.state_dict()``: a recheck continues the run's momentum).
+
+    Only the settings its constructor takes are passed: ``defaults`` may hold derived keys (torch's
+    AdamW records ``decoupled_weight_decay``, which ``AdamW()`` does not accept)."""
+    cls = type(optimizer)
+    accepted = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    fresh = cls(params, **{**settings, "lr": lr})
+    if state is not None:
+        fresh.load_state_dict(copy.deepcopy(state))
+        for group in fresh.param_groups:
+            group["lr"] = lr
+    return fresh
+
+
+def _nearest(losses: dict[float, float], lr: float) -> float | None:
+    """The loss measured at ``lr`` (to rounding), or None."""
+    for key, value in losses.items():
+        if math.isclose(key, lr, rel_tol=1e-6):
+            return value
+    return None
+
+
+def _judge(task: Task, model: nn.Module, judge: list[Batch]) -> float:
+    """Mean loss on the fixed meta batches, in eval mode (no dropout noise in the verdict)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        value = sum(float(task.loss(model, b)) for b in judge) / len(judge)
+    model.train(was_training)
+    return value if math.isfinite(value) else math.inf
+
+
+def _train_and_judge(task: Task, model: nn.Module, opt: torch.optim.Optimizer, steps: int,
+                     batch_size: int, order: DataOrder, judge: list[Batch],
+                     clip_grad_norm: float | None) -> float:
+    # the batches the run itself will start with, so a point that would wreck the run's first
+    # steps is seen to wreck them here
+    model.train()
+    first = None
+    for _, batch in itertools.islice(order.batches(task, batch_size), steps):
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        value = float(loss.detach())
+        first = value if first is None else first
+        if not math.isfinite(value) or value > 1e3 * max(first, 1e-12):
+            return math.inf
+        loss.backward()
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        opt.step()
+    return _judge(task, model, judge)
+
