@@ -456,14 +456,10 @@ def test_the_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
     assert twin.step(1.2) == sched.step(1.2)
 
 
-def test_the_old_argument_order_still_works_with_a_deprecation_warning():
+def test_the_optimizer_comes_first():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
-    with pytest.warns(DeprecationWarning, match=r"pass the optimizer first"):
-        old = LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
-    new = LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=6)
-    assert old.step(2.0) == new.step(2.0)
-    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
-        LearnedLR.from_pretrained("mnist1d-mlp", "mnist1d-mlp", total_steps=6)
+    with pytest.raises(TypeError, match=r"from_pretrained\(optimizer, nets.*got str"):
+        LearnedLR.from_pretrained("mnist1d-mlp", opt, total_steps=6)
 
 
 def test_the_step_pre_hook_goes_with_the_scheduler():

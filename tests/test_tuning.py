@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from pathlib import Path
 
 import pytest
@@ -130,13 +129,9 @@ def test_tuning_seeds_default_to_two_of_the_training_seeds():
     assert recipe().resolved()["tuning"]["seeds"] == [2, 3]
 
 
-def test_tuning_seed_is_a_deprecated_alias():
-    with pytest.warns(FutureWarning, match="tuning.seeds"):
-        r = recipe(tuning={"seed": 4})
-    assert r.tuning.seeds == [4] and "seed" not in r.resolved()["tuning"]
-    with pytest.raises(ValidationError, match="tuning.seeds only"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        recipe(tuning={"seed": 4, "seeds": [1, 2]})
+def test_tuning_takes_seeds_only():
+    with pytest.raises(ValidationError, match="seed"):
+        recipe(tuning={"seed": 4})
     with pytest.raises(ValidationError, match="repeats a seed"):
         recipe(tuning={"seeds": [1, 1]})
 

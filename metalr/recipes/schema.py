@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import types
 import typing
-import warnings
 from typing import Annotated, Any, Literal, Union
 
 import torch
@@ -107,24 +106,6 @@ class TuningConfig(_Strict):
         "when there is one seed"
     )
     epochs: Count | None = Field(None, description="unset: train.epochs")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _seed_alias(cls, data: Any) -> Any:
-        """``tuning.seed: s`` (deprecated) is ``tuning.seeds: [s]``."""
-        if not isinstance(data, dict) or "seed" not in data:
-            return data
-        data = dict(data)
-        seed = data.pop("seed")
-        if seed is None:
-            return data
-        if data.get("seeds") is not None:
-            raise ValueError("give tuning.seeds only (tuning.seed is its deprecated one-seed form)")
-        warnings.warn("tuning.seed is deprecated: write tuning.seeds: [seed] (tuning over one "
-                      "seed can choose a value that diverges on the others)", FutureWarning,
-                      stacklevel=2)
-        data["seeds"] = [seed]
-        return data
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> TuningConfig:

@@ -293,19 +293,6 @@ class PhasedNets:
 
 # -- the scheduler ------------------------------------------------------------------------------
 
-def _optimizer_first(first: Any, second: Any, where: str) -> tuple[Any, Any]:
-    """Accept the pre-0.2 order ``(nets, optimizer)`` for one release, with a DeprecationWarning."""
-    if isinstance(first, torch.optim.Optimizer):
-        return first, second
-    if isinstance(second, torch.optim.Optimizer):
-        warnings.warn(f"{where}(nets, optimizer, ...) is deprecated: pass the optimizer first, "
-                      f"{where}(optimizer, nets, ...), as the constructor takes it",
-                      DeprecationWarning, stacklevel=3)
-        return second, first
-    raise TypeError(f"{where}: the first argument must be a torch.optim.Optimizer, "
-                    f"got {type(first).__name__}")
-
-
 class LossDrivenLR(LRScheduler):
     """A torch ``LRScheduler`` whose LR of step t is a function of step t's training loss.
 
@@ -480,7 +467,10 @@ class LearnedLR(LossDrivenLR):
         the authors' released ``.pth`` files (read with ``torch.load(weights_only=True)``). A
         list mixes them; its order is the order of the phases.
         """
-        optimizer, nets = _optimizer_first(optimizer, nets, "LearnedLR.from_pretrained")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError("LearnedLR.from_pretrained(optimizer, nets, total_steps=...): the "
+                            "first argument must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
         return cls(optimizer, load_nets(nets), total_steps, lr=lr, gamma=gamma,
                    loss_scale=loss_scale, device=device)
 
