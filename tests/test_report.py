@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import statistics
@@ -10,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -30,13 +32,22 @@ METHODS = {
         "name": "mlrsnet-transfer", "options": {"nets": ["mnist1d-mlp"], "scale": "saved"}}},
 }
 TRAIN = {"epochs": 2, "seeds": [0, 1], "batch_size": 64, "device": "cpu", "threads": 1}
+LEARNED = {"learned": {"optimizer": SGD, "lr_policy": {"name": "mlrsnet",
+                                                       "options": {"gamma": 0.5}},
+                       "meta": {"t_val": 5}}}  # meta-trains a net: the cards section lists it
 RECIPES = {
     "rep-mnist1d": {"task": {"name": "mnist1d", "options": {"meta_size": 100,
                                                              "num_samples": 600}},
                     "model": {"name": "mlp", "options": {"hidden": [32]}}},
     "rep-digits": {"task": {"name": "digits", "options": {"meta_size": 200}},
-                   "model": {"name": "mlp", "options": {"hidden": [32]}}},
+                   "model": {"name": "mlp", "options": {"hidden": [32]}},
+                   "methods": {**METHODS, **LEARNED}},
 }
+SWEPT = "methods.fixed.lr_policy.options.lr"
+SWEEP = {"name": "rep-sweep", **RECIPES["rep-digits"], "methods": {"fixed": METHODS["fixed"]},
+         "train": {**TRAIN, "epochs": 1},
+         "sweep": {"grid": {SWEPT: [0.01, 0.3]}, "seeds": [0, 1],
+                   "executor": {"name": "local", "options": {"workers": 1}}}}
 
 
 # -- the performance profile, by hand ------------------------------------------------------------
@@ -79,7 +90,8 @@ def test_profile_edge_cases():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Two recipes on two tasks, 2 methods x 2 seeds x 2 epochs each, tracked in SQLite."""
+    """Two recipes on two tasks, 2-3 methods x 2 seeds x 2 epochs each, and a sweep of 2 LRs x
+    2 seeds, tracked in SQLite."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
@@ -88,9 +100,12 @@ def store(tmp_path_factory):
         for name, parts in RECIPES.items():
             recipe = root / f"{name}.yaml"
             recipe.write_text(yaml.safe_dump({
-                "name": name, **parts, "train": TRAIN, "methods": METHODS,
+                "name": name, "train": TRAIN, "methods": METHODS, **parts,
                 "tracking": "mlflow", "output_dir": str(root / "out")}))
             assert main(["run", str(recipe), "-q"]) == 0
+        sweep = root / "sweep.yaml"
+        sweep.write_text(yaml.safe_dump({**SWEEP, "output_dir": str(root / "out")}))
+        assert main(["sweep", str(sweep), "-q"]) == 0
     return root, uri
 
 
@@ -162,11 +177,13 @@ def test_report_tables_hold_the_stores_numbers(store, report):
     assert sorted(p.name for p in report.iterdir()) == ["assets", "index.html"]
     assert {p.name for p in (report / "assets").iterdir()} >= {"uPlot.iife.min.js", "report.js"}
     tables = tables_of(report / "index.html")
-    assert len(tables["results"]) == 2 * (1 + len(METHODS))  # a header and a row per method
-    for i, experiment in enumerate(RECIPES):
+    start = 0
+    for experiment, parts in RECIPES.items():
         values = finals(client, experiment)
-        results = tables["results"][i * 3:(i + 1) * 3]
-        seeds = tables["seeds"][i * 3:(i + 1) * 3]
+        n = 1 + len(parts.get("methods", METHODS))  # a header and a row per method
+        results = tables["results"][start:start + n]
+        seeds = tables["seeds"][start:start + n]
+        start += n
         assert results[0][:2] == ["method", "final test accuracy"]
         assert seeds[0] == ["method", "seed 0", "seed 1"]
         for row, seed_row in zip(results[1:], seeds[1:]):
@@ -177,9 +194,10 @@ def test_report_tables_hold_the_stores_numbers(store, report):
             assert row[-1] == "2/2 finished"
             assert seed_row == [row[0], *(f"{per_seed[s]:.4f}" for s in (0, 1))]
     ratios = tables["ratios"]
-    assert ratios[0] == ["task", *METHODS]
+    assert ratios[0] == ["task", *METHODS, *LEARNED]
     assert [r[0] for r in ratios[1:]] == list(RECIPES)
-    assert all(min(float(c) for c in r[1:] if c != "∞") == 1.0 for r in ratios[1:])
+    assert all(min(float(c) for c in r[1:] if c not in ("∞", "not run")) == 1.0
+               for r in ratios[1:])
 
 
 def test_report_renders_the_model_cards_of_the_nets_used(report):
@@ -189,6 +207,86 @@ def test_report_renders_the_model_cards_of_the_nets_used(report):
     card = card[:card.index("</details>")]
     assert "<h1>mnist1d-mlp</h1>" in card and "<td><code>theta-epoch0030.safetensors</code></td>" in card
     assert "card-mnist1d-mlp-adam" not in page  # only the nets the runs used
+
+
+def charts_of(index: Path) -> dict:
+    page = index.read_text()
+    start = page.index('<script type="application/json" id="report-data">')
+    body = page[page.index(">", start) + 1:page.index("</script>", start)]
+    return json.loads(body)
+
+
+def test_report_draws_a_sweep_against_its_swept_value(store, report):
+    client = MlflowClient(store[1])
+    exp = client.get_experiment_by_name("rep-sweep")
+    finals_at: dict[float, list[float]] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        if run.data.params.get("method") == "fixed":
+            lr = float(run.data.params["lr_policy.options.lr"])
+            history = client.get_metric_history(run.info.run_id, "test_accuracy")
+            finals_at.setdefault(lr, []).append(max(history, key=lambda m: m.step).value)
+    (sweep,) = [c for k, c in charts_of(report / "index.html").items() if k.startswith("sweep")]
+    assert sweep["xlabel"] == SWEPT and sweep["x"] == [0.01, 0.3] and sweep["xlog"] is True
+    (line,) = [s for s in sweep["series"] if not s.get("points_only")]
+    assert line["label"] == "fixed"
+    assert line["y"] == pytest.approx([statistics.fmean(finals_at[x]) for x in (0.01, 0.3)])
+    dots = [s for s in sweep["series"] if s.get("points_only")]
+    assert sorted(s["label"] for s in dots) == ["fixed · seed 0", "fixed · seed 1"]
+    assert sorted(y for s in dots for y in s["y"]) == pytest.approx(
+        sorted(v for vs in finals_at.values() for v in vs))
+
+
+def test_report_curves_carry_a_band_of_one_std_over_seeds(store, report):
+    client = MlflowClient(store[1])
+    exp = client.get_experiment_by_name("rep-digits")
+    per_epoch: dict[int, list[float]] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        if run.data.params.get("method") == "fixed" and run.data.params.get("tuning") == "False":
+            for m in client.get_metric_history(run.info.run_id, "test_accuracy"):
+                per_epoch.setdefault(m.step, []).append(m.value)
+    charts = charts_of(report / "index.html")
+    (panel,) = [c for k, c in charts.items() if c["title"] == "test accuracy"
+                and any(s["label"] == "learned" for s in c["series"])]
+    by_label = {s["label"]: s["y"] for s in panel["series"]}
+    steps = sorted(per_epoch)
+    assert panel["x"] == steps and panel["log"] is False  # accuracy: a linear axis
+    mean = [statistics.fmean(per_epoch[x]) for x in steps]
+    sd = [statistics.stdev(per_epoch[x]) for x in steps]
+    assert by_label["fixed"] == pytest.approx(mean)
+    assert by_label["fixed - sd"] == pytest.approx([m - s for m, s in zip(mean, sd)])
+    assert by_label["fixed + sd"] == pytest.approx([m + s for m, s in zip(mean, sd)])
+
+
+def test_axes_are_log_only_over_a_decade_or_more():
+    from metalr.reporting.html import log_axis
+
+    assert log_axis([0.001, 0.5, None]) and not log_axis([1.2, 2.9])
+    assert not log_axis([0.0, 1.0]) and not log_axis([-1.0, 100.0]) and not log_axis([])
+
+
+def test_report_lists_the_nets_the_runs_trained_and_they_load(store, report, monkeypatch):
+    from metalr import LearnedLR
+
+    client = MlflowClient(store[1])
+    exp = client.get_experiment_by_name("rep-digits")
+    learned = sorted(r.info.run_id for r in client.search_runs([exp.experiment_id])
+                     if r.data.params.get("method") == "learned")
+    page = (report / "index.html").read_text()
+    uris = [f"runs:/{run_id}/theta/theta-final.safetensors" for run_id in learned]
+    assert len(uris) == 2 and all(f"<code>{u}</code>" in page for u in uris)
+    assert page.count("theta-final.safetensors</code></li>") == 2  # no other run trained one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[1])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert LearnedLR.from_pretrained(opt, uris[0], total_steps=4).step(1.0) > 0
+
+
+def test_the_profile_needs_two_tasks(store, tmp_path):
+    out = tmp_path / "one"
+    assert main(["report", "rep-digits", "--out", str(out), "--tracking-uri", store[1],
+                 "-q"]) == 0
+    page = (out / "index.html").read_text()
+    assert "Drawn across two tasks or more; 1 task here" in page
+    assert "profile" not in charts_of(out / "index.html")
 
 
 def test_report_of_one_run_id_and_one_experiment(store, tmp_path, capsys):
@@ -222,7 +320,7 @@ def test_the_store_is_read_through_the_tracker_plugins_reader_contract(store):
     assert not any(k.startswith("mlflow.") for k in suite.tags) and "metalr.version" in suite.tags
     children = reader.children(suite.run_id)
     assert {(r.params["method"], r.params["seed"]) for r in children} == {
-        (m, str(s)) for m in METHODS for s in TRAIN["seeds"]}
+        (m, str(s)) for m in RECIPES["rep-digits"]["methods"] for s in TRAIN["seeds"]}
     child = children[0]
     assert reader.run(child.run_id) == child and reader.run("0" * 32) is None
     assert "test_accuracy" in child.metrics and child.parent == suite.run_id
@@ -304,15 +402,22 @@ def test_report_in_chromium(store, report, tmp_path):
             page.goto((site / "index.html").as_uri())
             page.wait_for_selector("body[data-charts-drawn]", timeout=15_000)
             # the LR plot of each suite: a drawn canvas, a legend entry per method and seed
-            for i in range(len(RECIPES)):
+            for i, parts in enumerate(RECIPES.values()):
                 lr = page.locator(f"[data-chart='s{i}-lr']")
-                assert lr.get_attribute("data-series") == str(len(METHODS) * 2)
+                methods = parts.get("methods", METHODS)
+                assert lr.get_attribute("data-series") == str(len(methods) * 2)
                 assert lr.locator("canvas").count() == 1
                 box = lr.locator("canvas").bounding_box()
                 assert box["width"] > 400 and box["height"] > 200
                 labels = lr.locator(".u-legend .u-series .u-label").all_inner_texts()
                 assert "fixed/seed0" in labels and "transfer/seed1" in labels
             assert page.locator("[data-chart='profile'] canvas").count() == 1
+            assert page.locator("[data-chart='sweep0'] canvas").count() == 1
+            # the digits suite's curves: a band per method over its 2 seeds, edges not listed
+            curve = page.locator("[data-chart='s1-c2']")
+            assert curve.get_attribute("data-bands") == str(len(METHODS) + len(LEARNED))
+            shown = curve.locator(".u-legend .u-series:visible .u-label").all_inner_texts()
+            assert "learned" in shown and not any(label.endswith("sd") for label in shown)
             # drag across the middle of the first LR plot: it zooms in on those steps
             x_range = ("() => { const c = metalrReport.charts.find(c => c.key === 's0-lr');"
                        " return [c.plot.scales.x.min, c.plot.scales.x.max]; }")

@@ -83,29 +83,115 @@ def _aligned(series: Mapping[str, Sequence[tuple[int, float]]], thin: bool = Fal
     return out
 
 
+def log_axis(values: Iterable[float | None]) -> bool:
+    """A log axis where the data is positive and spans a decade or more (an LR schedule, a loss
+    from 2.3 to 0.01); linear otherwise, where a log axis would squeeze the curves into a
+    sliver (a loss between 1 and 3, an accuracy)."""
+    found = [v for v in values if v is not None and math.isfinite(v)]
+    return bool(found) and min(found) > 0 and max(found) >= 10 * min(found)
+
+
+def _band(label: str, group: str, lo: list[float | None],
+          hi: list[float | None]) -> list[dict[str, Any]]:
+    """The two edges of a spread band (drawn filled between them, not in the legend)."""
+    return [{"label": f"{label} - sd", "group": group, "y": lo, "band": "lo"},
+            {"label": f"{label} + sd", "group": group, "y": hi, "band": "hi"}]
+
+
+def _curve_panel(suite: Suite, key: str, title: str) -> dict[str, Any]:
+    """One per-epoch curve: per method the mean over finished seeds (epochs every finished seed
+    reached, as results.py) and, over two seeds or more, a band of one sample std."""
+    means: dict[str, list[tuple[int, float]]] = {}
+    spread: dict[str, dict[int, float]] = {}
+    for m in suite.methods():
+        per_epoch: dict[int, list[float]] = {}
+        for r in suite.finished(m):
+            for x, y in r.epochs.get(key, []):
+                if math.isfinite(y):
+                    per_epoch.setdefault(x, []).append(y)
+        n = len(suite.finished(m))
+        full = sorted((x, v) for x, v in per_epoch.items() if len(v) == n)
+        if full:
+            means[m] = [(x, statistics.fmean(v)) for x, v in full]
+            if n > 1:
+                spread[m] = {x: statistics.stdev(v) for x, v in full}
+    values = [y for points in means.values() for _, y in points]
+    values += [y + s * sign for m, points in means.items() for x, y in points
+               for s in [spread.get(m, {}).get(x, 0.0)] for sign in (-1, 1)]
+    log = log_axis(values)
+    data = _aligned(means, positive=log)
+    series = []
+    for s in data["series"]:
+        series.append(s)
+        if s["label"] in spread:
+            sd = spread[s["label"]]
+            ys = [None if y is None else (y, sd.get(x)) for x, y in zip(data["x"], s["y"])]
+            lo = [None if v is None or v[1] is None or (log and v[0] - v[1] <= 0)
+                  else v[0] - v[1] for v in ys]
+            hi = [None if v is None or v[1] is None else v[0] + v[1] for v in ys]
+            series += _band(s["label"], s["group"], lo, hi)
+    return {"title": title, "log": log, "xlabel": "epoch", "x": data["x"], "series": series}
+
+
 def _suite_charts(suite: Suite) -> dict[str, Any]:
     labels = {f"{r.method}/seed{r.seed}": r for r in suite.runs if r.lrs}
-    lr = _aligned({k: r.lrs for k, r in labels.items()}, thin=True, positive=True,
+    log = log_axis(y for r in labels.values() for _, y in r.lrs)
+    lr = _aligned({k: r.lrs for k, r in labels.items()}, thin=True, positive=log,
                   groups={k: r.method for k, r in labels.items()})
-    panels = []
-    for key, title, log in CURVES:
-        key, title = key.format(metric=suite.metric), title.format(metric=suite.metric)
-        means: dict[str, list[tuple[int, float]]] = {}
-        for m in suite.methods():
-            per_epoch: dict[int, list[float]] = {}
-            for r in suite.finished(m):
-                for x, y in r.epochs.get(key, []):
-                    if math.isfinite(y):
-                        per_epoch.setdefault(x, []).append(y)
-            n = len(suite.finished(m))
-            points = [(x, statistics.fmean(v)) for x, v in sorted(per_epoch.items())
-                      if len(v) == n]  # epochs every finished seed reached, as results.py
-            if points:
-                means[m] = points
-        panels.append({"title": title, "log": log, "xlabel": "epoch",
-                       **_aligned(means, positive=log)})
-    return {"lr": {"title": "Applied learning rate (per seed)", "log": True, "xlabel": "step",
+    panels = [_curve_panel(suite, key.format(metric=suite.metric),
+                           title.format(metric=suite.metric)) for key, title, _ in CURVES]
+    return {"lr": {"title": "Applied learning rate (per seed)", "log": log, "xlabel": "step",
                    **lr}, "curves": panels}
+
+
+def _sweep_charts(suites: Sequence[Suite]) -> list[tuple[str, dict[str, Any]]]:
+    """(caption, chart) for each swept key of each sweep (its points' suites, grouped by
+    experiment and keys): per method the final test metric against the key's value, a dot per
+    point (seed and the other keys' values) and a line through the mean at each value."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Suite]] = {}
+    for s in suites:
+        values = s.sweep_values()
+        if values:
+            groups.setdefault((s.experiment, tuple(sorted(values))), []).append(s)
+    out = []
+    for (experiment, keys), points in groups.items():
+        metric = points[0].metric
+        for key in keys:
+            raw = list(dict.fromkeys(json.dumps(s.sweep_values()[key]) for s in points))
+            decoded = [json.loads(v) for v in raw]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          for v in decoded)
+            order = sorted(range(len(raw)), key=lambda i: decoded[i] if numeric else raw[i])
+            xs = [float(decoded[i]) if numeric else float(j) for j, i in enumerate(order)]
+            at = {raw[i]: x for i, x in zip(order, xs)}
+            means: dict[str, dict[float, list[float]]] = {}
+            dots: dict[str, dict[float, float]] = {}
+            groups_of: dict[str, str] = {}
+            for s in points:
+                x = at[json.dumps(s.sweep_values()[key])]
+                others = ", ".join(f"{k}={json.dumps(v)}" for k, v in
+                                   sorted(s.sweep_values().items()) if k != key)
+                for m in s.methods():
+                    for r in s.finished(m):
+                        y = r.final(f"test_{metric}")
+                        if y is None or not math.isfinite(y):
+                            continue
+                        means.setdefault(m, {}).setdefault(x, []).append(y)
+                        label = " · ".join(filter(None, [m, f"seed {r.seed}", others]))
+                        dots.setdefault(label, {})[x] = y
+                        groups_of[label] = m
+            series = [{"label": m, "group": m, "y": [_finite(statistics.fmean(v[x]))
+                                                     if x in v else None for x in xs]}
+                      for m, v in means.items()]
+            series += [{"label": label, "group": groups_of[label], "points_only": True,
+                        "y": [ys.get(x) for x in xs]} for label, ys in dots.items()]
+            chart = {"title": f"{experiment}: final test {metric} against {key}",
+                     "log": False, "xlabel": key, "x": xs, "series": series,
+                     "xlog": numeric and log_axis(xs)}
+            if not numeric:
+                chart["xticks"] = [raw[i] for i in order]
+            out.append((f"{experiment}, {key} ({len(points)} points)", chart))
+    return out
 
 
 def find_card(name: str) -> Path | None:
@@ -134,9 +220,11 @@ def render_markdown(text: str) -> str:
 def _profile_section(suites: Sequence[Suite]) -> tuple[str, dict[str, Any] | None]:
     costs = comparable(suite_costs(suites))
     ratios = performance_ratios(costs)
-    if not ratios:
-        empty = ("<section id='profile'><h2>Performance profile</h2><p>No task has two "
-                 "methods, one of which finished with a test metric.</p></section>")
+    if len(ratios) < 2:  # on one task the profile only restates that task's table
+        empty = ("<section id='profile'><h2>Performance profile</h2><p>Drawn across two "
+                 f"tasks or more; {len(ratios)} task{'s' * (len(ratios) != 1)} here "
+                 "with two methods or more, one of which finished with a test metric."
+                 "</p></section>")
         return empty, None
     taus = profile_taus(ratios)
     rho = performance_profile(ratios, taus)
@@ -219,6 +307,15 @@ def render(suites: Sequence[Suite], uri: str) -> str:
     profile, chart = _profile_section(suites)
     if chart is not None:
         charts["profile"] = chart
+    sweeps = _sweep_charts(suites)
+    for k, (_, spec) in enumerate(sweeps):
+        charts[f"sweep{k}"] = spec
+    sweep_html = ("<section id='sweeps'><h2>Sweeps</h2><p>Each point's final test metric "
+                  "against a swept key: a dot per point and seed, a line through the mean."
+                  "</p>" + "".join(f"<h3>{_e(caption)}</h3><div class='chart' "
+                                   f"data-chart='sweep{k}'></div>"
+                                   for k, (caption, _) in enumerate(sweeps))
+                  + "</section>") if sweeps else ""
     sections = []
     for i, suite in enumerate(suites):
         data = _suite_charts(suite)
@@ -234,6 +331,15 @@ def render(suites: Sequence[Suite], uri: str) -> str:
         f"<details class='card' id='card-{_e(_slug(n))}'><summary>{_e(n)} "
         f"<small>{_e(path)}</small></summary>{render_markdown(path.read_text())}</details>"
         for n, path in cards.items() if path is not None)
+    trained = [(s, label, run_id) for s in suites for label, run_id in s.trained()]
+    trained_html = ("<h3>Nets these runs meta-learned</h3><p>Each is the run's artifact "
+                    "<code>theta/theta-final.safetensors</code>; "
+                    "<code>LearnedLR.from_pretrained(optimizer, \"runs:/RUN_ID/theta/"
+                    "theta-final.safetensors\", total_steps=...)</code> loads it from the store "
+                    "(docs/scheduler.md).</p><ul>"
+                    + "".join(f"<li>{_e(s.name)}: {_e(label)}: <code>runs:/{_e(run_id)}/theta/"
+                              "theta-final.safetensors</code></li>" for s, label, run_id in trained)
+                    + "</ul>") if trained else ""
     toc = "".join(f"<li><a href='#suite-{i}'>{_e(s.name)}</a> — {_e(s.task)}, "
                   f"{len(s.methods())} methods, seeds {_e(', '.join(map(str, s.seeds())))}</li>"
                   for i, s in enumerate(suites))
@@ -249,9 +355,12 @@ def render(suites: Sequence[Suite], uri: str) -> str:
 <p class="meta">{len(suites)} suite{'s' * (len(suites) != 1)} from {_e(uri)} · written {now} ·
 charts: drag to zoom, double-click to reset, click a legend entry to hide it</p>
 <ul class="toc">{toc}<li><a href="#profile">performance profile</a></li>
-<li><a href="#cards">model cards</a></li></ul></header>
-<main>{profile}{''.join(sections)}
-<section id="cards"><h2>Model cards</h2>{card_html or '<p>No run used a meta-learned net.</p>'}
+{'<li><a href="#sweeps">sweeps</a></li>' if sweeps else ''}
+<li><a href="#cards">meta-learned nets</a></li></ul></header>
+<main>{profile}{sweep_html}{''.join(sections)}
+<section id="cards"><h2>Meta-learned nets</h2>{trained_html}
+{'<h3>Model cards of the nets the runs used</h3>' + card_html if card_html else
+ '' if trained_html else '<p>No run used or meta-learned a net.</p>'}
 </section></main>
 <script type="application/json" id="report-data">{data}</script>
 <script src="assets/uPlot.iife.min.js"></script><script src="assets/report.js"></script>

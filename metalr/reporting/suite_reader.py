@@ -140,7 +140,8 @@ def read_suite(reader: StoreReader, run: StoredRun, warn: Progress | None = None
                 warn(f"{run.name} ({run.run_id[:8]}): run {child.run_id} "
                      f"left out: its seed param {p['seed'][:40]!r} is not an integer")
             continue
-        seed_run = SeedRun(p["method"], seed, child.status, child.run_id, dict(p))
+        seed_run = SeedRun(p["method"], seed, child.status, child.run_id, dict(p),
+                           meta_learned="virtual_meta_loss" in child.metrics)
         if "step_lr" in child.metrics:
             seed_run.lrs = reader.history(child.run_id, "step_lr")
         for key in wanted & child.metrics:

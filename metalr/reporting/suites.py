@@ -35,6 +35,7 @@ class SeedRun:
     params: dict[str, str]
     lrs: list[tuple[int, float]] = field(default_factory=list)
     epochs: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    meta_learned: bool = False  # its meta-updates were tracked: it trained a net
 
     def final(self, key: str) -> float | None:
         values = self.epochs.get(key) or []
@@ -85,6 +86,26 @@ class Suite:
         values = [v for r in self.finished(method)
                   if (v := r.final(f"test_{self.metric}")) is not None and math.isfinite(v)]
         return statistics.fmean(values) if values else None
+
+    def sweep_values(self) -> dict[str, object]:
+        """The swept keys' values of a sweep point's suite (its ``metalr.sweep.<key>`` tags, as
+        JSON), the seed left out; empty for a suite that is no sweep point."""
+        out = {}
+        for tag, value in self.provenance.items():
+            key = tag.removeprefix("sweep.")
+            if key != tag and key not in ("seed", "index"):
+                try:
+                    out[key] = json.loads(value)
+                except ValueError:
+                    out[key] = value
+        return out
+
+    def trained(self) -> list[tuple[str, str]]:
+        """(``method/seedN``, run id) of the finished runs that meta-learned a net by
+        hypergradient (their meta-updates' loss is tracked): each saved it as the artifact
+        ``theta/theta-final.safetensors``."""
+        return [(f"{r.method}/seed{r.seed}", r.run_id) for r in self.runs
+                if r.status == "FINISHED" and r.meta_learned]
 
     def nets(self) -> dict[str, list[str]]:
         """Per method, the meta-learned nets its runs started from or transferred (as named in

@@ -1,5 +1,7 @@
 // metalr report: draws every <div data-chart="KEY"> from the JSON in #report-data with uPlot.
 // Drag to zoom (x, or a box), double-click to reset, click a legend entry to hide a series.
+// A series with "band" ("lo" / "hi") is an edge of the spread band of the series before it,
+// filled and kept out of the legend; "points_only" draws dots (a sweep's points per seed).
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("report-data").textContent);
@@ -15,12 +17,24 @@
     });
   }
 
+  function colourOf(spec, s, groups) {
+    return palette[(s.colour === undefined ? groups.indexOf(s.group) : s.colour) %
+      palette.length];
+  }
+
   function seriesOpts(spec) {
     var groups = [], seen = {};
     return spec.series.map(function (s) {
       if (!(s.group in seen)) { seen[s.group] = 0; groups.push(s.group); }
-      var colour = palette[(s.colour === undefined ? groups.indexOf(s.group) : s.colour) %
-        palette.length];
+      var colour = colourOf(spec, s, groups);
+      if (s.band) {
+        return { label: s.label, stroke: "transparent", width: 0, spanGaps: true,
+          points: { show: false } };
+      }
+      if (s.points_only) {
+        return { label: s.label, stroke: colour, fill: colour, width: 0,
+          paths: function () { return null; }, points: { show: true, size: 7, fill: colour } };
+      }
       var dash = dashes[seen[s.group]++ % dashes.length];
       var opts = { label: s.label, stroke: colour, width: 1.5, spanGaps: true,
         points: { show: spec.x.length < 40 } };
@@ -28,6 +42,17 @@
       if (spec.stepped) { opts.paths = uPlot.paths.stepped({ align: 1 }); opts.points = { show: false }; }
       return opts;
     });
+  }
+
+  function bands(spec) {
+    var groups = [], out = [];
+    spec.series.forEach(function (s, i) {
+      if (groups.indexOf(s.group) < 0) { groups.push(s.group); }
+      if (s.band === "hi") {  // uPlot's series index: 0 is x, so series i is i + 1
+        out.push({ series: [i + 1, i], fill: colourOf(spec, s, groups) + "33" });
+      }
+    });
+    return out;
   }
 
   function draw(el) {
@@ -41,16 +66,33 @@
     var height = el.classList.contains("small") ? 180 : 300;
     var opts = {
       title: spec.title, width: Math.max(el.clientWidth, 280), height: height,
-      scales: { x: { time: false }, y: spec.log ? { distr: 3 } : {} },
+      scales: { x: spec.xlog ? { time: false, distr: 3 } : { time: false },
+        y: spec.log ? { distr: 3 } : {} },
       axes: [{ label: spec.xlabel }, { size: 60 }],
+      bands: bands(spec),
       series: [{ label: spec.xlabel }].concat(seriesOpts(spec)),
       cursor: { drag: { x: true, y: true, uni: 30 } },
       legend: { live: true }
     };
     if (spec.stepped) { opts.scales.y = { range: [0, 1.02] }; }
+    if (spec.xticks) {  // a swept value that is no number: its name at each position
+      opts.axes[0].values = function (u, splits) {
+        return splits.map(function (v) {
+          return v === Math.round(v) && spec.xticks[v] !== undefined ? spec.xticks[v] : "";
+        });
+      };
+      opts.scales.x.range = [-0.5, spec.xticks.length - 0.5];
+    }
     var rows = [spec.x].concat(spec.series.map(function (s) { return s.y; }));
     var plot = new uPlot(opts, rows, el);
-    el.setAttribute("data-series", String(spec.series.length));
+    var legend = el.querySelectorAll(".u-legend .u-series");
+    spec.series.forEach(function (s, i) {  // a band's edges stay out of the legend
+      if (s.band && legend[i + 1]) { legend[i + 1].style.display = "none"; }
+    });
+    el.setAttribute("data-series", String(spec.series.filter(function (s) {
+      return !s.band;
+    }).length));
+    el.setAttribute("data-bands", String(opts.bands.length));
     drawn.push({ key: el.getAttribute("data-chart"), el: el, plot: plot, height: height });
   }
 
