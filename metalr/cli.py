@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from metalr.contracts.registry import KINDS, PluginLoadError, UnknownComponentError, get_registry
 from metalr.engine.checkpoint import CheckpointError
 from metalr.recipes.loader import RecipeError, load_recipe
-from metalr.running.rundir import RunError
+from metalr.running.rundir import SUITE, RunError, read_json
 
 if TYPE_CHECKING:
     from metalr.running.results import RunSummary
@@ -137,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides, deep=True, **_selection(args))
     args.runner = Runner(recipe, progress=not args.quiet)  # -q: result lines still print
     summary = args.runner.run()
-    return _report(summary, recipe.tracking is not None)
+    return _report(summary, recipe.tracking is not None and recipe.tracking.name == "mlflow")
 
 
 def _report(summary: RunSummary, tracked: bool) -> int:
@@ -148,7 +150,10 @@ def _report(summary: RunSummary, tracked: bool) -> int:
     print(f"\nfigures and tables: {summary.output_dir}/ "
           "(lr.png, curves.png, results.md, results.csv)")
     if tracked:
-        print(f"tracked in MLflow experiment {summary.name!r}: run `mlflow ui` to browse")
+        # the store named in full: `mlflow ui`'s own default store differs across versions
+        uri = (read_json(summary.output_dir / SUITE) or {}).get("tracking_uri")
+        ui = f"mlflow ui --backend-store-uri {shlex.quote(uri)}" if uri else "mlflow ui"
+        print(f"tracked in MLflow experiment {summary.name!r}: `{ui}` browses it")
     return 0 if summary.ok else 1
 
 
@@ -379,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("-q", "--quiet", action="store_true",
                            help="no progress bar (each run's result line still prints)")
+            _add_verbose(p)
         _add_selection(p)
         p.set_defaults(func=func)
     p = sub.add_parser("sweep", help="run every point of a recipe's sweep: block (again: "
@@ -389,11 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the points (index, values) and exit")
     p.add_argument("--index", type=int, help="run point I alone, in this process (batch systems)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_verbose(p)
     _add_selection(p)
     p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
     p.add_argument("run_dir", help="the output folder the run printed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_verbose(p)
     p.add_argument("--tracking-uri", help="the store the runs are in, if it moved (default: "
                    "the one the run folder recorded)")
     p.set_defaults(func=_cmd_resume)
@@ -427,8 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="render from this MLflow store instead of running")
     p.add_argument("--doc", help="write into this file instead of the section's document")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_verbose(p)
     p.set_defaults(func=_cmd_reproduce)
     return parser
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="INFO lines of metalr and of the libraries it drives (MLflow's store "
+                        "and system-metrics messages among them)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -491,6 +506,9 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     args = parse_args(build_parser(), argv)
+    # the level a tracker plugin's library follows (the MLflow tracker: its INFO lines)
+    logging.getLogger("metalr").setLevel(
+        logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)

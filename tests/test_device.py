@@ -148,8 +148,9 @@ def test_channels_last_on_cuda_gives_the_same_step(registry, cuda):
     assert torch.allclose(w, ref_w, rtol=1e-3, atol=1e-5)
 
 
-def test_system_metrics_follow_psutil(monkeypatch):
-    """MLflow's own monitor runs on the suite's run, only when its packages are there."""
+def test_system_metrics_follow_psutil_and_a_gpu(monkeypatch):
+    """MLflow's own monitor runs on the suite's run, by default only when its packages are
+    there and a GPU is there to watch (on a CPU machine only when asked)."""
     import types
 
     import metalr_mlflow.tracker as mod
@@ -188,6 +189,13 @@ def test_system_metrics_follow_psutil(monkeypatch):
     monkeypatch.setattr(mlflow.tracking, "MlflowClient", FakeClient)
     monkeypatch.setattr(mod, "_system_monitor", FakeMonitor)
     monkeypatch.setattr(mod, "system_metrics_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = mod.MLflowTracker(tracking_uri="http://store.invalid")
+    assert cpu.system_metrics is False
+    cpu.close()
+    assert mod.MLflowTracker(tracking_uri="http://store.invalid",
+                             system_metrics=True).system_metrics is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     tracker = mod.MLflowTracker(tracking_uri="http://store.invalid")
     parent = tracker.start_run("e", "suite", {})
     child = tracker.start_run("e", "job", {}, parent=parent)

@@ -64,12 +64,30 @@ class MLflowOptions(BaseModel):
     flush_seconds: float = Field(0.5, gt=0, description="how often queued metrics are sent")
     system_metrics: bool | None = Field(
         None, description="MLflow's system metrics (CPU, memory; GPU with nvidia-ml-py) on the "
-        "suite's run; unset: on when psutil is installed")
+        "suite's run; unset: on when a GPU is there to watch and psutil is installed")
 
 
 def system_metrics_available() -> bool:
     """MLflow's monitor needs psutil (and, for GPUs, nvidia-ml-py, which it checks itself)."""
     return importlib.util.find_spec("psutil") is not None
+
+
+def system_metrics_by_default() -> bool:
+    """On a GPU machine the monitor shows what the run cannot (GPU memory and utilisation); on
+    a CPU one it adds a thread and a chart of the load the run itself causes, so it waits to
+    be asked."""
+    import torch
+
+    return system_metrics_available() and torch.cuda.is_available()
+
+
+def follow_metalr_verbosity() -> None:
+    """MLflow's own INFO lines (database creation and migration, the system-metrics monitor
+    starting and stopping) only when metalr's logger shows INFO (``metalr run -v``): they
+    say nothing about the run, and ``-q`` could not silence them. Warnings always pass."""
+    level = logging.getLogger("metalr").getEffectiveLevel()
+    logging.getLogger("mlflow").setLevel(max(level, logging.DEBUG) if level <= logging.INFO
+                                         else logging.WARNING)
 
 
 def _system_monitor(run_id: str, tracking_uri: str) -> Any:
@@ -110,6 +128,23 @@ def store_failure(exc: BaseException) -> str | None:
                 return f"cannot reach the server ({type(e).__name__})"
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """MLflow's own tags, which fill the UI's User and Source columns and its git link: the
+    user, the command that ran (the ``metalr.command`` tag, else ``metalr``) and the commit
+    of the checkout metalr ran from (``metalr.git_commit``), where known."""
+    import getpass
+
+    from mlflow.utils import mlflow_tags
+
+    out = {mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
+           mlflow_tags.MLFLOW_SOURCE_NAME: str(tags.get("metalr.command") or "metalr")}
+    with contextlib.suppress(Exception):  # no user name in some containers
+        out[mlflow_tags.MLFLOW_USER] = getpass.getuser()
+    if tags.get("metalr.git_commit"):
+        out[mlflow_tags.MLFLOW_GIT_COMMIT] = str(tags["metalr.git_commit"])
+    return out
 
 
 _FAILED_STORES: set[str] = set()  # stores a tracker of this process found unusable
@@ -154,7 +189,7 @@ class MLflowTracker:
         if system_metrics and not system_metrics_available():
             raise ValueError("system_metrics needs psutil (and nvidia-ml-py for GPUs): "
                              "pip install 'metalr[gpu]', or leave system_metrics unset")
-        self.system_metrics = (system_metrics_available() if system_metrics is None
+        self.system_metrics = (system_metrics_by_default() if system_metrics is None
                                else system_metrics)
         self._monitors: dict[str, Any] = {}
         self._open: dict[str, RunStatus] = {}  # started or reopened here, not ended yet
@@ -163,6 +198,7 @@ class MLflowTracker:
 
         self.uri = resolve_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                or DEFAULT_URI)
+        follow_metalr_verbosity()
         _quiet_mlflow_store_errors()
         self._refuse_foreign_file()
         with self._store_lock(new_only=True):  # a new store is created and migrated here
@@ -241,7 +277,7 @@ class MLflowTracker:
 
         self._raise_if_failed()
         exp_id = self._experiment_id(experiment)
-        run_tags = {k: str(v) for k, v in (tags or {}).items()}
+        run_tags = {**standard_tags(tags or {}), **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             run_tags["mlflow.parentRunId"] = parent
         run_id = self._call(self.client.create_run, exp_id, run_name=name,
