@@ -14,7 +14,8 @@ from .transfer import MLRSNetTransfer, TransferOptions
 
 @hookimpl
 def register_lr_policies(register):
-    register("mlrsnet", MLRSNet, options=MLRSNetOptions, summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
+    register("mlrsnet", MLRSNet, options=MLRSNetOptions,
+             summary="MLR-SNet: LSTM from loss to LR (Eq. 7)")
     register("mlp-lr", MLPNet, options=MLPNetOptions, summary="MLP from loss to LR, no memory")
     register("probed-wsd", ProbedWSD, options=ProbedOptions,
              summary="the control: MLR-SNet's schedule with nothing learned (probed start "

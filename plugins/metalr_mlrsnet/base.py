@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,7 +41,8 @@ BRAKE_CUTS = 2  # ... and at most this many times: 10x in all, the error it is t
 
 
 class ProbedOptions(BaseModel):
-    """Options of every probed schedule: how its scale is set, moved and cooled down."""
+    """Options of every probed schedule: how its scale is set, moved and cooled down. The
+    fields' order is that of a saved net's header (:meth:`ProbedSchedule.options`)."""
 
     model_config = ConfigDict(extra="forbid")
     preset: Preset = Field("auto", description="auto: probed scale + cool-down; "
@@ -55,18 +56,18 @@ class ProbedOptions(BaseModel):
     start_factor: float = Field(
         1.0, gt=0, le=10, description="with a probed scale: start at this multiple of the "
         "LR the probe chose")
+    cooldown: float | None = Field(
+        None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
+        "and theta frozen (unset: auto 0.2, paper 0)")
+    recheck: float | None = Field(
+        None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
+        "LR reached and move the scale if a far better one is measured; 0: never (unset: "
+        "auto 0.1 with a probed scale, else 0)")
     brake: float | None = Field(
         None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
         "10% above the first step's, and still above it a step later, cuts the scale by sqrt(10) "
         "(at most once in 3 steps, twice in all); 0: "
         "never (unset: auto 0.05 with a probed scale, else 0)")
-    recheck: float | None = Field(
-        None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
-        "LR reached and move the scale if a far better one is measured; 0: never (unset: "
-        "auto 0.1 with a probed scale, else 0)")
-    cooldown: float | None = Field(
-        None, ge=0, lt=1, description="final fraction of the run with a linear decay to 0 "
-        "and theta frozen (unset: auto 0.2, paper 0)")
 
     @model_validator(mode="after")
     def _fill_preset(self) -> ProbedOptions:
@@ -123,10 +124,20 @@ class ProbedSchedule(nn.Module):
     scale was calibrated to (the probe's chosen start, or gamma/2 otherwise): a saved net dropped
     into a new run under ``auto`` is rescaled by ``new probe / ref_lr``, so what transfers is
     the schedule relative to its start, not an absolute LR from another model.
+
+    Each subclass declares its options once, as its schema ``Options``: the constructor takes
+    them as keywords (``MLRSNet(hidden=8, gamma=0.1)``), validates them there (an unknown one
+    fails), keeps them resolved as ``opts``, and :meth:`options` writes them back.
     """
 
-    def __init__(self, opts: ProbedOptions):
+    Options: ClassVar[type[ProbedOptions]] = ProbedOptions
+    # header keys left out at these values, so that files written before the option existed
+    # stay byte-identical
+    header_omits: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **options: Any):
         super().__init__()
+        self.opts = opts = self.Options(**options)
         gamma = opts.gamma
         self.preset, self.start_factor, self.scale = opts.preset, opts.start_factor, opts.scale
         self.cooldown, self.recheck, self.brake = opts.cooldown, opts.recheck, opts.brake
@@ -262,20 +273,20 @@ class ProbedSchedule(nn.Module):
         load_attributes(self, state, self.run_state_attributes)
 
     def options(self) -> dict[str, Any]:
-        """The options that rebuild this schedule (saved in a net file's header)."""
-        return {"preset": self.preset, "scale": self.scale, "start_factor": self.start_factor,
-                "cooldown": self.cooldown, "recheck": self.recheck, "brake": self.brake}
+        """The resolved options that rebuild this schedule, in its schema's order (saved in a
+        net file's header). Never gamma: the scale travels with theta (``log_gamma``,
+        ``ref_lr``), and a header that repeated it could disagree with them."""
+        omits = self.header_omits
+        return {k: v for k, v in self.opts.model_dump(exclude={"gamma"}).items()
+                if k not in omits or v != omits[k]}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool =
-    False):
-        """Load theta; files written before ``log_gamma`` existed carry a ``gamma`` buffer."""
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False):
+        """Load theta; a recipe's gamma wins over the file's."""
         state = dict(state_dict)
-        if "gamma" in state and "log_gamma" not in state:
-            gamma = state.pop("gamma")
-            state["log_gamma"] = gamma.log()
-            state.setdefault("ref_lr", gamma / 2)
         if self.gamma_source == "option":  # a recipe's gamma wins over the file's
-            state["log_gamma"], state["ref_lr"] = self.log_gamma.detach().clone(), self.ref_lr.clone()
+            state["log_gamma"] = self.log_gamma.detach().clone()
+            state["ref_lr"] = self.ref_lr.clone()
         else:
             self.gamma_source = "calibrated"
         with torch.no_grad():
@@ -288,18 +299,13 @@ class LossToLR(ProbedSchedule):
     protocol): MLR-SNet and the MLP variant."""
 
     learns_by: Literal["hypergradient", "self"] = "hypergradient"
+    Options: ClassVar[type[ProbedOptions]] = ScaleOptions
+    header_omits: ClassVar[Mapping[str, Any]] = {"progress": False}
+    opts: ScaleOptions
 
-    def __init__(self, preset: Preset = "auto", gamma: float | None = None,
-                 scale: Literal["probe", "task"] | None = None,
-                 learn_scale: bool = False, scale_lr: float = 0.03,
-                 start_factor: float = 1.0, cooldown: float | None = None,
-                 min_meta_updates: int | None = None, recheck: float | None = None,
-                 brake: float | None = None, progress: bool = False):
-        opts = ScaleOptions(preset=preset, gamma=gamma, scale=scale, learn_scale=learn_scale,
-                            scale_lr=scale_lr, start_factor=start_factor, cooldown=cooldown,
-                            min_meta_updates=min_meta_updates, recheck=recheck, brake=brake,
-                            progress=progress)
-        super().__init__(opts)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        opts = self.opts
         self.log_gamma.requires_grad_(opts.learn_scale)
         self.learn_scale, self.scale_lr = opts.learn_scale, opts.scale_lr
         self.min_meta_updates = opts.min_meta_updates
@@ -334,9 +340,3 @@ class LossToLR(ProbedSchedule):
     def virtual_lr(self, ctx: StepContext) -> torch.Tensor:
         lr, _ = self(self.inputs(ctx.loss_input, ctx.step, self.total_steps), self.state)
         return lr * self.envelope(ctx.step, self.total_steps)
-
-    def options(self) -> dict[str, Any]:
-        """The options that rebuild this net (saved in a net file's header)."""
-        extra = {"progress": True} if self.progress else {}  # older files stay byte-identical
-        return {**super().options(), "learn_scale": self.learn_scale,
-                "scale_lr": self.scale_lr, "min_meta_updates": self.min_meta_updates, **extra}

@@ -20,8 +20,7 @@ class ProbedWSD(ProbedSchedule):
     (no theta, no meta-updates), so a recipe's ``meta:`` settings do not apply to it. Its
     options are MLR-SNet's scale options, :class:`ProbedOptions`."""
 
-    def __init__(self, **options: Any):
-        super().__init__(ProbedOptions(**options))
+    Options = ProbedOptions
 
     def raw(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         return torch.full((), 0.5, dtype=self.ref_lr.dtype, device=self.ref_lr.device), state

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -36,6 +36,8 @@ from .lstm import MLRSNet
 
 
 class ESOptions(ProbedOptions):
+    """MLR-SNet-ES's options: the probed scale's, then the net's and the ES meta-training's."""
+
     hidden: int = Field(40, ge=1, description="LSTM hidden size of the net")
     progress: bool = Field(True, description="the net reads t/T besides the loss (an objective "
                            "that sees the run's end can then learn to anneal)")
@@ -62,16 +64,14 @@ class MLRSNetES(ProbedSchedule):
     whole runs (the module docstring), inside MLR-SNet's probed scale, brake, recheck and
     cool-down. As an LR policy it acts with the theta it has; it never learns by hypergradient."""
 
-    def __init__(self, hidden: int = 40, progress: bool = True, episodes: int = 24,
-                 pairs: int = 4, sigma: float = 0.05, es_lr: float = 0.01, seed: int = 0,
-                 **probed: Any):
-        opts = ESOptions(hidden=hidden, progress=progress, episodes=episodes, pairs=pairs,
-                         sigma=sigma, es_lr=es_lr, seed=seed, **probed)
-        super().__init__(opts)
-        self.opts = opts
-        self.episodes = opts.episodes
+    Options: ClassVar[type[ProbedOptions]] = ESOptions
+    opts: ESOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.episodes = self.opts.episodes
         # the net whose weights ES moves; its own scale is unused (this policy's is the one)
-        self.net = MLRSNet(hidden=opts.hidden, progress=opts.progress, gamma=1.0)
+        self.net = MLRSNet(hidden=self.opts.hidden, progress=self.opts.progress, gamma=1.0)
 
     def initial_state(self, device: torch.device) -> Any:
         return self.net.initial_state(device)
@@ -81,10 +81,6 @@ class MLRSNetES(ProbedSchedule):
 
     def inputs(self, loss_input: torch.Tensor, step: int, total_steps: int) -> torch.Tensor:
         return self.net.inputs(loss_input.to(self.ref_lr.dtype), step, total_steps)
-
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), **self.opts.model_dump(
-            include={"hidden", "progress", "episodes", "pairs", "sigma", "es_lr", "seed"})}
 
     def _theta(self) -> list[torch.nn.Parameter]:
         """The net's weights ES perturbs: what a hypergradient would train (its only group, the

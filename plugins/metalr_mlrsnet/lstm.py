@@ -16,24 +16,41 @@ cost independent of the step count. docs/design.md says which cell is the defaul
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from .base import LossToLR, ScaleOptions
+from .base import LossToLR, ProbedOptions, ScaleOptions
 
 Cell = Literal["concat", "official"]
 
 
-class MLRSNetOptions(ScaleOptions):
+class LSTMShape(BaseModel):
+    """The LSTM's shape, a base of :class:`MLRSNetOptions` listed after :class:`ScaleOptions`
+    so that its fields come first, as in a net file's header."""
+
     hidden: int = Field(40, ge=1, description="LSTM hidden size (paper: 40; authors' nets: 50)")
     layers: int = Field(1, ge=1, description="stacked LSTM layers")
     cell: Cell = Field("concat", description="concat: W2 ReLU(W1 [h; x]); official: the "
                        "authors' fc_i2h(x) + fc_h2h(h), as in their released nets")
     width: int | None = Field(None, ge=1, description="official cell: width of the ReLU "
                               "pre-layers (authors: 25); unset: hidden // 2")
+
+    @model_validator(mode="after")
+    def _fill_width(self) -> LSTMShape:
+        # only the official cell has pre-layers of their own width (concat's is `hidden`)
+        if self.cell != "official":
+            self.width = None
+        elif self.width is None:
+            self.width = max(1, self.hidden // 2)
+        return self
+
+
+class MLRSNetOptions(ScaleOptions, LSTMShape):
+    """MLR-SNet's options: the LSTM's shape, then the scale options of every loss-to-LR net."""
 
 
 class _ConcatCell(nn.Module):
@@ -70,31 +87,29 @@ class _OfficialCell(nn.Module):
 
 
 class MLRSNet(LossToLR):
-    def __init__(self, hidden: int = 40, layers: int = 1, cell: Cell = "concat",
-                 width: int | None = None, **scale):
-        super().__init__(**scale)
-        self.hidden, self.cell = hidden, cell
-        self.width = (width or max(1, hidden // 2)) if cell == "official" else None
-        if cell == "official":
-            cells = [_OfficialCell(self.num_inputs if i == 0 else hidden, hidden, self.width)
-                     for i in range(layers)]
-        elif cell == "concat":
-            cells = [_ConcatCell(self.num_inputs if i == 0 else hidden, hidden)
-                     for i in range(layers)]
-        else:
-            raise ValueError(f"cell must be 'concat' or 'official', got {cell!r}")
+    """MLR-SNet: stacked LSTM cells from the loss to the LR (the module docstring)."""
+
+    Options: ClassVar[type[ProbedOptions]] = MLRSNetOptions
+    # a concat net's header has no cell or width: files from before the option stay unchanged
+    header_omits: ClassVar[Mapping[str, Any]] = {**LossToLR.header_omits, "cell": "concat",
+                                                 "width": None}
+    opts: MLRSNetOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        hidden, layers = self.opts.hidden, self.opts.layers
+        self.hidden, self.cell, self.width = hidden, self.opts.cell, self.opts.width
+        cells: list[nn.Module] = []
+        for i in range(layers):
+            inputs = self.num_inputs if i == 0 else hidden
+            cells.append(_OfficialCell(inputs, hidden, self.width)
+                         if self.cell == "official" else _ConcatCell(inputs, hidden))
         self.cells = nn.ModuleList(cells)
         self.out = nn.Linear(hidden, 1)  # W3 (the authors' layer3)
 
     def initial_state(self, device):
         zeros = torch.zeros(1, self.hidden, device=device, dtype=self.out.weight.dtype)
         return [(zeros, zeros) for _ in self.cells]
-
-    def options(self):
-        shape = {"hidden": self.hidden, "layers": len(self.cells)}
-        if self.cell != "concat":  # files written before the option existed stay byte-identical
-            shape |= {"cell": self.cell, "width": self.width}
-        return {**shape, **super().options()}
 
     def raw(self, x, state):
         if state is None:
