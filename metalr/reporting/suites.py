@@ -14,7 +14,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from metalr.running.results import SeedRecord, method_rows
+from metalr.running.results import SeedRecord, method_rows, number
 
 CURVES = (("train_batch_loss", "training loss (batch mean)", True),
           ("test_loss", "test loss", True),
@@ -166,6 +166,6 @@ def seed_rows(suite: Suite) -> list[list[str]]:
             elif run.status != "FINISHED" or value is None:
                 row.append(run.status)
             else:
-                row.append(f"{value:.4f}")
+                row.append(number(value))
         rows.append(row)
     return rows

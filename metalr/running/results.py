@@ -83,18 +83,24 @@ class MethodResult:
         return max(values) if higher_is_better else min(values)
 
 
+def number(value: float) -> str:
+    """A table's number: four decimals, or four significant digits from a million on (a run
+    that blew up without diverging past the guard can end at 1e263: 260 digits say nothing)."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
 def mean_std(values: Sequence[float]) -> str:
     """Mean ± sample std (ddof=1): the spread of the seeds as a sample of possible seeds."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
     if len(values) == 1:
-        return f"{mean:.4f}"  # one seed: no spread to report
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
+        return number(mean)  # one seed: no spread to report
+    return f"{number(mean)} ± {number(statistics.stdev(values))}"
 
 
 def _value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else number(value)
 
 
 @dataclass(frozen=True)
@@ -330,7 +336,7 @@ class RunSummary:
                 "grid point": f"{p.option}={p.value:g}",
                 f"mean final meta {m}": f"{statistics.fmean(finite):.4f}" if finite else "-",
                 "per seed": ", ".join(
-                    f"seed {r.seed}: " + (f"{v:.4f}" if v is not None else r.status)
+                    f"seed {r.seed}: " + (number(v) if v is not None else r.status)
                     for r, v in zip(p.runs, p.scores)),
                 "status": ("chosen" if p.chosen else "rejected: " + "; ".join(p.rejected)
                            if p.rejected else "kept"),
