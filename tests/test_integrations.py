@@ -163,7 +163,7 @@ def _hf_parts(tmp_path):
             output_dir=str(tmp_path / "out"), per_device_train_batch_size=16,
             num_train_epochs=epochs, learning_rate=START_LR, max_grad_norm=0.0,
             report_to=[], logging_steps=1, save_strategy="no", use_cpu=True, seed=0,
-            data_seed=0, disable_tqdm=True, dataloader_num_workers=0)
+            data_seed=0, disable_tqdm=True, dataloader_num_workers=0, **kw)
 
     class StopAt(transformers.TrainerCallback):
         """Save a checkpoint at step ``n`` and stop there: an interrupted run."""
@@ -247,8 +247,11 @@ def test_timm_step_update_applies_this_steps_learned_lr(replay_learned):
     twin = TimmLearnedLR(opt, "mnist1d-mlp", total_steps=8, lr=START_LR)
     twin.load_state_dict(state)
     assert twin.learned.last_step == 8 and twin.metric == losses[-1]
-    with pytest.raises(ValueError, match="needs the training loss"):
-        sched.step_update(updates)
+    # no metric (timm's train.py on --resume): the LR is held and the schedule stays put
+    opt.param_groups[0]["lr"] = 0.0
+    sched.step_update(updates)
+    assert sched.learned.last_step == 8
+    assert opt.param_groups[0]["lr"] == pytest.approx(used[-1], rel=1e-9)
 
 
 def test_timm_docs_example_runs(tmp_path, monkeypatch):

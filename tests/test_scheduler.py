@@ -486,3 +486,36 @@ def test_the_step_pre_hook_goes_with_the_scheduler():
         LearnedLR(opt, nets, total_steps=6).step(1.0)
     gc.collect()
     assert len(opt._optimizer_step_pre_hooks) == before
+
+
+def test_warm_up_scales_the_learned_lr_and_resumes_mid_ramp(replay_learned, tmp_path):
+    losses = [2.3, 2.0, 1.8, 1.5, 1.4, 1.2, 1.1, 1.0]
+    want = replay_learned(losses, 8, lr=0.05)  # the learned LRs without a warm-up
+
+    def fresh(**warmup):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        return LearnedLR.from_pretrained(opt, "mnist1d-mlp", total_steps=8, lr=0.05, **warmup)
+
+    plain = fresh()
+    assert [plain.step(loss) for loss in losses] == want  # warmup_steps=0 changes nothing
+    sched = fresh(warmup_steps=4, warmup_start=0.2)
+    ramp = [0.2 + 0.8 * (t + 1) / 4 for t in range(4)] + [1.0] * 4  # the closed form
+    got = [sched.step(loss) for loss in losses]
+    assert got == pytest.approx([f * lr for f, lr in zip(ramp, want)], rel=1e-12)
+    assert got[4:] == want[4:]  # the nets read every loss: after the ramp, the plain LRs
+    assert [fresh(warmup_steps=2).step(losses[0])] == pytest.approx([want[0] / 2], rel=1e-12)
+
+    # a run stopped inside the ramp, resumed by a scheduler built without it: the saved
+    # ramp wins, so the resumed LRs are the uninterrupted ones
+    first = fresh(warmup_steps=4, warmup_start=0.2)
+    head = [first.step(loss) for loss in losses[:2]]
+    torch.save(first.state_dict(), tmp_path / "sched.pt")
+    resumed = fresh()
+    resumed.load_state_dict(torch.load(tmp_path / "sched.pt", weights_only=True))
+    assert resumed.warmup_steps == 4 and "warmup_steps=4" in repr(resumed)
+    assert head + [resumed.step(loss) for loss in losses[2:]] == got
+
+    with pytest.raises(ValueError, match="warmup_steps must be a whole number"):
+        fresh(warmup_steps=2.5)
+    with pytest.raises(ValueError, match="warmup_start must be in"):
+        fresh(warmup_steps=2, warmup_start=1.5)

@@ -12,10 +12,15 @@ The schedule takes the Trainer's ``lr_scheduler`` slot, so the Trainer logs its 
 (``learning_rate``), saves its state to ``scheduler.pt`` in every checkpoint and loads it
 (``weights_only=True``) on ``train(resume_from_checkpoint=...)``. The Trainer steps that slot
 again after the update; that call does nothing here.
+
+Of ``TrainingArguments``' schedule settings, the warm-up (``warmup_steps``, a count or a ratio
+of the run) is honoured; ``lr_scheduler_type`` and ``lr_scheduler_kwargs`` describe the schedule
+the learned one replaces: any but the default ``linear`` or a ``constant`` one warns, naming it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +33,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       "pip install 'metalr[transformers]'") from exc
 
 from metalr.scheduler.learned import LearnedLR, NetSpec
+
+QUIET_SCHEDULES = ("linear", "constant", "constant_with_warmup")
+"""``lr_scheduler_type`` values replaced without a warning: the default (most runs never set
+it, so a warning there would fire on every run) and the constant ones (nothing is lost)."""
 
 
 class TrainerLearnedLR:
@@ -83,19 +92,30 @@ class LearnedLRCallback(TrainerCallback):
 class LearnedLRMixin:
     """Put before ``Trainer`` (or a subclass of it) in the bases to train with a learned schedule.
 
-    ``nets``, ``gamma`` and ``loss_scale`` are those of :meth:`metalr.LearnedLR.from_pretrained`;
-    ``lr`` (where the schedule starts) defaults to ``TrainingArguments.learning_rate``; the
-    schedule's length is the Trainer's number of update steps.
+    ``nets``, ``gamma``, ``loss_scale`` and ``warmup_start`` are those of
+    :meth:`metalr.LearnedLR.from_pretrained`; ``lr`` (where the schedule starts) defaults to
+    ``TrainingArguments.learning_rate``; the schedule's length is the Trainer's number of update
+    steps. ``warmup_steps`` (a linear ramp times the learned LR) defaults to the Trainer's own,
+    ``TrainingArguments.warmup_steps`` (or its ratio of the run); 0 turns it off. A
+    ``lr_scheduler_type`` other than ``linear`` (the default) or a constant one, and any
+    ``lr_scheduler_kwargs``, warn once: the learned schedule replaces them.
     """
 
     def __init__(self, *args: Any, nets: NetSpec | Sequence[NetSpec], lr: float | None = None,
-                 gamma: float | None = None, loss_scale: float = 1.0, **kwargs: Any) -> None:
+                 gamma: float | None = None, loss_scale: float = 1.0,
+                 warmup_steps: int | None = None, warmup_start: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.lr_scheduler is not None:
             raise ValueError("a learned schedule replaces the Trainer's lr_scheduler: pass "
                              "optimizers=(optimizer, None)")
-        self.learned_lr_options: dict[str, Any] = {"nets": nets, "lr": lr, "gamma": gamma,
-                                                   "loss_scale": loss_scale}
+        self.learned_lr_options: dict[str, Any] = {
+            "nets": nets, "lr": lr, "gamma": gamma, "loss_scale": loss_scale,
+            "warmup_steps": warmup_steps, "warmup_start": warmup_start}
+        replaced = _replaced_schedule(self.args)
+        if replaced:
+            warnings.warn(f"TrainingArguments sets {replaced}: the learned LR schedule replaces "
+                          "it (the warm-up, warmup_steps, is kept)", UserWarning, stacklevel=2)
         self.add_callback(LearnedLRCallback)
 
     def create_scheduler(self, num_training_steps: int,
@@ -106,6 +126,8 @@ class LearnedLRMixin:
             opts = dict(self.learned_lr_options)
             if opts["lr"] is None and opts["gamma"] is None:
                 opts["lr"] = self.args.learning_rate
+            if opts["warmup_steps"] is None:  # the Trainer's: a count, or a ratio of the run
+                opts["warmup_steps"] = self.args.get_warmup_steps(num_training_steps)
             learned = LearnedLR.from_pretrained(inner, opts.pop("nets"),
                                                 total_steps=num_training_steps, **opts)
             learned.close()  # the callback keeps the order; no watcher on accelerate's step
@@ -118,6 +140,16 @@ class LearnedLRMixin:
         loss = super().training_step(model, inputs, *args, **kwargs)
         self.lr_scheduler.add_loss(loss)
         return loss
+
+
+def _replaced_schedule(args: Any) -> str:
+    """The schedule settings of ``args`` worth a warning, as the user would write them."""
+    kind = getattr(args, "lr_scheduler_type", "linear")
+    kind = str(getattr(kind, "value", kind))
+    named = [] if kind in QUIET_SCHEDULES else [f"lr_scheduler_type={kind!r}"]
+    if getattr(args, "lr_scheduler_kwargs", None):
+        named.append(f"lr_scheduler_kwargs={args.lr_scheduler_kwargs!r}")
+    return " and ".join(named)
 
 
 class LearnedLRTrainer(LearnedLRMixin, Trainer):

@@ -438,15 +438,23 @@ class LearnedLR(LossDrivenLR):
     sees it and must match
     meta-training (1 for classification, ln(vocabulary) for language models). The nets run on
     ``device`` (default CPU: they are tiny; the loss is copied there, one scalar per step).
+
+    ``warmup_steps`` N > 0 multiplies the LR of step t < N by a linear ramp,
+    ``warmup_start + (1 - warmup_start) * (t + 1) / N`` (reaching 1 at step N - 1), as the
+    frameworks' own schedules offer. The ramp scales the learned LR rather than replacing it:
+    the nets still read every loss from step 0, so their state and phases are those of a run
+    without warm-up. The ramp is part of :meth:`state_dict`, so a resumed run continues it.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, nets: Sequence[LossToLRNet],
                  total_steps: int, *, lr: float | None = None, gamma: float | None = None,
-                 loss_scale: float = 1.0, device: torch.device | str = "cpu"):
+                 loss_scale: float = 1.0, device: torch.device | str = "cpu",
+                 warmup_steps: int = 0, warmup_start: float = 0.0):
         if not loss_scale > 0:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
         if lr is not None and gamma is not None:
             raise ValueError("give lr (where the schedule starts) or gamma (its bound), not both")
+        self.warmup_steps, self.warmup_start = _check_warmup(warmup_steps, warmup_start)
         self.loss_scale = float(loss_scale)
         self.phases = PhasedNets(nets)
         if lr is not None:
@@ -460,7 +468,8 @@ class LearnedLR(LossDrivenLR):
     def from_pretrained(cls, optimizer: torch.optim.Optimizer, nets: NetSpec | Sequence[NetSpec],
                         *, total_steps: int, lr: float | None = None,
                         gamma: float | None = None, loss_scale: float = 1.0,
-                        device: torch.device | str = "cpu") -> LearnedLR:
+                        device: torch.device | str = "cpu", warmup_steps: int = 0,
+                        warmup_start: float = 0.0) -> LearnedLR:
         """Load shipped nets by name (``metalr nets`` lists them) or saved nets by path.
 
         A path is a safetensors net, a folder of them (``metalr nets import --out``), or one of
@@ -472,7 +481,8 @@ class LearnedLR(LossDrivenLR):
                             "first argument must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
         return cls(optimizer, load_nets(nets), total_steps, lr=lr, gamma=gamma,
-                   loss_scale=loss_scale, device=device)
+                   loss_scale=loss_scale, device=device, warmup_steps=warmup_steps,
+                   warmup_start=warmup_start)
 
     @property
     def total_steps(self) -> int:
@@ -483,27 +493,52 @@ class LearnedLR(LossDrivenLR):
         """How many LRs have been set so far."""
         return self.phases.step
 
+    def warmup_factor(self, step: int) -> float:
+        """The warm-up's multiplier of the LR of 0-based ``step`` (1 once the ramp is over)."""
+        if step >= self.warmup_steps:
+            return 1.0
+        return self.warmup_start + (1.0 - self.warmup_start) * (step + 1) / self.warmup_steps
+
     def _next_lr(self, loss: torch.Tensor, *context: Any) -> float:
         if context:
             raise TypeError(f"LearnedLR.step takes only the loss, got {len(context)} more "
                             "arguments")
-        return self.phases.lr(loss / self.loss_scale)
+        step = self.phases.step
+        lr = self.phases.lr(loss / self.loss_scale)
+        return lr if step >= self.warmup_steps else lr * self.warmup_factor(step)
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count, phase, LSTM state, gammas/scales and last LR: a resumed loop continues
-        the same LRs.
+        """Step count, phase, LSTM state, gammas/scales, warm-up and last LR: a resumed loop
+        continues the same LRs.
 
         The nets' weights are not included (they are frozen and come from their files), just
         as torch's schedulers leave the optimizer out of theirs.
         """
         return {**super().state_dict(), **self.phases.state_dict(), "phase": self.phases.phase,
-                "loss_scale": self.loss_scale}
+                "loss_scale": self.loss_scale, "warmup_steps": self.warmup_steps,
+                "warmup_start": self.warmup_start}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.phases.load_state_dict(state_dict)
         self.loss_scale = float(state_dict["loss_scale"])
+        # the saved ramp wins, as the saved loss_scale does: the resumed run continues it
+        # (.get: states saved before the warm-up existed had none)
+        self.warmup_steps, self.warmup_start = _check_warmup(
+            state_dict.get("warmup_steps", self.warmup_steps),
+            state_dict.get("warmup_start", self.warmup_start))
         super().load_state_dict(state_dict)
 
     def __repr__(self) -> str:
+        warmup = f", warmup_steps={self.warmup_steps}" if self.warmup_steps else ""
         return (f"LearnedLR(k={self.phases.k}, step={self.last_step}/{self.total_steps}, "
-                f"gamma={[float(n.gamma) for n in self.phases.nets]})")
+                f"gamma={[float(n.gamma) for n in self.phases.nets]}{warmup})")
+
+
+def _check_warmup(steps: Any, start: Any) -> tuple[int, float]:
+    """``(warmup_steps, warmup_start)`` as int and float, refused early when they make no ramp."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise ValueError(f"warmup_steps must be a whole number >= 0, got {steps!r}")
+    if not 0.0 <= float(start) <= 1.0:
+        raise ValueError(f"warmup_start must be in [0, 1] (a fraction of the learned LR), got "
+                         f"{start!r}")
+    return int(steps), float(start)
