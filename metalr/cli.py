@@ -197,7 +197,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     file is a one-line error (exit 2), never created, migrated or written."""
     from metalr.reporting.suite_reader import ReportError, existing_store
     from metalr.running.rundir import StoreError, is_running
-    from metalr.running.runner import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
+    from metalr.running.tracking import HOST, HOST_TAG, OUTPUT_TAG, mark_killed
 
     try:
         if args.tracker == "mlflow":  # its default store resolved by the plugin, read-only

@@ -439,7 +439,7 @@ def test_an_unusable_output_folder_is_one_line_and_tracks_nothing(tmp_path):
 
 
 def test_two_runs_in_the_same_second_get_their_own_folders(tmp_path):
-    from metalr.running.runner import new_output_dir
+    from metalr.running.outputs import new_output_dir
 
     folders = {new_output_dir(tmp_path, "same") for _ in range(5)}
     assert len(folders) == 5 and all(f.is_dir() for f in folders)

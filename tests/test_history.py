@@ -9,7 +9,7 @@ import pytest
 
 from metalr.engine.algorithm import History
 from metalr.engine.probe import ProbeResult
-from metalr.running.runner import Runner
+from metalr.running.outputs import save_history
 
 EPOCHS = [{"epoch": 1, "train_batch_loss": 1.5, "lr": 0.1, "test_accuracy": 0.5}]
 
@@ -27,7 +27,7 @@ def full_history() -> History:
 
 def test_history_json_is_to_dict_and_reads_back(tmp_path):
     history = full_history()
-    Runner._save_history(tmp_path, history, "accuracy", None, None, "fixed-seed0")
+    save_history(tmp_path, history, "accuracy", None, None, "fixed-seed0")
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved == json.loads(json.dumps(history.to_dict()))
     assert History.from_dict(saved) == history

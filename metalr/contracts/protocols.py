@@ -236,7 +236,9 @@ class Tracker(Protocol):
     of a metric that reached the store before a kill: resume sends the missing ones and skips
     those already there) and ``running_runs()`` (``(run_id, tags)`` of the RUNNING runs).
     Optional too: ``log_params(run_id, params)``, params known only after the run started (the
-    LR probe's choice; without it they go as metrics at step 0 only).
+    LR probe's choice; without it they go as metrics at step 0 only), and ``log_model(run_id,
+    path, name, params, card) -> uri | None``: a meta-learned net registered as the store's
+    own kind of model (MLflow's logged models), whose URI ``LearnedLR.from_pretrained`` loads.
     """
 
     def start_run(

@@ -4,7 +4,7 @@ Statistics are over the seeds that finished; failed runs are counted and shown, 
 A spread is the *sample* standard deviation (``statistics.stdev``, ddof=1) over those seeds; with
 one seed none is shown. The per-seed values behind each mean are in ``results.csv`` (one column
 per seed), in the per-seed table of ``results.md`` and in the parent run's tracker metrics
-(:meth:`RunSummary.seed_metrics`), so a reader can recompute any other statistic.
+(``results.csv``), so a reader can recompute any other statistic.
 
 Tuning (the DeepOBS protocol over several seeds) is decided here too. A grid point is *rejected*
 when any of its tuning seeds
@@ -270,13 +270,17 @@ class RunSummary:
                                                     else None)
         return out
 
-    def seed_metrics(self) -> dict[str, float]:
-        """``final_test_<metric>/<method>/seed<N>`` for every finished run: what the parent run
-        is given, so that per-seed values can be queried from the tracker
-        (``mlflow.search_runs`` has them as columns ``metrics.final_test_accuracy/mlrsnet/seed0``)."""
-        return {f"final_test_{self.metric}/{method}/seed{seed}": value
-                for method, seeds in self.per_seed().items()
-                for seed, value in seeds.items() if value is not None and math.isfinite(value)}
+    def method_metrics(self) -> dict[str, float]:
+        """``final_test_<metric>/<method>``: each method's mean final test metric over its
+        finished seeds, what the parent run is given (MLflow's UI draws one chart per metric,
+        grouped by the part before ``/``: one per method, not one per method and seed). The
+        per-seed values are the table artifact ``results.csv`` and the child runs' metrics."""
+        out = {}
+        for method, seeds in self.per_seed().items():
+            done = [v for v in seeds.values() if v is not None and math.isfinite(v)]
+            if done:
+                out[f"final_test_{self.metric}/{method}"] = statistics.fmean(done)
+        return out
 
     def per_seed_markdown(self) -> str:
         """The final test metric of every method and seed, under a heading ("" without runs)."""

@@ -8,20 +8,19 @@ others go on; so does one whose components fail to build or that raises anything
 one line on screen, the traceback in its folder). Ctrl-C or SIGTERM stops at the next step: the
 run is checkpointed and marked KILLED, and the tables and figures of what ran are written.
 Nothing is left RUNNING, and ``metalr resume RUN_DIR`` continues (:mod:`metalr.running.rundir`).
+
+The runner owns the suite: its folder and tracker, tuning then the final jobs, the guard around
+each job and the tables at the end. One job trains in :mod:`metalr.running.job`; the tracker
+runs' lifecycle is :mod:`metalr.running.tracking`, the files besides the record
+:mod:`metalr.running.outputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
-import socket
-import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,190 +28,37 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from metalr.contracts.protocols import RunStatus, Task, Tracker
+from metalr.contracts.protocols import Task, Tracker
 from metalr.contracts.registry import Registry, get_registry
-from metalr.engine import checkpoint, distributed
-from metalr.engine.algorithm import (
-    Engine,
-    EngineConfig,
-    History,
-    TrainingDiverged,
-    is_episodic,
-    is_meta_learned,
-)
+from metalr.engine import distributed
+from metalr.engine.algorithm import TrainingDiverged, is_episodic
 from metalr.engine.device import device_settings, keep_freed_memory
-from metalr.engine.episodes import train_episodes
 from metalr.engine.stopping import StopRequest
-from metalr.engine.weights import ceiling_epochs, load_meta_learner, save_meta_learner
-from metalr.recipes.loader import Method, Recipe, resolve_device
+from metalr.recipes.loader import Recipe, resolve_device
 from metalr.running import provenance, rundir
-from metalr.running.figures import plot_curves, plot_lr
+from metalr.running.job import Job, Training
+from metalr.running.outputs import new_output_dir, save_error, save_history, write_outputs
 from metalr.running.results import MethodResult, RunSummary, chance_level
 from metalr.running.rundir import RunError, StoreError
-
-
-@dataclass(frozen=True)
-class Job:
-    """One training run: a method, a seed, and the tuned option's value if any."""
-
-    method: str
-    seed: int
-    epochs: int
-    tuned: tuple[str, float] | None = None
-    tuning: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.tuning:
-            return f"{self.method}/tune {self.tuned[0]}={self.tuned[1]:g}/seed{self.seed}"
-        return f"{self.method}/seed{self.seed}"
-
-    @property
-    def folder(self) -> str:
-        return self.label.replace("/", "-").replace(" ", "-")
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    return out
-
-
-def start_run(tracker: Tracker, experiment: str, name: str, params: Mapping[str, Any],
-              parent: str | None, tags: Mapping[str, str]) -> str:
-    """``tracker.start_run`` with tags, or without them for a tracker that takes none."""
-    args = inspect.signature(tracker.start_run).parameters
-    if "tags" in args or any(a.kind is a.VAR_KEYWORD for a in args.values()):
-        return tracker.start_run(experiment, name, params, parent, tags=tags)
-    return tracker.start_run(experiment, name, params, parent)
-
+from metalr.running.tracking import (
+    HOST,
+    HOST_TAG,
+    OUTPUT_TAG,
+    Landed,
+    flatten,
+    log_once,
+    mark_killed,
+    tracked,
+)
 
 EXACT_SETTINGS = ("metalr.device", "metalr.torch_threads", "metalr.cpu_capability",
                   "metalr.torch_version", "metalr.world_size")
 """Provenance keys that must not change for a resumed run to match an uninterrupted one."""
 
-OUTPUT_TAG, HOST_TAG = "metalr.output_dir", "metalr.host"
-"""Tags of every run metalr starts: the folder it writes to and the machine (``runs --clean``
-checks the folder's lock, on this machine only)."""
-HOST = socket.gethostname()
-
-
-def resume_run(tracker: Tracker, run_id: str) -> None:
-    """Mark an existing run RUNNING again, to continue logging into it."""
-    reopen = getattr(tracker, "resume_run", None)
-    if not callable(reopen):
-        raise RunError(f"the tracker {type(tracker).__name__} cannot continue a run "
-                       "(it has no resume_run); resume with tracking: none")
-    reopen(run_id)
-
-
-class Landed:
-    """What a continued tracker run already holds, so that resuming sends every metric once:
-    per metric key, the steps in the store (asked once per key, by ``logged_steps``), and
-    those sent since. A new run, or a tracker that cannot tell, holds nothing."""
-
-    def __init__(self, tracker: Tracker | None, run_id: str | None, continued: bool):
-        ask = getattr(tracker, "logged_steps", None)
-        self._ask = ask if continued and callable(ask) else None
-        self.run_id = run_id
-        self._steps: dict[str, set[int]] = {}
-
-    def missing(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
-        """The part of ``metrics`` not yet at ``step`` in the store (then counted as sent)."""
-        if self._ask is None:
-            return dict(metrics)
-        out = {}
-        for key, value in metrics.items():
-            if key not in self._steps:
-                self._steps[key] = set(self._ask(self.run_id, key))
-            if step not in self._steps[key]:
-                self._steps[key].add(step)
-                out[key] = value
-        return out
-
-
-def log_once(tracker: Tracker, landed: Landed, metrics: Mapping[str, float], step: int) -> None:
-    """``tracker.log_metrics`` of what the run does not hold yet at ``step``."""
-    todo = landed.missing(metrics, step)
-    if todo:
-        tracker.log_metrics(landed.run_id, todo, step)
-
-
-def diverged_steps(history: History, start: int, last: int | None) -> Iterator[
-        tuple[int, dict[str, float]]]:
-    """Per step from ``start`` to the diverged step ``last`` (all recorded ones if unknown), the
-    LR and loss the run recorded; past the last full epoch only the LR is known (the engine
-    holds that epoch's losses apart)."""
-    end = len(history.lrs) if last is None else min(len(history.lrs), last + 1)
-    for step in range(start, end):
-        point = {"step_lr": history.lrs[step]}
-        if step < len(history.losses):
-            point["step_train_loss"] = history.losses[step]
-        yield step, point
-
-
-def mark_killed(tracker: Tracker, folder: Path | None = None) -> list[str]:
-    """End as KILLED the RUNNING runs whose process is gone (its folder's lock is free): those
-    of ``folder``, or all that metalr started. Returns their ids."""
-    running = getattr(tracker, "running_runs", None)
-    if not callable(running):
-        return []
-    killed = []
-    for run_id, tags in running():
-        where = tags.get(OUTPUT_TAG)
-        if where is None or (folder is not None and Path(where) != folder.resolve()):
-            continue
-        if folder is None and (tags.get(HOST_TAG, HOST) != HOST or rundir.is_running(Path(where))):
-            continue  # another machine's run cannot be checked from here; a live one is kept
-        tracker.end_run(run_id, "KILLED")
-        killed.append(run_id)
-    return killed
-
-
-def write_outputs(summary: RunSummary) -> list[Path]:
-    """The suite's tables and figures; figures of the first finished seed of each method."""
-    out = summary.output_dir
-    first = {}
-    for r in summary.results:
-        if r.history is not None and r.history.lrs and r.method not in first:
-            first[r.method] = r.history
-    paths = [out / "results.md", out / "results.csv"]
-    extra = [t for t in (summary.per_seed_markdown(), summary.tuning_markdown()) if t]
-    paths[0].write_text(summary.markdown() + "\n" + "".join(f"\n{t}\n" for t in extra))
-    paths[1].write_text(summary.csv())
-    if summary.tuning:
-        paths.append(out / "tuning.csv")
-        paths[-1].write_text(summary.tuning_csv())
-    if first:
-        paths.append(plot_lr(first, out / "lr.png"))
-        means = summary.mean_histories()
-        if means:
-            paths.append(plot_curves(means, out / "curves.png", summary.metric))
-    return paths
-
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}"
-
-
-def new_output_dir(root: str | Path, name: str) -> Path:
-    """A new folder ``root/name-YYYYmmdd-HHMMSS[-i]``; ``mkdir`` is exclusive, so two runs
-    started in the same second never share one."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = Path(root) / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create an output folder under {root}")
 
 
 _RECIPE_COPY = ("it is the recipe the suite started with (its MLflow parent run holds a copy, "
@@ -455,8 +301,8 @@ class Runner:
                      **self.extra_tags}
         params = flatten(recipe.resolved())
         params["train.device"] = self.provenance["metalr.device"]  # resolved: never "auto"
-        with self._tracked(tracker, self.run_name or recipe.name, params, self.parent_run,
-                           parent_id) as parent, \
+        with tracked(tracker, recipe.name, self.run_name or recipe.name, params,
+                     self.parent_run, self.tags, parent_id) as parent, \
                 tqdm(total=total, desc=recipe.name, unit="epoch", disable=not self.progress,
                      dynamic_ncols=True) as bar:
             summary.run_id = parent
@@ -493,7 +339,7 @@ class Runner:
 
     def _write_outputs(self, summary: RunSummary, tracker: Tracker | None, landed: Landed,
                        bar: tqdm) -> None:
-        """The tables and figures, then the same to the parent run with the per-seed values
+        """The tables and figures, then the same to the parent run with each method's mean
         (each once: a resumed suite wrote some of them before it stopped)."""
         if not self.writes:
             return
@@ -508,12 +354,13 @@ class Runner:
         try:
             for path in paths:
                 tracker.log_artifact(landed.run_id, str(path))
-            # per-seed values, queryable beside the parent's parameters
-            log_once(tracker, landed, summary.seed_metrics(), 0)
+            # each method's mean, beside the parent's parameters (per seed: results.csv)
+            log_once(tracker, landed, summary.method_metrics(), 0)
         except StoreError:
             pass  # the command's error line says it (the tracker's failure)
         except Exception as exc:
             bar.write(f"results not tracked in run {landed.run_id}: {_one_line(exc)}")
+
 
     def _line(self, result: MethodResult, metric: str) -> str:
         if result.status != "FINISHED":
@@ -537,43 +384,6 @@ class Runner:
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
                 f"{result.history.wall_time:.1f} s")
 
-    @contextmanager
-    def _tracked(self, tracker: Tracker | None, name: str, params: dict[str, Any],
-                 parent: str | None, run_id: str | None = None,
-                 on_start: Callable[[str], None] | None = None) -> Iterator[str | None]:
-        """A tracker run (``run_id``: an existing one, continued) that ends FINISHED, FAILED or
-        KILLED, never left RUNNING."""
-        if tracker is None:
-            yield None
-            return
-        if run_id is None:
-            run_id = start_run(tracker, self.recipe.name, name, params, parent, self.tags)
-        else:
-            resume_run(tracker, run_id)
-        status: RunStatus = "FAILED"
-        try:
-            if on_start is not None:
-                on_start(run_id)
-            yield run_id
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            tracker.end_run(run_id, status)
-
-    def _build(self, job: Job, method: Method, task: Task, options: dict[str, Any]):
-        reg, recipe = self.registry, self.recipe
-        torch.manual_seed(job.seed)  # the same initial weights for every method of a seed
-        model = reg.get("model", recipe.model.name).build(task.spec, **recipe.model.options)
-        model.to(self.device)
-        optimizer = reg.get("optimizer", method.optimizer.name).build(
-            model.parameters(), **method.optimizer.options)
-        policy = reg.get("lr_policy", method.lr_policy.name).build(**options)
-        if (is_meta_learned(policy) or is_episodic(policy)) and method.meta.weights:
-            load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
-        return model, optimizer, policy
-
     def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
                  bar: tqdm, into: list[MethodResult]) -> None:
         """One run, guarded: whatever goes wrong (building included) fails this run alone, with
@@ -591,14 +401,17 @@ class Runner:
         options = dict(method.lr_policy.options)
         if job.tuned is not None:
             options[job.tuned[0]] = job.tuned[1]
+        # each run carries its task and model too: MLflow's UI compares runs by their params
         params = flatten({"method": job.method, "seed": job.seed, "tuning": job.tuning,
+                          "task": self.recipe.task.model_dump(mode="json"),
+                          "model": self.recipe.model.model_dump(mode="json"),
                           **method.model_dump(mode="json"),
                           "lr_policy": {"name": method.lr_policy.name, "options": options},
                           "train": {**self.recipe.train.model_dump(mode="json"),
                                     "epochs": job.epochs}})
         result = MethodResult(job.method, job.seed, "FAILED", label=job.label,
                               tuned=job.tuned, tuning=job.tuning)
-        epochs_done = [0]
+        training: Training | None = None
         try:
             if self.writes:
                 folder.mkdir(exist_ok=True)
@@ -607,28 +420,37 @@ class Runner:
             def started(run_id: str) -> None:
                 rundir.write_json(folder / rundir.RUN, {"run_id": run_id})
 
-            with self._tracked(tracker, job.label, params, parent, known, started) as run_id:
+            with tracked(tracker, self.recipe.name, job.label, params, parent, self.tags, known,
+                         started) as run_id:
                 result.run_id = run_id
                 try:
-                    self._train(job, method, options, folder, tracker, run_id, bar, result,
-                                epochs_done, continued=known is not None)
-                except (TrainingDiverged, KeyboardInterrupt, StoreError) as exc:
-                    result.history = getattr(exc, "history", None) or result.history
+                    training = Training(
+                        job, method, options, self.recipe.model, self.recipe.train,
+                        self.task(job.seed), self.device, self.registry, folder,
+                        self.recipe.name, tracker=tracker, run_id=run_id,
+                        continued=known is not None, tags=self.provenance, progress=bar.update,
+                        stop=self.stop, writes=self.writes, show_episodes=self.progress)
+                    try:
+                        training.run()
+                    finally:  # what it got to, stopped or not
+                        result.history, result.files = training.history, training.files
+                except (TrainingDiverged, StoreError):
                     raise
                 except Exception:
-                    self._save_error(folder, tracker, run_id)
+                    if self.writes:
+                        save_error(folder, tracker, run_id)
                     raise
         except TrainingDiverged as exc:
             result.error = f"{job.method}, seed {job.seed}: {exc}"
         except StoreError as exc:  # not this run's fault: it stops, resumable, and so does all
             result.status = "KILLED"
             result.error = f"stopped: {exc}; `metalr resume` continues it"
-            self._finish(folder, result, bar, epochs_done[0], job.epochs)
+            self._finish(folder, result, bar, job, training)
             into.append(result)
             raise
         except KeyboardInterrupt:
             result.status, result.error = "KILLED", "interrupted; `metalr resume` continues it"
-            self._finish(folder, result, bar, epochs_done[0], job.epochs)
+            self._finish(folder, result, bar, job, training)
             into.append(result)
             raise
         except Exception as exc:  # one broken run must not take a long suite down
@@ -637,14 +459,15 @@ class Runner:
                 result.error += f" (traceback: {folder / 'error.txt'})"
         else:
             result.status = "FINISHED"
-        self._finish(folder, result, bar, epochs_done[0], job.epochs)
+        self._finish(folder, result, bar, job, training)
         into.append(result)
 
-    def _finish(self, folder: Path, result: MethodResult, bar: tqdm, done: int,
-                epochs: int) -> None:
+    def _finish(self, folder: Path, result: MethodResult, bar: tqdm, job: Job,
+                training: Training | None) -> None:
         """Count the run's epochs in the bar, save how it ended (and the history and figures
         of one cut short), say it in one line."""
-        bar.update(max(epochs - done, 0))
+        done = 0 if training is None else training.epochs_done
+        bar.update(max(job.epochs - done, 0))
         if not self.writes:
             return
         try:
@@ -653,165 +476,7 @@ class Runner:
             result.error = (result.error or "") + f" (result not saved: {_one_line(exc)})"
         if result.status != "FINISHED" and result.history and result.history.lrs:
             with contextlib.suppress(Exception):  # best effort: result.json has it all
-                self._save_history(folder, result.history, self._metric, None, None,
-                                   result.label)
+                save_history(folder, result.history, self._metric, None, None, result.label)
         if self.report:
             bar.write(self._line(result, self._metric))
 
-    @staticmethod
-    def _relog(tracker: Tracker, landed: Landed, history: History, logged: int) -> None:
-        """On resume: send the metrics up to the checkpoint that a kill kept from the store,
-        key by key (a kill can land a step's LR and not its loss: they may go in two
-        batches), so that none is sent twice."""
-        for s in range(logged):
-            log_once(tracker, landed, {"step_lr": history.lrs[s],
-                                       "step_train_loss": history.losses[s]}, s)
-        for i, metrics in enumerate(history.epochs):
-            log_once(tracker, landed, metrics, i + 1)
-
-    def _save_error(self, folder: Path, tracker: Tracker | None, run_id: str | None) -> None:
-        if not self.writes:
-            return
-        try:
-            path = folder / "error.txt"
-            path.write_text(traceback.format_exc())
-            if tracker is not None:
-                tracker.log_artifact(run_id, str(path))
-        except Exception:  # a full or read-only disk: the one-line reason still shows
-            pass
-
-    def _train(self, job: Job, method: Method, options: dict[str, Any], folder: Path,
-               tracker: Tracker | None, run_id: str | None, bar: tqdm, result: MethodResult,
-               epochs_done: list[int], continued: bool) -> None:
-        recipe, train = self.recipe, self.recipe.train
-        task = self.task(job.seed)
-        model, optimizer, policy = self._build(job, method, task, options)
-        learned = is_meta_learned(policy) or is_episodic(policy)
-        config = EngineConfig(
-            epochs=job.epochs, batch_size=train.batch_size, seed=job.seed, device=self.device,
-            t_val=method.meta.t_val, meta_batch_size=method.meta.batch_size,
-            meta_lr=method.meta.lr, meta_weight_decay=method.meta.weight_decay,
-            meta_train=method.meta.mode == "meta-train",
-            clip_grad_norm=train.clip_grad_norm or getattr(task, "clip_grad_norm", None),
-            eval_every=train.eval_every, explode_factor=train.explode_factor,
-            order_seed=train.order_seed,
-            amp=train.amp, amp_dtype=train.amp_dtype, channels_last=train.channels_last,
-        )
-        objective = self.registry.get("meta_objective", method.meta.objective.name).build(
-            **method.meta.objective.options)
-        engine = Engine(task, model, optimizer, policy, config, objective,
-                        names={"lr_policy": method.lr_policy.name,
-                               "meta_objective": method.meta.objective.name})
-        found = checkpoint.load(folder / rundir.CHECKPOINT, map_location=self.device)
-        state = None if found is None else found[0]
-        logged = 0 if state is None else state["runner"]["logged"]  # steps sent to the tracker
-        # an existing run (with or without a checkpoint): what the store holds is not resent
-        landed = Landed(tracker, run_id, continued)
-        if state is not None:
-            epochs_done[0] = state["epoch"]
-            bar.update(state["epoch"])
-        if continued and tracker is not None:
-            self._relog(tracker, landed, History() if state is None else
-                        History.from_dict(state["history"]), logged)
-        save_at = set(method.meta.save_epochs)
-        if method.meta.save_phases:
-            save_at |= set(ceiling_epochs(job.epochs, method.meta.save_phases))
-
-        def save_theta(tag: str) -> None:
-            if not self.writes:
-                return
-            path = save_meta_learner(folder / f"theta-{tag}.safetensors", method.lr_policy.name,
-                                     policy, extra={"metalr.recipe": recipe.name})
-            result.files[tag] = path
-            if tracker is not None:
-                tracker.log_artifact(run_id, str(path), "theta")
-
-        def on_epoch(epoch: int, metrics: Mapping[str, float], history: History) -> None:
-            nonlocal logged
-            if tracker is not None:
-                for s in range(logged, len(history.lrs)):
-                    log_once(tracker, landed, {"step_lr": history.lrs[s],
-                                               "step_train_loss": history.losses[s]}, s)
-                log_once(tracker, landed, metrics, epoch + 1)
-            logged = len(history.lrs)
-            if learned and epoch + 1 in save_at:
-                save_theta(f"epoch{epoch + 1:04d}")
-
-        def on_checkpoint(engine_state: dict[str, Any]) -> None:
-            checkpoint.save(folder / rundir.CHECKPOINT,
-                            {**engine_state, "runner": {"logged": logged, "run_id": run_id}})
-
-        def progress(n: int) -> None:
-            epochs_done[0] += n
-            bar.update(n)
-
-        if is_episodic(policy) and config.meta_train and state is None:
-            # trains itself over episodes first, then runs frozen (a resume from a checkpoint
-            # of the frozen run finds the trained weights in the policy's saved state)
-            self._train_episodes(job, method, task, options, config, policy, tracker, run_id)
-        try:
-            history = engine.fit(on_epoch=on_epoch, progress=progress,
-                                 checkpoint=on_checkpoint if self.writes else None,
-                                 resume=state, stop=self.stop)
-        except TrainingDiverged as exc:  # its curves up to the divergence, in the tracker too
-            if tracker is not None and exc.history is not None:
-                for step, point in diverged_steps(exc.history, logged, exc.step):
-                    log_once(tracker, landed, point, step)
-            raise
-        result.history = history
-        if not self.writes:
-            return
-        for path in sorted(folder.glob("theta-epoch*.safetensors")):  # saved before a resume
-            result.files.setdefault(path.stem.removeprefix("theta-"), path)
-        if learned:
-            save_theta("final")
-        self._save_history(folder, history, task.metric, tracker, run_id, job.label, landed)
-        checkpoint.previous(folder / rundir.CHECKPOINT).unlink(missing_ok=True)
-
-    def _train_episodes(self, job: Job, method: Method, task: Task, options: dict[str, Any],
-                        config: EngineConfig, policy: Any, tracker: Tracker | None,
-                        run_id: str | None) -> None:
-        """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split."""
-        def make_engine(i: int, acting: Any) -> Engine:
-            seed = 1000 * (job.seed + 1) + i
-            model, optimizer, _ = self._build(replace(job, seed=seed), method, task, options)
-            return Engine(task, model, optimizer, acting, replace(config, seed=seed,
-                                                                 meta_train=False))
-
-        def open_run(name: str, params: Mapping[str, Any], parent: str | None) -> str:
-            return start_run(tracker, self.recipe.name, name, params, parent, self.provenance)
-
-        train_episodes(policy, make_engine, tracker=tracker, open_run=open_run, parent=run_id,
-                       label=job.label, progress=self.progress)
-        policy.frozen = True
-
-    @staticmethod
-    def _save_history(folder: Path, history: History, metric: str, tracker: Tracker | None,
-                      run_id: str | None, label: str, landed: Landed | None = None) -> None:
-        probe = history.probe
-        # History's own plain form, the one a checkpoint holds (probe and recheck included)
-        (folder / "history.json").write_text(json.dumps(history.to_dict()))
-        log_params = getattr(tracker, "log_params", None)
-        if probe is not None and callable(log_params):  # optional (the Tracker protocol)
-            # only what a rerun of the probe gives again (a run restarted from its first
-            # step logs them twice; a store refuses a param that changes): no seconds
-            log_params(run_id, {"probe_lr": f"{probe.lr:.6g}", "probe_steps": probe.steps,
-                                "probe_signal": probe.signal})
-        recheck = history.recheck
-        if recheck is not None and callable(log_params):
-            log_params(run_id, {"recheck_step": history.recheck_step,
-                                "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps})
-        if tracker is not None:
-            setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
-                     if probe is not None else {})
-            if recheck is not None:
-                setup["recheck_seconds"] = recheck.seconds
-            if history.t_val is not None:
-                setup["meta_t_val"] = history.t_val
-            if setup:  # once: a run resumed after it ended sends them again otherwise
-                log_once(tracker, landed or Landed(tracker, run_id, False), setup, 0)
-        files = [plot_lr({label: history}, folder / "lr.png"),
-                 plot_curves({label: history}, folder / "curves.png", metric)]
-        if tracker is not None:
-            for path in files:
-                tracker.log_artifact(run_id, str(path))

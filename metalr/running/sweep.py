@@ -276,7 +276,7 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
             registry: Registry | None = None) -> SweepOutcome:
     """Run the sweep's unfinished points (or only point ``index``, in this process), then write
     the tables and figures. Finished points are skipped."""
-    from metalr.running.runner import HOST, HOST_TAG, OUTPUT_TAG, flatten, resume_run, start_run
+    from metalr.running.tracking import HOST, HOST_TAG, OUTPUT_TAG, flatten, resume_run, start_run
 
     registry = registry or get_registry()
     recipe = sweep.recipe

@@ -82,8 +82,9 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
     A shipped name, or a folder written by ``metalr nets import``, stands for all of its nets
     in meta-training order (its k phases; names compare digits as numbers). An
     existing file wins over a shipped name of the same spelling. ``runs:/<run id>/<path>``
-    (e.g. ``runs:/abc123/theta/theta-final.safetensors``) is downloaded from the tracking store
-    named by ``MLFLOW_TRACKING_URI`` into a temporary folder.
+    (e.g. ``runs:/abc123/theta/theta-final.safetensors``) and a logged model's
+    ``models:/<model id>`` (its nets, in order) are downloaded from the tracking store named by
+    ``MLFLOW_TRACKING_URI`` into a temporary folder.
     """
     if isinstance(specs, (str, Path)):
         specs = [specs]
@@ -91,10 +92,11 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
         raise ValueError("no nets given")
     shipped, files, missing = shipped_nets(), [], []
     for spec in specs:
-        if str(spec).startswith("runs:/"):  # MLflow's artifact URI: its tracker plugin fetches it
-            from metalr.running.stores import fetch_artifact
+        if str(spec).startswith(("runs:/", "models:/")):  # a tracked run's artifact or logged
+            from metalr.running.stores import fetch_artifact  # model: the tracker fetches it
 
-            files.append(fetch_artifact(str(spec)))
+            fetched = fetch_artifact(str(spec))
+            files.extend(folder_nets(fetched) if fetched.is_dir() else [fetched])
             continue
         path = Path(spec).expanduser()
         if path.is_file():
@@ -287,8 +289,8 @@ class PhasedNets:
         device = self.nets[0].ref_lr.device
         self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
         self.state = _map_state(state["state"], lambda t: t.to(device))
-        for net, gamma, ref in zip(self.nets, state["gamma"], state.get("ref_lr", [None] * self.k)):
-            net.set_gamma(float(gamma), ref_lr=ref)
+        for net, gamma, ref in zip(self.nets, state["gamma"], state["ref_lr"], strict=True):
+            net.set_gamma(float(gamma), ref_lr=float(ref))
 
 
 # -- the scheduler ------------------------------------------------------------------------------

@@ -405,6 +405,30 @@ class MLflowTracker:
         self._raise_if_failed()
         self._call(self.client.log_artifact, run_id, str(path), artifact_path)
 
+    def log_model(self, run_id: str, path: str, name: str, params: Mapping[str, Any],
+                  card: str) -> str | None:
+        """A meta-learned net as an MLflow logged model (MLflow 3's Models view): its file and a
+        ``card.md``, the run as its source, its options as params. Returns its
+        ``models:/<model id>`` URI (``LearnedLR.from_pretrained`` loads it), or None for an
+        MLflow without logged models (2.x: the run's ``theta/`` artifact is the net there)."""
+        import shutil
+        import tempfile
+
+        create = getattr(self.client, "create_logged_model", None)
+        if create is None:
+            return None
+        self._raise_if_failed()
+        run = self._call(self.client.get_run, run_id)
+        model = self._call(create, run.info.experiment_id, name=name, source_run_id=run_id,
+                           params={k: str(v)[:6000] for k, v in params.items()},
+                           model_type="metalr-net")
+        with tempfile.TemporaryDirectory(prefix="metalr-model-") as folder:
+            shutil.copy2(path, folder)
+            Path(folder, "card.md").write_text(card)
+            self._call(self.client.log_model_artifacts, model.model_id, folder)
+        self._call(self.client.finalize_logged_model, model.model_id, "READY")
+        return f"models:/{model.model_id}"
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Params known only once the run has started (the LR probe's choice)."""
         from mlflow.entities import Param
