@@ -13,7 +13,8 @@ if [ ! -x .venv/bin/metalr ]; then
     "$PYTHON" -m venv .venv
     # shellcheck disable=SC2086
     .venv/bin/pip install --quiet $TORCH_SPEC
-    .venv/bin/pip install --quiet -e ".[test,alternatives,rl,submitit,lightning,transformers,timm]"
+    EXTRAS="test,alternatives,rl,submitit,search,lightning,transformers,timm"
+    .venv/bin/pip install --quiet -e ".[$EXTRAS]"
 fi
 if [ "$1" = "--setup-only" ]; then
     exit 0

@@ -64,7 +64,7 @@ from metalr.contracts.protocols import RunInfo
 from metalr.contracts.registry import get_registry
 from metalr.engine.algorithm import Engine, EngineConfig
 from metalr.engine.device import keep_freed_memory
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 SEED = 0

@@ -1,8 +1,8 @@
 """metalr: learned, transferable learning-rate schedules (MLR-SNet and relatives).
 
 Lean on purpose: ``from metalr import hookimpl`` (what a plugin imports) loads pluggy only; the
-registry, ``LearnedLR`` (torch) and ``ControlledLR`` (the controller plugin, asked of the
-registry) are loaded on first use.
+registry, ``LearnedLR`` (torch), ``run`` (a recipe from Python, :mod:`metalr.running.api`) and
+``ControlledLR`` (the controller plugin, asked of the registry) are loaded on first use.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
         UnknownComponentError,
         get_registry,
     )
+    from metalr.running.api import run
     from metalr.scheduler import LearnedLR
 
 __version__ = "0.1.0"
 
 _LAZY = {"DuplicateComponentError": "metalr.contracts.registry", "Registry": "metalr.contracts.registry",
          "UnknownComponentError": "metalr.contracts.registry", "get_registry": "metalr.contracts.registry",
-         "LearnedLR": "metalr.scheduler"}
+         "LearnedLR": "metalr.scheduler", "run": "metalr.running.api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -69,4 +70,5 @@ __all__ = [
     "__version__",
     "get_registry",
     "hookimpl",
+    "run",
 ]

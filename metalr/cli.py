@@ -183,6 +183,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from metalr.running.search import execute, optuna_module, plan
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise RunError("a search cannot run under torchrun (its executor starts its own "
+                       "processes); run `metalr search` without torchrun")
+    optuna_module()  # a missing extra: one line, before the recipe is checked
+    search = plan(args.recipe, args.overrides)  # the space's bounds checked first
+    print(f"search of {search.config.trials} trials in {search.folder}", flush=True)
+    outcome = execute(search, progress=not args.quiet)  # -q: each trial's line still prints
+    print(f"\n{outcome.table}\n\n{outcome.best}")
+    print(f"\ntables: {search.folder}/ (results.md, results.csv; Optuna's study: optuna.db)")
+    if outcome.interrupted:
+        print("interrupted: runs marked KILLED; run the same command again to go on",
+              file=sys.stderr)
+        return 130
+    return 0 if outcome.ok else 1
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from metalr.running.runner import Runner
 
@@ -398,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(p)
     _add_selection(p)
     p.set_defaults(func=_cmd_sweep)
+    p = sub.add_parser("search", help="run Optuna trials over a recipe's search: block (again: "
+                       "finished trials are kept, more added up to search.trials)")
+    p.add_argument("recipe", help="path to a recipe YAML file with a search: block")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override recipe keys for every trial, e.g. search.trials=40")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (each trial's line still prints)")
+    _add_verbose(p)
+    p.set_defaults(func=_cmd_search)
     p = sub.add_parser("resume", help="continue a run killed or interrupted, from its checkpoints")
     p.add_argument("run_dir", help="the output folder the run printed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -245,7 +245,7 @@ def test_a_real_tracker_with_one_fault_fails(tmp_path, monkeypatch, fault):
 
 
 def digits_run(tmp_path, **methods):
-    from metalr.recipes.loader import Recipe
+    from metalr.recipes.schema import Recipe
     from metalr.running.runner import Runner
 
     recipe = Recipe.model_validate({

@@ -253,7 +253,7 @@ def test_a_run_records_the_device_it_used_and_runs_under_amp(tmp_path):
 
     from metalr import hookimpl
     from metalr.contracts.registry import Registry
-    from metalr.recipes.loader import Recipe
+    from metalr.recipes.schema import Recipe
     from metalr.running.runner import Runner
 
     params: list[dict] = []

@@ -28,7 +28,7 @@ from torch import nn
 from metalr import hookimpl
 from metalr.contracts.registry import Registry
 from metalr.engine import checkpoint
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 SGD = {"name": "sgd", "options": {"momentum": 0.9}}

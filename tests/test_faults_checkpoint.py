@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from metalr.engine import checkpoint
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]

@@ -29,7 +29,7 @@ from test_faults import Exploding, NaNAt  # a NaN model, an exploding LR: third-
 from metalr import hookimpl
 from metalr.cli import main
 from metalr.contracts.registry import Registry
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("restore_threads")]

@@ -38,7 +38,7 @@ def test_a_cuda_run_is_tagged_with_the_gpu_it_used(cuda, tmp_path):
     """Tags and params say which GPU, CUDA and cuDNN ran it, never `device: auto`."""
     from mlflow.tracking import MlflowClient
 
-    from metalr.recipes.loader import Recipe
+    from metalr.recipes.schema import Recipe
     from metalr.running.runner import Runner
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -8,7 +8,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 

@@ -17,7 +17,7 @@ import metalr
 from metalr import hookimpl
 from metalr.cli import main
 from metalr.contracts.registry import Registry
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running import provenance
 from metalr.running.runner import Runner
 from metalr.testing import check_tracker

@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from metalr.contracts.registry import UnknownComponentError
 from metalr.contracts.yaml_loader import load_yaml, read_text
-from metalr.recipes.loader import ComponentRef, Recipe
+from metalr.recipes.schema import ComponentRef, Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = (REPO / "docs" / "recipes.md").read_text()

@@ -306,7 +306,7 @@ def test_a_recipe_gamma_survives_meta_weights(registry, tmp_path):
 
 
 def test_the_runner_keeps_a_recipe_gamma_with_meta_weights(registry, tmp_path):
-    from metalr.recipes.loader import Recipe
+    from metalr.recipes.schema import Recipe
     from metalr.running.runner import Runner
 
     _, path = _trained_net(registry, tmp_path, gamma=3.0)
@@ -347,7 +347,7 @@ def test_adamw_is_an_optimizer_with_an_exact_virtual_step(registry):
 def test_save_phases_follow_the_horizon(registry, tmp_path, epochs, expected):
     """meta.save_phases: 3 saves the nets of the ceiling rule for whatever train.epochs is, so
     shortening a recipe never breaks it (save_epochs: [1, 30, 60] fails validation at 20)."""
-    from metalr.recipes.loader import Recipe
+    from metalr.recipes.schema import Recipe
     from metalr.running.runner import Runner
 
     recipe = Recipe.model_validate({

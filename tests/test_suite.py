@@ -7,7 +7,7 @@ import csv
 import pytest
 from mlflow.tracking import MlflowClient
 
-from metalr.recipes.loader import Recipe
+from metalr.recipes.schema import Recipe
 from metalr.running.runner import Runner
 
 SUITE = {

@@ -25,17 +25,13 @@ from metalr.contracts.problems import Problem, named_option
 from metalr.contracts.registry import Registry, UnknownComponentError, get_registry
 from metalr.contracts.yaml_loader import YAMLLoadError, load_yaml, read_text
 from metalr.recipes.schema import (
-    ComponentRef,
-    Method,
     Recipe,
     check_name,
-    resolve_device,
     type_members,
 )
 
-__all__ = ["ComponentRef", "Method", "Problem", "Recipe", "RecipeError", "apply_overrides",
-           "check_components", "check_semantics", "check_values", "load_recipe", "named_option",
-           "resolve_device", "select_methods", "type_members"]
+__all__ = ["RecipeError", "apply_overrides", "check_components", "check_semantics", "check_values",
+           "load_recipe", "select_methods"]
 """The schema's names too, where the runner, the CLI and the tests have always imported them."""
 
 
@@ -374,9 +370,27 @@ def check_semantics(recipe: Recipe, registry: Registry) -> list[Problem]:
                     "not a regular file (a pipe or device?)" if Path(meta.weights).exists() else
                     "no such file")
             problems.append(Problem(f"methods.{name}.meta.weights", f"{meta.weights!r}: {what}"))
+    problems += _search_method(recipe)
     if recipe.train.device == "cuda" and not torch.cuda.is_available():
         problems.append(Problem("train.device", "'cuda': no CUDA device here; use auto or cpu"))
     return problems
+
+
+def _search_method(recipe: Recipe) -> list[Problem]:
+    """The method whose metric a search optimises must be one of the recipe's (named when
+    there are several)."""
+    search, methods = recipe.search, list(recipe.methods)
+    if search is None:
+        return []
+    if search.method is None and len(methods) > 1:
+        return [Problem("search.method", f"the recipe has {len(methods)} methods; name the one "
+                        f"whose metric is the objective (its methods: {', '.join(methods)})")]
+    if search.method is not None and search.method not in methods:
+        close = difflib.get_close_matches(search.method, methods, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return [Problem("search.method", f"{_clip(search.method)} is not a method of this "
+                        f"recipe; {hint}its methods: {', '.join(methods)}")]
+    return []
 
 
 def _pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str = "",

@@ -192,6 +192,127 @@ class SweepConfig(_Strict):
         return self
 
 
+SEARCH_FIXED = (*SWEEP_FIXED, "search")
+"""Keys a search may not vary: where its trials are kept, and the blocks that plan runs."""
+
+Scalar = Union[bool, int, float, str, None]
+"""What an Optuna categorical holds (and what a recipe key set to a choice can take)."""
+
+
+class Distribution(_Strict):
+    """A searched key's values: ``{low, high}`` (ints when both are ints; ``log`` for a log
+    scale, as an LR wants) or ``{choices: [...]}``."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = Field(False, description="sample on a log scale (low > 0)")
+    choices: list[Scalar] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("give either {low, high[, log]} or {choices: [...]}, not both")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"choices {self.choices} repeat a value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give {low, high} (a range, log: true for a log scale) or "
+                             "{choices: [...]}")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high}); one value is "
+                             "{choices: [value]}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and isinstance(self.low, int) and isinstance(self.high, int)
+
+    def values(self) -> list[Any]:
+        """The values that bound the space: the range's ends, or every choice."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+def _named(value: Any) -> Any:
+    """``tpe`` for ``{name: tpe}``; null for the ``none`` pruner."""
+    if value is None:
+        return {"name": "none"}
+    return {"name": value} if isinstance(value, str) else value
+
+
+class SamplerConfig(_Strict):
+    """Optuna's sampler: TPE, or random; seeded, so that a search asks the same values again."""
+
+    name: Literal["tpe", "random"] = "tpe"
+    seed: Seed = Field(0, description="the sampler's seed (a resumed search adds the number of "
+                       "trials it holds, so it does not ask the first trials' values again)")
+    startup_trials: int = Field(10, ge=0, le=100_000,
+                                description="tpe: random trials before TPE models the results")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _named(value)
+
+
+class PrunerConfig(_Strict):
+    """Optuna's pruner on the per-epoch metric: median (a trial below the median of the trials
+    before it at the same step stops), or none."""
+
+    name: Literal["median", "none"] = "median"
+    startup_trials: int = Field(5, ge=0, le=100_000,
+                                description="trials finished before any is pruned")
+    warmup_steps: int = Field(0, ge=0, le=INT64_MAX,
+                              description="evaluations of a trial before it can be pruned")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _named(value)
+
+
+class SearchConfig(_Strict):
+    """An Optuna search over dotted recipe keys (:mod:`metalr.running.search`): each trial runs
+    with every seed, its objective the mean final metric of ``method`` over them."""
+
+    space: dict[str, Distribution] = Field(min_length=1, description="dotted.key: distribution")
+    trials: Count = Field(description="trials in all; a search run again adds the missing ones")
+    seeds: list[Seed] = Field(default_factory=list, description="every trial runs with these "
+                              "seeds (train.seeds); empty: the recipe's train.seeds")
+    method: str | None = Field(None, description="the method whose metric is the objective; "
+                               "unset: the recipe's only method")
+    split: Literal["meta", "test"] = Field(
+        "meta", description="the split whose final metric is the objective (and is pruned on): "
+        "the held-out meta split, as tuning chooses; test only to reproduce a protocol that did")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    executor: ComponentRef = Field(default_factory=lambda: ComponentRef(name="local"))
+    parallel: int | None = Field(None, ge=1, le=1024, description="trials asked and run at "
+                                 "once; unset: the local executor's workers, else 1")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key in space:
+            if not key or any(not p.strip() for p in key.split(".")):
+                raise ValueError(f"{key!r}: a searched key is a dotted recipe key, e.g. "
+                                 "methods.fixed.lr_policy.options.lr")
+            if key.split(".")[0] in SEARCH_FIXED:
+                raise ValueError(f"{key!r}: a search cannot vary {', '.join(SEARCH_FIXED)} "
+                                 "(they name where its trials are kept)")
+        return space
+
+    @model_validator(mode="after")
+    def _seeds(self) -> SearchConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"search.seeds {self.seeds} repeats a seed")
+        if self.seeds and any(k in ("train.seed", "train.seeds") for k in self.space):
+            raise ValueError("give the seeds either as search.seeds or in search.space, not both")
+        return self
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -206,6 +327,7 @@ class Recipe(_Strict):
     output_dir: str = Field("metalr-out", min_length=1,
                             description="runs write their files under this folder")
     sweep: SweepConfig | None = Field(None, description="`metalr sweep` runs each grid point")
+    search: SearchConfig | None = Field(None, description="`metalr search` runs Optuna trials")
 
     @field_validator("name")
     @classmethod
@@ -233,6 +355,8 @@ class Recipe(_Strict):
         data["tracking"] = data["tracking"] or "none"
         if data["sweep"] is None:  # a plain recipe's resolved form is as before sweeps existed
             del data["sweep"]
+        if data["search"] is None:
+            del data["search"]
         return data
 
 

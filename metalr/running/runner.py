@@ -34,7 +34,7 @@ from metalr.engine import distributed
 from metalr.engine.algorithm import TrainingDiverged, is_episodic
 from metalr.engine.device import device_settings, keep_freed_memory
 from metalr.engine.stopping import StopRequest
-from metalr.recipes.loader import Recipe, resolve_device
+from metalr.recipes.schema import Recipe, resolve_device
 from metalr.running import provenance, rundir
 from metalr.running.job import Job, Training
 from metalr.running.outputs import new_output_dir, save_error, save_history, write_outputs

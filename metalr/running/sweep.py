@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metalr.contracts.problems import Problem
 from metalr.contracts.protocols import ItemFailed
 from metalr.contracts.registry import Registry, get_registry
-from metalr.recipes.loader import Problem, Recipe, RecipeError, load_recipe
+from metalr.recipes.loader import RecipeError, load_recipe
+from metalr.recipes.schema import Recipe
 from metalr.running import rundir
 from metalr.running.results import SweepPointRecord, _csv, _markdown, sweep_rows
 
