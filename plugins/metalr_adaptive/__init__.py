@@ -1,15 +1,12 @@
 """Online adaptive LR baselines of the paper's comparison: HD, L4 and RTHO.
 
-Registered LR policies (options are the pydantic models next to each rule):
+Registered LR policies; each one's options are declared once, in the pydantic model next to its
+rule (``metalr plugins`` lists them with their defaults):
 
-- ``hd``: hypergradient descent (Baydin et al. 2018). ``variant`` auto | sgd | sgdn | adam
-  (auto: from the base optimizer), ``lr`` 1e-3, ``hyper_lr`` None (1e-3 for SGD / SGDN,
-  1e-7 for Adam), ``max_lr`` 1.0.
-- ``l4``: L4 (Rolinek & Martius 2018) over the base optimizer's own direction. ``alpha`` 0.15,
-  ``gamma`` 0.9, ``init_factor`` 0.75, ``forget_time`` 1000, ``eps`` 1e-12, ``max_lr`` None.
+- ``hd``: hypergradient descent (Baydin et al. 2018), its variant from the base optimizer.
+- ``l4``: L4 (Rolinek & Martius 2018) over the base optimizer's own direction.
 - ``rtho``: real-time forward-mode hypergradients (Franceschi et al. 2017); heavy-ball when the
-  SGD base optimizer has momentum. Needs a meta split. ``lr`` 0.1, ``hyper_lr`` 1e-5,
-  ``max_lr`` None, ``update_every`` 1.
+  SGD base optimizer has momentum. Needs a meta split.
 """
 
 from metalr import hookimpl
