@@ -116,6 +116,7 @@ def reference(tmp_path_factory) -> dict[str, object]:
     return outcome(run_dir(tmp))
 
 
+@pytest.mark.slow  # the default suite's 10 minutes; tox -e faults runs it
 def test_kill9_during_a_checkpoint_write_then_resume_is_bit_exact(tmp_path, reference):
     # Checkpoint writes pause half-way; kill -9 the run inside the second write of its second
     # job (the first job finished, the second has one good checkpoint): the probe's result,

@@ -148,6 +148,7 @@ def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.mark.slow  # the default suite's 10 minutes; tox -e faults runs it
 def test_validate_of_a_runs_uri_without_a_store_creates_none(tmp_path):
     work, tmp = tmp_path / "work", tmp_path / "tmp"
     work.mkdir(), tmp.mkdir()
@@ -163,6 +164,7 @@ def test_validate_of_a_runs_uri_without_a_store_creates_none(tmp_path):
     assert _tree(work) == [] and _tree(tmp) == []
 
 
+@pytest.mark.slow  # the default suite's 10 minutes; tox -e faults runs it
 def test_validate_of_a_runs_uri_reads_the_store_and_leaves_nothing(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -264,6 +264,7 @@ def test_a_store_that_stays_full_says_runs_may_remain_running_and_how_to_clean(
 
 # -- 2. resume from another folder --------------------------------------------------------------
 
+@pytest.mark.slow  # the default suite's 10 minutes; tox -e faults runs it
 def test_resume_from_another_folder_continues_in_the_store_the_run_recorded(tmp_path):
     here, elsewhere = tmp_path / "a", tmp_path / "b"
     here.mkdir()
