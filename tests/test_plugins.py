@@ -328,3 +328,40 @@ def test_a_plugins_import_of_metalr_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_every_declared_schema_names_its_factorys_options_with_their_defaults():
+    """A component that declares its options as a schema and takes them as keyword parameters
+    says them twice; this holds the two equal (names, and defaults where both give one), so
+    `metalr validate` can never accept an option the factory does not take, or check a value
+    against another default than the one a run uses. Factories that read their schema
+    (``**options``, as MLR-SNet's nets) declare them once and are skipped."""
+    import inspect
+
+    from metalr.contracts.derived_options import POSITIONAL
+    from metalr.contracts.registry import get_registry
+
+    checked, wrong = 0, []
+    for c in get_registry().all():
+        if c.derived or c.options is None:
+            continue
+        try:
+            params = list(inspect.signature(c.factory).parameters.values())
+        except (TypeError, ValueError):
+            continue
+        params = params[POSITIONAL.get(c.kind, 0):]
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            continue
+        given = {p.name: p.default for p in params if not p.name.startswith("_")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        fields = c.options.model_fields
+        checked += 1
+        if set(given) != set(fields):
+            wrong.append(f"{c.kind} {c.name}: {sorted(set(given) ^ set(fields))}")
+            continue
+        for name, default in given.items():
+            field = fields[name]
+            if (default is not inspect.Parameter.empty and field.default_factory is None
+                    and not field.is_required() and default != field.default):
+                wrong.append(f"{c.kind} {c.name}.{name}: {default!r} != {field.default!r}")
+    assert checked > 30 and not wrong, wrong
