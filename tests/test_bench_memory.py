@@ -7,9 +7,12 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
 
 
+@pytest.mark.slow  # a bench's own check: tox -e slow (the bench's numbers: tox -e bench)
 def test_the_memory_bench_sees_the_meta_update_and_prints_what_it_returns(capsys):
     spec = importlib.util.spec_from_file_location("bench_memory", BENCH)
     bench = importlib.util.module_from_spec(spec)
