@@ -208,3 +208,20 @@ def test_the_python_api_returns_what_the_store_holds(place, store):
     assert client.get_run(suite["parent_run_id"]).info.status == "KILLED"
     with pytest.raises(RecipeError, match="train.epochs"):
         metalr.run(load_recipe(path), ["train.epochs=0"])
+
+
+def test_on_epoch_sees_untracked_runs_too(place):
+    """The reports come from the runner, not from what a tracker is sent: a recipe with
+    ``tracking: none`` is watched (and stopped) as well, and its second epoch never runs."""
+    from metalr.running.api import RunStopped
+
+    path = write(place, "untracked", search=None)
+    recipe = load_recipe(path)
+    untracked = recipe.model_copy(update={"tracking": None})
+    seen = []
+    with pytest.raises(RunStopped) as stopped:
+        metalr.run(untracked, ["train.epochs=2"], on_epoch=lambda r: seen.append(r) or True)
+    assert [(r.method, r.seed, r.epoch) for r in seen] == [("fixed", 0, 1)]
+    assert "test_accuracy" in seen[0].metrics
+    result = json.loads((stopped.value.output_dir / "fixed-seed0" / "result.json").read_text())
+    assert result["status"] == "KILLED"

@@ -45,6 +45,11 @@ class StopRequest:
             self.taken = True
             raise KeyboardInterrupt
 
+    def request(self) -> None:
+        """Ask for a stop from the code itself (a pruner, a watcher), as a Ctrl-C would."""
+        if self.signum is None:
+            self.signum, self._at = signal.SIGINT, time.monotonic()
+
     def __call__(self) -> bool:
         """True once, for the first check after a signal: the caller stops there."""
         if self.signum is not None and not self.taken:

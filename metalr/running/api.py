@@ -9,10 +9,8 @@ runs stop at their next step, checkpointed and KILLED, exactly as on Ctrl-C.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import itertools
 import os
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,28 +60,35 @@ def run(recipe: str | os.PathLike[str] | Recipe, overrides: Sequence[str] = (), 
     """Run every method and seed of a recipe (a file, checked in full as by ``metalr
     validate``, or a :class:`Recipe`) with ``key=value`` overrides; return the summary.
 
-    ``on_epoch(report)`` is called at each evaluation of a (non-tuning) run; returning True
-    stops the suite (:class:`RunStopped` is raised). It reads the metrics as the tracker is
-    sent them, so it is not called under ``tracking: none``. ``parent_run``, ``tags`` and
+    ``on_epoch(report)`` is called at each evaluation of a (non-tuning) run, tracked or not;
+    returning True stops the suite (:class:`RunStopped` is raised). ``parent_run``, ``tags`` and
     ``run_name`` nest the suite's tracker runs in another run and label them (a search's
     trial). Raises :class:`RecipeError` for a bad recipe, ``KeyboardInterrupt`` on Ctrl-C.
     """
     from metalr.running.runner import Runner  # torch-heavy: loaded when a run is asked for
 
     registry = registry or get_registry()
-    loaded = _load(recipe, overrides, registry)
-    tap = _Tap(on_epoch) if on_epoch is not None else None
-    runner = Runner(loaded, _TappedRegistry(registry, tap) if tap else registry,
-                    progress=progress, report=progress)
+    runner = Runner(_load(recipe, overrides, registry), registry, progress=progress,
+                    report=progress)
     runner.parent_run, runner.extra_tags = parent_run, dict(tags or {})
     runner.run_name = run_name
-    if tap is not None:
-        tap.runner = runner
+    stopped: list[EpochReport] = []
+    if on_epoch is not None:
+        reports = itertools.count()
+
+        def watch(job: Any, epoch: int, metrics: Mapping[str, float]) -> bool:
+            report = EpochReport(job.method, job.seed, epoch, dict(metrics), next(reports))
+            if not stopped and on_epoch(report):
+                stopped.append(report)
+                return True
+            return False
+
+        runner.watch = watch
     try:
         return runner.run()
     except KeyboardInterrupt:
-        if tap is not None and tap.stopped is not None and tap.stopped_suite:
-            raise RunStopped(runner.output_dir, tap.stopped) from None
+        if stopped:
+            raise RunStopped(runner.output_dir, stopped[0]) from None
         raise
 
 
@@ -101,77 +106,3 @@ def _load(recipe: str | os.PathLike[str] | Recipe, overrides: Sequence[str],
         except ValidationError as exc:
             problems = [Problem(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
     raise RecipeError(recipe.name, problems)
-
-
-class _Tap:
-    """What the tapped tracker calls back: which runs are whose, and the stop request."""
-
-    def __init__(self, on_epoch: OnEpoch):
-        self.on_epoch = on_epoch
-        self.runs: dict[str, tuple[str, int]] = {}
-        self.steps = 0
-        self.runner: Any = None
-        self.stopped: EpochReport | None = None
-        self.stopped_suite = False
-
-    def started(self, run_id: str, params: Mapping[str, Any]) -> None:
-        if "method" in params and "seed" in params and not params.get("tuning"):
-            self.runs[run_id] = (str(params["method"]), int(params["seed"]))
-
-    def logged(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        if self.stopped is not None or run_id not in self.runs or "step_lr" in metrics:
-            return
-        if not any(k.startswith("test_") for k in metrics):  # an epoch without evaluation
-            return
-        method, seed = self.runs[run_id]
-        report = EpochReport(method, seed, step, dict(metrics), self.steps)
-        self.steps += 1
-        if self.on_epoch(report):
-            self.stopped = report
-            stop = getattr(self.runner, "stop", None)
-            if stop is not None and stop.signum is None:  # as Ctrl-C: stop at the next step
-                stop.signum = signal.SIGINT
-                self.stopped_suite = True
-
-
-class _TappedTracker:
-    """The recipe's tracker, passing on every call; it tells the tap what it was sent."""
-
-    def __init__(self, tracker: Any, tap: _Tap):
-        self._tracker, self._tap = tracker, tap
-        args = inspect.signature(tracker.start_run).parameters
-        self._tags = "tags" in args or any(a.kind is a.VAR_KEYWORD for a in args.values())
-
-    def start_run(self, experiment: str, name: str, params: Mapping[str, Any],
-                  parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
-        if self._tags:
-            run_id = self._tracker.start_run(experiment, name, params, parent, tags=tags)
-        else:
-            run_id = self._tracker.start_run(experiment, name, params, parent)
-        self._tap.started(run_id, params)
-        return run_id
-
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        self._tracker.log_metrics(run_id, metrics, step)
-        self._tap.logged(run_id, metrics, step)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tracker, name)
-
-
-class _TappedRegistry:
-    """The registry, but the tracker it builds is tapped (nothing else differs)."""
-
-    def __init__(self, registry: Registry, tap: _Tap):
-        self._registry, self._tap = registry, tap
-
-    def get(self, kind: str, name: str) -> Any:
-        component = self._registry.get(kind, name)
-        if kind != "tracker":
-            return component
-        factory, tap = component.factory, self._tap
-        return dataclasses.replace(
-            component, factory=lambda *a, **o: _TappedTracker(factory(*a, **o), tap))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._registry, name)

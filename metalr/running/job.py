@@ -91,6 +91,8 @@ class Training:
     stop: StopRequest | None = None
     writes: bool = True
     show_episodes: bool = False  # the episodes' progress bar
+    # called with each evaluated epoch of a final (not tuning) run; True stops the suite there
+    watch: Callable[[Job, int, Mapping[str, float]], bool | None] | None = None
     epochs_done: int = field(default=0, init=False)
     history: History | None = field(default=None, init=False)
     files: dict[str, Path] = field(default_factory=dict, init=False)
@@ -170,6 +172,10 @@ class Training:
             logged = len(history.lrs)
             if learned and epoch + 1 in save_at:
                 save_theta(f"epoch{epoch + 1:04d}")
+            evaluated = any(key.startswith("test_") for key in metrics)
+            if self.watch is not None and not job.tuning and evaluated and \
+                    self.watch(job, epoch + 1, metrics) and self.stop is not None:
+                self.stop.request()  # stops at the next step, checkpointed, as Ctrl-C does
 
         def on_checkpoint(engine_state: dict[str, Any]) -> None:
             checkpoint.save(folder / rundir.CHECKPOINT,

@@ -85,6 +85,7 @@ class Runner:
         self.parent_run: str | None = None  # a sweep's run: the suite's run is nested in it
         self.extra_tags: dict[str, str] = {}  # a sweep point's key values, on all its runs
         self.run_name: str | None = None  # the suite run's name; unset: the recipe's name
+        self.watch = None  # each evaluated epoch of a final run (metalr.run's on_epoch)
         self.tracking_uri: str | None = None  # the store (resume --tracking-uri); unset: the
         # one the folder recorded when resuming, else the recipe's
 
@@ -429,7 +430,8 @@ class Runner:
                         self.task(job.seed), self.device, self.registry, folder,
                         self.recipe.name, tracker=tracker, run_id=run_id,
                         continued=known is not None, tags=self.provenance, progress=bar.update,
-                        stop=self.stop, writes=self.writes, show_episodes=self.progress)
+                        stop=self.stop, writes=self.writes, show_episodes=self.progress,
+                        watch=self.watch)
                     try:
                         training.run()
                     finally:  # what it got to, stopped or not
