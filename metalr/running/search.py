@@ -43,6 +43,7 @@ from metalr.recipes.schema import (
 )
 from metalr.running import rundir
 from metalr.running.results import _csv, _markdown
+from metalr.running.sweep import executor_failure, run_records
 from metalr.running.tracking import HOST, HOST_TAG, OUTPUT_TAG, start_run
 
 SEARCH_RECORD = "search.json"
@@ -487,13 +488,10 @@ def _execute(optuna: ModuleType, search: Search, executor: Any, in_process: bool
             # the worker reports to the trial by its storage id (Optuna's own, not public)
             calls = [search.call(t.number, t._trial_id, t.params, parent, progress)
                      for t in asked]
-            if in_process:
-                results: Any = (run_trial(c) for c in calls)
-            else:
-                results = executor.run(run_trial, calls, folder)
-            try:
-                for result in results:
-                    record = lost_trial(result) if isinstance(result, ItemFailed) else result
+            with executor_failure(folder, "trials"), contextlib.closing(run_records(
+                    run_trial, calls, None if in_process else executor, folder,
+                    lost_trial)) as found:
+                for record in found:
                     told[record["number"]] = record
                     tell(optuna, study, pending[record["number"]], record)
                     del pending[record["number"]]
@@ -507,17 +505,9 @@ def _execute(optuna: ModuleType, search: Search, executor: Any, in_process: bool
                         print(_line(search, record), flush=True)
                     if record["status"] == "KILLED":
                         raise KeyboardInterrupt
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()  # an executor stops and waits for the trials still running
         status = "FINISHED" if outcome.ok else "FAILED"
     except KeyboardInterrupt:
         status, outcome.interrupted = "KILLED", True
-    except Exception as exc:  # a worker died (out of memory, killed): one line, not a trace
-        raise rundir.RunError(
-            f"{folder}: the executor failed ({type(exc).__name__}: {exc}); finished trials "
-            "are kept: run the same command again to go on") from exc
     finally:
         for number, trial in pending.items():  # interrupted (not counted), or in its tell
             with contextlib.suppress(Exception):  # one told already is left as told

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,37 @@ def record_lost_point(failed: ItemFailed) -> dict[str, Any]:
     return record
 
 
+def run_records(fn: Callable[[Any], dict[str, Any]], calls: Sequence[Any], executor: Any,
+                folder: Path, lost: Callable[[ItemFailed], dict[str, Any]]
+                ) -> Iterator[dict[str, Any]]:
+    """Each call's record as it ends, run in this process (no executor) or by the executor; a job
+    the executor lost becomes ``lost(failed)``. Closing it stops the executor and waits for the
+    jobs still running (a sweep's points, a search's trials): use it under
+    ``contextlib.closing``."""
+    results = (fn(c) for c in calls) if executor is None else executor.run(fn, calls, folder)
+    try:
+        for result in results:
+            yield lost(result) if isinstance(result, ItemFailed) else result
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+@contextlib.contextmanager
+def executor_failure(folder: Path, kept: str) -> Iterator[None]:
+    """An executor that fails (a worker killed, out of memory) as one line naming the folder,
+    not a traceback; what finished is kept and the same command goes on from it."""
+    try:
+        yield
+    except (KeyboardInterrupt, rundir.RunError):
+        raise
+    except Exception as exc:
+        raise rundir.RunError(f"{folder}: the executor failed ({type(exc).__name__}: {exc}); "
+                              f"finished {kept} are kept: run the same command again to go on"
+                              ) from exc
+
+
 def read_record(sweep: Sweep, point: Point) -> dict[str, Any] | None:
     return rundir.read_json(sweep.folder / point.folder / POINT_RECORD)
 
@@ -329,33 +360,23 @@ def execute(sweep: Sweep, index: int | None = None, progress: bool = True,
                 print(f"point {p.index} ({p.label}): FINISHED before, skipped", flush=True)
         records = [read_record(sweep, p) for p in skipped]
         outcome = SweepOutcome(sweep.folder, records, [p.index for p in skipped])
-        status, results = "FAILED", iter(())
+        status = "FAILED"
+        calls = [sweep.call(p, parent, progress if executor is None else False) for p in todo]
         try:
-            if executor is None:
-                results = (run_point(sweep.call(p, parent, progress)) for p in todo)
-            else:
-                results = executor.run(run_point, [sweep.call(p, parent) for p in todo],
-                                       sweep.folder)
-            for result in results:
-                record = record_lost_point(result) if isinstance(result, ItemFailed) else result
-                records.append(record)
-                if progress:
-                    error = f" ({record['error']})" if record["error"] else ""
-                    print(f"point {record['index']} ({record['label']}): {record['status']}"
-                          f"{error}", flush=True)
-                if record["status"] == "KILLED":
-                    raise KeyboardInterrupt
+            with executor_failure(sweep.folder, "points"), contextlib.closing(run_records(
+                    run_point, calls, executor, sweep.folder, record_lost_point)) as found:
+                for record in found:
+                    records.append(record)
+                    if progress:
+                        error = f" ({record['error']})" if record["error"] else ""
+                        print(f"point {record['index']} ({record['label']}): "
+                              f"{record['status']}{error}", flush=True)
+                    if record["status"] == "KILLED":
+                        raise KeyboardInterrupt
             status = "FINISHED" if outcome.ok else "FAILED"
         except KeyboardInterrupt:
             status, outcome.interrupted = "KILLED", True
-        except Exception as exc:  # a worker died (out of memory, killed): one line, not a trace
-            raise rundir.RunError(
-                f"{sweep.folder}: the executor failed ({type(exc).__name__}: {exc}); finished "
-                "points are kept: run the same command again to continue") from exc
         finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()  # an executor stops and waits for the points still running
             paths = write_outputs(sweep)
             if tracker is not None and parent is not None:
                 for path in paths:
