@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
 
 __version__ = "0.1.0"
 
-_LAZY = {"DuplicateComponentError": "metalr.contracts.registry", "Registry": "metalr.contracts.registry",
-         "UnknownComponentError": "metalr.contracts.registry", "get_registry": "metalr.contracts.registry",
+_REGISTRY = "metalr.contracts.registry"
+_LAZY = {"DuplicateComponentError": _REGISTRY, "Registry": _REGISTRY,
+         "UnknownComponentError": _REGISTRY, "get_registry": _REGISTRY,
          "LearnedLR": "metalr.scheduler", "run": "metalr.running.api"}
 
 

@@ -54,7 +54,8 @@ def register_lr_policies(register: Register) -> Any:
 
 @hookspec
 def register_trackers(register: Register) -> Any:
-    """Register trackers: ``factory(**options)`` returns a :class:`metalr.contracts.protocols.Tracker`."""
+    """Register trackers: ``factory(**options)`` returns a
+    :class:`metalr.contracts.protocols.Tracker`."""
 
 
 @hookspec

@@ -134,7 +134,8 @@ class UnknownComponentError(KeyError):
         super().__init__(name)
 
     def __str__(self) -> str:
-        hint = f"; did you mean {' or '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        hint = (f"; did you mean {' or '.join(map(repr, self.suggestions))}?"
+                if self.suggestions else "")
         text = f"unknown {self.kind} {self.name!r}{hint} (`metalr plugins` lists them all)"
         if self.skipped:
             shown = [_short(str(s)) for s in self.skipped[:5]]

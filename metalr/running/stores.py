@@ -29,7 +29,8 @@ def tracker_store(tracker: str = DEFAULT_TRACKER, registry: Registry | None = No
         raise StoreError(str(exc), tracker) from None
     if not isinstance(factory, TrackerStore):
         raise StoreError(f"the tracker {tracker!r} cannot read its store back: its factory has "
-                         "no open_reader/fetch_artifact (metalr.contracts.protocols.TrackerStore); use "
+                         "no open_reader/fetch_artifact "
+                         "(metalr.contracts.protocols.TrackerStore); use "
                          "a tracker that has", tracker)
     return factory
 

@@ -110,8 +110,8 @@ def resolve_nets(specs: NetSpec | Sequence[NetSpec]) -> list[Path]:
     if missing:
         raise FileNotFoundError(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} neither a file, a "
-            f"folder nor a shipped net (shipped: {', '.join(sorted(shipped)) or 'none'}; `metalr nets` lists "
-            "them)")
+            f"folder nor a shipped net (shipped: {', '.join(sorted(shipped)) or 'none'}; "
+            "`metalr nets` lists them)")
     return files
 
 
