@@ -81,3 +81,28 @@ def test_runs_carry_mlflow_tags_task_model_and_a_logged_model(tmp_path, monkeypa
         opt, f"runs:/{children['learned'].info.run_id}/theta/theta-final.safetensors",
         total_steps=4)
     assert from_model.step(1.0) == from_run.step(1.0) > 0
+
+
+def test_a_store_without_logged_models_keeps_the_run_going(tmp_path):
+    """MLflow 2, or a store that refuses logged models: log_model warns once and returns None
+    (the run's theta/ artifact holds the net), never failing the run that trained it."""
+    from metalr_mlflow.tracker import MLflowTracker
+
+    tracker = MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        run_id = tracker.start_run("refusing", "learned/seed0", {})
+        net = tmp_path / "theta-final.safetensors"
+        net.write_bytes(b"not read here")
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("logged models are not supported by this store")
+
+        tracker.client.create_logged_model = refuse
+        with pytest.warns(UserWarning, match="not logged as a model"):
+            assert tracker.log_model(run_id, str(net), "refusing-learned-seed0", {}, "# card") \
+                is None
+        tracker.end_run(run_id, "FINISHED")
+    finally:
+        tracker.close()
+    assert MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").get_run(run_id).info.status == \
+        "FINISHED"

@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -419,9 +420,17 @@ class MLflowTracker:
             return None
         self._raise_if_failed()
         run = self._call(self.client.get_run, run_id)
-        model = self._call(create, run.info.experiment_id, name=name, source_run_id=run_id,
-                           params={k: str(v)[:6000] for k, v in params.items()},
-                           model_type="metalr-net")
+        try:
+            model = self._call(create, run.info.experiment_id, name=name, source_run_id=run_id,
+                               params={k: str(v)[:6000] for k, v in params.items()},
+                               model_type="metalr-net")
+        except StoreError:
+            raise
+        except Exception as exc:  # a store without logged models: the run's theta/ has the net
+            warnings.warn(f"MLflow store {self.store}: the net of run {run_id} is not logged as "
+                          f"a model ({type(exc).__name__}); its run's theta/ artifact has it",
+                          stacklevel=2)
+            return None
         with tempfile.TemporaryDirectory(prefix="metalr-model-") as folder:
             shutil.copy2(path, folder)
             Path(folder, "card.md").write_text(card)
