@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, Union
 
 import torch
@@ -160,6 +161,25 @@ SWEEP_FIXED = ("name", "output_dir", "tracking", "sweep")
 """Keys a sweep may not vary: they decide where the sweep's points and runs are kept."""
 
 
+def check_varied_key(key: str, what: str, example: str, block: str, fixed: Sequence[str],
+                     kept: str) -> None:
+    """A key a sweep's grid or a search's space varies: a dotted recipe key, and none of those
+    that name where the block's points or trials are kept."""
+    if not key or any(not p.strip() for p in key.split(".")):
+        raise ValueError(f"{key!r}: {what} is a dotted recipe key, e.g. {example}")
+    if key.split(".")[0] in fixed:
+        raise ValueError(f"{key!r}: a {block} cannot vary {', '.join(fixed)} "
+                         f"(they name where its {kept} are kept)")
+
+
+def check_seeds_apart(seeds: Sequence[int], keys: Iterable[str], block: str, where: str) -> None:
+    """A block's own seeds: distinct, and not given twice (as seeds and as a varied key)."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{block}.seeds {seeds} repeats a seed")
+    if seeds and any(k in ("train.seed", "train.seeds") for k in keys):
+        raise ValueError(f"give the seeds either as {block}.seeds or in {block}.{where}, not both")
+
+
 class SweepConfig(_Strict):
     """A grid over dotted recipe keys, each point run with every seed (:mod:`metalr.running.sweep`)."""
 
@@ -172,11 +192,7 @@ class SweepConfig(_Strict):
     @classmethod
     def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in grid.items():
-            if not key or any(not p.strip() for p in key.split(".")):
-                raise ValueError(f"{key!r}: a grid key is a dotted recipe key, e.g. train.epochs")
-            if key.split(".")[0] in SWEEP_FIXED:
-                raise ValueError(f"{key!r}: a sweep cannot vary {', '.join(SWEEP_FIXED)} "
-                                 "(they name where its points are kept)")
+            check_varied_key(key, "a grid key", "train.epochs", "sweep", SWEEP_FIXED, "points")
             if not values:
                 raise ValueError(f"{key!r}: give at least one value")
             if len({repr(v) for v in values}) != len(values):
@@ -185,10 +201,7 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _seeds(self) -> SweepConfig:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"sweep.seeds {self.seeds} repeats a seed")
-        if self.seeds and any(k in ("train.seed", "train.seeds") for k in self.grid):
-            raise ValueError("give the seeds either as sweep.seeds or in sweep.grid, not both")
+        check_seeds_apart(self.seeds, self.grid, "sweep", "grid")
         return self
 
 
@@ -296,20 +309,13 @@ class SearchConfig(_Strict):
     @classmethod
     def _space(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
         for key in space:
-            if not key or any(not p.strip() for p in key.split(".")):
-                raise ValueError(f"{key!r}: a searched key is a dotted recipe key, e.g. "
-                                 "methods.fixed.lr_policy.options.lr")
-            if key.split(".")[0] in SEARCH_FIXED:
-                raise ValueError(f"{key!r}: a search cannot vary {', '.join(SEARCH_FIXED)} "
-                                 "(they name where its trials are kept)")
+            check_varied_key(key, "a searched key", "methods.fixed.lr_policy.options.lr",
+                             "search", SEARCH_FIXED, "trials")
         return space
 
     @model_validator(mode="after")
     def _seeds(self) -> SearchConfig:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"search.seeds {self.seeds} repeats a seed")
-        if self.seeds and any(k in ("train.seed", "train.seeds") for k in self.space):
-            raise ValueError("give the seeds either as search.seeds or in search.space, not both")
+        check_seeds_apart(self.seeds, self.space, "search", "space")
         return self
 
 
