@@ -148,16 +148,16 @@ def _sweep_charts(suites: Sequence[Suite]) -> list[tuple[str, dict[str, Any]]]:
     """(caption, chart) for each swept key of each sweep (its points' suites, grouped by
     experiment and keys): per method the final test metric against the key's value, a dot per
     point (seed and the other keys' values) and a line through the mean at each value."""
-    groups: dict[tuple[str, tuple[str, ...]], list[Suite]] = {}
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[Suite, dict[str, Any]]]] = {}
     for s in suites:
-        values = s.sweep_values()
+        values = s.sweep_values()  # read from the tags once per suite
         if values:
-            groups.setdefault((s.experiment, tuple(sorted(values))), []).append(s)
+            groups.setdefault((s.experiment, tuple(sorted(values))), []).append((s, values))
     out = []
     for (experiment, keys), points in groups.items():
-        metric = points[0].metric
+        metric = points[0][0].metric
         for key in keys:
-            raw = list(dict.fromkeys(json.dumps(s.sweep_values()[key]) for s in points))
+            raw = list(dict.fromkeys(json.dumps(values[key]) for _, values in points))
             decoded = [json.loads(v) for v in raw]
             numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
                           for v in decoded)
@@ -167,10 +167,10 @@ def _sweep_charts(suites: Sequence[Suite]) -> list[tuple[str, dict[str, Any]]]:
             means: dict[str, dict[float, list[float]]] = {}
             dots: dict[str, dict[float, float]] = {}
             groups_of: dict[str, str] = {}
-            for s in points:
-                x = at[json.dumps(s.sweep_values()[key])]
+            for s, values in points:
+                x = at[json.dumps(values[key])]
                 others = ", ".join(f"{k}={json.dumps(v)}" for k, v in
-                                   sorted(s.sweep_values().items()) if k != key)
+                                   sorted(values.items()) if k != key)
                 for m in s.methods():
                     for r in s.finished(m):
                         y = r.final(f"test_{metric}")
