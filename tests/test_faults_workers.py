@@ -36,7 +36,7 @@ def point(seconds):
 
 
 if __name__ == "__main__":
-    results = LocalExecutor(2).run(point, [float(s) for s in sys.argv[2:]], Path("."))
+    results = LocalExecutor(workers=2).run(point, [float(s) for s in sys.argv[2:]], Path("."))
     if sys.argv[1] == "thread":  # the workers are spawned by a thread that then ends
         first = []
         spawner = threading.Thread(target=lambda: first.append(next(results)))

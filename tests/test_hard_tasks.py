@@ -205,7 +205,7 @@ def test_char_lm_metrics_and_corpus():
     assert task.spec.kind == "language-model" and task.spec.input_shape == (64,)
     assert sum(v.numel() for v in task.ids.values()) == 60_000
     torch.manual_seed(0)
-    model = LSTMLanguageModel(len(task.vocab), 16, 16, 1, 0.0)
+    model = LSTMLanguageModel(len(task.vocab), 16, 16, 1, 0.0, True)
     metrics = task.evaluate(model, "meta")
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-9)
     assert metrics["bpc"] == pytest.approx(metrics["loss"] / math.log(2), rel=1e-9)

@@ -67,11 +67,11 @@ OPTIMIZERS = {
 def test_unroll_hypergradient_is_the_derivative_of_k_real_steps(mnist1d_64, registry, float64,
                                                                  name, clip):
     k, lr0 = 4, 0.05 if name == "sgdm" else 3e-3
-    engine, model, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS[name], Unroll(k),
+    engine, model, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS[name], Unroll(k=k),
                                             clip)
     look = engine._lookahead(ctx, meta)
     lr = torch.tensor(lr0, requires_grad=True)
-    value = Unroll(k).meta_loss(look, lr)
+    value = Unroll(k=k).meta_loss(look, lr)
     (grad,) = torch.autograd.grad(value, lr)
     assert float(value.detach()) == pytest.approx(
         _real_k_steps(engine, model, opt, look, meta, k, lr0, clip), rel=1e-10)
@@ -85,9 +85,9 @@ def test_unroll_hypergradient_is_the_derivative_of_k_real_steps(mnist1d_64, regi
 
 
 def test_unroll_of_one_step_is_the_one_step_objective(mnist1d_64, registry, float64):
-    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(1))
+    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(k=1))
     lr = torch.tensor(0.05, requires_grad=True)
-    a = Unroll(1).meta_loss(engine._lookahead(ctx, meta), lr)
+    a = Unroll(k=1).meta_loss(engine._lookahead(ctx, meta), lr)
     b = OneStep().meta_loss(engine._lookahead(ctx, meta), lr)
     assert float(a.detach()) == float(b.detach())
     assert float(torch.autograd.grad(a, lr)[0]) == float(torch.autograd.grad(b, lr)[0])
@@ -95,7 +95,7 @@ def test_unroll_of_one_step_is_the_one_step_objective(mnist1d_64, registry, floa
 
 def test_the_further_batches_are_the_steps_own_and_leave_the_run_alone(mnist1d_64, registry,
                                                                         float64):
-    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(3))
+    engine, _, _, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], Unroll(k=3))
     one, again = engine._lookahead(ctx, meta), engine._lookahead(ctx, meta)
     assert torch.equal(one.train_batch(2)[0], again.train_batch(2)[0])  # the same on a resume
     assert not torch.equal(one.train_batch(1)[0], one.train_batch(2)[0])

@@ -125,6 +125,8 @@ gives the seeded, disjoint train/meta split, batches, the loss and ``evaluate``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -152,9 +154,10 @@ class Blobs(TensorClassificationTask):
 
     spec = ModelSpec(input_shape=(16,), num_outputs=3)
 
-    def __init__(self, meta_size: int = 100, samples: int = 1000, data_seed: int = 0):
-        super().__init__(meta_size)
-        self.samples, self.data_seed = samples, data_seed
+    def __init__(self, **options: Any):  # declared once, in BlobsOptions; read here
+        o = BlobsOptions(**options)
+        super().__init__(o.meta_size)
+        self.samples, self.data_seed = o.samples, o.data_seed
 
     def load(self):
         gen = torch.Generator().manual_seed(self.data_seed)
@@ -173,6 +176,7 @@ MODEL = '''\
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -185,7 +189,8 @@ class MLPOptions(BaseModel):
     hidden: int = Field(32, ge=1, description="width of the hidden layer")
 
 
-def build_mlp(spec: ModelSpec, hidden: int = 32) -> nn.Module:
+def build_mlp(spec: ModelSpec, **options: Any) -> nn.Module:
+    hidden = MLPOptions(**options).hidden
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(spec.input_shape), hidden), nn.ReLU(),
                          nn.Linear(hidden, spec.num_outputs))
 '''
@@ -217,8 +222,9 @@ class WarmupDecay:
     step returns it from ``run_state`` and sets it back in ``load_run_state``.
     """
 
-    def __init__(self, lr: float = 0.1, warmup: float = 0.1):
-        self.peak, self.warmup = float(lr), float(warmup)
+    def __init__(self, **options: Any):
+        o = WarmupOptions(**options)
+        self.peak, self.warmup = o.lr, o.warmup
 
     def start(self, run: RunInfo) -> None:
         self.total = run.total_steps

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,20 +47,15 @@ class HDOptions(BaseModel):
 
 
 class HypergradientDescent(SavedAttributes):
-    """An LR policy; the LR is carried across epochs (the paper never resets it)."""
+    """An LR policy; the LR is carried across epochs (the paper never resets it). Options: see
+    :class:`HDOptions` (``HypergradientDescent(variant="sgdn", lr=0.01)``)."""
 
     # the carried LR, the last hypergradient and the direction of the last step (the variant
     # and beta come from the recipe and the optimizer at start)
     run_state_attributes = ("current_lr", "hypergradient", "_prev_direction")
 
-    def __init__(
-        self,
-        variant: str = "auto",
-        lr: float = 1e-3,
-        hyper_lr: float | None = None,
-        max_lr: float = 1.0,
-    ):
-        self.options = HDOptions(variant=variant, lr=lr, hyper_lr=hyper_lr, max_lr=max_lr)
+    def __init__(self, **options: Any):
+        self.options = HDOptions(**options)
         self.variant: str | None = None
         self.hyper_lr: float | None = None
         self.current_lr = self.options.lr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,24 +43,13 @@ class L4Options(BaseModel):
 
 
 class L4(SavedAttributes):
-    """An LR policy; L_min is carried across epochs, as in the authors' code."""
+    """An LR policy; L_min is carried across epochs, as in the authors' code. Options: see
+    :class:`L4Options` (``L4(alpha=0.15)``)."""
 
     run_state_attributes = ("min_loss", "_grad_avg", "_avg_steps")  # L_min, g's average
 
-    def __init__(
-        self,
-        alpha: float = 0.15,
-        gamma: float = 0.9,
-        init_factor: float = 0.75,
-        forget_time: float = 1000.0,
-        eps: float = 1e-12,
-        grad_average: float = 0.9,
-        max_lr: float | None = None,
-    ):
-        self.options = L4Options(
-            alpha=alpha, gamma=gamma, init_factor=init_factor, forget_time=forget_time,
-            eps=eps, grad_average=grad_average, max_lr=max_lr,
-        )
+    def __init__(self, **options: Any):
+        self.options = L4Options(**options)
         self._checked = False
         self._reset()
 

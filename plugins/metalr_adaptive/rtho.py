@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,22 +66,15 @@ def hessian_vector_product(
 
 
 class RTHO(SavedAttributes):
-    """An LR policy that needs ``ctx.meta_grads`` (a meta split) and a torch SGD optimizer."""
+    """An LR policy that needs ``ctx.meta_grads`` (a meta split) and a torch SGD optimizer.
+    Options: see :class:`RTHOOptions` (``RTHO(lr=0.1, hyper_lr=1e-5)``)."""
 
     # the carried LR, the last hypergradient, the call count (when to hyper-step) and the
     # tangents dw/d eta and d buf/d eta
     run_state_attributes = ("current_lr", "hypergradient", "_calls", "_z", "_z_buf")
 
-    def __init__(
-        self,
-        lr: float = 0.1,
-        hyper_lr: float = 1e-5,
-        max_lr: float | None = None,
-        update_every: int = 1,
-    ):
-        self.options = RTHOOptions(
-            lr=lr, hyper_lr=hyper_lr, max_lr=max_lr, update_every=update_every
-        )
+    def __init__(self, **options: Any):
+        self.options = RTHOOptions(**options)
         self._reset()
         self._checked = False
 

@@ -148,10 +148,12 @@ def build_dadapt_adam(params: Params, **options: Any) -> torch.optim.Optimizer:
     return dadaptation.DAdaptAdam(params, lr=RECOMMENDED_LR["dadapt-adam"], **options)
 
 
-def build_dog(params: Params, layerwise: bool = False, **options: Any) -> torch.optim.Optimizer:
-    """DoG with polynomial-decay averaging; ``eval()`` swaps the average in."""
+def build_dog(params: Params, **options: Any) -> torch.optim.Optimizer:
+    """DoG with polynomial-decay averaging; ``eval()`` swaps the average in. Options: see
+    :class:`DoGOptions` (``layerwise`` picks L-DoG; the rest go to the optimizer)."""
+    o = DoGOptions(**options)
     _require("dog", "dog-optimizer", "dog")
     from .averaging import AveragedDoG, AveragedLDoG
 
-    cls = AveragedLDoG if layerwise else AveragedDoG
-    return cls(params, lr=RECOMMENDED_LR["dog"], **options)
+    cls = AveragedLDoG if o.layerwise else AveragedDoG
+    return cls(params, lr=RECOMMENDED_LR["dog"], **o.model_dump(exclude={"layerwise"}))

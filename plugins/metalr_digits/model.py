@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -15,7 +17,9 @@ class CNNDigitsOptions(BaseModel):
     )
 
 
-def build_cnn_digits(spec: ModelSpec, channels: list[int]) -> nn.Module:
+def build_cnn_digits(spec: ModelSpec, **options: Any) -> nn.Module:
+    """The CNN for ``spec``'s images. Options: see :class:`CNNDigitsOptions`."""
+    channels = CNNDigitsOptions(**options).channels
     if len(spec.input_shape) != 3:
         raise ValueError(f"cnn-digits needs (C, H, W) inputs, got shape {spec.input_shape}")
     if not channels or any(c < 1 for c in channels):

@@ -7,6 +7,7 @@ comparable across seeds); the meta split is then carved from the rest by the run
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,13 +35,14 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Digits(TensorClassificationTask):
+    """sklearn's digits. Options: see :class:`DigitsOptions`."""
+
     spec = ModelSpec(input_shape=(1, 8, 8), num_outputs=10)
 
-    def __init__(self, test_size: int = 297, meta_size: int = 200, data_seed: int = 0):
-        super().__init__(meta_size)
-        if not 0 < test_size < NUM_SAMPLES:
-            raise ValueError(f"test_size must be in 1..{NUM_SAMPLES - 1}, got {test_size}")
-        self.test_size, self.data_seed = test_size, data_seed
+    def __init__(self, **options: Any):
+        o = DigitsOptions(**options)
+        super().__init__(o.meta_size)
+        self.test_size, self.data_seed = o.test_size, o.data_seed
 
     def load(self) -> tuple[Batch, Batch]:
         x, y = _load_digits()

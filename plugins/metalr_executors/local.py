@@ -109,8 +109,9 @@ def _run_item(call: Callable[[Any], Any], item: Any) -> Any:
 
 
 class LocalExecutor:
-    def __init__(self, workers: int | None = None):
-        self.workers = workers or os.cpu_count() or 1
+    def __init__(self, **options: Any):
+        """Options: see :class:`LocalOptions` (validated here: a bad or unknown one fails)."""
+        self.workers = LocalOptions(**options).workers or os.cpu_count() or 1
 
     def run(self, call: Callable[[Any], Any], items: Sequence[Any],
             folder: Path) -> Iterator[Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 from metalr_text.task import UNK, Corpus, PydocLM, pydoc_text
@@ -63,19 +64,19 @@ class CharLM(PydocLM):
     metric: str = "bpc"
     metrics: tuple[str, ...] = ("loss", "perplexity", "bpc")
 
-    def __init__(self, bptt: int = 64, max_chars: int = 0, meta_fraction: float = 0.1,
-                 test_fraction: float = 0.1, eval_batch_size: int = 10,
-                 max_train_eval_tokens: int = 50_000):
+    def __init__(self, **options: Any):
+        """Options: see :class:`CharLMOptions` (validated here; an unknown one fails)."""
+        o = CharLMOptions(**options)
         # The parent sets up the batching state (its word corpus is cached and cheap); the
         # corpus and everything sized from it are then replaced by the character ones.
-        super().__init__(bptt=bptt, meta_fraction=meta_fraction, test_fraction=test_fraction,
-                         eval_batch_size=eval_batch_size,
-                         max_train_eval_tokens=max_train_eval_tokens)
-        self.max_chars = max_chars
-        self.corpus = build_char_corpus(max_chars, meta_fraction, test_fraction)
+        super().__init__(bptt=o.bptt, meta_fraction=o.meta_fraction,
+                         test_fraction=o.test_fraction, eval_batch_size=o.eval_batch_size,
+                         max_train_eval_tokens=o.max_train_eval_tokens)
+        self.max_chars = o.max_chars
+        self.corpus = build_char_corpus(o.max_chars, o.meta_fraction, o.test_fraction)
         self.vocab = self.corpus.vocab
         self.word_to_id = {c: i for i, c in enumerate(self.vocab)}
-        self.spec = ModelSpec(input_shape=(bptt,), num_outputs=len(self.vocab),
+        self.spec = ModelSpec(input_shape=(o.bptt,), num_outputs=len(self.vocab),
                               kind="language-model")
         self.loss_scale = math.log(len(self.vocab))
 

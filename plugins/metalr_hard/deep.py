@@ -10,7 +10,7 @@ window is narrow and moves as the net wakes up, which a short probe or a fixed s
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -27,14 +27,14 @@ class DeepMLPOptions(BaseModel):
     activation: Literal["relu", "tanh"] = Field("relu", description="nonlinearity")
 
 
-def build_deep_mlp(spec: ModelSpec, depth: int = 8, width: int = 64,
-                   activation: Literal["relu", "tanh"] = "relu") -> nn.Module:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+def build_deep_mlp(spec: ModelSpec, **options: Any) -> nn.Module:
+    """``depth`` hidden layers of ``width`` units and a linear head (options: see
+    :class:`DeepMLPOptions`, which validates them; an unknown one fails)."""
+    o = DeepMLPOptions(**options)
     layers: list[nn.Module] = [nn.Flatten()]
     fan_in = math.prod(spec.input_shape)
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), ACTIVATIONS[activation]()]
-        fan_in = width
+    for _ in range(o.depth):
+        layers += [nn.Linear(fan_in, o.width), ACTIVATIONS[o.activation]()]
+        fan_in = o.width
     layers.append(nn.Linear(fan_in, spec.num_outputs))
     return nn.Sequential(*layers)

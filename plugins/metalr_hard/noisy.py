@@ -17,6 +17,8 @@ Flips are drawn per run seed (like the meta split), so seeds average over noise 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,8 +35,10 @@ class NoisyLabelsOptions(BaseModel):
     noise: float = Field(0.3, ge=0.0, lt=0.9, description="share of labels flipped")
     noisy_meta: bool = Field(True, description="flip the meta split's labels too (realistic)")
     meta_size: int = Field(500, ge=0, description="training samples held out as the meta set")
-    num_samples: int = Field(5000, ge=100, description="mnist1d only: samples generated")
-    data_seed: int = Field(42, ge=0, description="seed of the base data (mnist1d: 42)")
+    num_samples: int = Field(5000, ge=100, le=1_000_000,
+                             description="mnist1d only: samples generated")
+    data_seed: int = Field(42, ge=0, le=2**32 - 1,
+                           description="seed of the base data (mnist1d: 42)")
 
 
 def flip_labels(y: torch.Tensor, noise: float, classes: int,
@@ -49,14 +53,13 @@ def flip_labels(y: torch.Tensor, noise: float, classes: int,
 
 
 class NoisyLabels(TensorClassificationTask):
-    def __init__(self, base: Base = "mnist1d", noise: float = 0.3, noisy_meta: bool = True,
-                 meta_size: int = 500, num_samples: int = 5000, data_seed: int = 42):
-        super().__init__(meta_size)
-        if not 0.0 <= noise < 0.9:
-            raise ValueError(f"noise must be in [0, 0.9), got {noise}")
-        self.base, self.noise, self.noisy_meta = base, noise, noisy_meta
-        self.num_samples, self.data_seed = num_samples, data_seed
-        self.spec, self._train, self._test = load_base(base, num_samples, data_seed)
+    def __init__(self, **options: Any):
+        """Options: see :class:`NoisyLabelsOptions` (validated here; an unknown one fails)."""
+        o = NoisyLabelsOptions(**options)
+        super().__init__(o.meta_size)
+        self.base, self.noise, self.noisy_meta = o.base, o.noise, o.noisy_meta
+        self.num_samples, self.data_seed = o.num_samples, o.data_seed
+        self.spec, self._train, self._test = load_base(o.base, o.num_samples, o.data_seed)
 
     def load(self) -> tuple[Batch, Batch]:
         return self._train, self._test

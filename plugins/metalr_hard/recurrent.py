@@ -6,7 +6,7 @@ bias): that is what a practitioner gets, and what puts ``seq-recall`` on its pla
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,11 +45,17 @@ def _features(name: str, spec: ModelSpec) -> int:
     return spec.input_shape[1] if len(spec.input_shape) == 2 else 1
 
 
-def build_gru(spec: ModelSpec, hidden_size: int = 64, num_layers: int = 1) -> nn.Module:
-    return RecurrentClassifier("gru", _features("gru", spec), spec.num_outputs, hidden_size,
-                               num_layers)
+def _build(cell: Literal["gru", "lstm"], spec: ModelSpec, options: dict[str, Any]) -> nn.Module:
+    o = RecurrentOptions(**options)
+    return RecurrentClassifier(cell, _features(cell, spec), spec.num_outputs, o.hidden_size,
+                               o.num_layers)
 
 
-def build_lstm(spec: ModelSpec, hidden_size: int = 64, num_layers: int = 1) -> nn.Module:
-    return RecurrentClassifier("lstm", _features("lstm", spec), spec.num_outputs, hidden_size,
-                               num_layers)
+def build_gru(spec: ModelSpec, **options: Any) -> nn.Module:
+    """A GRU classifier (options: see :class:`RecurrentOptions`)."""
+    return _build("gru", spec, options)
+
+
+def build_lstm(spec: ModelSpec, **options: Any) -> nn.Module:
+    """An LSTM classifier (options: see :class:`RecurrentOptions`)."""
+    return _build("lstm", spec, options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,12 +52,14 @@ class Regression(TensorClassificationTask):
     metrics = ("loss", "rmse", "r2")
     higher_is_better = False
 
-    def __init__(self, num_train: int = 2000, num_test: int = 1000, noise: float = 1.0,
-                 meta_size: int = 300, data_seed: int = 0):
-        super().__init__(meta_size)
+    def __init__(self, **options: Any):
+        """Options: see :class:`RegressionOptions` (validated here; an unknown one fails)."""
+        o = RegressionOptions(**options)
+        super().__init__(o.meta_size)
+        num_train, num_test = o.num_train, o.num_test
         self.num_train, self.num_test = num_train, num_test
-        self.noise, self.data_seed = noise, data_seed
-        x, y = _friedman1(num_train + num_test, noise, data_seed)
+        self.noise, self.data_seed = o.noise, o.data_seed
+        x, y = _friedman1(num_train + num_test, o.noise, o.data_seed)
         self._train, self._test = (x[:num_train], y[:num_train]), (x[num_train:], y[num_train:])
         self.loss_scale = float(self._train[1].var(unbiased=False))
 

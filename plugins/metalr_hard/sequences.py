@@ -11,6 +11,8 @@ make it harder (how long each setting stays at chance: docs/hard-tasks.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
@@ -59,15 +61,15 @@ def make_sequences(n: int, length: int, vocab: int, keys: int, span: int,
 
 
 class SeqRecall(TensorClassificationTask):
-    def __init__(self, length: int = 40, vocab: int = 4, keys: int = 1, key_span: float = 1.0,
-                 num_train: int = 3000, num_test: int = 1000, meta_size: int = 500,
-                 data_seed: int = 0, clip_grad_norm: float | None = 1.0):
-        super().__init__(meta_size)
-        self.span = _check_span(length, keys, key_span)
-        self.length, self.vocab, self.keys = length, vocab, keys
-        self.num_train, self.num_test, self.data_seed = num_train, num_test, data_seed
-        self.clip_grad_norm = clip_grad_norm
-        self.spec = ModelSpec(input_shape=(length, vocab + 1), num_outputs=vocab)
+    def __init__(self, **options: Any):
+        """Options: see :class:`SeqRecallOptions` (validated here; an unknown one fails)."""
+        o = SeqRecallOptions(**options)
+        super().__init__(o.meta_size)
+        self.span = _check_span(o.length, o.keys, o.key_span)
+        self.length, self.vocab, self.keys = o.length, o.vocab, o.keys
+        self.num_train, self.num_test, self.data_seed = o.num_train, o.num_test, o.data_seed
+        self.clip_grad_norm = o.clip_grad_norm
+        self.spec = ModelSpec(input_shape=(o.length, o.vocab + 1), num_outputs=o.vocab)
 
     def load(self) -> tuple[Batch, Batch]:
         gen = torch.Generator().manual_seed(self.data_seed)

@@ -15,7 +15,7 @@ tuning and MLR-SNet optimise for the wrong distribution: an LR that wins on the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,8 +32,10 @@ class ShiftedOptions(BaseModel):
     imbalance: float = Field(20.0, ge=1.0, description="imbalance: head / tail class size")
     pixels: int = Field(4, ge=0, description="covariate: steps the test inputs are translated")
     meta_size: int = Field(300, ge=0, description="training samples held out as the meta set")
-    num_samples: int = Field(5000, ge=100, description="mnist1d only: samples generated")
-    data_seed: int = Field(42, ge=0, description="seed of the base data and the subsampling")
+    num_samples: int = Field(5000, ge=100, le=1_000_000,
+                             description="mnist1d only: samples generated")
+    data_seed: int = Field(42, ge=0, le=2**32 - 1,
+                           description="seed of the base data and the subsampling")
 
 
 def long_tail(y: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
@@ -56,22 +58,21 @@ def translate(x: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 class Shifted(TensorClassificationTask):
-    def __init__(self, base: Base = "mnist1d", shift: Literal["imbalance", "covariate"] =
-                 "imbalance", imbalance: float = 20.0, pixels: int = 4, meta_size: int = 300,
-                 num_samples: int = 5000, data_seed: int = 42):
-        super().__init__(meta_size)
-        if shift not in ("imbalance", "covariate"):
-            raise ValueError(f"shift must be 'imbalance' or 'covariate', got {shift!r}")
-        self.shift, self.imbalance, self.pixels = shift, imbalance, pixels
-        self.spec, (x, y), (x_test, y_test) = load_base(base, num_samples, data_seed)
-        if pixels >= self.spec.input_shape[-1]:
-            raise ValueError(f"pixels ({pixels}) must be below the input length "
+    def __init__(self, **options: Any):
+        """Options: see :class:`ShiftedOptions` (validated here; an unknown one fails). A
+        ``pixels`` not below the base's input length fails here (the schema cannot know it)."""
+        o = ShiftedOptions(**options)
+        super().__init__(o.meta_size)
+        self.shift, self.imbalance, self.pixels = o.shift, o.imbalance, o.pixels
+        self.spec, (x, y), (x_test, y_test) = load_base(o.base, o.num_samples, o.data_seed)
+        if o.pixels >= self.spec.input_shape[-1]:
+            raise ValueError(f"pixels ({o.pixels}) must be below the input length "
                              f"{self.spec.input_shape[-1]}")
-        if shift == "imbalance":
-            self.kept = long_tail(y, imbalance, torch.Generator().manual_seed(data_seed))
+        if o.shift == "imbalance":
+            self.kept = long_tail(y, o.imbalance, torch.Generator().manual_seed(o.data_seed))
             x, y = x[self.kept], y[self.kept]
         else:
-            x_test = translate(x_test, pixels)
+            x_test = translate(x_test, o.pixels)
         self._train, self._test = (x, y), (x_test, y_test)
 
     def load(self) -> tuple[Batch, Batch]:

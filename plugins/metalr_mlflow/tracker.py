@@ -183,10 +183,12 @@ class MLflowTracker:
         """A ``runs:/<run id>/<path>`` artifact, copied read-only into a temporary folder."""
         return fetch_artifact(uri)
 
-    def __init__(self, tracking_uri: str | None = None, flush_seconds: float = 0.5,
-                 system_metrics: bool | None = None):
+    def __init__(self, **options: Any):
+        """Options: see :class:`MLflowOptions` (validated here: a bad or unknown one fails)."""
         from mlflow.tracking import MlflowClient  # imported here: `metalr plugins` needn't pay
 
+        o = MLflowOptions(**options)
+        tracking_uri, system_metrics = o.tracking_uri, o.system_metrics
         if system_metrics and not system_metrics_available():
             raise ValueError("system_metrics needs psutil (and nvidia-ml-py for GPUs): "
                              "pip install 'metalr[gpu]', or leave system_metrics unset")
@@ -205,7 +207,7 @@ class MLflowTracker:
         with self._store_lock(new_only=True):  # a new store is created and migrated here
             self.client = self._call(MlflowClient, tracking_uri=self.uri)
             self._call(self.client.search_experiments, max_results=1)  # (MLflow versions that wait)
-        self.flush_seconds = flush_seconds
+        self.flush_seconds = o.flush_seconds
         self._pending: dict[str, list[Any]] = {}
         self._lock = threading.Condition()
         self._error: BaseException | None = None

@@ -19,7 +19,7 @@ every net's output directly and wins over both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -58,18 +58,19 @@ class TransferOptions(BaseModel):
 
 
 class MLRSNetTransfer(SavedAttributes):
-    """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run."""
+    """Frozen MLR-SNets from earlier meta-training, one per equal phase of this run; options:
+    see :class:`TransferOptions` (``MLRSNetTransfer(nets=["mnist1d-mlp"], k=1)``)."""
 
     # the phases' step, carried LSTM state and every net's scale (theta stays as loaded)
     run_state_attributes = ("phases",)
 
-    def __init__(self, nets: list[str] | None = None, scale: str = "auto",
-                 gamma: float | None = None, k: int | None = None):
-        files = resolve_nets(nets or [DEFAULT_NETS])
-        self.phases = PhasedNets(load_nets(files if k is None else choose_nets(files, k)))
-        self.scale, self.probe, self.gamma_given = scale, None, gamma is not None
-        if gamma is not None:
-            self.phases.set_gamma(gamma)
+    def __init__(self, **options: Any):
+        o = TransferOptions(**options)
+        files = resolve_nets(o.nets)
+        self.phases = PhasedNets(load_nets(files if o.k is None else choose_nets(files, o.k)))
+        self.scale, self.probe, self.gamma_given = o.scale, None, o.gamma is not None
+        if o.gamma is not None:
+            self.phases.set_gamma(o.gamma)
 
     def start(self, run: RunInfo) -> None:
         if self.scale == "auto" and not self.gamma_given and run.probe is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,11 +36,14 @@ def _generate(num_samples: int, data_seed: int) -> dict[str, np.ndarray]:
 
 
 class MNIST1D(TensorClassificationTask):
+    """MNIST-1D, generated. Options: see :class:`MNIST1DOptions`."""
+
     spec = ModelSpec(input_shape=(1, 40), num_outputs=10)
 
-    def __init__(self, meta_size: int = 500, num_samples: int = 5000, data_seed: int = 42):
-        super().__init__(meta_size)
-        self.num_samples, self.data_seed = num_samples, data_seed
+    def __init__(self, **options: Any):
+        o = MNIST1DOptions(**options)
+        super().__init__(o.meta_size)
+        self.num_samples, self.data_seed = o.num_samples, o.data_seed
 
     def load(self):
         d = _generate(self.num_samples, self.data_seed)

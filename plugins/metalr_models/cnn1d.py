@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -15,7 +17,10 @@ class CNN1DOptions(BaseModel):
     kernel_size: int = Field(5, ge=1)
 
 
-def build_cnn1d(spec: ModelSpec, channels: int, layers: int, kernel_size: int) -> nn.Module:
+def build_cnn1d(spec: ModelSpec, **options: Any) -> nn.Module:
+    """The registered ``cnn1d`` factory; options: see :class:`CNN1DOptions`."""
+    o = CNN1DOptions(**options)
+    channels, layers, kernel_size = o.channels, o.layers, o.kernel_size
     in_ch, length = spec.input_shape
     blocks: list[nn.Module] = []
     for i in range(layers):

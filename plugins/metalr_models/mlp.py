@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -17,10 +17,12 @@ class MLPOptions(BaseModel):
         default_factory=lambda: [100, 100], description="widths of hidden layers")
 
 
-def build_mlp(spec: ModelSpec, hidden: list[int]) -> nn.Module:
+def build_mlp(spec: ModelSpec, **options: Any) -> nn.Module:
+    """The registered ``mlp`` factory; options: see :class:`MLPOptions`."""
+    o = MLPOptions(**options)
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(spec.input_shape)
-    for h in hidden:
+    for h in o.hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     layers.append(nn.Linear(width, spec.num_outputs))

@@ -28,8 +28,9 @@ class Unroll:
     """L_meta(w_{t+K}(lr)): the first step with this batch's gradient g_t, K - 1 more on further
     training batches (their gradients taken at the virtual weights), all at one LR."""
 
-    def __init__(self, k: int = 5):
-        self.k = UnrollOptions(k=k).k
+    def __init__(self, **options: Any):
+        """Options: see :class:`UnrollOptions` (validated here: a bad or unknown one fails)."""
+        self.k = UnrollOptions(**options).k
 
     def meta_loss(self, look: Lookahead, lr: torch.Tensor) -> torch.Tensor:
         steps = look.steps(lr)

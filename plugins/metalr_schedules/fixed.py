@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,10 +17,12 @@ class FixedOptions(BaseModel):
 
 
 class FixedLR(SavedAttributes):
+    """The same LR at every step; options: see :class:`FixedOptions` (``FixedLR(lr=0.1)``)."""
+
     run_state_attributes = ()  # one LR, the recipe's: nothing to resume
 
-    def __init__(self, lr: float):
-        self._lr = float(lr)
+    def __init__(self, **options: Any):
+        self._lr = float(FixedOptions(**options).lr)
 
     def start(self, run: RunInfo) -> None:
         pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -105,15 +105,21 @@ def _dummy_optimizer(lr: float) -> torch.optim.Optimizer:
 class _TorchSchedule(SavedAttributes):
     """Base of the policies: the dummy optimizer, the scheduler and the common protocol.
 
+    Each policy declares its options once, as its schema ``Options``: the constructor takes
+    them as keywords (``ExponentialLR(lr=0.1, gamma=0.9)``), validates them there (an unknown
+    or out-of-range one fails) and keeps them resolved as ``opts``.
+
     Run state: the LR the scheduler wrote into the dummy, and the scheduler's own state (its
     step count, a plateau's best value and patience); ``start`` builds both, the state is
     loaded into them.
     """
 
+    Options: ClassVar[type[_Options]] = _Options
     run_state_attributes = ("_opt", "_sched")
 
-    def __init__(self, lr: float):
-        self.initial_lr = float(lr)
+    def __init__(self, **options: Any):
+        self.opts: Any = self.Options(**options)
+        self.initial_lr = float(self.opts.lr)
         self._opt: torch.optim.Optimizer | None = None
         self._sched: lr_scheduler.LRScheduler | None = None
         self._run: RunInfo | None = None
@@ -158,11 +164,14 @@ class _TorchSchedule(SavedAttributes):
 
 
 class ExponentialLR(_TorchSchedule):
-    """``lr * gamma**epoch``, changed once per epoch (torch's ``ExponentialLR``)."""
+    """``lr * gamma**epoch``, changed once per epoch (torch's ``ExponentialLR``); options: see
+    :class:`ExponentialOptions`."""
 
-    def __init__(self, lr: float = 0.1, gamma: float = 0.95):
-        super().__init__(lr)
-        self.gamma = float(gamma)
+    Options = ExponentialOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.gamma = float(self.opts.gamma)
 
     def _build(self, opt, run):
         return lr_scheduler.ExponentialLR(opt, gamma=self.gamma)
@@ -184,13 +193,16 @@ class MultiStepLR(_TorchSchedule):
     """Step decay: the LR is multiplied by ``factor`` after each milestone epoch (``MultiStepLR``).
 
     Without milestones the paper's schedule is scaled to the run (:func:`default_milestones`), so
-    a recipe shortened for a CPU still decays the same number of times.
+    a recipe shortened for a CPU still decays the same number of times. Options: see
+    :class:`MultiStepOptions`.
     """
 
-    def __init__(self, lr: float = 0.1, milestones: list[int] | None = None, factor: float = 0.1):
-        super().__init__(lr)
+    Options = MultiStepOptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        milestones, self.factor = self.opts.milestones, float(self.opts.factor)
         self.milestones = None if milestones is None else [int(m) for m in milestones]
-        self.factor = float(factor)
 
     def _build(self, opt, run):
         milestones = self.milestones if self.milestones is not None else default_milestones(
@@ -220,11 +232,15 @@ class _PerIteration(_TorchSchedule):
 class SGDR(_PerIteration):
     """Cosine annealing with warm restarts (Loshchilov & Hutter), torch's
     ``CosineAnnealingWarmRestarts`` stepped every iteration at the fractional epoch
-    ``epoch + i / steps_per_epoch``, as torch's documentation shows."""
+    ``epoch + i / steps_per_epoch``, as torch's documentation shows. Options: see
+    :class:`SGDROptions`."""
 
-    def __init__(self, lr: float = 0.1, T_0: int = 10, T_mult: int = 2, eta_min: float = 1e-5):
-        super().__init__(lr)
-        self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), float(eta_min)
+    Options = SGDROptions
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        self.T_0, self.T_mult, self.eta_min = int(o.T_0), int(o.T_mult), float(o.eta_min)
 
     def _build(self, opt, run):
         return lr_scheduler.CosineAnnealingWarmRestarts(
@@ -241,15 +257,15 @@ class CosineLR(_TorchSchedule):
     """One cosine from ``lr`` towards ``eta_min`` over the whole run (torch's
     ``CosineAnnealingLR``): one value per iteration (``T_max = epochs * steps_per_epoch``), or,
     with ``per="epoch"``, one per epoch (``T_max = epochs``, stepped after each epoch), the way
-    published recipes that call ``scheduler.step()`` once an epoch do."""
+    published recipes that call ``scheduler.step()`` once an epoch do. Options: see
+    :class:`CosineOptions`."""
 
+    Options = CosineOptions
     run_state_attributes = _TorchSchedule.run_state_attributes + ("_t",)  # steps caught up
 
-    def __init__(self, lr: float = 0.1, eta_min: float = 0.0, per: str = "iteration"):
-        super().__init__(lr)
-        if per not in ("iteration", "epoch"):
-            raise ValueError(f"per must be 'iteration' or 'epoch', got {per!r}")
-        self.eta_min, self.per = float(eta_min), per
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.eta_min, self.per = float(self.opts.eta_min), self.opts.per
 
     def _build(self, opt, run):
         self._t = 0
@@ -289,15 +305,16 @@ class WSD(_TorchSchedule):
     """Warm-up, stable, decay (Hägele et al. 2024; Dremov et al. 2025 on decay shapes): the LR
     of the hand-designed runs at scale, torch's ``LambdaLR`` stepped every iteration. Its
     defaults (no warm-up, the last 20% decayed linearly to 0) are MLR-SNet's cool-down: tuned,
-    it is the strongest simple schedule beside the learned one, and the control for it."""
+    it is the strongest simple schedule beside the learned one, and the control for it.
+    Options: see :class:`WSDOptions`."""
 
+    Options = WSDOptions
     run_state_attributes = _TorchSchedule.run_state_attributes + ("_t",)  # steps caught up
 
-    def __init__(self, lr: float = 0.1, warmup: float = 0.0, decay: float = 0.2,
-                 shape: str = "linear"):
-        super().__init__(lr)
-        WSDOptions(lr=lr, warmup=warmup, decay=decay, shape=shape)  # one place for the rules
-        self.warmup, self.decay, self.shape = float(warmup), float(decay), shape
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        self.warmup, self.decay, self.shape = float(o.warmup), float(o.decay), o.shape
 
     def _build(self, opt, run):
         self._t = 0
@@ -318,17 +335,18 @@ class PlateauLR(_TorchSchedule):
     validation loss (here the meta split's loss), divide by 4 after one non-improving epoch.
     Epochs without the metric (not evaluated, ``eval_every > 1``) are skipped; the engine always
     evaluates the last epoch, so a metric still missing there is a misnamed one and an error.
+    Options: see :class:`PlateauOptions`.
     """
 
+    Options = PlateauOptions
     run_state_attributes = _TorchSchedule.run_state_attributes + ("_seen",)  # metric seen
 
-    def __init__(self, lr: float = 0.1, monitor: str = "meta_loss", mode: str = "min",
-                 factor: float = 0.25, patience: int = 0, threshold: float = 1e-4,
-                 min_lr: float = 0.0):
-        super().__init__(lr)
-        self.monitor, self.mode = monitor, mode
-        self.factor, self.patience = float(factor), int(patience)
-        self.threshold, self.min_lr = float(threshold), float(min_lr)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        self.monitor, self.mode = o.monitor, o.mode
+        self.factor, self.patience = float(o.factor), int(o.patience)
+        self.threshold, self.min_lr = float(o.threshold), float(o.min_lr)
 
     def _build(self, opt, run):
         self._seen = False

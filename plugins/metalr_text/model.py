@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -40,17 +42,18 @@ class LSTMLanguageModel(nn.Module):
 
     ``x`` is ``(seq_len, batch)`` token ids; logits are ``(seq_len, batch, vocab)``. With tied
     weights ``decoder.weight`` *is* ``encoder.weight`` (one Parameter), so ``parameters()``
-    lists it once and a functional copy (``higher``) keeps the two in step.
+    lists it once and a functional copy (``higher``) keeps the two in step. The sizes are
+    :class:`LSTMLMOptions`' fields (their defaults are there: :func:`build_lstm_lm`).
     """
 
     def __init__(
         self,
         vocab_size: int,
-        emb_size: int = 200,
-        hidden_size: int = 200,
-        num_layers: int = 2,
-        dropout: float = 0.2,
-        tie_weights: bool = True,
+        emb_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        tie_weights: bool,
     ):
         super().__init__()
         _check_tie(tie_weights, emb_size, hidden_size)
@@ -72,16 +75,11 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.drop(out)), hidden
 
 
-def build_lstm_lm(
-    spec: ModelSpec,
-    emb_size: int = 200,
-    hidden_size: int = 200,
-    num_layers: int = 2,
-    dropout: float = 0.2,
-    tie_weights: bool = True,
-) -> nn.Module:
+def build_lstm_lm(spec: ModelSpec, **options: Any) -> nn.Module:
+    """The registered ``lstm-lm`` factory; options: see :class:`LSTMLMOptions`."""
     if spec.kind != "language-model":
         raise ValueError(f"lstm-lm needs a language-model task, got a {spec.kind} task")
+    o = LSTMLMOptions(**options)
     return LSTMLanguageModel(
-        spec.num_outputs, emb_size, hidden_size, num_layers, dropout, tie_weights
+        spec.num_outputs, o.emb_size, o.hidden_size, o.num_layers, o.dropout, o.tie_weights
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,12 +61,13 @@ class PTB(PydocLM):
 
     cheap_setup: bool = True  # 5 MB of text: `metalr validate` reads it to check batch sizes
 
-    def __init__(self, root: str | None = None, bptt: int = 35, eval_batch_size: int = 10,
-                 max_train_eval_tokens: int = 50_000):
+    def __init__(self, **options: Any):
+        """Options: see :class:`PTBOptions` (validated here: a bad or unknown one fails)."""
+        o = PTBOptions(**options)
         # PydocLM.__init__ would build its own corpus; the files here are read in setup
-        self.root = _data_root(root)
-        self.bptt, self.eval_batch_size = bptt, eval_batch_size
-        self.max_train_eval_tokens = max_train_eval_tokens
+        self.root = _data_root(o.root)
+        self.bptt, self.eval_batch_size = o.bptt, o.eval_batch_size
+        self.max_train_eval_tokens = o.max_train_eval_tokens
         self.device = torch.device("cpu")
         self.ids: dict[str, torch.Tensor] = {}
         self._batched: dict = {}

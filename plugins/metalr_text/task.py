@@ -19,6 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -134,27 +135,18 @@ class PydocLM:
     cheap_setup: bool = True  # the corpus ships with CPython: `metalr validate` sets it up
     clip_grad_norm: float = 0.25  # the word_language_model recipe; applied by the engine
 
-    def __init__(
-        self,
-        bptt: int = 35,
-        min_count: int = 1,
-        lowercase: bool = True,
-        meta_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        eval_batch_size: int = 10,
-        max_train_eval_tokens: int = 20_000,
-    ):
-        if bptt < 1 or eval_batch_size < 1 or min_count < 1 or max_train_eval_tokens < 0:
-            raise ValueError("bptt, eval_batch_size and min_count must be positive")
-        self.bptt, self.eval_batch_size = bptt, eval_batch_size
-        self.max_train_eval_tokens = max_train_eval_tokens
+    def __init__(self, **options: Any):
+        """Options: see :class:`PydocLMOptions` (validated here: a bad or unknown one fails)."""
+        o = PydocLMOptions(**options)
+        self.bptt, self.eval_batch_size = o.bptt, o.eval_batch_size
+        self.max_train_eval_tokens = o.max_train_eval_tokens
         # Built here, not in setup: it does not depend on the seed, and the engine needs the
         # vocabulary size (spec, loss_scale) before it builds the model.
-        self.corpus = build_corpus(lowercase, min_count, meta_fraction, test_fraction)
+        self.corpus = build_corpus(o.lowercase, o.min_count, o.meta_fraction, o.test_fraction)
         self.vocab: tuple[str, ...] = self.corpus.vocab
         self.word_to_id = {w: i for i, w in enumerate(self.vocab)}
         self.spec = ModelSpec(
-            input_shape=(bptt,), num_outputs=len(self.vocab), kind="language-model"
+            input_shape=(o.bptt,), num_outputs=len(self.vocab), kind="language-model"
         )
         self.loss_scale: float = math.log(len(self.vocab))
         self.device = torch.device("cpu")

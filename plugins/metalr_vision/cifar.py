@@ -8,6 +8,8 @@ arrays only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from metalr.contracts.protocols import ModelSpec
@@ -28,8 +30,11 @@ class CIFAR10Options(LoaderOptions):
 
 
 class CIFAR10(ImageTask):
-    """CIFAR-10: 50,000 training images (less the meta split), 10,000 test images."""
+    """CIFAR-10: 50,000 training images (less the meta split), 10,000 test images.
 
+    Options: see :class:`CIFAR10Options`."""
+
+    Options = CIFAR10Options
     spec = ModelSpec(input_shape=(3, 32, 32), num_outputs=10)
     dataset = "cifar10"
     hint = "extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -55,15 +60,13 @@ class CIFAR100Options(LoaderOptions):
 
 
 class CIFAR100(CIFAR10):
-    """CIFAR-100 with its 100 fine labels."""
+    """CIFAR-100 with its 100 fine labels. Options: see :class:`CIFAR100Options`."""
 
+    Options = CIFAR100Options
     spec = ModelSpec(input_shape=(3, 32, 32), num_outputs=100)
     dataset = "cifar100"
     hint = "extract cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
     stats = transforms.CIFAR100
-
-    def __init__(self, meta_per_class: int = 10, **options):
-        super().__init__(meta_per_class=meta_per_class, **options)
 
     def spec_name(self) -> str:
         return "CIFAR-100"
@@ -85,15 +88,19 @@ class SVHNOptions(LoaderOptions):
 
 
 class SVHN(ImageTask):
-    """SVHN (format 2, cropped digits): 73,257 training and 26,032 test images."""
+    """SVHN (format 2, cropped digits): 73,257 training and 26,032 test images.
 
+    Options: see :class:`SVHNOptions`."""
+
+    Options = SVHNOptions
+    opts: SVHNOptions
     spec = ModelSpec(input_shape=(3, 32, 32), num_outputs=10)
     dataset = "svhn"
     hint = "train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/"
 
-    def __init__(self, extra: bool = False, flip: bool = True, **options):
+    def __init__(self, **options: Any):
         super().__init__(**options)
-        self.extra, self.flip = extra, flip
+        self.extra, self.flip = self.opts.extra, self.opts.flip
 
     def spec_name(self) -> str:
         return "SVHN"

@@ -11,7 +11,7 @@ shares no picture with the training set, and none with the test set.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,19 +46,23 @@ class CIFAR10COptions(LoaderOptions):
 
 
 class CIFAR10C(ImageTask):
-    """Train on CIFAR-10-C ``<corruption>.npy``; meta: clean images; test: clean training set."""
+    """Train on CIFAR-10-C ``<corruption>.npy``; meta: clean images; test: clean training set.
 
+    Options: see :class:`CIFAR10COptions`."""
+
+    Options = CIFAR10COptions
+    opts: CIFAR10COptions
     spec = ModelSpec(input_shape=(3, 32, 32), num_outputs=10)
     dataset = "CIFAR-10-C"
     clean_dataset = "cifar10"
     hint = "extract CIFAR-10-C.tar from https://zenodo.org/record/2535967"
     stats = transforms.CIFAR10
 
-    def __init__(self, corruption: str = "gaussian_noise", severity: int | None = None,
-                 clean_root: str | None = None, meta_per_class: int = 10, **options):
-        super().__init__(meta_per_class=meta_per_class, **options)
-        self.corruption, self.severity = corruption, severity
-        self.clean_root = data_root(clean_root, self.clean_dataset)
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        self.corruption, self.severity = o.corruption, o.severity
+        self.clean_root = data_root(o.clean_root, self.clean_dataset)
 
     def spec_name(self) -> str:
         return self.dataset

@@ -9,6 +9,8 @@ public).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from metalr.contracts.protocols import ModelSpec
@@ -24,15 +26,15 @@ class TinyImageNetOptions(LoaderOptions):
 
 
 class TinyImageNet(ImageTask):
-    """200 classes of 64x64 images: 100,000 training, 10,000 validation (used as test)."""
+    """200 classes of 64x64 images: 100,000 training, 10,000 validation (used as test).
 
+    Options: see :class:`TinyImageNetOptions`."""
+
+    Options = TinyImageNetOptions
     spec = ModelSpec(input_shape=(3, 64, 64), num_outputs=200)
     top5 = True
     dataset = "tiny-imagenet-200"
     hint = "unzip tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip)"
-
-    def __init__(self, meta_per_class: int = 10, **options):
-        super().__init__(meta_per_class=meta_per_class, **options)
 
     def spec_name(self) -> str:
         return "TinyImageNet"
@@ -60,17 +62,19 @@ class ImageNetOptions(LoaderOptions):
 
 
 class ImageNet(ImageTask):
-    """ILSVRC-2012: 1,000 classes; its 50,000 validation images are the test set."""
+    """ILSVRC-2012: 1,000 classes; its 50,000 validation images are the test set.
 
+    Options: see :class:`ImageNetOptions`."""
+
+    Options = ImageNetOptions
+    opts: ImageNetOptions
     dataset = "imagenet"
     top5 = True  # the paper's Table 6: top-1 and top-5
     hint = "ILSVRC2012 train/ and val/ in class folders, as pytorch/examples/imagenet expects"
 
-    def __init__(self, meta_per_class: int = 1, image_size: int = 224,
-                 eval_batch_size: int = 256, **options):
-        super().__init__(meta_per_class=meta_per_class, eval_batch_size=eval_batch_size,
-                         **options)
-        self.image_size = image_size
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.image_size = image_size = self.opts.image_size
         self.spec = ModelSpec(input_shape=(3, image_size, image_size), num_outputs=1000)
 
     def spec_name(self) -> str:

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -128,9 +129,18 @@ class ImageTask:
     """A classification task on image files; subclasses say where the data is and how it looks.
 
     Subclasses set ``spec``, ``dataset`` (the folder name under ``$METALR_DATA``) and
-    implement :meth:`required` (files relative to the root), :meth:`load` (train and test
-    sources) and :meth:`transforms` (train and eval transforms).
+    ``Options`` (their schema: :class:`LoaderOptions` and a ``meta_per_class``), and implement
+    :meth:`required` (files relative to the root), :meth:`load` (train and test sources) and
+    :meth:`transforms` (train and eval transforms).
+
+    The constructor takes the options as keywords (options: see the subclass's ``Options``),
+    validates them with that schema (a bad value raises pydantic's ``ValidationError``), keeps
+    them resolved as ``opts``, and sets the common ones as attributes; a subclass with more
+    options reads them from ``self.opts`` after calling it.
     """
+
+    Options: ClassVar[type[LoaderOptions]]
+    opts: LoaderOptions
 
     loss_scale: float = 1.0
     default_gamma: float = 1.0  # the paper's gamma for images
@@ -142,13 +152,13 @@ class ImageTask:
     dataset: str = ""
     hint: str = ""  # where to get the files, for the missing-files error
 
-    def __init__(self, root: str | None = None, meta_per_class: int = 100,
-                 workers: int | None = None, eval_batch_size: int = 512,
-                 train_eval_size: int = 10_000, drop_last: bool = False, augment: bool = True):
-        self.root: Path = data_root(root, self.dataset)
-        self.meta_per_class, self.eval_batch_size = meta_per_class, eval_batch_size
-        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        self.train_eval_size, self.drop_last, self.augment = train_eval_size, drop_last, augment
+    def __init__(self, **options: Any):
+        self.opts = o = self.Options(**options)
+        self.root: Path = data_root(o.root, self.dataset)
+        self.meta_per_class, self.eval_batch_size = o.meta_per_class, o.eval_batch_size
+        self.workers = min(8, os.cpu_count() or 1) if o.workers is None else o.workers
+        self.train_eval_size, self.drop_last, self.augment = (o.train_eval_size, o.drop_last,
+                                                              o.augment)
         self.device = torch.device("cpu")
         self.splits: dict[str, Indexed] = {}
         self._loaders: dict[tuple[str, int], DataLoader] = {}

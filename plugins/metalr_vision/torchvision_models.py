@@ -18,7 +18,7 @@ ImageNet stem would leave 2x2 maps) and ``imagenet`` above. Weights are always r
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -45,12 +45,13 @@ def _use_cifar_stem(spec: ModelSpec, stem: str, name: str) -> bool:
 
 
 def _resnet(depth: int):
-    def build(spec: ModelSpec, stem: Stem = "auto") -> nn.Module:
+    def build(spec: ModelSpec, **options: Any) -> nn.Module:
         from torchvision import models
 
+        o = VisionOptions(**options)
         name = f"resnet{depth}"
         model = getattr(models, name)(weights=None, num_classes=spec.num_outputs)
-        if _use_cifar_stem(spec, stem, name):
+        if _use_cifar_stem(spec, o.stem, name):
             model.conv1 = nn.Conv2d(spec.input_shape[0], 64, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
         elif spec.input_shape[0] != 3:
@@ -58,28 +59,33 @@ def _resnet(depth: int):
         return model
 
     build.__name__ = f"build_resnet{depth}"
-    build.__doc__ = f"torchvision ResNet-{depth}; CIFAR stem for small inputs."
+    build.__doc__ = (f"torchvision ResNet-{depth}; CIFAR stem for small inputs. "
+                     "Options: see VisionOptions.")
     return build
 
 
 build_resnet18, build_resnet34, build_resnet50 = _resnet(18), _resnet(34), _resnet(50)
 
 
-def build_densenet121(spec: ModelSpec, stem: Stem = "auto") -> nn.Module:
+def build_densenet121(spec: ModelSpec, **options: Any) -> nn.Module:
+    """torchvision DenseNet-121; CIFAR stem for small inputs. Options: see VisionOptions."""
     from torchvision import models
 
+    o = VisionOptions(**options)
     model = models.densenet121(weights=None, num_classes=spec.num_outputs)
-    if _use_cifar_stem(spec, stem, "densenet121"):
+    if _use_cifar_stem(spec, o.stem, "densenet121"):
         model.features.conv0 = nn.Conv2d(spec.input_shape[0], 64, 3, 1, 1, bias=False)
         model.features.pool0 = nn.Identity()
     return model
 
 
-def build_shufflenet_v2(spec: ModelSpec, stem: Stem = "auto") -> nn.Module:
+def build_shufflenet_v2(spec: ModelSpec, **options: Any) -> nn.Module:
+    """torchvision ShuffleNetV2 x1.0; CIFAR stem for small inputs. Options: see VisionOptions."""
     from torchvision import models
 
+    o = VisionOptions(**options)
     model = models.shufflenet_v2_x1_0(weights=None, num_classes=spec.num_outputs)
-    if _use_cifar_stem(spec, stem, "shufflenet-v2"):
+    if _use_cifar_stem(spec, o.stem, "shufflenet-v2"):
         conv = model.conv1[0]
         model.conv1[0] = nn.Conv2d(spec.input_shape[0], conv.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
@@ -91,10 +97,12 @@ MOBILENET_V2_CIFAR = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2]
 """torchvision's inverted-residual setting with the 24-channel stage at stride 1."""
 
 
-def build_mobilenet_v2(spec: ModelSpec, stem: Stem = "auto") -> nn.Module:
+def build_mobilenet_v2(spec: ModelSpec, **options: Any) -> nn.Module:
+    """torchvision MobileNetV2; CIFAR stem (and stride-1 second stage) for small inputs.
+    Options: see VisionOptions."""
     from torchvision import models
 
-    cifar = _use_cifar_stem(spec, stem, "mobilenet-v2")
+    cifar = _use_cifar_stem(spec, VisionOptions(**options).stem, "mobilenet-v2")
     model = models.mobilenet_v2(weights=None, num_classes=spec.num_outputs,
                                 inverted_residual_setting=MOBILENET_V2_CIFAR if cifar else None)
     if cifar:

@@ -8,6 +8,7 @@ basic blocks (BN-ReLU-conv) with an optional dropout between the two convolution
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -51,8 +52,10 @@ class Block(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, num_classes: int, depth: int = 28, widen_factor: int = 10,
-                 dropout: float = 0.0, in_channels: int = 3):
+    """The network; its option values come from :class:`WRNOptions` (see :func:`build_wrn`)."""
+
+    def __init__(self, num_classes: int, depth: int, widen_factor: int, dropout: float,
+                 in_channels: int = 3):
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
@@ -76,10 +79,10 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def build_wrn(spec: ModelSpec, depth: int = 28, widen_factor: int = 10,
-              dropout: float = 0.0) -> nn.Module:
+def build_wrn(spec: ModelSpec, **options: Any) -> nn.Module:
+    """A Wide ResNet for ``spec``'s images and classes. Options: see :class:`WRNOptions`."""
     if spec.kind != "classification" or len(spec.input_shape) != 3:
         raise ValueError(f"wrn needs an image classification task, got {spec.kind} inputs of "
                          f"shape {spec.input_shape}")
-    WRNOptions(depth=depth, widen_factor=widen_factor, dropout=dropout)  # same checks as a recipe
-    return WideResNet(spec.num_outputs, depth, widen_factor, dropout, spec.input_shape[0])
+    o = WRNOptions(**options)
+    return WideResNet(spec.num_outputs, o.depth, o.widen_factor, o.dropout, spec.input_shape[0])
