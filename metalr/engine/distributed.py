@@ -91,6 +91,10 @@ def process_group(device: torch.device) -> Iterator[Group]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield current()
+        # Every rank finishes its last collective before any tears the group down: a rank
+        # destroying it while another is still inside one can abort that one (seen with gloo).
+        # Not on an exception: a rank that died would leave the others waiting for TIMEOUT.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
