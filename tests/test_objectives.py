@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from metalr_objectives import OneStep, Unroll
+from metalr_objectives import Averaged, OneStep, Unroll
 from torch import nn
 
 from metalr.engine.algorithm import Engine, EngineConfig
@@ -101,9 +101,10 @@ def test_the_further_batches_are_the_steps_own_and_leave_the_run_alone(mnist1d_6
     assert not torch.equal(one.train_batch(1)[0], one.train_batch(2)[0])
 
 
-@pytest.mark.parametrize("name", ["one-step", "unroll"])
-def test_builtin_objectives_conform(registry, name):
-    check_component(registry.get("meta_objective", name), {"k": 3} if name == "unroll" else {})
+@pytest.mark.parametrize("name,options", [("one-step", {}), ("unroll", {"k": 3}),
+                                          ("averaged", {"horizon": 5})])
+def test_builtin_objectives_conform(registry, name, options):
+    check_component(registry.get("meta_objective", name), options)
 
 
 def test_a_recipe_chooses_the_objective_and_it_is_checked(registry, tmp_path):
@@ -176,3 +177,100 @@ def test_a_third_party_objective_is_found_checked_and_runs(tmp_path, monkeypatch
         "methods.mlrsnet.meta.save_phases=null"], registry, only=["mlrsnet"])
     (run,) = Runner(recipe, registry, progress=False).run().results
     assert run.status == "FINISHED" and run.final("test_accuracy") > 0.3
+
+
+# -- averaged: the meta loss at a running average of the weights --------------------------------
+
+
+def _real_step_weights(model, opt, lr):
+    """The weights after one real step of a copy of the real optimizer (state and all) at
+    ``lr`` with the model's current gradients: independent of higher."""
+    twin = copy.deepcopy(model)
+    twin_opt = type(opt)(twin.parameters(), **{k_: v for k_, v in opt.defaults.items()
+                                               if k_ != "lr"}, lr=lr)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for group in twin_opt.param_groups:
+        group["lr"] = lr
+    for p, q in zip(twin.parameters(), model.parameters()):
+        p.grad = q.grad.clone()
+    twin_opt.step()
+    return [p.detach() for p in twin.parameters()]
+
+
+def _meta_loss_at(engine, model, weights, meta):
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, w in zip(twin.parameters(), weights):
+            p.copy_(w)
+    return float(engine.task.loss(twin, meta).detach())
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_averaged_is_the_meta_loss_at_the_mean_and_its_derivative(mnist1d_64, registry, float64,
+                                                                   name):
+    """Two meta-updates with a real step between: the mean is then beta w0 + (1 - beta) w1 of
+    the real weights, and the meta loss is at beta * mean + (1 - beta) * (one real step from w1
+    at lr), held with its LR derivative against real optimizer steps and a central finite
+    difference; asking again at the same meta-update does not move the mean."""
+    horizon, (lr1, lr2) = 4.0, (0.05, 0.08) if name == "sgdm" else (3e-3, 5e-3)
+    beta = 1 - 1 / horizon
+    objective = Averaged(horizon=horizon)
+    engine, model, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS[name], objective)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    first = objective.meta_loss(engine._lookahead(ctx, meta), torch.tensor(lr1))
+    mixed = [beta * a + (1 - beta) * b for a, b in zip(w0, _real_step_weights(model, opt, lr1))]
+    assert float(first) == pytest.approx(_meta_loss_at(engine, model, mixed, meta), rel=1e-10)
+
+    for group in opt.param_groups:
+        group["lr"] = lr1
+    opt.step()  # the real step: the next meta-update sees new weights
+    ctx = engine._training_loss(next(iter(mnist1d_64.train_batches(
+        32, torch.Generator().manual_seed(1)))), 8, 0)
+    w1 = [p.detach().clone() for p in model.parameters()]
+    mean = [beta * a + (1 - beta) * b for a, b in zip(w0, w1)]
+
+    def reference(at: float) -> float:
+        step = _real_step_weights(model, opt, at)
+        return _meta_loss_at(engine, model, [beta * m + (1 - beta) * w
+                                             for m, w in zip(mean, step)], meta)
+
+    lr = torch.tensor(lr2, requires_grad=True)
+    value = objective.meta_loss(engine._lookahead(ctx, meta), lr)
+    (grad,) = torch.autograd.grad(value, lr)
+    assert float(value.detach()) == pytest.approx(reference(lr2), rel=1e-10)
+    eps = lr2 * 1e-4
+    fd = (reference(lr2 + eps) - reference(lr2 - eps)) / (2 * eps)
+    assert float(grad) == pytest.approx(fd, rel=1e-5)
+    again = objective.meta_loss(engine._lookahead(ctx, meta), torch.tensor(lr2))
+    assert float(again) == float(value.detach())  # the same meta-update: the mean stays
+    one = OneStep().meta_loss(engine._lookahead(ctx, meta), lr)
+    assert float(torch.autograd.grad(one, lr)[0]) != pytest.approx(float(grad), rel=1e-2)
+
+
+def test_averaged_over_one_meta_update_is_the_one_step_objective(mnist1d_64, registry, float64):
+    objective = Averaged(horizon=1)
+    engine, _, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], objective)
+    for _ in range(2):
+        opt.step()
+        lr = torch.tensor(0.05, requires_grad=True)
+        a = objective.meta_loss(engine._lookahead(ctx, meta), lr)
+        b = OneStep().meta_loss(engine._lookahead(ctx, meta), lr)
+        assert float(a.detach()) == float(b.detach())
+        assert float(torch.autograd.grad(a, lr)[0]) == float(torch.autograd.grad(b, lr)[0])
+
+
+def test_averaged_resumes_with_its_mean(mnist1d_64, registry, float64):
+    """The mean is run state: an objective loaded from a checkpoint's state continues exactly."""
+    from metalr.engine import checkpoint as ckpt
+
+    objective = Averaged(horizon=5)
+    engine, _, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS["sgdm"], objective)
+    objective.meta_loss(engine._lookahead(ctx, meta), torch.tensor(0.05))
+    opt.step()  # the next meta-update folds new weights into the mean
+    saved = ckpt.component_state("meta_objective", objective)
+    resumed = Averaged(horizon=5)
+    ckpt.load_component_state("meta_objective", resumed, saved, "averaged")
+    fresh = Averaged(horizon=5)
+    a, b, c = (o.meta_loss(engine._lookahead(ctx, meta), torch.tensor(0.09))
+               for o in (objective, resumed, fresh))
+    assert float(a) == float(b) != float(c)

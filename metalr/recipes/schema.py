@@ -74,7 +74,8 @@ class MetaConfig(_Strict):
     objective: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="one-step"),
         description="what a meta-update minimises (a meta_objective component): one-step "
-        "(Algorithm 1) or unroll (k steps ahead)")
+        "(Algorithm 1), averaged (one step ahead at a running average of the weights) or "
+        "unroll (k steps ahead)")
 
 
 class Method(_Strict):

@@ -8,9 +8,10 @@ optimizer, made by higher's differentiable optimizers).
 from metalr import hookimpl
 from metalr.engine.objectives import OneStep
 
+from .averaged import Averaged, AveragedOptions
 from .unroll import Unroll, UnrollOptions
 
-__all__ = ["OneStep", "Unroll", "UnrollOptions"]
+__all__ = ["Averaged", "AveragedOptions", "OneStep", "Unroll", "UnrollOptions"]
 
 
 @hookimpl
@@ -19,3 +20,5 @@ def register_meta_objectives(register):
              summary="the meta loss one step ahead (Algorithm 1, Eqs. 9-10)")
     register("unroll", Unroll, options=UnrollOptions,
              summary="the meta loss K steps ahead at one LR, differentiated through all K")
+    register("averaged", Averaged, options=AveragedOptions,
+             summary="the meta loss one step ahead at a running average of the weights")
