@@ -1,0 +1,99 @@
+"""Which side of the probe's LR is a run on? A look part-way in, judged after a short cool-down.
+
+    python bench/cooldown_judge.py OPTIMIZER [...] [--case mlp|quickstart] [--cooldown 50]
+
+The measurement behind the next step of issues 18 and 19 (docs/design.md, "An objective without
+the reward for annealing"): which multiple of the probe's LR is best differs by task and
+optimizer (0.7x for SGD momentum on the MNIST-1D suite, 1.4x for plain SGD), and no
+hypergradient objective tells them apart. For seeds 0-2 of the case, the run is trained at the
+probe's LR (the real probe, as ``metalr run`` makes it) for the first ``--at`` of its steps;
+from those weights and that optimizer state, each multiple (0.7, 1, 1.4) then trains
+``--steps`` steps and cools down linearly to 0 over ``--cooldown`` steps, and the whole meta
+split judges it. With ``--cooldown 0`` the judge is a plain short look, as the recheck's: it
+favours small LRs (the short-horizon bias); the cool-down takes the annealing gain out of that
+comparison. Compare the printed order with the whole runs of
+``recipes/ablations/start-factor-mnist1d.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+
+from metalr.contracts.registry import get_registry
+from metalr.engine import probe
+
+FACTORS = (0.7, 1.0, 1.4)
+CASES = {  # task, model, epochs, batch size
+    "mlp": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 40, 128),
+    "quickstart": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 60, 128),
+}
+OPTIMIZERS = {"sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
+              "sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}), "adam": ("adam", {})}
+
+
+def endless(task, batch: int, seed: int) -> Iterator:
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield from task.train_batches(batch, gen)
+
+
+def train(task, model, opt, batches: Iterator, steps: int, lr_at: Callable[[int], float]) -> None:
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        task.loss(model, next(batches)).backward()
+        opt.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("optimizers", nargs="+", choices=sorted(OPTIMIZERS))
+    parser.add_argument("--case", choices=sorted(CASES), default="mlp")
+    parser.add_argument("--at", type=float, default=0.1, help="share of the run before the look")
+    parser.add_argument("--steps", type=int, default=150, help="steps at each multiple")
+    parser.add_argument("--cooldown", type=int, default=50, help="steps of the linear cool-down")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    reg = get_registry()
+    (task_name, task_opts), (model_name, model_opts), epochs, batch = CASES[args.case]
+    print(f"{args.case}: {epochs} epochs; look at {args.at:.0%} of the run, {args.steps} steps "
+          f"at each multiple, then {args.cooldown} steps of cool-down; meta loss (accuracy)")
+    for name in args.optimizers:
+        opt_name, opt_opts = OPTIMIZERS[name]
+        for seed in (0, 1, 2):
+            task = reg.get("task", task_name).build(**task_opts)
+            task.setup(seed, torch.device("cpu"))
+            per_epoch = task.num_train_batches(batch)
+            total = per_epoch * epochs
+            torch.manual_seed(seed)
+            model = reg.get("model", model_name).build(task.spec, **model_opts)
+            opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_opts)
+            start = probe.probe_lr(task, model, opt, total_steps=total, steps_per_epoch=per_epoch,
+                                   batch_size=batch, meta_batch_size=batch, seed=seed).lr
+            train(task, model, opt, endless(task, batch, seed), round(args.at * total),
+                  lambda _: start)
+            weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+            cells = []
+            for factor in FACTORS:
+                model.load_state_dict(weights)
+                opt.load_state_dict(copy.deepcopy(state))
+                look = endless(task, batch, 1000 + seed)  # the same batches for every multiple
+                lr = factor * start
+                train(task, model, opt, look, args.steps, lambda _, lr=lr: lr)
+                n = args.cooldown
+                train(task, model, opt, look, n, lambda s, lr=lr, n=n: lr * (n - s) / (n + 1))
+                model.eval()
+                with torch.no_grad():
+                    found = task.evaluate(model, "meta")
+                cells.append(f"x{factor}: {found['loss']:.4f} ({found['accuracy']:.3f})")
+            print(f"{name} seed {seed}, probe {start:.3g}: " + "  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
