@@ -77,7 +77,7 @@ def main() -> None:
             start = probe.probe_lr(task, model, opt, total_steps=total, steps_per_epoch=per_epoch,
                                    batch_size=batch, meta_batch_size=batch, seed=seed).lr
             train(task, model, opt, endless(task, batch, seed), round(args.at * total),
-                  lambda _: start)
+                  lambda _, lr=start: lr)
             weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
             cells = []
             for factor in FACTORS:
