@@ -162,7 +162,8 @@ class Lookahead:
 
     ``steps(lr)`` starts differentiable steps of the real optimizer from the current weights and
     state at LR ``lr`` (a :class:`metalr.engine.differentiable.VirtualSteps`: ``first()`` is the
-    step with this batch's gradient g_t, ``next(loss)`` one more on ``loss(weights)``);
+    step with this batch's gradient g_t, ``next(loss)`` one more on ``loss(weights)``,
+    ``weights`` the current real weights, detached);
     ``train_batch(k)`` is the k-th further training batch of this meta-update (k >= 1; drawn
     from its own generator, so the real run's batches are untouched, and the same on a resume);
     ``train_loss(weights, batch)`` and ``meta_loss(weights)`` are the losses at given weights
