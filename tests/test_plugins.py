@@ -342,7 +342,11 @@ def twice_declared(components) -> list[str]:
     for c in components:
         if c.derived or c.options is None:
             continue
-        params = list(inspect.signature(c.factory).parameters.values())[POSITIONAL.get(c.kind, 0):]
+        try:
+            params = inspect.signature(c.factory).parameters.values()
+        except (TypeError, ValueError):
+            continue  # a builtin or C callable: no keywords of its own to restate the schema
+        params = list(params)[POSITIONAL.get(c.kind, 0):]
         named = [p.name for p in params if not p.name.startswith("_")
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         if named or not any(p.kind is p.VAR_KEYWORD for p in params):
