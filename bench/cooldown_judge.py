@@ -30,6 +30,7 @@ FACTORS = (0.7, 1.0, 1.4)
 CASES = {  # task, model, epochs, batch size
     "mlp": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 40, 128),
     "quickstart": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 60, 128),
+    "regression": (("regression", {}), ("mlp", {"hidden": [64, 64]}), 60, 64),
 }
 OPTIMIZERS = {"sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
               "sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}), "adam": ("adam", {})}
@@ -63,7 +64,7 @@ def main() -> None:
     reg = get_registry()
     (task_name, task_opts), (model_name, model_opts), epochs, batch = CASES[args.case]
     print(f"{args.case}: {epochs} epochs; look at {args.at:.0%} of the run, {args.steps} steps "
-          f"at each multiple, then {args.cooldown} steps of cool-down; meta loss (accuracy)")
+          f"at each multiple, then {args.cooldown} steps of cool-down; meta loss (metric)")
     for name in args.optimizers:
         opt_name, opt_opts = OPTIMIZERS[name]
         for seed in (0, 1, 2):
@@ -91,7 +92,7 @@ def main() -> None:
                 model.eval()
                 with torch.no_grad():
                     found = task.evaluate(model, "meta")
-                cells.append(f"x{factor}: {found['loss']:.4f} ({found['accuracy']:.3f})")
+                cells.append(f"x{factor}: {found['loss']:.4f} ({found[task.metric]:.3f})")
             print(f"{name} seed {seed}, probe {start:.3g}: " + "  ".join(cells), flush=True)
 
 
