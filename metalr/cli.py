@@ -176,8 +176,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep of {len(sweep.points)} points in {sweep.folder}", flush=True)
     outcome = execute(sweep, args.index, progress=not args.quiet)
     print(f"\ntables and figures: {sweep.folder}/ (results.md, results.csv, sweep-<key>.png)")
+    return _exit_status(outcome, "continue")
+
+
+def _exit_status(outcome: Any, rerun: str) -> int:
+    """A sweep's or a search's exit status: 130 interrupted (saying how to go on), 1 failed."""
     if outcome.interrupted:
-        print("interrupted: runs marked KILLED; run the same command again to continue",
+        print(f"interrupted: runs marked KILLED; run the same command again to {rerun}",
               file=sys.stderr)
         return 130
     return 0 if outcome.ok else 1
@@ -195,11 +200,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     outcome = execute(search, progress=not args.quiet)  # -q: each trial's line still prints
     print(f"\n{outcome.table}\n\n{outcome.best}")
     print(f"\ntables: {search.folder}/ (results.md, results.csv; Optuna's study: optuna.db)")
-    if outcome.interrupted:
-        print("interrupted: runs marked KILLED; run the same command again to go on",
-              file=sys.stderr)
-        return 130
-    return 0 if outcome.ok else 1
+    return _exit_status(outcome, "go on")
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
