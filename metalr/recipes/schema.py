@@ -249,14 +249,18 @@ class Distribution(_Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-def _named(value: Any) -> Any:
-    """``tpe`` for ``{name: tpe}``; null for the ``none`` pruner."""
-    if value is None:
-        return {"name": "none"}
-    return {"name": value} if isinstance(value, str) else value
+class _Named(_Strict):
+    """A named choice: ``tpe`` is shorthand for ``{name: tpe}``, null for ``{name: none}``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value is None:
+            return {"name": "none"}
+        return {"name": value} if isinstance(value, str) else value
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(_Named):
     """Optuna's sampler: TPE, or random; seeded, so that a search asks the same values again."""
 
     name: Literal["tpe", "random"] = "tpe"
@@ -265,13 +269,8 @@ class SamplerConfig(_Strict):
     startup_trials: int = Field(10, ge=0, le=100_000,
                                 description="tpe: random trials before TPE models the results")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _named(value)
 
-
-class PrunerConfig(_Strict):
+class PrunerConfig(_Named):
     """Optuna's pruner on the per-epoch metric: median (a trial below the median of the trials
     before it at the same step stops), or none."""
 
@@ -280,11 +279,6 @@ class PrunerConfig(_Strict):
                                 description="trials finished before any is pruned")
     warmup_steps: int = Field(0, ge=0, le=INT64_MAX,
                               description="evaluations of a trial before it can be pruned")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _named(value)
 
 
 class SearchConfig(_Strict):
