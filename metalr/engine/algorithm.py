@@ -34,13 +34,14 @@ from metalr.contracts.protocols import (
 )
 from metalr.engine import checkpoint as ckpt
 from metalr.engine import distributed
-from metalr.engine.device import AmpDtype, Precision, channels_last
+from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
 from metalr.engine.probe import ProbeResult, probe_lr, probe_steps, recheck_lr
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
+META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
 
 
 class TrainingDiverged(RuntimeError):
@@ -232,8 +233,15 @@ class Engine:
         """Steps theta by the one-step hypergradient (Eqs. 9-10); returns the meta loss.
 
         Nothing made here outlives the call: the virtual weights, their graph and the copy of
-        the optimizer's state are dropped on return, so memory does not grow with the run.
+        the optimizer's state are dropped on return, so memory does not grow with the run. Nor
+        do its random draws: the meta batch's forward passes draw dropout from a generator of
+        their own, seeded by the step, so the run's masks are those of its control
+        (:func:`metalr.engine.device.rng_aside`).
         """
+        with rng_aside(self.model, self.order.seed + META_DRAWS + ctx.step):
+            return self._meta_update(ctx, meta_batch)
+
+    def _meta_update(self, ctx: StepContext, meta_batch: Batch) -> torch.Tensor:
         if self.cfg.channels_last:
             meta_batch = channels_last(meta_batch)
         # The LR is a scalar, so d L_meta / d theta = (d L_meta / d lr) * (d lr / d theta):

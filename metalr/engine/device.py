@@ -15,6 +15,9 @@
   for them). Both are process-wide, so :func:`device_settings` restores them afterwards.
 - **Freed memory kept for reuse on the CPU** (``train.keep_freed_memory``, on by default): see
   :func:`keep_freed_memory`.
+- **Random draws set aside** (:func:`rng_aside`): what is not the run's own training (the LR
+  probe, a meta-update's forward passes, building the policy) draws from a fork of torch's
+  global generators, so a method's dropout masks do not depend on what its policy does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 AmpDtype = Literal["bfloat16", "float16"]
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -81,6 +85,24 @@ def channels_last(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(channels_last(b) for b in batch)
     return batch
+
+
+@contextlib.contextmanager
+def rng_aside(model: nn.Module, seed: int | None = None) -> Iterator[None]:
+    """Run the block on a fork of torch's global generators (the CPU's and those of the CUDA
+    devices ``model`` lives on), seeded with ``seed`` if given; given back as they were.
+
+    Why: dropout draws from the global generator, so anything else that draws from it moves the
+    run's masks. Without this, MLR-SNet's own initialisation and its meta-updates' forward
+    passes (dropout on, as in the paper) shifted the training run's masks, and on a dropout model
+    the learned schedule and its control (same seed, same data) were not a paired comparison:
+    on the LM that alone moved perplexity by 10-20 (docs/design.md).
+    """
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from metalr.contracts.protocols import Batch, Task
+from metalr.engine.device import rng_aside
 from metalr.engine.order import DataOrder
 
 HALF_DECADE = math.sqrt(10)
@@ -147,7 +148,7 @@ def probe_lr(
         return _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
                                 clip_grad_norm)
 
-    with torch.random.fork_rng(devices=_devices(model)):  # every device's, given back
+    with rng_aside(model):  # every device's, given back
         try:
             found = _search(lambda lr: measure(lr, steps), optimizer, grid, initial)
             noise = _noise(found, lambda lr: measure(lr, steps, DataOrder(seed + REPLICATE)))
@@ -246,7 +247,7 @@ def recheck_lr(
             known = losses[at] = measure(at, order)
         return known
 
-    with torch.random.fork_rng(devices=_devices(model)):
+    with rng_aside(model):
         try:
             for at in (lr / 10, lr, lr * 10):
                 run(at)
@@ -395,11 +396,6 @@ def _noise(found: _Found, replicate) -> float:
         return 0.0
     again = replicate(found.best)
     return abs(again - best) if math.isfinite(again) else abs(best)
-
-
-def _devices(model: nn.Module) -> list[int]:
-    """The CUDA devices the model lives on, whose generators the probe must give back."""
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 def _fresh(optimizer: torch.optim.Optimizer, params, lr: float,

@@ -25,6 +25,7 @@ from metalr.engine.algorithm import (
     is_episodic,
     is_meta_learned,
 )
+from metalr.engine.device import rng_aside
 from metalr.engine.episodes import train_episodes
 from metalr.engine.stopping import StopRequest
 from metalr.engine.weights import ceiling_epochs, load_meta_learner, save_meta_learner
@@ -105,7 +106,10 @@ class Training:
         model.to(self.device)
         optimizer = reg.get("optimizer", method.optimizer.name).build(
             model.parameters(), **method.optimizer.options)
-        policy = reg.get("lr_policy", method.lr_policy.name).build(**self.options)
+        # the policy's own initialisation (MLR-SNet's cell) must not move the model's dropout
+        # draws: every method of a seed trains with the same masks (a paired comparison)
+        with rng_aside(model):
+            policy = reg.get("lr_policy", method.lr_policy.name).build(**self.options)
         if (is_meta_learned(policy) or is_episodic(policy)) and method.meta.weights:
             load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
         return model, optimizer, policy
