@@ -1,6 +1,6 @@
 """Which side of the probe's LR is a run on? A look part-way in, judged after a short cool-down.
 
-    python bench/cooldown_judge.py OPTIMIZER [...] [--case mlp|quickstart] [--cooldown 50]
+    python bench/cooldown_judge.py OPTIMIZER [...] [--case CASE] [--cooldown 50] [--factors 0.7 1 1.4]
 
 The measurement behind the next step of issues 18 and 19 (docs/design.md, "An objective without
 the reward for annealing"): which multiple of the probe's LR is best differs by task and
@@ -31,6 +31,11 @@ CASES = {  # task, model, epochs, batch size
     "mlp": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 40, 128),
     "quickstart": (("mnist1d", {"meta_size": 500}), ("mlp", {"hidden": [100, 100]}), 60, 128),
     "regression": (("regression", {}), ("mlp", {"hidden": [64, 64]}), 60, 64),
+    # the hard suite's (recipes/hard/noisy-labels.yaml, shifted.yaml)
+    "noisy-labels": (("noisy-labels", {"base": "mnist1d", "noise": 0.3}),
+                     ("mlp", {"hidden": [256, 256]}), 60, 128),
+    "shifted": (("shifted", {"base": "mnist1d", "shift": "imbalance", "imbalance": 20.0}),
+                ("mlp", {"hidden": [256, 256]}), 60, 128),
 }
 OPTIMIZERS = {"sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
               "sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}), "adam": ("adam", {})}
@@ -59,6 +64,8 @@ def main() -> None:
     parser.add_argument("--at", type=float, default=0.1, help="share of the run before the look")
     parser.add_argument("--steps", type=int, default=150, help="steps at each multiple")
     parser.add_argument("--cooldown", type=int, default=50, help="steps of the linear cool-down")
+    parser.add_argument("--factors", type=float, nargs="+", default=list(FACTORS),
+                        help="multiples of the probe's LR to compare")
     args = parser.parse_args()
     torch.set_num_threads(1)
     reg = get_registry()
@@ -81,7 +88,7 @@ def main() -> None:
                   lambda _, lr=start: lr)
             weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
             cells = []
-            for factor in FACTORS:
+            for factor in args.factors:
                 model.load_state_dict(weights)
                 opt.load_state_dict(copy.deepcopy(state))
                 look = endless(task, batch, 1000 + seed)  # the same batches for every multiple
