@@ -100,8 +100,11 @@ def rng_aside(model: nn.Module, seed: int | None = None) -> Iterator[None]:
     """
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
+        if seed is not None:  # only the generators given back: no device's stream moves
+            torch.random.default_generator.manual_seed(seed)
+            for index in devices:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
         yield
 
 
