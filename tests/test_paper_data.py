@@ -19,7 +19,7 @@ from metalr_vision.cifar_pickle import load_pickled_batch
 from metalr_vision.sources import cifar_source, npy_source, svhn_source
 
 from metalr.contracts.protocols import ModelSpec, RunInfo
-from metalr.engine.algorithm import Engine, EngineConfig
+from metalr.engine.algorithm import META_DRAWS, Engine, EngineConfig
 from metalr.engine.datafiles import MissingDataError
 from metalr.testing import check_component
 
@@ -299,8 +299,9 @@ def _meta_step(model: torch.nn.Module, registry, task, batch, meta_batch) -> Non
     The reference differentiates the meta loss with ``torch.func.grad`` through a hand-written
     first SGD-momentum step (torch copies the gradient into the empty buffer: ``w_hat = w0 - lr *
     (g + wd * w0)``), with ``functional_call`` on copies of the weights and buffers. Dropout
-    draws the same masks as in the engine: the global RNG is replayed from the same state, the
-    training forward first, then the meta forward. Batch norm is in training mode in both, so
+    draws the same masks as in the engine: the training forward's from the global RNG replayed
+    from the same state, the meta forward's from the generator the engine seeds for a
+    meta-update (seed + ``META_DRAWS`` + step, set aside from the run's own draws). Batch norm is in training mode in both, so
     its outputs use the batch's statistics and the running ones do not matter.
     """
     from torch.func import functional_call
@@ -336,6 +337,7 @@ def _meta_step(model: torch.nn.Module, registry, task, batch, meta_batch) -> Non
     loss0 = task.loss(call(w_leaf), batch)
     grads = torch.autograd.grad(loss0, list(w_leaf.values()), allow_unused=True)
     g = {n: gi if gi is not None else torch.zeros_like(w0[n]) for n, gi in zip(names, grads)}
+    torch.manual_seed(0 + META_DRAWS + 0)  # the engine's seed 0, step 0
     rng_meta = torch.get_rng_state()
     wd = opt.param_groups[0]["weight_decay"]
     loss_input = loss0.detach() / task.loss_scale
