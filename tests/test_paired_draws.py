@@ -29,14 +29,12 @@ class Recorder(nn.Module):
         return x
 
 
-def recorded_run(task, meta_train: bool) -> list[tuple[int, float]]:
-    from metalr.contracts.registry import get_registry
-
+def recorded_run(registry, task, meta_train: bool) -> list[tuple[int, float]]:
     torch.manual_seed(0)
     recorder = Recorder()
     model = nn.Sequential(nn.Flatten(), recorder, nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    policy = get_registry().get("lr_policy", "mlrsnet").build(gamma=0.2)  # no probe, no recheck
+    policy = registry.get("lr_policy", "mlrsnet").build(gamma=0.2)  # no probe, no recheck
     Engine(task, model, opt, policy,
            EngineConfig(epochs=1, batch_size=64, meta_batch_size=7, seed=0, t_val=2,
                         meta_train=meta_train)).fit()
@@ -46,7 +44,8 @@ def recorded_run(task, meta_train: bool) -> list[tuple[int, float]]:
 def test_meta_updates_leave_the_training_draws_alone(registry):
     task = registry.get("task", "digits").build(meta_size=200)
     task.setup(0, torch.device("cpu"))
-    learned, frozen = recorded_run(task, True), recorded_run(task, False)
+    learned = recorded_run(registry, task, True)
+    frozen = recorded_run(registry, task, False)
     on_training = [entry for entry in learned if entry[0] != 7]
     assert len(learned) > len(on_training) > 0  # the meta forward passes drew too
     assert [draw for _, draw in on_training] == [draw for _, draw in frozen]

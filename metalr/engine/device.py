@@ -96,7 +96,8 @@ def rng_aside(model: nn.Module, seed: int | None = None) -> Iterator[None]:
     run's masks. Without this, MLR-SNet's own initialisation and its meta-updates' forward
     passes (dropout on, as in the paper) shifted the training run's masks, and on a dropout model
     the learned schedule and its control (same seed, same data) were not a paired comparison:
-    on the LM that alone moved perplexity by 10-20 (docs/design.md).
+    on the pydoc LM that alone moved single seeds by up to 18 perplexity (docs/design.md, "One
+    stream of dropout draws for a seed").
     """
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices):
