@@ -316,7 +316,7 @@ def _meta_step(model: torch.nn.Module, registry, task, batch, meta_batch) -> Non
     names = [n for n, p in model.named_parameters()]
     w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers0 = {n: b.detach().clone() for n, b in model.named_buffers()}
-    theta = dict((n, p) for n, p in policy.named_parameters() if p.requires_grad)
+    theta = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     theta0 = {n: p.detach().clone() for n, p in theta.items()}
     fixed = {**{n: b.clone() for n, b in policy.named_buffers()},
              **{n: p.detach().clone() for n, p in policy.named_parameters()
