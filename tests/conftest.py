@@ -11,6 +11,23 @@ def registry():
     return get_registry()
 
 
+@pytest.fixture(scope="session")
+def load_bench():
+    """``load_bench(name)``: the module of ``bench/<name>.py``, imported from its file (the
+    bench scripts are not a package), for the tests that check what a bench prints."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture
 def restore_threads():
     """In-process runs set the recipe's thread count (``train.threads``); the tests after them

@@ -8,23 +8,13 @@ about.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 LABELS = ("fp32", "amp-bf16+channels_last")
 NUMBER = r"([0-9.]+|inf|nan)"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def _printed(out: str) -> dict[str, dict[str, str]]:
@@ -45,8 +35,8 @@ def _printed(out: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def test_the_gpu_bench_prints_the_ratios_it_returns_on_cpu(capsys):
-    bench = _bench()
+def test_the_gpu_bench_prints_the_ratios_it_returns_on_cpu(capsys, load_bench):
+    bench = load_bench("gpu")
     rates = bench.main(["--device", "cpu", "--steps", "small"])
     out = capsys.readouterr().out
     printed = _printed(out)
@@ -75,10 +65,10 @@ def test_the_gpu_bench_prints_the_ratios_it_returns_on_cpu(capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the bench's target is for a GPU")
-def test_meta_training_keeps_the_benchs_target_speed_on_cuda(capsys):
+def test_meta_training_keeps_the_benchs_target_speed_on_cuda(capsys, load_bench):
     """The full bench (one CIFAR-sized epoch per measurement, 3 rounds; 1-2 minutes on an H100):
     meta-training MLR-SNet runs at >= 95% of the engine's plain training speed."""
-    bench = _bench()
+    bench = load_bench("gpu")
     rates = bench.main(["--device", "cuda"])
     out = capsys.readouterr().out
     printed = _printed(out)

@@ -3,20 +3,14 @@ the ratios it returns are the ones it prints (a measure stuck at 0 or a constant
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
-
 
 @pytest.mark.slow  # a bench's own check: tox -e slow (the bench's numbers: tox -e bench)
-def test_the_memory_bench_sees_the_meta_update_and_prints_what_it_returns(capsys):
-    spec = importlib.util.spec_from_file_location("bench_memory", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_memory_bench_sees_the_meta_update_and_prints_what_it_returns(capsys, load_bench):
+    bench = load_bench("memory")
     found = bench.main(["--models", "mlp500", "--steps", "2", "--device", "cpu",
                         "--threads", "1", "--jobs", "2"])
     out = capsys.readouterr().out

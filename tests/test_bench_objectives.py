@@ -3,19 +3,12 @@ plain one, ES (25 whole runs) far more than a one-step run, and it prints what i
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "objectives.py"
 
 
 @pytest.mark.slow  # a bench's own check: tox -e slow (the bench's numbers: tox -e bench)
-def test_the_objectives_bench_times_each_objective_and_prints_what_it_returns(capsys):
-    spec = importlib.util.spec_from_file_location("bench_objectives", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_objectives_bench_times_each_objective_and_prints_what_it_returns(capsys, load_bench):
+    bench = load_bench("objectives")
     found = bench.main(["--rounds", "1", "--epochs", "2"])
     out = capsys.readouterr().out
     assert set(found) == {"fixed", "control", "one-step", "averaged", "unroll-5", "unroll-20",
