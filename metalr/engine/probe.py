@@ -11,7 +11,9 @@ Which point to start from: a few steps measure well where training stops working
 LR ends best, so for SGD the run starts at **half the edge** (the largest LR that keeps half of
 the best point's improvement). Adam-like optimizers do not blow up within a few steps at too
 large an LR, they degrade later; they get a probe three times as long and start at its **best**
-point. A probe that sees no signal (a loss plateau: every point moves less than the probe's own
+point among those whose training loss never **jumped** (rose ``JUMP`` above its first value and
+stayed up the next step: the sign MLR-SNet's brake cuts a run's LR on, so a start there would
+be cut in its first steps). A probe that sees no signal (a loss plateau: every point moves less than the probe's own
 noise) says so, tries once more with a longer horizon when affordable, and otherwise starts at
 half the largest LR that did no harm. What each rule was measured on, and its known limits
 (noisy labels), is in docs/design.md, "Learned schedules that work untuned".
@@ -45,6 +47,8 @@ REPLICATE = 1_000_003  # the data order of the noise replicate: seed + this
 RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
 DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
 HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
+JUMP = 0.1  # a training loss this fraction above its first value, still up the next step: the
+# jump MLR-SNet's brake cuts (BRAKE_JUMP); an Adam-like start is never a point that jumped
 PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
 # of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 
@@ -56,8 +60,9 @@ class ProbeResult:
     ``best`` had the lowest loss; ``edge`` is the largest LR found that still keeps half of
     ``best``'s improvement over the untrained loss (for SGD climbing half-decades up from the
     best, then one quarter-decade; for Adam-like optimizers among the points measured); ``lr``
-    is where the run starts: ``edge / 2`` for SGD, ``best`` of the longer probe for Adam-like
-    optimizers (why: the module docstring).
+    is where the run starts: ``edge / 2`` for SGD, for Adam-like optimizers the best of the
+    longer probe's points whose training loss did not jump (``jumped``; why: the module
+    docstring).
     """
 
     lr: float
@@ -71,6 +76,7 @@ class ProbeResult:
     seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
     signal: bool = True  # False: no point beat the untrained model beyond the noise
     noise: float = 0.0  # how far the best point's loss moved with another data order
+    jumped: list[float] = field(default_factory=list)  # LRs whose training loss jumped (JUMP)
 
 
     @property
@@ -126,6 +132,9 @@ def probe_lr(
     steps if that fits ``BUDGET``, and if there is still no signal the run starts at half the
     largest LR that did no harm on the plateau (:func:`_plateau_edge`; ``ProbeResult.signal``
     False; docs/design.md).
+
+    An Adam-like optimizer starts at the best point whose training loss did not jump on the way
+    (:func:`_calm_best`); the points that did are in ``ProbeResult.jumped``.
     """
     began = time.perf_counter()
     adaptive = is_adaptive(optimizer)
@@ -138,6 +147,7 @@ def probe_lr(
     judge = [task.meta_batch(meta_batch_size, judge_gen) for _ in range(meta_batches)]
     initial = _judge(task, model, judge)
     spent = 0  # training steps taken, all passes together
+    jumped: set[float] = set()  # points of the last pass whose training loss jumped
 
     def measure(lr: float, horizon: int, data: DataOrder = order) -> float:
         nonlocal spent
@@ -145,8 +155,11 @@ def probe_lr(
         torch.manual_seed(data.seed + DROPOUT)  # the same dropout draws for every point and policy
         opt = _fresh(optimizer, model.parameters(), lr)
         spent += horizon
-        return _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
-                                clip_grad_norm)
+        loss, jump = _train_and_judge(task, model, opt, horizon, batch_size, data, judge,
+                                      clip_grad_norm)
+        if jump and data is order:  # the noise replicate's draws decide nothing here
+            jumped.add(lr)
+        return loss
 
     with rng_aside(model):  # every device's, given back
         try:
@@ -160,6 +173,7 @@ def probe_lr(
             if (not signal and steps_per_point is None
                     and spent + longer * len(again) <= BUDGET * total_steps):
                 steps = longer
+                jumped.clear()  # the longer pass's verdicts are the ones that count
                 found = _search(lambda lr: measure(lr, steps), optimizer, again, initial,
                                 climb=False)
                 passes.append(found)
@@ -172,10 +186,11 @@ def probe_lr(
     if not signal:  # nothing measured: half the largest LR that did not lift the plateau
         start = _plateau_edge(passes, initial, noise) / 2
     else:
-        start = found.best if adaptive else found.edge / 2  # Adam fails late, not in a probe
+        start = _calm_best(found, jumped) if adaptive else found.edge / 2
     return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
                        found.best, found.edge, initial, steps=spent,
-                       seconds=time.perf_counter() - began, signal=signal, noise=noise)
+                       seconds=time.perf_counter() - began, signal=signal, noise=noise,
+                       jumped=sorted(jumped))
 
 
 def recheck_lr(
@@ -237,7 +252,7 @@ def recheck_lr(
         opt = _fresh(optimizer, model.parameters(), at, state)
         spent += steps
         return _train_and_judge(task, model, opt, steps, batch_size, data, judge,
-                                clip_grad_norm)
+                                clip_grad_norm)[0]
 
     order = DataOrder(seed + RECHECK_ORDER)
 
@@ -302,6 +317,16 @@ def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> flo
     for longer in passes[1:]:  # measured again with more steps: that verdict counts
         fine -= set(longer.losses) - set(longer.harmless(initial, noise, PLATEAU))
     return max(fine) if fine else max(passes[-1].harmless(initial, noise))
+
+
+def _calm_best(found: _Found, jumped: set[float]) -> float:
+    """Adam-like optimizers start at the best point whose training loss never jumped; the best
+    point itself when every point jumped. A point that jumped would be cut by MLR-SNet's brake
+    within the run's first steps: Adam on the hard suite's character LM, seed 0, best at 0.1
+    (its training loss 4.6 -> 9.7 by step 3, recovered by step 60), was braked to 0.01 at steps
+    4 and 7 and ended at 2.69 bits per character; started at the best calm point, 0.032, 2.10."""
+    calm = {lr: v for lr, v in found.losses.items() if lr not in jumped}
+    return min(calm, key=calm.__getitem__) if calm else found.best
 
 
 def has_signal(initial: float, best: float, noise: float) -> bool:
@@ -436,21 +461,28 @@ def _judge(task: Task, model: nn.Module, judge: list[Batch]) -> float:
 
 def _train_and_judge(task: Task, model: nn.Module, opt: torch.optim.Optimizer, steps: int,
                      batch_size: int, order: DataOrder, judge: list[Batch],
-                     clip_grad_norm: float | None) -> float:
+                     clip_grad_norm: float | None) -> tuple[float, bool]:
+    """``steps`` steps of training, then the judged loss; and whether the training loss jumped
+    (``JUMP`` above the first step's, still above it the step after)."""
     # the batches the run itself will start with, so a point that would wreck the run's first
     # steps is seen to wreck them here
     model.train()
     first = None
+    up = jumped = False
     for _, batch in itertools.islice(order.batches(task, batch_size), steps):
         opt.zero_grad(set_to_none=True)
         loss = task.loss(model, batch)
         value = float(loss.detach())
-        first = value if first is None else first
+        if first is None:
+            first = value
+        else:  # the brake's rule (plugins/metalr_mlrsnet/base.py): a jump the next step keeps
+            jumped = jumped or (up and not value <= first)
+            up = not value <= first + JUMP * abs(first)
         if not math.isfinite(value) or value > 1e3 * max(first, 1e-12):
-            return math.inf
+            return math.inf, True
         loss.backward()
         if clip_grad_norm:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         opt.step()
-    return _judge(task, model, judge)
+    return _judge(task, model, judge), jumped
 
