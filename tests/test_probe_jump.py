@@ -13,12 +13,11 @@ import itertools
 import math
 
 import torch
+from test_probe_signal import FirstToken, GRUHead
 
 from metalr.engine.data import TensorClassificationTask
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import JUMP, _fresh, _judge, _train_and_judge, probe_lr
-
-from test_probe_signal import FirstToken, GRUHead
+from metalr.engine.probe import JUMP, _fresh, _train_and_judge, probe_lr
 
 
 def _setup(seed: int):
@@ -46,7 +45,7 @@ def _jumps(losses: list[float]) -> bool:
     """The brake's rule, written out independently: some loss over (1 + JUMP) x the first, and
     the loss right after it still above the first."""
     first = losses[0]
-    return any(a > first * (1 + JUMP) and b > first for a, b in zip(losses[1:], losses[2:]))
+    return any(a > first * (1 + JUMP) and b > first for a, b in itertools.pairwise(losses[1:]))
 
 
 def test_adam_starts_at_the_best_point_whose_training_did_not_jump():
