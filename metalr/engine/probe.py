@@ -48,7 +48,7 @@ RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
 DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
 HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
 JUMP = 0.1  # a training loss this fraction above its first value, still up the next step: the
-# jump MLR-SNet's brake cuts (BRAKE_JUMP); an Adam-like start is never a point that jumped
+# jump MLR-SNet's brake cuts (its BRAKE_JUMP is this); an Adam-like start never jumped
 PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
 # of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 

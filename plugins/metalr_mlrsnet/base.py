@@ -31,11 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from metalr.contracts.protocols import RunInfo, StepContext
+from metalr.engine.probe import JUMP
 from metalr.engine.run_state import load_attributes, save_attributes
 
 Preset = Literal["auto", "paper"]
-BRAKE_JUMP = 0.1  # the brake: a loss this fraction above the first step's, not undone by
-# the next step (still above the first loss), ...
+BRAKE_JUMP = JUMP  # the brake: a loss this fraction above the first step's, not undone by
+# the next step (still above the first loss), ... (the probe's: an Adam start never jumped)
 BRAKE_GAP = 3  # ... cuts the scale, at most once in this many steps
 BRAKE_CUTS = 2  # ... and at most this many times: 10x in all, the error it is there to undo
 
