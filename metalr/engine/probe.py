@@ -13,9 +13,9 @@ the best point's improvement). Adam-like optimizers do not blow up within a few 
 large an LR, they degrade later; they get a probe three times as long and start at its **best**
 point among those whose training loss never **jumped** (rose ``JUMP`` above its first value and
 stayed up the next step: the sign MLR-SNet's brake cuts a run's LR on, so a start there would
-be cut in its first steps). A probe that sees no signal (a loss plateau: every point moves less than the probe's own
-noise) says so, tries once more with a longer horizon when affordable, and otherwise starts at
-half the largest LR that did no harm. What each rule was measured on, and its known limits
+be cut in its first steps). A probe that sees no signal (a loss plateau: every point moves less
+than the probe's own noise) says so, tries once more with a longer horizon when affordable, and
+otherwise starts at half the largest LR that did no harm. What each rule was measured on, and its known limits
 (noisy labels), is in docs/design.md, "Learned schedules that work untuned".
 """
 
