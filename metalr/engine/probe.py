@@ -15,8 +15,8 @@ point among those whose training loss never **jumped** (rose ``JUMP`` above its 
 stayed up the next step: the sign MLR-SNet's brake cuts a run's LR on, so a start there would
 be cut in its first steps). A probe that sees no signal (a loss plateau: every point moves less
 than the probe's own noise) says so, tries once more with a longer horizon when affordable, and
-otherwise starts at half the largest LR that did no harm. What each rule was measured on, and its known limits
-(noisy labels), is in docs/design.md, "Learned schedules that work untuned".
+otherwise starts at half the largest LR that did no harm. What each rule was measured on, and
+its known limits (noisy labels), is in docs/design.md, "Learned schedules that work untuned".
 """
 
 from __future__ import annotations
