@@ -301,8 +301,9 @@ def _meta_step(model: torch.nn.Module, registry, task, batch, meta_batch) -> Non
     (g + wd * w0)``), with ``functional_call`` on copies of the weights and buffers. Dropout
     draws the same masks as in the engine: the training forward's from the global RNG replayed
     from the same state, the meta forward's from the generator the engine seeds for a
-    meta-update (seed + ``META_DRAWS`` + step, set aside from the run's own draws). Batch norm is in training mode in both, so
-    its outputs use the batch's statistics and the running ones do not matter.
+    meta-update (seed + ``META_DRAWS`` + step, set aside from the run's own draws). Batch norm
+    is in training mode in both, so its outputs use the batch's statistics and the running ones
+    do not matter.
     """
     from torch.func import functional_call
 

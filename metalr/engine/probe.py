@@ -48,7 +48,7 @@ RECHECK_ORDER = 2_000_003  # the data order of a recheck's points: seed + this
 DROPOUT = 104729  # a point's dropout draws: the global generator seeded with its order's + this
 HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
 JUMP = 0.1  # a training loss this fraction above its first value, still up the next step: the
-# jump MLR-SNet's brake cuts (its BRAKE_JUMP is this); an Adam-like start never jumped
+# jump MLR-SNet's brake cuts (both read jump_step); an Adam-like start never jumped
 PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
 # of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 
@@ -319,6 +319,14 @@ def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> flo
     return max(fine) if fine else max(passes[-1].harmless(initial, noise))
 
 
+def jump_step(first: float, up: bool, loss: float) -> tuple[bool, bool]:
+    """One step of the jump rule that MLR-SNet's brake cuts on and an Adam-like start avoids:
+    ``(held, up)``. ``up``: ``loss`` is more than ``JUMP`` above the ``first`` loss; ``held``: the
+    step before was up and ``loss`` is still above ``first``. A one-step spike (a language model
+    at a good LR: 8.9 -> 15.5 -> 7.9 at LR 28) is not held."""
+    return up and not loss <= first, not loss <= first + JUMP * abs(first)
+
+
 def _calm_best(found: _Found, jumped: set[float]) -> float:
     """Adam-like optimizers start at the best point whose training loss never jumped; the best
     point itself when every point jumped. A point that jumped would be cut by MLR-SNet's brake
@@ -476,8 +484,8 @@ def _train_and_judge(task: Task, model: nn.Module, opt: torch.optim.Optimizer, s
         if first is None:
             first = value
         else:  # the brake's rule (plugins/metalr_mlrsnet/base.py): a jump the next step keeps
-            jumped = jumped or (up and not value <= first)
-            up = not value <= first + JUMP * abs(first)
+            held, up = jump_step(first, up, value)
+            jumped = jumped or held
         if not math.isfinite(value) or value > 1e3 * max(first, 1e-12):
             return math.inf, True
         loss.backward()

@@ -31,12 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from metalr.contracts.protocols import RunInfo, StepContext
-from metalr.engine.probe import JUMP
+from metalr.engine.probe import jump_step
 from metalr.engine.run_state import load_attributes, save_attributes
 
 Preset = Literal["auto", "paper"]
-BRAKE_JUMP = JUMP  # the brake: a loss this fraction above the first step's, not undone by
-# the next step (still above the first loss), ... (the probe's: an Adam start never jumped)
+# the brake: a loss jump the next step does not undo (metalr.engine.probe.jump_step, the rule
+# an Adam-like probe start avoids) ...
 BRAKE_GAP = 3  # ... cuts the scale, at most once in this many steps
 BRAKE_CUTS = 2  # ... and at most this many times: 10x in all, the error it is there to undo
 
@@ -247,8 +247,7 @@ class ProbedSchedule(nn.Module):
         # a jump that the next step does not undo: a language model at a good LR spikes for
         # one step (8.9 -> 15.5 -> 7.9 at LR 28) and must not be braked (cut there, its
         # perplexity rose from 453 to 550, CPU suite, 3 seeds)
-        held = self.jumped and not loss <= self.first_loss
-        self.jumped = not loss <= self.first_loss + BRAKE_JUMP * abs(self.first_loss)
+        held, self.jumped = jump_step(self.first_loss, self.jumped, loss)
         if (held and len(self.braked) < BRAKE_CUTS
                 and (not self.braked or ctx.step - self.braked[-1] >= BRAKE_GAP)):
             self.rescale(1 / math.sqrt(10))
