@@ -11,10 +11,12 @@ TORCH_SPEC=${METALR_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 if [ ! -x .venv/bin/metalr ]; then
     echo "setting up .venv (torch takes a few minutes) ..."
     "$PYTHON" -m venv .venv
+    # --no-cache-dir: torch's CUDA wheels are ~5 GB; a second copy in pip's cache once filled a
+    # CI machine's disk ("No space left on device").
     # shellcheck disable=SC2086
-    .venv/bin/pip install --quiet $TORCH_SPEC
+    .venv/bin/pip install --quiet --no-cache-dir $TORCH_SPEC
     EXTRAS="test,alternatives,rl,submitit,search,lightning,transformers,timm"
-    .venv/bin/pip install --quiet -e ".[$EXTRAS]"
+    .venv/bin/pip install --quiet --no-cache-dir -e ".[$EXTRAS]"
 fi
 if [ "$1" = "--setup-only" ]; then
     exit 0
