@@ -69,3 +69,88 @@ def test_es_options_are_checked(registry, bad):
 
     with pytest.raises(ValidationError):
         registry.get("lr_policy", "mlrsnet-es").options(**bad)
+
+
+def test_relative_fitness_weighs_tasks_alike():
+    """``relative``: a task whose loss is 100x another's contributes the same step, and for a
+    small sigma the estimate is the gradient of log f (closed form: grad f / f)."""
+    torch.manual_seed(0)
+    a = torch.randn(4, 4, dtype=torch.float64)
+    hessian, b = a @ a.T + torch.eye(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    theta = torch.randn(4, dtype=torch.float64)
+
+    def f(x):
+        return float(0.5 * x @ hessian @ x + b @ x + 10.0)
+
+    sigma = 1e-4
+    directions = [4 ** 0.5 * e for e in torch.eye(4, dtype=torch.float64)]
+    losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
+    relative = es_gradient(losses, directions, sigma, relative=True)
+    grad = hessian @ theta + b
+    assert torch.allclose(relative, grad / f(theta), rtol=1e-6)
+    scaled = es_gradient([(100 * p, 100 * m) for p, m in losses], directions, sigma,
+                         relative=True)
+    assert torch.allclose(scaled, relative, rtol=1e-12)
+    raw = es_gradient([(100 * p, 100 * m) for p, m in losses], directions, sigma)
+    assert torch.allclose(raw, 100 * grad, rtol=1e-6)
+
+
+def test_es_episodes_run_the_episode_tasks_in_turn(tmp_path, monkeypatch):
+    """``meta.episode_tasks``: a pair of episodes per task, in turn (MNIST-1D, then regression,
+    whose runs log RMSE and last their own epochs), tracked in a real MLflow store; the final
+    run is the recipe's own task, with the theta the set trained."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from metalr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    small = {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}}
+    recipe = {
+        "name": "es-set", "output_dir": str(tmp_path / "out"), "task": small,
+        "model": {"name": "mlp", "options": {"hidden": [32]}},
+        "train": {"epochs": 1, "seed": 0, "batch_size": 64, "device": "cpu"},
+        "methods": {"es": {
+            "optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+            "lr_policy": {"name": "mlrsnet-es", "options": {
+                "episodes": 4, "pairs": 1, "fitness": "relative"}},
+            "meta": {"episode_tasks": [
+                {"task": small, "model": {"name": "mlp", "options": {"hidden": [32]}},
+                 "epochs": 1},
+                {"task": {"name": "regression", "options": {"num_train": 400, "meta_size": 100}},
+                 "model": {"name": "mlp", "options": {"hidden": [16]}}, "epochs": 2,
+                 "batch_size": 50, "optimizer": {"name": "adam"}}]}}},
+        "tracking": "mlflow",
+    }
+    path = tmp_path / "es-set.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "-q"]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("es-set").experiment_id])
+    names = {r.info.run_name: r for r in runs}
+    episodes = [names[f"es/seed0/episode{i:03d}"] for i in range(4)]
+    assert [("test_accuracy" in r.data.metrics, "test_rmse" in r.data.metrics)
+            for r in episodes] == [(True, False)] * 2 + [(False, True)] * 2
+    # regression: 300 training samples in batches of 50, 2 epochs: the LR trace's last step is 11
+    steps = [m.step for m in client.get_metric_history(episodes[2].info.run_id, "step_lr")]
+    assert max(steps) == 11
+    assert "test_accuracy" in names["es/seed0"].data.metrics
+
+
+def test_episode_tasks_need_an_episodic_learner_and_real_names(registry):
+    from metalr.recipes.schema import Method
+    from metalr.recipes.validation import check_episode_tasks
+
+    tasks = [{"task": "mnist1d", "model": "mlp", "epochs": 1},
+             {"task": "no-such-task", "model": "no-such-model", "epochs": 1}]
+    method = Method(optimizer="sgd", lr_policy="mlrsnet", meta={"episode_tasks": tasks})
+    (problem,) = check_episode_tasks("methods.m", method, registry.get(
+        "lr_policy", "mlrsnet").build(), registry)
+    assert problem.path == "methods.m.meta.episode_tasks" and "mlrsnet-es" in problem.message
+    method = Method(optimizer="sgd", lr_policy="mlrsnet-es", meta={"episode_tasks": tasks})
+    problems = check_episode_tasks("methods.m", method, registry.get(
+        "lr_policy", "mlrsnet-es").build(), registry)
+    assert [p.path for p in problems] == ["methods.m.meta.episode_tasks[1].task",
+                                          "methods.m.meta.episode_tasks[1].model"]

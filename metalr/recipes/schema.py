@@ -56,6 +56,17 @@ class ComponentRef(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+class EpisodeTask(_Strict):
+    """A task whose whole runs an episodic meta-learner trains on (``meta.episode_tasks``), so that
+    it meta-trains once over a set of tasks instead of on the recipe's own."""
+
+    task: ComponentRef
+    model: ComponentRef
+    epochs: Count = Field(description="each episode's length on this task")
+    batch_size: Count | None = Field(None, description="unset: train.batch_size")
+    optimizer: ComponentRef | None = Field(None, description="unset: the method's optimizer")
+
+
 class MetaConfig(_Strict):
     """How a meta-learner's parameters theta are learned (an error on a policy without theta)."""
 
@@ -76,6 +87,10 @@ class MetaConfig(_Strict):
         description="what a meta-update minimises (a meta_objective component): one-step "
         "(Algorithm 1), averaged (one step ahead at a running average of the weights) or "
         "unroll (k steps ahead)")
+    episode_tasks: list[EpisodeTask] = Field(
+        default_factory=list, description="episodic meta-learners (mlrsnet-es, lr-controller): "
+        "the tasks their episodes run, in turn, two episodes each (an antithetic pair shares its "
+        "task and seed); empty: the recipe's own task, model and epochs")
 
 
 class Method(_Strict):

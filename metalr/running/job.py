@@ -235,14 +235,35 @@ class Training:
                   card)
 
     def _train_episodes(self, config: EngineConfig, policy: Any) -> None:
-        """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split."""
+        """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split: of
+        the recipe's task, or with ``meta.episode_tasks`` of the set's task ``(i // 2) mod n``
+        (both runs of an antithetic pair on one task), each set up once on this seed's split."""
         tracker = self.tracker
+        specs = self.method.meta.episode_tasks
+        tasks: dict[int, Task] = {}
 
         def make_engine(i: int, acting: Any) -> Engine:
             seed = 1000 * (self.job.seed + 1) + i
-            model, optimizer, _ = self.build(seed)
-            return Engine(self.task, model, optimizer, acting, replace(config, seed=seed,
-                                                                      meta_train=False))
+            run_config = replace(config, seed=seed, meta_train=False)
+            if not specs:
+                model, optimizer, _ = self.build(seed)
+                return Engine(self.task, model, optimizer, acting, run_config)
+            n = (i // 2) % len(specs)
+            spec = specs[n]
+            if n not in tasks:
+                tasks[n] = self.registry.get("task", spec.task.name).build(**spec.task.options)
+                tasks[n].setup(self.job.seed, self.device)
+            task, opt = tasks[n], spec.optimizer or self.method.optimizer
+            torch.manual_seed(seed)
+            model = self.registry.get("model", spec.model.name).build(task.spec,
+                                                                       **spec.model.options)
+            model.to(self.device)
+            optimizer = self.registry.get("optimizer", opt.name).build(model.parameters(),
+                                                                      **opt.options)
+            return Engine(task, model, optimizer, acting, replace(
+                run_config, epochs=spec.epochs,
+                batch_size=spec.batch_size or self.train.batch_size,
+                clip_grad_norm=self.train.clip_grad_norm or getattr(task, "clip_grad_norm", None)))
 
         def open_run(name: str, params: Mapping[str, Any], parent: str | None) -> str:
             return start_run(tracker, self.experiment, name, params, parent, self.tags)

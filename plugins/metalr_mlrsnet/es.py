@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -47,15 +47,22 @@ class ESOptions(ProbedOptions):
     sigma: float = Field(0.05, gt=0, description="std of the perturbation of theta")
     es_lr: float = Field(0.01, gt=0, description="Adam LR of theta's update")
     seed: int = Field(0, ge=0, description="seed of the perturbations")
+    fitness: Literal["loss", "relative"] = Field(
+        "loss", description="what a pair's difference is measured in: the meta loss, or "
+        "relative to the pair's mean loss (tasks whose losses differ in scale weigh alike, "
+        "for meta.episode_tasks)")
 
 
 def es_gradient(losses: Sequence[tuple[float, float]], directions: Sequence[torch.Tensor],
-                sigma: float) -> torch.Tensor:
+                sigma: float, relative: bool = False) -> torch.Tensor:
     """The antithetic estimate ``mean_i (L+_i - L-_i) / (2 sigma) * eps_i``. Exact for a
-    quadratic along each direction (the even terms cancel), unbiased for the smoothed loss."""
+    quadratic along each direction (the even terms cancel), unbiased for the smoothed loss.
+    ``relative``: each difference over its pair's mean loss, the gradient of the mean log loss
+    to first order, so that a task with ten times the loss does not weigh ten times as much."""
     total = torch.zeros_like(directions[0])
     for (plus, minus), eps in zip(losses, directions, strict=True):
-        total += (plus - minus) / (2 * sigma) * eps
+        scale = (plus + minus) / 2 if relative else 1.0
+        total += (plus - minus) / (2 * sigma * scale) * eps
     return total / len(directions)
 
 
@@ -112,7 +119,8 @@ class MLRSNetES(ProbedSchedule):
                 directions.append(eps)
                 losses.append((pair[0], pair[1]))
             adam.zero_grad()
-            theta.grad = es_gradient(losses, directions, self.opts.sigma)
+            theta.grad = es_gradient(losses, directions, self.opts.sigma,
+                                     relative=self.opts.fitness == "relative")
             adam.step()
         vector_to_parameters(theta.detach(), params)
 
