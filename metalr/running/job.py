@@ -237,10 +237,11 @@ class Training:
     def _train_episodes(self, config: EngineConfig, policy: Any) -> None:
         """Episode i is a fresh run with seed ``1000 * (seed + 1) + i`` on this seed's split: of
         the recipe's task, or with ``meta.episode_tasks`` of the set's task ``(i // 2) mod n``
-        (both runs of an antithetic pair on one task), each set up once on this seed's split."""
+        on the episode seed's own split (both runs of an antithetic pair share task, seed and
+        split; a set that meta-trains once for many tasks should not see one split only)."""
         tracker = self.tracker
         specs = self.method.meta.episode_tasks
-        tasks: dict[int, Task] = {}
+        tasks: dict[tuple[int, int], Task] = {}  # the current pair's
 
         def make_engine(i: int, acting: Any) -> Engine:
             seed = 1000 * (self.job.seed + 1) + i
@@ -250,10 +251,12 @@ class Training:
                 return Engine(self.task, model, optimizer, acting, run_config)
             n = (i // 2) % len(specs)
             spec = specs[n]
-            if n not in tasks:
-                tasks[n] = self.registry.get("task", spec.task.name).build(**spec.task.options)
-                tasks[n].setup(self.job.seed, self.device)
-            task, opt = tasks[n], spec.optimizer or self.method.optimizer
+            if (n, seed) not in tasks:
+                tasks.clear()
+                tasks[n, seed] = self.registry.get("task", spec.task.name).build(
+                    **spec.task.options)
+                tasks[n, seed].setup(seed, self.device)
+            task, opt = tasks[n, seed], spec.optimizer or self.method.optimizer
             torch.manual_seed(seed)
             model = self.registry.get("model", spec.model.name).build(task.spec,
                                                                        **spec.model.options)
