@@ -139,18 +139,32 @@ def test_es_episodes_run_the_episode_tasks_in_turn(tmp_path, monkeypatch):
     assert "test_accuracy" in names["es/seed0"].data.metrics
 
 
-def test_episode_tasks_need_an_episodic_learner_and_real_names(registry):
-    from metalr.recipes.schema import Method
-    from metalr.recipes.validation import check_episode_tasks
+def test_episode_tasks_need_an_episodic_learner_and_real_names(tmp_path, capsys):
+    """``metalr validate``: a typo in a task, model or optimizer of the set, or an option its
+    schema does not know, is named at its key; the set on a hypergradient learner is refused."""
+    import yaml
+
+    from metalr.cli import main
 
     tasks = [{"task": "mnist1d", "model": "mlp", "epochs": 1},
-             {"task": "no-such-task", "model": "no-such-model", "epochs": 1}]
-    method = Method(optimizer="sgd", lr_policy="mlrsnet", meta={"episode_tasks": tasks})
-    (problem,) = check_episode_tasks("methods.m", method, registry.get(
-        "lr_policy", "mlrsnet").build(), registry)
-    assert problem.path == "methods.m.meta.episode_tasks" and "mlrsnet-es" in problem.message
-    method = Method(optimizer="sgd", lr_policy="mlrsnet-es", meta={"episode_tasks": tasks})
-    problems = check_episode_tasks("methods.m", method, registry.get(
-        "lr_policy", "mlrsnet-es").build(), registry)
-    assert [p.path for p in problems] == ["methods.m.meta.episode_tasks[1].task",
-                                          "methods.m.meta.episode_tasks[1].model"]
+             {"task": "regresion", "model": {"name": "mlp", "options": {"hiden": [3]}},
+              "optimizer": "sgdd", "epochs": 1}]
+    recipe = {"name": "x", "task": "mnist1d", "model": "mlp", "train": {"epochs": 1},
+              "methods": {"m": {"optimizer": "sgd", "lr_policy": "mlrsnet-es",
+                                "meta": {"episode_tasks": tasks}}}, "tracking": "none"}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) != 0
+    out = capsys.readouterr()
+    lines = [line.strip() for line in (out.out + out.err).splitlines()
+             if line.strip().startswith("methods.")]
+    assert [line.split(":")[0] for line in lines] == [
+        "methods.m.meta.episode_tasks.1.task.name",
+        "methods.m.meta.episode_tasks.1.model.options.hiden",
+        "methods.m.meta.episode_tasks.1.optimizer.name"], lines
+    recipe["methods"]["m"]["lr_policy"] = "mlrsnet"
+    recipe["methods"]["m"]["meta"]["episode_tasks"] = tasks[:1]
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) != 0
+    out = capsys.readouterr()
+    assert "methods.m.meta.episode_tasks: 'mlrsnet' learns within its own run" in out.out + out.err

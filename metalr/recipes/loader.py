@@ -294,6 +294,12 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
                 if isinstance(meta, dict) and "objective" in meta:
                     refs.append((f"methods.{name}.meta.objective", "meta_objective",
                                  meta["objective"]))
+                episodes = meta.get("episode_tasks") if isinstance(meta, dict) else None
+                for i, spec in enumerate(episodes if isinstance(episodes, list) else []):
+                    if isinstance(spec, dict):
+                        refs += [(f"methods.{name}.meta.episode_tasks.{i}.{kind}", kind,
+                                  spec[kind]) for kind in ("task", "model", "optimizer")
+                                 if kind in spec]
     sweep = data.get("sweep")
     if isinstance(sweep, dict):
         refs.append(("sweep.executor", "executor", sweep.get("executor", "local")))

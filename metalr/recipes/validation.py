@@ -165,37 +165,21 @@ def check_method(name: str, method: Method, raw: Any, data: dict[str, Any], reci
                                 "meta.weights (a meta-trained net); without them a random, "
                                 "untrained net would be tested"))
     if has_theta(policy):
-        problems += check_episode_tasks(at, method, policy, registry)
+        problems += check_episode_tasks(at, method, policy)
     if task is not None:
         problems += check_monitor(at, ref, registry, task, policy)
     return problems
 
 
-def check_episode_tasks(at: str, method: Method, policy: Any,
-                        registry: Registry) -> list[Problem]:
-    """The set an episodic meta-learner trains over (``meta.episode_tasks``): only such a learner
-    uses it, and each task, model and optimizer in it must exist."""
-    specs = method.meta.episode_tasks
-    where = f"{at}.meta.episode_tasks"
-    if not specs:
-        return []
-    if not is_episodic(policy):
-        return [Problem(where, f"{method.lr_policy.name!r} learns within its own run, not over "
-                        "episodes, so these tasks would be ignored: remove them, or use an "
-                        "episodic meta-learner (mlrsnet-es, lr-controller)")]
-    problems: list[Problem] = []
-    for j, spec in enumerate(specs):
-        here = f"{where}[{j}]"
-        _guarded(problems, f"{here}.task", f"{spec.task.name!r} cannot be built",
-                 lambda s=spec: registry.get("task", s.task.name).build(**s.task.options),
-                 options=(spec.task.options, f"{here}.task.options"))
-        _guarded(problems, f"{here}.model", "is not a model",
-                 lambda s=spec: registry.get("model", s.model.name))
-        if spec.optimizer is not None:
-            _guarded(problems, f"{here}.optimizer", f"{spec.optimizer.name!r} cannot be built",
-                     lambda o=spec.optimizer: registry.get("optimizer", o.name).build(
-                         [torch.zeros(1, requires_grad=True)], **o.options))
-    return problems
+def check_episode_tasks(at: str, method: Method, policy: Any) -> list[Problem]:
+    """Only an episodic meta-learner trains over ``meta.episode_tasks`` (each task, model and
+    optimizer in it is checked with the recipe's components, :mod:`metalr.recipes.loader`)."""
+    if method.meta.episode_tasks and not is_episodic(policy):
+        return [Problem(f"{at}.meta.episode_tasks", f"{method.lr_policy.name!r} learns within "
+                        "its own run, not over episodes, so these tasks would be ignored: "
+                        "remove them, or use an episodic meta-learner (mlrsnet-es, "
+                        "lr-controller)")]
+    return []
 
 
 def check_weights(at: str, path: str, policy_name: str, fresh: Any) -> list[Problem]:
