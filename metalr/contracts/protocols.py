@@ -203,13 +203,15 @@ class Rechecked(LRPolicy, Protocol):
 
 @runtime_checkable
 class EpisodicLearner(LRPolicy, Protocol):
-    """A meta-learner that trains itself over whole training runs (episodes): the RL controller.
+    """A meta-learner that trains itself over whole training runs (episodes): the RL controller,
+    MLR-SNet by evolution strategies.
 
     ``train_episodes(make_engine, on_episode)`` runs ``episodes`` episodes of its own trainer;
     ``make_engine(i, policy)`` returns a fresh :class:`metalr.engine.algorithm.Engine` for episode
-    ``i`` whose LR comes from ``policy``; ``on_episode(i, record)`` receives each episode's reward,
-    LR trace and metrics. As an ordinary LR policy (``lr``) it acts deterministically and never
-    learns. The engine sets ``frozen`` (True in meta-test).
+    ``i`` whose LR comes from ``policy`` (with ``meta.episode_tasks``, of task ``(i // 2) mod n``
+    of that set: a learner that pairs runs gives both the same ``i``); ``on_episode(i, record)``
+    receives each episode's reward, LR trace and metrics. As an ordinary LR policy (``lr``) it
+    acts deterministically and never learns. The engine sets ``frozen`` (True in meta-test).
     """
 
     episodes: int
