@@ -37,16 +37,19 @@ def methods(recipe: str, family: str) -> tuple[str, str, str]:
     return f"{family}-es", f"{family}-control", f"{family}-mlrsnet"
 
 
-def run(recipe: str, nets: dict[str, Path], out: Path) -> list[tuple[str, str, dict, bool]]:
-    """One recipe's rows: ``(recipe, family, {method: {seed: final}}, higher_is_better)``."""
+def run(recipe: str, nets: dict[str, Path], out: Path,
+        cooldown: float | None = None) -> list[tuple[str, str, dict, bool]]:
+    """One recipe's rows: ``(recipe, family, {method: {seed: final}}, higher_is_better)``;
+    ``cooldown``: the nets' (a net meta-trained with ``cooldown: 0`` runs without one)."""
+    policy = "{name: mlrsnet-es}" if cooldown is None else \
+        f"{{name: mlrsnet-es, options: {{cooldown: {cooldown}}}}}"
     families = [f for f in nets if recipe != "quickstart" or f == "sgdm"]
     overrides = [f"output_dir={out}", "tracking=none"]
     only = []
     for family in families:
         net, control, mlrsnet = methods(recipe, family)
         overrides.append(f"methods.{net}={{optimizer: {OPTIMIZERS[family]}, lr_policy: "
-                         f"{{name: mlrsnet-es}}, meta: {{mode: meta-test, weights: "
-                         f"{nets[family]}}}}}")
+                         f"{policy}, meta: {{mode: meta-test, weights: {nets[family]}}}}}")
         only += [net, control, mlrsnet]
     loaded = load_recipe(REPO / "recipes" / f"{recipe}.yaml", overrides)
     loaded.methods = {k: v for k, v in loaded.methods.items() if k in only}
@@ -95,6 +98,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=RECIPES,
                         help="recipes under recipes/, without .yaml")
     parser.add_argument("--out", type=Path, default=Path("metalr-out/es-set"))
+    parser.add_argument("--cooldown", type=float, default=None,
+                        help="the nets' cool-down (0 for nets meta-trained without one); "
+                        "unset: MLR-SNet's default")
     args = parser.parse_args()
     nets = {f: p.resolve() for f, p in (("sgdm", args.sgdm), ("adam", args.adam)) if p}
     if not nets:
@@ -104,7 +110,7 @@ def main() -> None:
             parser.error(f"--{family}: no file {path}")
     rows = []
     for recipe in args.recipes:
-        rows += run(recipe, nets, args.out)
+        rows += run(recipe, nets, args.out, args.cooldown)
     show(rows)
 
 
