@@ -101,11 +101,7 @@ class Training:
     def build(self, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
         """The model, optimizer and policy of a run seeded ``seed``."""
         reg, method = self.registry, self.method
-        torch.manual_seed(seed)  # the same initial weights for every method of a seed
-        model = reg.get("model", self.model.name).build(self.task.spec, **self.model.options)
-        model.to(self.device)
-        optimizer = reg.get("optimizer", method.optimizer.name).build(
-            model.parameters(), **method.optimizer.options)
+        model, optimizer = self.build_model(seed, self.task, self.model, method.optimizer)
         # the policy's own initialisation (MLR-SNet's cell) must not move the model's dropout
         # draws: every method of a seed trains with the same masks (a paired comparison)
         with rng_aside(model):
@@ -113,6 +109,17 @@ class Training:
         if (is_meta_learned(policy) or is_episodic(policy)) and method.meta.weights:
             load_meta_learner(method.meta.weights, policy, policy_name=method.lr_policy.name)
         return model, optimizer, policy
+
+    def build_model(self, seed: int, task: Task, model_ref: ComponentRef,
+                    optimizer_ref: ComponentRef) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """A model for ``task`` and its optimizer, seeded ``seed``: the same initial weights for
+        every method of a seed."""
+        torch.manual_seed(seed)
+        model = self.registry.get("model", model_ref.name).build(task.spec, **model_ref.options)
+        model.to(self.device)
+        optimizer = self.registry.get("optimizer", optimizer_ref.name).build(
+            model.parameters(), **optimizer_ref.options)
+        return model, optimizer
 
     def run(self) -> History:
         """Train to the end; a divergence or a stop keeps the history it carries."""
@@ -256,13 +263,9 @@ class Training:
                 tasks[n, seed] = self.registry.get("task", spec.task.name).build(
                     **spec.task.options)
                 tasks[n, seed].setup(seed, self.device)
-            task, opt = tasks[n, seed], spec.optimizer or self.method.optimizer
-            torch.manual_seed(seed)
-            model = self.registry.get("model", spec.model.name).build(task.spec,
-                                                                       **spec.model.options)
-            model.to(self.device)
-            optimizer = self.registry.get("optimizer", opt.name).build(model.parameters(),
-                                                                      **opt.options)
+            task = tasks[n, seed]
+            model, optimizer = self.build_model(seed, task, spec.model,
+                                                spec.optimizer or self.method.optimizer)
             return Engine(task, model, optimizer, acting, replace(
                 run_config, epochs=spec.epochs,
                 batch_size=spec.batch_size or self.train.batch_size,

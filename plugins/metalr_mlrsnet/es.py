@@ -61,7 +61,7 @@ def es_gradient(losses: Sequence[tuple[float, float]], directions: Sequence[torc
     to first order, so that a task with ten times the loss does not weigh ten times as much."""
     total = torch.zeros_like(directions[0])
     for (plus, minus), eps in zip(losses, directions, strict=True):
-        scale = (plus + minus) / 2 if relative else 1.0
+        scale = max(abs(plus + minus) / 2, 1e-12) if relative else 1.0
         total += (plus - minus) / (2 * sigma * scale) * eps
     return total / len(directions)
 
