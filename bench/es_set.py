@@ -51,8 +51,7 @@ def run(recipe: str, nets: dict[str, Path], out: Path,
         overrides.append(f"methods.{net}={{optimizer: {OPTIMIZERS[family]}, lr_policy: "
                          f"{policy}, meta: {{mode: meta-test, weights: {nets[family]}}}}}")
         only += [net, control, mlrsnet]
-    loaded = load_recipe(REPO / "recipes" / f"{recipe}.yaml", overrides)
-    loaded.methods = {k: v for k, v in loaded.methods.items() if k in only}
+    loaded = load_recipe(REPO / "recipes" / f"{recipe}.yaml", overrides, only=only)
     summary = Runner(loaded, progress=False).run()
     rows = []
     for family in families:

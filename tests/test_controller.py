@@ -12,7 +12,6 @@ import yaml
 
 pytest.importorskip("stable_baselines3")
 from gymnasium.utils.env_checker import check_env
-from mlflow.tracking import MlflowClient
 
 from metalr.cli import main
 from metalr.contracts.protocols import EpisodicLearner, HypergradientLearner
@@ -193,10 +192,8 @@ def test_features_match_a_hand_computation(task):
         np.testing.assert_allclose(s["got"], [float(v) for v in want], rtol=1e-5, atol=1e-6)
 
 
-def test_recipe_meta_trains_tracks_episodes_and_saves(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def test_recipe_meta_trains_tracks_episodes_and_saves(where):
+    tmp_path, client = where
     recipe = {
         "name": "ctrl", "output_dir": str(tmp_path / "out"),
         "task": {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}},
@@ -210,7 +207,7 @@ def test_recipe_meta_trains_tracks_episodes_and_saves(tmp_path, monkeypatch):
     path = tmp_path / "ctrl.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "-q"]) == 0
-    client = MlflowClient(uri)
+    client = client()
     runs = client.search_runs([client.get_experiment_by_name("ctrl").experiment_id])
     names = {r.info.run_name: r for r in runs}
     assert {"ctrl/seed0", "ctrl/seed0/episodes", "ctrl/seed0/episode000",

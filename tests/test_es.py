@@ -95,18 +95,15 @@ def test_relative_fitness_weighs_tasks_alike():
     assert torch.allclose(raw, 100 * grad, rtol=1e-6)
 
 
-def test_es_episodes_run_the_episode_tasks_in_turn(tmp_path, monkeypatch):
+def test_es_episodes_run_the_episode_tasks_in_turn(where):
     """``meta.episode_tasks``: a pair of episodes per task, in turn (MNIST-1D, then regression,
     whose runs log RMSE and last their own epochs), tracked in a real MLflow store; the final
     run is the recipe's own task, with the theta the set trained."""
     import yaml
-    from mlflow import MlflowClient
 
     from metalr.cli import main
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tmp_path, client = where
     small = {"name": "mnist1d", "options": {"meta_size": 100, "num_samples": 600}}
     recipe = {
         "name": "es-set", "output_dir": str(tmp_path / "out"), "task": small,
@@ -127,7 +124,7 @@ def test_es_episodes_run_the_episode_tasks_in_turn(tmp_path, monkeypatch):
     path = tmp_path / "es-set.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "-q"]) == 0
-    client = MlflowClient(uri)
+    client = client()
     runs = client.search_runs([client.get_experiment_by_name("es-set").experiment_id])
     names = {r.info.run_name: r for r in runs}
     episodes = [names[f"es/seed0/episode{i:03d}"] for i in range(4)]
