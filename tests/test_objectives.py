@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from metalr_objectives import Averaged, OneStep, Unroll
+from metalr_objectives import Averaged, MeanStep, OneStep, Unroll
 from torch import nn
 
 from metalr.engine.algorithm import Engine, EngineConfig
@@ -102,7 +102,7 @@ def test_the_further_batches_are_the_steps_own_and_leave_the_run_alone(mnist1d_6
 
 
 @pytest.mark.parametrize("name,options", [("one-step", {}), ("unroll", {"k": 3}),
-                                          ("averaged", {"horizon": 5})])
+                                          ("averaged", {"horizon": 5}), ("mean-step", {})])
 def test_builtin_objectives_conform(registry, name, options):
     check_component(registry.get("meta_objective", name), options)
 
@@ -274,3 +274,111 @@ def test_averaged_resumes_with_its_mean(mnist1d_64, registry, float64):
     a, b, c = (o.meta_loss(engine._lookahead(ctx, meta), torch.tensor(0.09))
                for o in (objective, resumed, fresh))
     assert float(a) == float(b) != float(c)
+
+
+def _real_step_with(model, opt, lr, grads):
+    """One real step of a copy of the real optimizer from the current weights with ``grads``."""
+    saved = [p.grad for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    try:
+        return _real_step_weights(model, opt, lr)
+    finally:
+        for p, g in zip(model.parameters(), saved):
+            p.grad = g
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_mean_step_is_its_formula_on_real_steps_and_its_derivative(mnist1d_64, registry, float64,
+                                                                   name):
+    """Value and LR derivative held against two real steps of copies of the real optimizer
+    (this batch's gradient, and the further batch's taken at the same weights) and a central
+    finite difference: L(mean) - (L(w + half) + L(w - half)) / 2 + L(w)."""
+    engine, model, opt, ctx, meta = _engine(mnist1d_64, registry, OPTIMIZERS[name], MeanStep())
+    look = engine._lookahead(ctx, meta)
+    twin = copy.deepcopy(model)
+    engine.task.loss(twin, look.train_batch(1)).backward()
+    other_grads = [p.grad.detach().clone() for p in twin.parameters()]
+    here = [p.detach().clone() for p in model.parameters()]
+    ours = [p.grad.detach().clone() for p in model.parameters()]
+
+    def reference(lr: float) -> float:
+        a = _real_step_with(model, opt, lr, ours)
+        b = _real_step_with(model, opt, lr, other_grads)
+        half = [(x - y) / 2 for x, y in zip(a, b)]
+        return (_meta_loss_at(engine, model, [(x + y) / 2 for x, y in zip(a, b)], meta)
+                - (_meta_loss_at(engine, model, [w + h for w, h in zip(here, half)], meta)
+                   + _meta_loss_at(engine, model, [w - h for w, h in zip(here, half)], meta)) / 2
+                + _meta_loss_at(engine, model, here, meta))
+
+    at = 0.05 if name == "sgdm" else 3e-3
+    lr = torch.tensor(at, requires_grad=True)
+    value = MeanStep().meta_loss(engine._lookahead(ctx, meta), lr)
+    (grad,) = torch.autograd.grad(value, lr)
+    assert float(value.detach()) == pytest.approx(reference(at), rel=1e-10)
+    eps = at * 1e-4
+    fd = (reference(at + eps) - reference(at - eps)) / (2 * eps)
+    assert float(grad) == pytest.approx(fd, rel=1e-5)
+    one = OneStep().meta_loss(engine._lookahead(ctx, meta), lr)
+    assert float(torch.autograd.grad(one, lr)[0]) != pytest.approx(float(grad), rel=1e-2)
+
+
+def _quadratic_look(b1, b2, c, a, lr_real=0.1, momentum=0.9):
+    """A Lookahead on L(w) = (w - target)' A (w - target) / 2 with SGD momentum whose buffer is
+    warm: the meta loss's target is ``c``, the training batches' are ``b1`` (this step's) and
+    ``b2`` (the further batch)."""
+    from metalr.contracts.protocols import Lookahead
+    from metalr.engine.differentiable import VirtualSteps
+
+    def loss(w, target):
+        return 0.5 * (w[0] - target) @ a @ (w[0] - target)
+
+    w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, len(c), dtype=torch.float64))
+    opt = torch.optim.SGD([w], lr=lr_real, momentum=momentum)
+    for target in (c + 0.5, c - 0.3):  # two real steps: the momentum buffer is not the gradient
+        opt.zero_grad()
+        loss([w], target).backward()
+        opt.step()
+    opt.zero_grad()
+    loss([w], b1).backward()
+    look = Lookahead(steps=lambda lr: VirtualSteps(opt, [w], [w.grad], lr),
+                     train_batch=lambda k: b2, train_loss=lambda ws, b: loss(ws, b),
+                     meta_loss=lambda ws: loss(ws, c))
+    buf = opt.state[w]["momentum_buffer"]
+    d1 = momentum * buf + w.grad
+    d2 = momentum * buf + a @ (w.detach() - b2)
+    return look, w.detach(), d1, d2
+
+
+def test_mean_step_cancels_the_batch_noise_on_a_quadratic(float64):
+    """On a quadratic the objective is L(w) - lr grad.(d1 + d2)/2 + lr^2/2 d1'A d2 exactly (the
+    closed form, not higher), where the one-step objective has d1'A d1: the batch noise's own
+    curvature, which is what rewards a smaller LR. Without noise (both batches alike) the two
+    objectives agree to rounding."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)) @ q.T
+    c = torch.randn(6, generator=gen, dtype=torch.float64)
+    b1, b2 = (c + 0.7 * torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(2))
+    look, w, d1, d2 = _quadratic_look(b1, b2, c, a)
+    grad_meta = a @ (w - c)
+    at = 0.3
+    lr = torch.tensor(at, dtype=torch.float64, requires_grad=True)
+    value = MeanStep().meta_loss(look, lr)
+    (dlr,) = torch.autograd.grad(value, lr)
+    base = float(0.5 * (w - c) @ a @ (w - c))
+    closed = base - at * grad_meta @ (d1 + d2) / 2 + at**2 / 2 * d1 @ a @ d2
+    assert float(value.detach()) == pytest.approx(float(closed), rel=1e-12)
+    assert float(dlr) == pytest.approx(float(-grad_meta @ (d1 + d2) / 2 + at * d1 @ a @ d2),
+                                       rel=1e-12)
+    one = OneStep().meta_loss(look, lr)
+    assert float(torch.autograd.grad(one, lr)[0]) == pytest.approx(
+        float(-grad_meta @ d1 + at * d1 @ a @ d1), rel=1e-12)
+    assert float(d1 @ a @ d1) > float(d1 @ a @ d2)  # the noise's curvature, gone
+
+    same, w, d1, _ = _quadratic_look(b1, b1, c, a)
+    lr = torch.tensor(at, dtype=torch.float64, requires_grad=True)
+    x, y = MeanStep().meta_loss(same, lr), OneStep().meta_loss(same, lr)
+    assert float(x.detach()) == pytest.approx(float(y.detach()), rel=1e-12)
+    assert float(torch.autograd.grad(x, lr)[0]) == pytest.approx(
+        float(torch.autograd.grad(y, lr)[0]), rel=1e-10)
