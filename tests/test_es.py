@@ -63,6 +63,36 @@ def test_es_meta_trains_over_whole_runs_then_runs_frozen(registry, tmp_path, mon
     assert run.final("test_accuracy") > 0.2
 
 
+def test_es_on_the_head_moves_only_the_output_layer(tmp_path, monkeypatch):
+    """``perturb: head``: ES moves the output layer on the LSTM's state and nothing else. Three
+    meta-trainings from the same initial net (4 whole runs of the quickstart's task at a tiny
+    budget each): two on the head at different ES LRs differ in the output layer only; on all
+    weights the cells move too."""
+    from pathlib import Path
+
+    from metalr.engine.weights import read_meta_learner
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+
+    def trained(perturb: str, es_lr: float) -> dict[str, torch.Tensor]:
+        options = f"{{episodes: 4, pairs: 1, perturb: {perturb}, es_lr: {es_lr}}}"
+        recipe = load_recipe("recipes/quickstart.yaml", [
+            "methods={es: {optimizer: {name: sgd, options: {momentum: 0.9}}, lr_policy: "
+            f"{{name: mlrsnet-es, options: {options}}}}}}}",
+            "train.epochs=1", "train.seeds=[0]", "tracking=none",
+            f"output_dir={tmp_path / f'{perturb}-{es_lr}'}"])
+        (run,) = Runner(recipe, progress=False).run().results
+        assert run.status == "FINISHED", run.error
+        return read_meta_learner(run.files["final"])[2]
+
+    def differ(a: dict, b: dict) -> set[str]:
+        return {k for k in a if k.startswith("net.") and not torch.equal(a[k], b[k])}
+
+    slow, fast, everything = trained("head", 0.01), trained("head", 0.1), trained("all", 0.1)
+    assert differ(slow, fast) == {"net.out.weight", "net.out.bias"}
+    assert any(k.startswith("net.cells.") for k in differ(fast, everything))
+
+
 @pytest.mark.parametrize("bad", [{"pairs": 0}, {"sigma": 0}, {"episodes": 1}])
 def test_es_options_are_checked(registry, bad):
     from pydantic import ValidationError

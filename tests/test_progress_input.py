@@ -59,3 +59,34 @@ def test_a_meta_trained_progress_net_is_replayed_by_the_scheduler(registry, tmp_
     scheduler = LearnedLR.from_pretrained(opt, str(path), total_steps=total)
     lrs = _hand_loop(task, model, scheduler, opt, batch, seed, epochs)
     assert lrs == history.lrs and len(set(lrs)) > 5
+
+
+def test_a_skip_net_reads_its_inputs_at_the_output_and_files_without_it_load_as_before(
+        registry, tmp_path):
+    """``skip``: the output layer reads the net's inputs (the loss, t/T) besides the LSTM's
+    state, so one weight on t/T is a decay: with every other output weight zero, the LR is
+    gamma * sigmoid(b + w t/T) exactly. A net saved without the option keeps its header (no
+    ``skip`` key) and loads as before; one saved with it loads with it."""
+    net = registry.get("lr_policy", "mlrsnet").build(gamma=1.0, progress=True, skip=True)
+    assert net.out.in_features == net.hidden + 2
+    with torch.no_grad():
+        net.out.weight.zero_()
+        net.out.weight[0, -1] = -6.0  # the weight on t/T, the last input
+        net.out.bias.fill_(2.0)
+    state = net.initial_state(torch.device("cpu"))
+    for step in (0, 50, 99):
+        lr, state = net(net.inputs(torch.tensor(0.7), step, 100), state)
+        assert float(lr.detach()) == pytest.approx(float(torch.sigmoid(
+            torch.tensor(2.0 - 6.0 * step / 100))), rel=1e-6)
+
+    plain = registry.get("lr_policy", "mlrsnet").build(gamma=1.0)
+    path = save_meta_learner(tmp_path / "plain.safetensors", "mlrsnet", plain)
+    assert "skip" not in read_meta_learner(path)[1]
+    path = save_meta_learner(tmp_path / "skip.safetensors", "mlrsnet", net)
+    name, options, tensors, _ = read_meta_learner(path)
+    assert options["skip"] is True
+    again = registry.get("lr_policy", name).build(**options)
+    again.load_state_dict(tensors, strict=False)
+    assert torch.equal(again.out.weight, net.out.weight)
+    check_component(registry.get("lr_policy", "mlrsnet"), {"progress": True, "skip": True,
+                                                           "gamma": 0.2})

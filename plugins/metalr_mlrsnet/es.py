@@ -41,12 +41,18 @@ class ESOptions(ProbedOptions):
     hidden: int = Field(40, ge=1, description="LSTM hidden size of the net")
     progress: bool = Field(True, description="the net reads t/T besides the loss (an objective "
                            "that sees the run's end can then learn to anneal)")
+    skip: bool = Field(False, description="the net's output layer reads its inputs (the loss, "
+                       "t/T) besides the LSTM's state")
     episodes: int = Field(24, ge=2, description="whole training runs of meta-training in all "
                           "(2 per antithetic pair)")
     pairs: int = Field(4, ge=1, description="antithetic pairs per update of theta")
     sigma: float = Field(0.05, gt=0, description="std of the perturbation of theta")
     es_lr: float = Field(0.01, gt=0, description="Adam LR of theta's update")
     seed: int = Field(0, ge=0, description="seed of the perturbations")
+    perturb: Literal["all", "head"] = Field(
+        "all", description="which of the net's weights ES moves: all, or only the output "
+        "layer on the LSTM's state (hidden + 1 numbers: far fewer directions for the same "
+        "runs to estimate)")
     fitness: Literal["loss", "relative"] = Field(
         "loss", description="what a pair's difference is measured in: the meta loss, or "
         "relative to the pair's mean loss (tasks whose losses differ in scale weigh alike, "
@@ -78,7 +84,8 @@ class MLRSNetES(ProbedSchedule):
         super().__init__(**options)
         self.episodes = self.opts.episodes
         # the net whose weights ES moves; its own scale is unused (this policy's is the one)
-        self.net = MLRSNet(hidden=self.opts.hidden, progress=self.opts.progress, gamma=1.0)
+        self.net = MLRSNet(hidden=self.opts.hidden, progress=self.opts.progress,
+                           skip=self.opts.skip, gamma=1.0)
 
     def initial_state(self, device: torch.device) -> Any:
         return self.net.initial_state(device)
@@ -91,7 +98,10 @@ class MLRSNetES(ProbedSchedule):
 
     def _theta(self) -> list[torch.nn.Parameter]:
         """The net's weights ES perturbs: what a hypergradient would train (its only group, the
-        scale not learned), not its unused scale: this policy's own is the one."""
+        scale not learned), not its unused scale: this policy's own is the one; with
+        ``perturb: head`` only the output layer."""
+        if self.opts.perturb == "head":
+            return list(self.net.out.parameters())
         (group,) = self.net.meta_parameters()
         return list(group["params"])
 

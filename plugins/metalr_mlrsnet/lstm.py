@@ -38,6 +38,8 @@ class LSTMShape(BaseModel):
                        "authors' fc_i2h(x) + fc_h2h(h), as in their released nets")
     width: int | None = Field(None, ge=1, description="official cell: width of the ReLU "
                               "pre-layers (authors: 25); unset: hidden // 2")
+    skip: bool = Field(False, description="the output layer reads the net's inputs besides the "
+                       "LSTM's state (with progress, a decay in t/T is then one weight away)")
 
     @model_validator(mode="after")
     def _fill_width(self) -> LSTMShape:
@@ -92,7 +94,7 @@ class MLRSNet(LossToLR):
     Options: ClassVar[type[ProbedOptions]] = MLRSNetOptions
     # a concat net's header has no cell or width: files from before the option stay unchanged
     header_omits: ClassVar[Mapping[str, Any]] = {**LossToLR.header_omits, "cell": "concat",
-                                                 "width": None}
+                                                 "width": None, "skip": False}
     opts: MLRSNetOptions
 
     def __init__(self, **options: Any):
@@ -105,7 +107,9 @@ class MLRSNet(LossToLR):
             cells.append(_OfficialCell(inputs, hidden, self.width)
                          if self.cell == "official" else _ConcatCell(inputs, hidden))
         self.cells = nn.ModuleList(cells)
-        self.out = nn.Linear(hidden, 1)  # W3 (the authors' layer3)
+        self.skip = self.opts.skip
+        # W3 (the authors' layer3); with `skip` it reads the inputs too
+        self.out = nn.Linear(hidden + (self.num_inputs if self.skip else 0), 1)
 
     def initial_state(self, device):
         zeros = torch.zeros(1, self.hidden, device=device, dtype=self.out.weight.dtype)
@@ -120,4 +124,6 @@ class MLRSNet(LossToLR):
             h, c = cell(inp, h, c)
             new_state.append((h.detach(), c.detach()))
             inp = h
+        if self.skip:
+            inp = torch.cat([inp, x.reshape(1, -1)], dim=1)
         return torch.sigmoid(self.out(inp)).reshape(()), new_state
