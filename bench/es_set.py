@@ -17,9 +17,11 @@ learned-minus-control difference. Nothing is tracked; the run folders go under `
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
+from metalr.engine.weights import read_meta_learner
 from metalr.recipes.loader import load_recipe
 from metalr.running.runner import Runner
 
@@ -39,15 +41,19 @@ def methods(recipe: str, family: str) -> tuple[str, str, str]:
 
 def run(recipe: str, nets: dict[str, Path], out: Path,
         cooldown: float | None = None) -> list[tuple[str, str, dict, bool]]:
-    """One recipe's rows: ``(recipe, family, {method: {seed: final}}, higher_is_better)``;
-    ``cooldown``: the nets' (a net meta-trained with ``cooldown: 0`` runs without one)."""
-    policy = "{name: mlrsnet-es}" if cooldown is None else \
-        f"{{name: mlrsnet-es, options: {{cooldown: {cooldown}}}}}"
+    """One recipe's rows: ``(recipe, family, {method: {seed: final}}, higher_is_better)``; each
+    net runs with the options in its file's header; ``cooldown`` overrides its cool-down."""
     families = [f for f in nets if recipe != "quickstart" or f == "sgdm"]
     overrides = [f"output_dir={out}", "tracking=none"]
     only = []
     for family in families:
         net, control, mlrsnet = methods(recipe, family)
+        # the net runs with the options it was meta-trained with (its shape: hidden, progress,
+        # skip; its cool-down), read from its header; --cooldown overrides the cool-down
+        options = dict(read_meta_learner(nets[family])[1])
+        if cooldown is not None:
+            options["cooldown"] = cooldown
+        policy = json.dumps({"name": "mlrsnet-es", "options": options})
         overrides.append(f"methods.{net}={{optimizer: {OPTIMIZERS[family]}, lr_policy: "
                          f"{policy}, meta: {{mode: meta-test, weights: {nets[family]}}}}}")
         only += [net, control, mlrsnet]
@@ -98,8 +104,8 @@ def main() -> None:
                         help="recipes under recipes/, without .yaml")
     parser.add_argument("--out", type=Path, default=Path("metalr-out/es-set"))
     parser.add_argument("--cooldown", type=float, default=None,
-                        help="the nets' cool-down (0 for nets meta-trained without one); "
-                        "unset: MLR-SNet's default")
+                        help="run the nets with this cool-down instead of the one they were "
+                        "meta-trained with (their header's)")
     args = parser.parse_args()
     nets = {f: p.resolve() for f, p in (("sgdm", args.sgdm), ("adam", args.adam)) if p}
     if not nets:

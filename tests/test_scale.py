@@ -325,8 +325,13 @@ def test_the_runner_keeps_a_recipe_gamma_with_meta_weights(registry, tmp_path):
 def test_loader_errors_name_the_file(registry, tmp_path):
     _, path = _trained_net(registry, tmp_path)
     wide = registry.get("lr_policy", "mlrsnet").build(hidden=8)
-    with pytest.raises(WeightsError, match=r"net.safetensors: its tensors do not fit"):
+    with pytest.raises(WeightsError, match=r"net.safetensors: its tensors do not fit") as err:
         load_meta_learner(path, wide, policy_name="mlrsnet")
+    # the option that gives the file's net its shape, named with the recipe's value
+    assert "the file's header has hidden: 40 (here 8)" in str(err.value)
+    skip = registry.get("lr_policy", "mlrsnet").build(skip=True)
+    with pytest.raises(WeightsError, match=r"has skip: False \(here True\)"):
+        load_meta_learner(path, skip, policy_name="mlrsnet")
     with pytest.raises(WeightsError, match=r"holds a 'mlrsnet' net, not 'mlp-lr'"):
         load_meta_learner(path, registry.get("lr_policy", "mlp-lr").build(),
                           policy_name="mlp-lr")

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +312,8 @@ def load_meta_learner(
         # torch's first line is only "Error(s) in loading state_dict for X:"; the reason follows
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net (different cell, "
-                           f"hidden size or layers?): {first}") from None
+        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net "
+                           f"({_shape_hint(name, options, tensors, into, registry)}): {first}") from None
     converted_by = metadata.get(CONVERTED_BY_KEY)
     if converted_by is not None:  # what the foreign file could not hold (the authors' ref_lr)
         net_formats(registry)[converted_by].complete(into)
@@ -321,6 +322,34 @@ def load_meta_learner(
             into.requires_grad_(False)
         into.frozen = True
     return into
+
+
+def _shape_hint(name: str, saved: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                into: Any, registry: Registry | None) -> str:
+    """The options of the file's header that give the net its shape where the net built from
+    the recipe differs (each tried alone: the one whose value makes the tensors fit), or the
+    usual suspects."""
+    opts = getattr(into, "opts", None)
+    if opts is None:
+        return "different cell, hidden size or layers?"
+    here = opts.model_dump()
+    fixes = []
+    # a header leaves out options at the value older files had (``header_omits``)
+    for key, value in {**getattr(type(into), "header_omits", {}), **saved}.items():
+        if key not in here or here[key] == value:
+            continue
+        try:
+            trial = (registry or get_registry()).get("lr_policy", name).build(
+                **{**here, key: value}).state_dict()
+        except Exception:  # noqa: BLE001 - a value this net cannot take: not the fix
+            continue
+        if trial.keys() == tensors.keys() and all(
+                trial[k].shape == tensors[k].shape for k in tensors):
+            fixes.append(f"{key}: {value!r} (here {here[key]!r})")
+    if fixes:
+        return ("the file's header has " + ", ".join(fixes)
+                + ": set it in the recipe's lr_policy options")
+    return "different cell, hidden size or layers?"
 
 
 def ceiling_epochs(meta_epochs: int, k: int) -> list[int]:
