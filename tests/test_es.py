@@ -46,8 +46,8 @@ def test_es_meta_trains_over_whole_runs_then_runs_frozen(registry, tmp_path, mon
     assert is_episodic(policy) and not is_meta_learned(policy)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     recipe = load_recipe("recipes/quickstart.yaml", [
-        "methods={es: {optimizer: {name: sgd, options: {momentum: 0.9}}, lr_policy: "
-        "{name: mlrsnet-es, options: {episodes: 8, pairs: 2}}}}",
+        ("methods={es: {optimizer: {name: sgd, options: {momentum: 0.9}}, lr_policy: "
+         "{name: mlrsnet-es, options: {episodes: 8, pairs: 2}}}}"),
         "train.epochs=2", "train.seeds=[0]", "tracking=none", f"output_dir={tmp_path}"])
     summary = Runner(recipe, progress=False).run()
     (run,) = summary.results
@@ -77,8 +77,8 @@ def test_es_on_the_head_moves_only_the_output_layer(tmp_path, monkeypatch):
     def trained(perturb: str, es_lr: float) -> dict[str, torch.Tensor]:
         options = f"{{episodes: 4, pairs: 1, perturb: {perturb}, es_lr: {es_lr}}}"
         recipe = load_recipe("recipes/quickstart.yaml", [
-            "methods={es: {optimizer: {name: sgd, options: {momentum: 0.9}}, lr_policy: "
-            f"{{name: mlrsnet-es, options: {options}}}}}}}",
+            ("methods={es: {optimizer: {name: sgd, options: {momentum: 0.9}}, lr_policy: "
+             f"{{name: mlrsnet-es, options: {options}}}}}}}"),
             "train.epochs=1", "train.seeds=[0]", "tracking=none",
             f"output_dir={tmp_path / f'{perturb}-{es_lr}'}"])
         (run,) = Runner(recipe, progress=False).run().results
