@@ -341,7 +341,7 @@ def _shape_hint(name: str, saved: Mapping[str, Any], tensors: Mapping[str, torch
         try:
             trial = (registry or get_registry()).get("lr_policy", name).build(
                 **{**here, key: value}).state_dict()
-        except Exception:  # noqa: S112 - a value this net cannot take: not the fix
+        except Exception:  # noqa: BLE001, S112 - a value this net cannot take: not the fix
             continue
         if trial.keys() == tensors.keys() and all(
                 trial[k].shape == tensors[k].shape for k in tensors):
