@@ -115,14 +115,38 @@ def test_relative_fitness_weighs_tasks_alike():
     sigma = 1e-4
     directions = [4 ** 0.5 * e for e in torch.eye(4, dtype=torch.float64)]
     losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
-    relative = es_gradient(losses, directions, sigma, relative=True)
+    relative = es_gradient(losses, directions, sigma, "relative")
     grad = hessian @ theta + b
     assert torch.allclose(relative, grad / f(theta), rtol=1e-6)
     scaled = es_gradient([(100 * p, 100 * m) for p, m in losses], directions, sigma,
-                         relative=True)
+                         "relative")
     assert torch.allclose(scaled, relative, rtol=1e-12)
     raw = es_gradient([(100 * p, 100 * m) for p, m in losses], directions, sigma)
     assert torch.allclose(raw, 100 * grad, rtol=1e-6)
+
+
+def test_sign_fitness_counts_which_side_won():
+    """``sign``: each pair adds sign(L+ - L-) / (2 sigma) * eps, so a pair that lost by 1000x
+    weighs as one that lost by 1%; a tie adds nothing. Along the coordinate directions of a
+    quadratic it is the sign of the gradient (closed form), scaled by sqrt(n) / (2 sigma n)."""
+    torch.manual_seed(0)
+    a = torch.randn(4, 4, dtype=torch.float64)
+    hessian, b = a @ a.T, torch.randn(4, dtype=torch.float64)
+    theta = torch.randn(4, dtype=torch.float64)
+
+    def f(x):
+        return float(0.5 * x @ hessian @ x + b @ x)
+
+    sigma, n = 1e-3, 4
+    directions = [n ** 0.5 * e for e in torch.eye(n, dtype=torch.float64)]
+    losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
+    got = es_gradient(losses, directions, sigma, "sign")
+    grad = hessian @ theta + b
+    assert torch.allclose(got, torch.sign(grad) * n ** 0.5 / (2 * sigma * n), rtol=1e-12)
+    huge = [(m + 1000 * (p - m), m) for p, m in losses]  # every difference 1000x as large
+    assert torch.equal(es_gradient(huge, directions, sigma, "sign"), got)
+    tie = es_gradient([(1.0, 1.0)] + losses[1:], directions, sigma, "sign")
+    assert tie[0] == 0 and torch.equal(tie[1:], got[1:])
 
 
 def test_es_episodes_run_the_episode_tasks_in_turn(where):

@@ -35,6 +35,9 @@ from .base import ProbedOptions, ProbedSchedule
 from .lstm import MLRSNet
 
 
+Fitness = Literal["loss", "relative", "sign"]
+
+
 class ESOptions(ProbedOptions):
     """MLR-SNet-ES's options: the probed scale's, then the net's and the ES meta-training's."""
 
@@ -53,22 +56,30 @@ class ESOptions(ProbedOptions):
         "all", description="which of the net's weights ES moves: all, or only the output "
         "layer on the LSTM's state (hidden + 1 numbers: far fewer directions for the same "
         "runs to estimate)")
-    fitness: Literal["loss", "relative"] = Field(
-        "loss", description="what a pair's difference is measured in: the meta loss, or "
-        "relative to the pair's mean loss (tasks whose losses differ in scale weigh alike, "
-        "for meta.episode_tasks)")
+    fitness: Fitness = Field(
+        "loss", description="what a pair's difference is measured in: the meta loss; relative "
+        "to the pair's mean loss (tasks whose losses differ in scale weigh alike, for "
+        "meta.episode_tasks); or its sign alone (which side won: a pair where one run dies "
+        "weighs no more than one that gains a little)")
 
 
 def es_gradient(losses: Sequence[tuple[float, float]], directions: Sequence[torch.Tensor],
-                sigma: float, relative: bool = False) -> torch.Tensor:
+                sigma: float, fitness: Fitness = "loss") -> torch.Tensor:
     """The antithetic estimate ``mean_i (L+_i - L-_i) / (2 sigma) * eps_i``. Exact for a
     quadratic along each direction (the even terms cancel), unbiased for the smoothed loss.
     ``relative``: each difference over its pair's mean loss, the gradient of the mean log loss
-    to first order, so that a task with ten times the loss does not weigh ten times as much."""
+    to first order, so that a task with ten times the loss does not weigh ten times as much.
+    ``sign``: each difference replaced by its sign over ``2 sigma`` (a rank transform of the
+    pair, as fitness shaping does over a population; Salimans et al. 2017): the direction that
+    won, whatever the size of the win."""
     total = torch.zeros_like(directions[0])
     for (plus, minus), eps in zip(losses, directions, strict=True):
-        scale = max(abs(plus + minus) / 2, 1e-12) if relative else 1.0
-        total += (plus - minus) / (2 * sigma * scale) * eps
+        diff = plus - minus
+        if fitness == "relative":
+            diff /= max(abs(plus + minus) / 2, 1e-12)
+        elif fitness == "sign":
+            diff = float(math.copysign(1.0, diff)) if diff != 0 else 0.0
+        total += diff / (2 * sigma) * eps
     return total / len(directions)
 
 
@@ -129,8 +140,7 @@ class MLRSNetES(ProbedSchedule):
                 directions.append(eps)
                 losses.append((pair[0], pair[1]))
             adam.zero_grad()
-            theta.grad = es_gradient(losses, directions, self.opts.sigma,
-                                     relative=self.opts.fitness == "relative")
+            theta.grad = es_gradient(losses, directions, self.opts.sigma, self.opts.fitness)
             adam.step()
         vector_to_parameters(theta.detach(), params)
 
