@@ -6,12 +6,13 @@ The measurement behind docs/design.md, "Meta-trained once over a set of tasks" (
 4). The nets come from ``metalr run recipes/ablations/es-set.yaml`` (``mlrsnet-es`` meta-trained
 by evolution strategies over whole runs of five tasks, ``meta.episode_tasks``): its
 ``<method>-seed7/theta-final.safetensors``; given neither net, the script runs that recipe
-first (both nets, about 40 minutes on the 2-core CPU machine). Each recipe of ``--recipes`` (paths under
-``recipes/``) runs, for every optimizer family given a net, the net frozen (``meta.mode:
-meta-test`` with the recipe's own probe, brake, recheck and cool-down) beside the family's
-control (``<family>-control``: the same schedule with nothing learned) and default MLR-SNet
-(``<family>-mlrsnet``), on the recipe's seeds, and prints the final metric per seed and the
-learned-minus-control difference. Nothing is tracked; the run folders go under ``--out``.
+first (both nets, about 40 minutes on the 2-core CPU machine). Each recipe of ``--recipes``
+(paths under ``recipes/``) runs, for every optimizer family given a net, the net frozen
+(``meta.mode: meta-test`` with the options of its file's header: its shape and its probe,
+brake, recheck and cool-down settings) beside the family's control (``<family>-control``:
+the same schedule with nothing learned) and default MLR-SNet (``<family>-mlrsnet``), on the
+recipe's seeds, and prints the final metric per seed and the learned-minus-control difference.
+Nothing is tracked; the run folders go under ``--out``.
 """
 
 from __future__ import annotations

@@ -312,8 +312,9 @@ def load_meta_learner(
         # torch's first line is only "Error(s) in loading state_dict for X:"; the reason follows
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         first = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
-        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net "
-                           f"({_shape_hint(name, options, tensors, into, registry)}): {first}") from None
+        hint = _shape_hint(name, options, tensors, into, registry)
+        raise WeightsError(f"{path}: its tensors do not fit this {name!r} net ({hint}): "
+                           f"{first}") from None
     converted_by = metadata.get(CONVERTED_BY_KEY)
     if converted_by is not None:  # what the foreign file could not hold (the authors' ref_lr)
         net_formats(registry)[converted_by].complete(into)

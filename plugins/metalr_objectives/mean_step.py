@@ -1,11 +1,11 @@
 """The meta loss one step ahead along the expected step: the one-step objective with the batch
 noise's curvature cancelled by a second batch.
 
-One step ahead, a smaller LR wins mostly because of the curvature the batch noise pays for:
-to second order, ``L(w - lr d) = L - lr grad.d + lr^2/2 d'Hd``, and ``E[d'Hd]`` holds the
-noise's ``tr(H Sigma)`` besides the expected step's curvature (Wu et al. 2018). A cool-down
-removes that noise at the end of the run anyway, so the stable phase should be judged without
-it. With the steps ``d1`` (this batch's, the real step's) and ``d2`` (a further batch's, from
+On a noisy quadratic, one step ahead, a smaller LR wins because of the curvature the batch
+noise pays for: to second order, ``L(w - lr d) = L - lr grad.d + lr^2/2 d'Hd``, and
+``E[d'Hd]`` holds the noise's ``tr(H Sigma)`` besides the expected step's curvature (Wu et al.
+2018). A cool-down removes that noise at the end of the run anyway, so the stable phase should
+be judged without it. This objective tests how much of the one-step pull that is. With the steps ``d1`` (this batch's, the real step's) and ``d2`` (a further batch's, from
 the same weights and optimizer state), ``d1'Hd2`` is the expected step's curvature alone, and
 
     L(w - lr (d1 + d2)/2) - [L(w - lr (d1 - d2)/2) + L(w + lr (d1 - d2)/2)] / 2 + L(w)
@@ -13,10 +13,12 @@ the same weights and optimizer state), ``d1'Hd2`` is the expected step's curvatu
 
 so its expectation is the meta loss after the mean step ``w - lr E[d]``. It holds for any
 optimizer whose step is linear in the LR (SGD, momentum, Adam, AdamW: ``d`` is the step
-direction each would take). What is left is the deterministic greedy LR, the stable phase's
-question "how far can the expected step go?", which still says "lower" where a step overshoots
-(past the edge of stability) and so keeps the one-step objective's rescues. Cost per
-meta-update: one more training gradient and three more meta-loss forwards and backwards.
+direction each would take). What is left is the deterministic greedy LR: "how far can the
+expected step go?". It cannot cancel the noise that a momentum buffer (or Adam's first moment)
+carries from earlier batches into both steps. Measured (docs/design.md, "Is the pull the batch
+noise?"): with plain SGD the pull halves but stays, with momentum it is nearly one-step's, so
+most of it is the step's own curvature, not the noise. Cost per meta-update: one more training
+gradient and three more meta-loss forwards and backwards.
 """
 
 from __future__ import annotations
