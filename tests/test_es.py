@@ -11,17 +11,23 @@ from metalr.recipes.loader import load_recipe
 from metalr.running.runner import Runner
 
 
+def _quadratic(n: int, shift: float = 0.0, ridge: float = 0.0):
+    """A random convex quadratic f(x) = x'Hx/2 + b'x + shift in float64: (H, b, theta, f)."""
+    torch.manual_seed(0)
+    a = torch.randn(n, n, dtype=torch.float64)
+    hessian = a @ a.T + ridge * torch.eye(n, dtype=torch.float64)
+    b, theta = torch.randn(n, dtype=torch.float64), torch.randn(n, dtype=torch.float64)
+
+    def f(x):
+        return float(0.5 * x @ hessian @ x + b @ x + shift)
+
+    return hessian, b, theta, f
+
+
 def test_the_antithetic_estimate_is_the_gradient_of_a_quadratic():
     """Along each direction the even terms cancel: with the coordinate directions scaled to
     E[eps eps^T] = I (sqrt(n) e_j), the estimate is the closed-form gradient exactly."""
-    torch.manual_seed(0)
-    a = torch.randn(5, 5, dtype=torch.float64)
-    hessian, b = a @ a.T, torch.randn(5, dtype=torch.float64)
-    theta = torch.randn(5, dtype=torch.float64)
-
-    def f(x):
-        return float(0.5 * x @ hessian @ x + b @ x)
-
+    hessian, b, theta, f = _quadratic(5)
     sigma = 0.3
     directions = [5 ** 0.5 * e for e in torch.eye(5, dtype=torch.float64)]
     losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
@@ -104,14 +110,7 @@ def test_es_options_are_checked(registry, bad):
 def test_relative_fitness_weighs_tasks_alike():
     """``relative``: a task whose loss is 100x another's contributes the same step, and for a
     small sigma the estimate is the gradient of log f (closed form: grad f / f)."""
-    torch.manual_seed(0)
-    a = torch.randn(4, 4, dtype=torch.float64)
-    hessian, b = a @ a.T + torch.eye(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    theta = torch.randn(4, dtype=torch.float64)
-
-    def f(x):
-        return float(0.5 * x @ hessian @ x + b @ x + 10.0)
-
+    hessian, b, theta, f = _quadratic(4, shift=10.0, ridge=1.0)
     sigma = 1e-4
     directions = [4 ** 0.5 * e for e in torch.eye(4, dtype=torch.float64)]
     losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
@@ -129,14 +128,7 @@ def test_sign_fitness_counts_which_side_won():
     """``sign``: each pair adds sign(L+ - L-) / (2 sigma) * eps, so a pair that lost by 1000x
     weighs as one that lost by 1%; a tie adds nothing. Along the coordinate directions of a
     quadratic it is the sign of the gradient (closed form), scaled by sqrt(n) / (2 sigma n)."""
-    torch.manual_seed(0)
-    a = torch.randn(4, 4, dtype=torch.float64)
-    hessian, b = a @ a.T, torch.randn(4, dtype=torch.float64)
-    theta = torch.randn(4, dtype=torch.float64)
-
-    def f(x):
-        return float(0.5 * x @ hessian @ x + b @ x)
-
+    hessian, b, theta, f = _quadratic(4)
     sigma, n = 1e-3, 4
     directions = [n ** 0.5 * e for e in torch.eye(n, dtype=torch.float64)]
     losses = [(f(theta + sigma * d), f(theta - sigma * d)) for d in directions]
