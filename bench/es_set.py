@@ -40,21 +40,26 @@ def methods(recipe: str, family: str) -> tuple[str, str, str]:
     return f"{family}-es", f"{family}-control", f"{family}-mlrsnet"
 
 
-def run(recipe: str, nets: dict[str, Path], out: Path,
-        cooldown: float | None = None) -> list[tuple[str, str, dict, bool]]:
+def header_options(path: Path, cooldown: float | None) -> dict:
+    """The options a net was meta-trained with (its shape: hidden, progress, skip; its probe,
+    brake, recheck and cool-down), read from its file's header; ``cooldown`` overrides its
+    cool-down."""
+    options = dict(read_meta_learner(path)[1])
+    if cooldown is not None:
+        options["cooldown"] = cooldown
+    return options
+
+
+def run(recipe: str, nets: dict[str, Path], options: dict[str, dict],
+        out: Path) -> list[tuple[str, str, dict, bool]]:
     """One recipe's rows: ``(recipe, family, {method: {seed: final}}, higher_is_better)``; each
-    net runs with the options in its file's header; ``cooldown`` overrides its cool-down."""
+    net runs with its ``options`` (:func:`header_options`)."""
     families = [f for f in nets if recipe != "quickstart" or f == "sgdm"]
     overrides = [f"output_dir={out}", "tracking=none"]
     only = []
     for family in families:
         net, control, mlrsnet = methods(recipe, family)
-        # the net runs with the options it was meta-trained with (its shape: hidden, progress,
-        # skip; its cool-down), read from its header; --cooldown overrides the cool-down
-        options = dict(read_meta_learner(nets[family])[1])
-        if cooldown is not None:
-            options["cooldown"] = cooldown
-        policy = json.dumps({"name": "mlrsnet-es", "options": options})
+        policy = json.dumps({"name": "mlrsnet-es", "options": options[family]})
         overrides.append(f"methods.{net}={{optimizer: {OPTIMIZERS[family]}, lr_policy: "
                          f"{policy}, meta: {{mode: meta-test, weights: {nets[family]}}}}}")
         only += [net, control, mlrsnet]
@@ -114,9 +119,10 @@ def main() -> None:
     for family, path in nets.items():
         if not path.is_file():
             parser.error(f"--{family}: no file {path}")
+    options = {family: header_options(path, args.cooldown) for family, path in nets.items()}
     rows = []
     for recipe in args.recipes:
-        rows += run(recipe, nets, args.out, args.cooldown)
+        rows += run(recipe, nets, options, args.out)
     show(rows)
 
 

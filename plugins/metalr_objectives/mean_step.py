@@ -5,8 +5,9 @@ On a noisy quadratic, one step ahead, a smaller LR wins because of the curvature
 noise pays for: to second order, ``L(w - lr d) = L - lr grad.d + lr^2/2 d'Hd``, and
 ``E[d'Hd]`` holds the noise's ``tr(H Sigma)`` besides the expected step's curvature (Wu et al.
 2018). A cool-down removes that noise at the end of the run anyway, so the stable phase should
-be judged without it. This objective tests how much of the one-step pull that is. With the steps ``d1`` (this batch's, the real step's) and ``d2`` (a further batch's, from
-the same weights and optimizer state), ``d1'Hd2`` is the expected step's curvature alone, and
+be judged without it. This objective tests how much of the one-step pull that is. With the
+steps ``d1`` (this batch's, the real step's) and ``d2`` (a further batch's, from the same
+weights and optimizer state), ``d1'Hd2`` is the expected step's curvature alone, and
 
     L(w - lr (d1 + d2)/2) - [L(w - lr (d1 - d2)/2) + L(w + lr (d1 - d2)/2)] / 2 + L(w)
       = L - lr grad.(d1 + d2)/2 + lr^2/2 d1'Hd2          (exactly, on a quadratic)
