@@ -405,11 +405,10 @@ def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | No
     edge = best
     if math.isfinite(losses[best]):
         # half the best improvement (the best itself always qualifies, even when no point
-        # improved on the untrained model)
-        # half the improvement beyond what a constant output reaches, where the best point
-        # passed it by more than the signal floor (short of it, nothing was measured beyond
-        # it); a constant that all but solves the task (a model whose output is its weights)
-        # is the task, not a trivial part of it
+        # improved on the untrained model), counted from a constant output's loss where the
+        # best point passed it by more than the signal floor (short of it, nothing was
+        # measured beyond it); a constant that all but solves the task (a model whose output
+        # is its weights) is the task, not a trivial part of it
         passed = (SIGNAL_FLOOR * initial < constant < initial
                   and has_signal(constant, losses[best], 0.0))
         reference = constant if passed else initial
@@ -444,7 +443,7 @@ def constant_loss(task: Task, model: nn.Module, fit: list[Batch], judge: list[Ba
     classifier's class prior, a language model's unigram). A few steps at almost any LR reach
     it, so an improvement only down to it says nothing about whether training works. Fitted on
     the judging batches themselves it would memorise them (a 7k-word vocabulary over 2,240
-    tokens: 4.9 nats, against 7.2 after the probe's best 20 steps). ``inf`` where the output is
+    tokens: 5.0 nats, against 7.2 after the probe's best 20 steps). ``inf`` where the output is
     not a floating tensor or the loss does not take a constant."""
     def outputs(batches: list[Batch]) -> list[object]:
         found: list[object] = []
