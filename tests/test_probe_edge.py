@@ -101,16 +101,17 @@ def test_constant_loss_is_the_fitted_mean_and_prior_in_closed_form(registry):
     cls.setup(0, torch.device("cpu"))
     net = registry.get("model", "mlp").build(cls.spec, hidden=[8])
     fit, judge = _batches(cls, 3, 1), _batches(cls, 2, 2)
-    counts = torch.bincount(torch.cat([y for _, y in fit]), minlength=cls.spec.num_outputs)
-    assert bool((counts > 0).all())
-    log_prior = (counts.double() / counts.sum()).log()
+    k = cls.spec.num_outputs
+    counts = torch.bincount(torch.cat([y for _, y in fit]), minlength=k).double()
+    log_prior = ((counts + 0.5) / (counts.sum() + 0.5 * k)).log()  # add-half smoothed
     expected = sum(float(-log_prior[y].mean()) for _, y in judge) / 2
-    assert constant_loss(cls, net, fit, judge) == pytest.approx(expected, rel=1e-3)
+    assert constant_loss(cls, net, fit, judge) == pytest.approx(expected, rel=1e-4)
 
 
 def test_constant_loss_of_a_language_model_is_its_unigram_entropy(registry):
     """A model whose output is ``(logits, hidden)``: the constant replaces the logits only. Fitted
-    and judged on the same batches, it is the entropy of their token frequencies."""
+    and judged on the same batches, it is the cross-entropy of their tokens under their own
+    add-half smoothed frequencies (a little above the frequencies' entropy)."""
     task = registry.get("task", "char-lm").build(bptt=16)
     task.setup(0, torch.device("cpu"))
     torch.manual_seed(0)
@@ -118,10 +119,15 @@ def test_constant_loss_of_a_language_model_is_its_unigram_entropy(registry):
                                                    num_layers=1, dropout=0.0)
     judge = _batches(task, 2, 1)
     tokens = torch.cat([b.y.reshape(-1) for b in judge])
-    freq = torch.bincount(tokens).double()
-    freq = freq[freq > 0] / freq.sum()
+    k = task.spec.num_outputs
+    counts = torch.bincount(tokens, minlength=k).double()
+    smoothed = ((counts + 0.5) / (counts.sum() + 0.5 * k)).log()
+    per_batch = [float(-smoothed[b.y.reshape(-1)].mean()) for b in judge]
+    freq = counts[counts > 0] / counts.sum()
     entropy = float(-(freq * freq.log()).sum())
-    assert constant_loss(task, model, judge, judge) == pytest.approx(entropy, rel=2e-3)
+    value = constant_loss(task, model, judge, judge)
+    assert value == pytest.approx(sum(per_batch) / 2, rel=1e-4)
+    assert entropy < value < entropy + 0.05
 
 
 def test_constant_loss_is_inf_where_the_output_is_not_a_tensor():
