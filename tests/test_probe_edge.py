@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from metalr.engine.order import DataOrder
 from metalr.engine.probe import HALF_DECADE, _search, constant_loss, probe_lr
+from metalr.recipes.schema import Recipe
+from metalr.running.runner import Runner
 
 
 def _probe(registry, seed: int):
@@ -51,6 +53,22 @@ def test_the_edge_keeps_half_the_improvement_beyond_a_constant_output(registry):
     from_untrained = math.sqrt(initial * best)
     assert any(keep < result.losses[lr] <= from_untrained for lr in above)
     assert result.lr < 0.005  # 0.0089 before: on seeds 1 and 2 such starts ended at the mean
+    assert result.constant_mark
+
+
+def test_the_console_says_when_the_mark_came_from_a_constant_output(tmp_path, capsys):
+    recipe = Recipe.model_validate({
+        "name": "regression-mark", "task": {"name": "regression"},
+        "model": {"name": "mlp", "options": {"hidden": [64, 64]}},
+        "train": {"epochs": 60, "seeds": [0], "batch_size": 64, "device": "cpu"},
+        "methods": {"control": {"optimizer": {"name": "sgd", "options": {"momentum": 0.9}},
+                                "lr_policy": {"name": "probed-wsd"}}},
+        "output_dir": str(tmp_path / "out"), "tracking": "none"})
+    summary = Runner(recipe, progress=False).run()
+    probe = summary.results[0].history.probe
+    assert probe.constant_mark and probe.constant_loss < probe.initial_loss / 5
+    assert (f"probe start LR {probe.lr:.3g} (half-way mark from a constant output)"
+            in capsys.readouterr().out)
 
 
 def _sgd() -> torch.optim.SGD:
@@ -80,6 +98,9 @@ def test_the_constant_moves_the_mark_only_where_the_best_passed_it():
     assert _search(_landscape, _sgd(), None, 200.0, constant=math.inf).edge == untrained.edge
     # a constant that all but solves the task is the task (a model whose output is its weights)
     assert _search(_landscape, _sgd(), None, 200.0, constant=1e-3).edge == untrained.edge
+    # one within 5% of the untrained loss (a balanced classifier's prior) is no mark either
+    assert not _search(_landscape, _sgd(), None, 200.0, constant=195.0).constant_mark
+    assert passed.constant_mark and not short.constant_mark
 
 
 def _batches(task, n: int, seed: int) -> list:

@@ -28,6 +28,8 @@ def test_probe_start_is_on_the_console_in_the_tables_and_in_mlflow(tmp_path, cap
     runs = sorted(summary.results, key=lambda r: r.seed)
     probes = [r.history.probe for r in runs]
     assert all(p is not None and p.steps > 0 and p.seconds > 0 for p in probes)
+    # a balanced classifier's constant output is its untrained loss: no mark to show
+    assert not any(p.constant_mark for p in probes) and "constant output" not in out
     for run, probe in zip(runs, probes):
         assert f"{run.label}: test accuracy" in out
         assert f"probe start LR {probe.lr:.3g} ({probe.steps} steps, {probe.seconds:.1f} s)" in out

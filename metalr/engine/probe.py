@@ -61,8 +61,9 @@ class ProbeResult:
     """What the probe measured (``losses[lr]``: mean meta loss after it) and chose.
 
     ``best`` had the lowest loss; ``edge`` is the largest LR found that still keeps half of
-    ``best``'s improvement over the untrained loss, or over ``constant_loss`` where ``best``
-    passed it by ``SIGNAL_FLOOR`` (for SGD climbing half-decades up from the best, then one
+    ``best``'s improvement over the untrained loss, or over ``constant_loss`` where that is
+    ``SIGNAL_FLOOR`` below the untrained loss and ``best`` passed it by as much
+    (``constant_mark``; for SGD climbing half-decades up from the best, then one
     quarter-decade; for Adam-like optimizers among the points measured); ``lr``
     is where the run starts: ``edge / 2`` for SGD, for Adam-like optimizers the best of the
     longer probe's points whose training loss did not jump (``jumped``; why: the module
@@ -77,6 +78,7 @@ class ProbeResult:
     edge: float = 0.0
     initial_loss: float = math.nan  # the meta loss of the untrained model
     constant_loss: float = math.inf  # the best constant output's (:func:`constant_loss`; SGD only)
+    constant_mark: bool = False  # the start's edge was measured from ``constant_loss``
     steps: int = 0  # training steps the probe took, all points together
     seconds: float = 0.0  # its wall time (part of the run's: History.wall_time includes it)
     signal: bool = True  # False: no point beat the untrained model beyond the noise
@@ -201,7 +203,8 @@ def probe_lr(
     return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
                        found.best, found.edge, initial, steps=spent,
                        seconds=time.perf_counter() - began, signal=signal, noise=noise,
-                       jumped=sorted(jumped), constant_loss=constant)
+                       jumped=sorted(jumped), constant_loss=constant,
+                       constant_mark=signal and not adaptive and found.constant_mark)
 
 
 def recheck_lr(
@@ -365,6 +368,7 @@ class _Found:
     best: float
     at_edge: bool
     edge: float
+    constant_mark: bool = False  # the half-way mark was counted from the constant output's loss
 
     def harmless(self, initial: float, noise: float, share: float = 0.01) -> list[float]:
         """The LRs measured that did no harm: finite, no worse than the untrained model by more
@@ -404,14 +408,15 @@ def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | No
         for lr in (best / HALF_DECADE, best * HALF_DECADE):
             run(lr)
         best = min(losses, key=losses.__getitem__)
-    edge = best
+    edge, passed = best, False
     if math.isfinite(losses[best]):
         # half the best improvement (the best itself always qualifies, even when no point
         # improved on the untrained model), counted from a constant output's loss where the
         # best point passed it by more than the signal floor (short of it, nothing was
         # measured beyond it); a constant that all but solves the task (a model whose output
         # is its weights) is the task, not a trivial part of it
-        passed = (SIGNAL_FLOOR * initial < constant < initial
+        passed = (SIGNAL_FLOOR * initial < constant
+                  and has_signal(initial, constant, 0.0)  # a constant this close is no mark
                   and has_signal(constant, losses[best], 0.0))
         reference = constant if passed else initial
         keep = max(_halfway(reference, losses[best]), losses[best])
@@ -424,7 +429,7 @@ def _search(run_at, optimizer: torch.optim.Optimizer, grid: Sequence[float] | No
                 edge *= QUARTER_DECADE
         else:
             edge = max(lr for lr, value in losses.items() if value <= keep)
-    return _Found(losses, best, at_edge, edge)
+    return _Found(losses, best, at_edge, edge, constant_mark=passed)
 
 
 def _halfway(initial: float, best: float) -> float:

@@ -371,7 +371,8 @@ class Runner:
         shown = "-" if value is None else f"{value:.4f}"
         probe = result.history.probe
         probed = ("" if probe is None else
-                  f", probe start LR {probe.lr:.3g}{'' if probe.signal else ' (no signal)'} "
+                  f", probe start LR {probe.lr:.3g}{'' if probe.signal else ' (no signal)'}"
+                  f"{' (half-way mark from a constant output)' if probe.constant_mark else ''} "
                   f"({probe.steps} steps, {probe.seconds:.1f} s)")
         history = result.history
         recheck = history.recheck
