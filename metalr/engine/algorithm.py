@@ -34,6 +34,7 @@ from metalr.contracts.protocols import (
 )
 from metalr.engine import checkpoint as ckpt
 from metalr.engine import distributed
+from metalr.engine.data import loss_output
 from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
@@ -338,10 +339,7 @@ class Engine:
 
     @torch.no_grad()
     def _batch_outputs(self, batch: Batch, params: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        out: list[torch.Tensor] = []
-        model = self._model_at(params or self.params)
-        self.task.loss(lambda *a, **k: out.append(model(*a, **k)) or out[-1], batch)
-        return out[-1]
+        return loss_output(self.task, self._model_at(params or self.params), batch)
 
     def _probe(self, total_steps: int, steps_per_epoch: int) -> ProbeResult:
         """The LR probe of this run (:mod:`metalr.engine.probe`), measured once."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,15 @@ from torch.nn import functional as F
 from metalr.contracts.protocols import ModelSpec
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def loss_output(task: Any, model: Callable[..., Any], batch: Any) -> Any:
+    """What ``model`` returned when ``task.loss`` called it on ``batch`` (its last call). The
+    loss decides how a batch reaches the model (a language model passes its hidden state too),
+    so asking the loss is the one way that fits every task."""
+    out: list[Any] = []
+    task.loss(lambda *a, **k: out.append(model(*a, **k)) or out[-1], batch)
+    return out[-1]
 
 
 def disjoint_split(n: int, sizes: Sequence[int], seed: int) -> list[torch.Tensor]:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from metalr.contracts.protocols import Batch, Task
+from metalr.engine.data import loss_output
 from metalr.engine.device import rng_aside
 from metalr.engine.order import DataOrder
 
@@ -204,7 +205,7 @@ def probe_lr(
                        found.best, found.edge, initial, steps=spent,
                        seconds=time.perf_counter() - began, signal=signal, noise=noise,
                        jumped=sorted(jumped), constant_loss=constant,
-                       constant_mark=signal and not adaptive and found.constant_mark)
+                       constant_mark=signal and found.constant_mark)
 
 
 def recheck_lr(
@@ -459,12 +460,6 @@ def constant_loss(task: Task, model: nn.Module, fit: list[Batch], judge: list[Ba
     beats the outputs' mean. Otherwise (a squared error, say) L-BFGS fits the constant from the
     mean. On the word-level LM, L-BFGS over the 7k logits took 32 s for 50 iterations (5.38
     nats) and had not converged at 20 (5.50); the gradient's answer takes one evaluation."""
-    def outputs(batches: list[Batch]) -> list[object]:
-        found: list[object] = []
-        for b in batches:
-            task.loss(lambda *a, **k: found.append(model(*a, **k)) or found[-1], b)
-        return found
-
     def fixed(c: torch.Tensor, out: object):
         if isinstance(out, tuple):
             return lambda *a, **k: (c.expand_as(out[0]),) + out[1:]
@@ -477,9 +472,10 @@ def constant_loss(task: Task, model: nn.Module, fit: list[Batch], judge: list[Ba
     model.eval()
     try:
         with torch.no_grad():
-            seen, judged = outputs(fit), outputs(judge)
+            seen = [loss_output(task, model, b) for b in fit]
+            judged = [loss_output(task, model, b) for b in judge]
         first = [o[0] if isinstance(o, tuple) else o for o in seen + judged]
-        if len(first) != len(fit) + len(judge) or not all(
+        if not all(
                 isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1
                 for t in first):
             return math.inf
@@ -509,7 +505,7 @@ def constant_loss(task: Task, model: nn.Module, fit: list[Batch], judge: list[Ba
                 solver.step(closure)
         with torch.no_grad():
             value = float(mean_loss(c.detach(), judged, judge))
-    except RuntimeError:  # an output the loss does not accept as a constant
+    except (RuntimeError, IndexError):  # a loss that takes no constant, or never called model
         return math.inf
     finally:
         model.train(was_training)
