@@ -224,9 +224,9 @@ def recheck_lr(
     The run moves only when that is measured: the best point beats ``lr`` by more than the
     noise (``lr`` replicated on another data order) and 1% of its loss. Up whenever a larger LR
     wins (a few steps favour small LRs, the module docstring, so a larger one that wins is
-    real); down only when ``lr`` does harm, its loss after the steps higher than before them by
-    more than the noise and ``HARM`` (50%) of it. A smaller LR winning a few steps is otherwise
-    the short horizon speaking: on the MNIST-1D MLP with SGD momentum the loss at the right LR
+    real); down when ``lr`` does harm, its loss after the steps higher than before them by
+    more than the noise and ``HARM`` (50%) of it, or holds the run at no progress (below). A
+    smaller LR winning a few steps is otherwise the short horizon speaking: on the MNIST-1D MLP with SGD momentum the loss at the right LR
     (0.26) rises 3-6% over 28 steps from mid-run weights, and moving down on that evidence cost
     3 points; on the CPU suite's MLP (40 epochs) the loss at 0.5 rose 20% and the move down to
     0.05 cost 8 points on that seed (10% was the rule then). Too-high starts are the brake's. It
@@ -244,6 +244,13 @@ def recheck_lr(
     ``PLATEAU`` of where it stands (up to ``ceiling``): on a plateau the way off is a larger
     step, and the run has nothing to lose (a GRU and an LSTM whose probe started them at 0.16-0.5
     sat at chance for the whole run; fixed at 0.5-1 they escape it).
+
+    A run no better than ``untrained`` after a tenth of its steps, while smaller LRs of this
+    look beat ``lr`` and make progress from where it stands (:func:`has_signal` against the loss
+    before them: what a plateau's smaller LRs never do), is held there by its LR: it moves down
+    to the largest of those LRs, the least move the look supports (bench/unseen.py's
+    ``clusters`` with SGD momentum: started at 0.5, 3-5x what whole runs prefer, two seeds sat at
+    their untrained loss and ended at 0.29 and 0.25; moved to 0.15, at 0.46 and 0.49).
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
     was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``
@@ -295,8 +302,8 @@ def recheck_lr(
             # on a plateau: no progress since the start, and no point of this look moves the
             # loss beyond its noise either (a run that learned and then fell back is no plateau)
             finite = [v for v in losses.values() if math.isfinite(v)]
-            stuck = (untrained is not None and not has_signal(untrained, initial, 0.0)
-                     and not has_signal(initial, min(finite, default=initial), noise))
+            idle = untrained is not None and not has_signal(untrained, initial, 0.0)
+            stuck = idle and not has_signal(initial, min(finite, default=initial), noise)
             if stuck and lr < ceiling < math.inf:  # the highest point a plateau move may take
                 run(min(ceiling, 10 * lr))
         finally:
@@ -308,6 +315,14 @@ def recheck_lr(
     # down: only when the current LR does harm, its loss after the steps above the loss before
     moved = better and (best > lr or not here <= initial + max(noise, HARM * abs(initial)))
     chosen = (min(best, max(ceiling, lr)) if best > lr else best) if moved else lr
+    # a run no better than the untrained model after a tenth of its steps, while smaller LRs
+    # make progress from where it stands (beyond the noise and the signal floor) and beat its
+    # own: its LR is what holds it there. Down to the largest of those, the least move the
+    # look supports (a plateau's smaller LRs make no such progress: the next rule's case)
+    down = [at for at, v in losses.items() if at < lr and math.isfinite(v) and here - v > tied
+            and has_signal(initial, v, noise)] if idle and math.isfinite(here) else []
+    if not moved and down:
+        chosen, moved = max(down), True
     if not moved and stuck:
         # no progress since the start, no measured win: off the plateau with a larger step
         wobble = initial + max(noise, PLATEAU * abs(initial))
