@@ -230,6 +230,23 @@ def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
     flat = recheck_lr(task, model, opt, 1e-7, ceiling=1e-6, **kwargs)
     assert max(flat.losses.values()) < (1 + 0.01) * flat.initial_loss  # nothing moves it
     assert flat.signal and flat.lr == pytest.approx(1e-6)  # off the "plateau", to the ceiling
+    # a run whose training loss had fallen before (``learned``) is never taken for a plateau
+    fallen = recheck_lr(task, model, opt, 1e-7, ceiling=1e-6, learned=True, **kwargs)
+    assert fallen.losses == flat.losses and fallen.lr == 1e-7 and not fallen.signal
+
+
+def test_a_fall_back_is_told_from_a_plateau_by_the_runs_own_training_loss():
+    """``learned_before``: 10-step means of the training loss, against the first 10 steps'. A
+    plateau's batches wobble (single steps 3% below the start here) without a learned run's
+    fall; a run that fell 20% and came back had learned."""
+    from metalr.engine.probe import learned_before
+
+    wobble = [1.40, 1.36, 1.42, 1.39, 1.41, 1.38, 1.40, 1.37, 1.43, 1.39] * 6
+    assert min(wobble) < 0.975 * wobble[0] and not learned_before(wobble)
+    fell_back = [3.0] * 10 + [2.4] * 10 + [3.0] * 20
+    assert learned_before(fell_back)
+    assert not learned_before(fell_back[:19])  # too few steps for two windows
+    assert not learned_before([3.0] * 10 + [2.9] * 30)  # 3.3% below: within the floor
 
 
 
@@ -263,3 +280,32 @@ def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench, s
     assert moved.recheck.signal and moved.lrs[at] < moved.lrs[at - 1] / 2
     assert moved.recheck.initial_loss > (1 - SIGNAL_FLOOR) * moved.probe.initial_loss  # idle
     assert moved_acc > 0.4 and moved_acc > held_acc + 0.1
+
+
+def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(registry, load_bench):
+    """MLR-SNet with SGD momentum on ``clusters20`` of bench/unseen.py (twenty classes), seed 1:
+    28% after its first epoch at the probe's 0.28, back within 5% of its untrained loss by the
+    recheck (its training loss had fallen: ``learned``), where 26 steps at its LR raise the loss
+    7% and every smaller LR holds it. Moved down, it ends at 0.41 (measured); kept, at 0.17
+    (chance: 0.05)."""
+    from metalr.engine.probe import learned_before
+
+    def run(**options):
+        task = load_bench("unseen").Unseen("clusters20")
+        task.setup(1, torch.device("cpu"))
+        torch.manual_seed(1)
+        model = registry.get("model", "mlp").build(task.spec, hidden=[128, 128])
+        opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
+                                                     weight_decay=5e-4)
+        policy = registry.get("lr_policy", "mlrsnet").build(**options)
+        history = Engine(task, model, opt, policy, EngineConfig(
+            epochs=30, batch_size=64, meta_batch_size=64, seed=1)).fit()
+        return history, history.epochs[-1]["test_accuracy"]
+
+    moved, moved_acc = run()
+    _, held_acc = run(recheck=0)
+    at = moved.recheck_step
+    assert learned_before(moved.losses[:at])
+    assert moved.recheck.initial_loss > (1 - SIGNAL_FLOOR) * moved.probe.initial_loss  # back
+    assert moved.recheck.signal and moved.lrs[at] < moved.lrs[at - 1] / 2
+    assert moved_acc > held_acc + 0.1

@@ -53,6 +53,7 @@ DROPOUT = 104729  # a point's dropout draws: the global generator seeded with it
 HARM = 0.5  # a recheck moves down only if the LR raised the loss by this fraction (and noise)
 JUMP = 0.1  # a training loss this fraction above its first value, still up the next step: the
 # jump MLR-SNet's brake cuts (both read jump_step); an Adam-like start never jumped
+LEARNED_WINDOW = 10  # steps averaged where a run's training loss is compared with its start
 PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
 # of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 
@@ -212,7 +213,7 @@ def recheck_lr(
     task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, *,
     steps: int, batch_size: int, meta_batch_size: int, seed: int,
     clip_grad_norm: float | None = None, meta_batches: int = 2, ceiling: float = math.inf,
-    untrained: float | None = None,
+    untrained: float | None = None, learned: bool = False,
 ) -> ProbeResult:
     """Probe again, part-way into a run, around the LR it runs at: is ``lr`` wrong by far?
 
@@ -237,7 +238,8 @@ def recheck_lr(
 
     A run still on a loss plateau is the exception to "only on a measured win": given
     ``untrained`` (the probe's loss of the untrained model on the same judging batches), a run
-    whose loss has not fallen ``SIGNAL_FLOOR`` below it has learned nothing yet, and where no
+    whose loss has not fallen ``SIGNAL_FLOOR`` below it (and whose training loss never did:
+    not ``learned``, below) has learned nothing yet, and where no
     point of this look has a signal either (:func:`has_signal` against the loss before it: a
     run that learned and fell back to its untrained loss is not on a plateau; its smaller LRs
     improve at once), it moves up to the largest point that kept the loss within
@@ -251,6 +253,14 @@ def recheck_lr(
     to the largest of those LRs, the least move the look supports (bench/unseen.py's
     ``clusters`` with SGD momentum: started at 0.5, 3-5x what whole runs prefer, two seeds sat at
     their untrained loss and ended at 0.29 and 0.25; moved to 0.15, at 0.46 and 0.49).
+
+    ``learned``: the run's training loss had already fallen ``SIGNAL_FLOOR`` below where it
+    started (the engine's :func:`learned_before`). Such a run, back at its untrained loss, fell
+    back: it is not on a plateau, so it is never moved up for one, and smaller LRs that beat
+    ``lr`` are evidence enough to move down, progress of their own or not: the fall back is the
+    long look (bench/unseen.py's ``clusters20`` with SGD momentum, MLR-SNet seed 1: 28% after
+    its first epoch, back within 5% of its untrained loss by the recheck, where 26 steps at its
+    LR, 0.29, raised the loss 7% and every smaller LR held it; kept, it ended at 0.17).
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
     was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``
@@ -303,7 +313,8 @@ def recheck_lr(
             # loss beyond its noise either (a run that learned and then fell back is no plateau)
             finite = [v for v in losses.values() if math.isfinite(v)]
             idle = untrained is not None and not has_signal(untrained, initial, 0.0)
-            stuck = idle and not has_signal(initial, min(finite, default=initial), noise)
+            stuck = (idle and not learned
+                     and not has_signal(initial, min(finite, default=initial), noise))
             if stuck and lr < ceiling < math.inf:  # the highest point a plateau move may take
                 run(min(ceiling, 10 * lr))
         finally:
@@ -320,7 +331,7 @@ def recheck_lr(
     # own: its LR is what holds it there. Down to the largest of those, the least move the
     # look supports (a plateau's smaller LRs make no such progress: the next rule's case)
     down = [at for at, v in losses.items() if at < lr and math.isfinite(v) and here - v > tied
-            and has_signal(initial, v, noise)] if idle and math.isfinite(here) else []
+            and (learned or has_signal(initial, v, noise))] if idle and math.isfinite(here) else []
     if not moved and down:
         chosen, moved = max(down), True
     if not moved and stuck:
@@ -332,6 +343,20 @@ def recheck_lr(
     return ProbeResult(chosen, dict(sorted(losses.items())), steps, False, best, chosen,
                        initial, steps=spent, seconds=time.perf_counter() - began,
                        signal=moved, noise=noise)
+
+
+def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> bool:
+    """Whether a run's training loss (per step, in order) had fallen ``SIGNAL_FLOOR`` below where
+    it started: some ``window``-step mean that far below the first ``window`` steps' mean. Means,
+    not single steps: on the hard suite's GRU and LSTM plateaus and the deep plain MLP's the
+    lowest 10-step mean before the recheck is at most 1.9% below the first, on every task that
+    learns at least 7% (up to 100%); single batches of a plateau dip 2.6%."""
+    if len(losses) < 2 * window:
+        return False
+    sums = [sum(losses[:window])]
+    for i in range(window, len(losses)):
+        sums.append(sums[-1] + losses[i] - losses[i - window])
+    return min(sums) < (1 - SIGNAL_FLOOR) * sums[0]
 
 
 def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> float:
