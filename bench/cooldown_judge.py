@@ -57,6 +57,25 @@ def train(task, model, opt, batches: Iterator, steps: int, lr_at: Callable[[int]
         opt.step()
 
 
+def start_run(reg, case: tuple, optimizer: tuple[str, dict], seed: int):
+    """``(task, model, opt, start, total)``: a case's task, model and optimizer for ``seed``, as
+    ``metalr run`` builds them, and the probe's start LR (with the task's gradient clipping);
+    ``optimizer``: its registry name and options, as in ``OPTIMIZERS``."""
+    (task_name, task_opts), (model_name, model_opts), epochs, batch = case
+    opt_name, opt_opts = optimizer
+    task = reg.get("task", task_name).build(**task_opts)
+    task.setup(seed, torch.device("cpu"))
+    per_epoch = task.num_train_batches(batch)
+    total = per_epoch * epochs
+    torch.manual_seed(seed)
+    model = reg.get("model", model_name).build(task.spec, **model_opts)
+    opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_opts)
+    start = probe.probe_lr(task, model, opt, total_steps=total, steps_per_epoch=per_epoch,
+                           batch_size=batch, meta_batch_size=batch, seed=seed,
+                           clip_grad_norm=getattr(task, "clip_grad_norm", None)).lr
+    return task, model, opt, start, total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("optimizers", nargs="+", choices=sorted(OPTIMIZERS))
@@ -69,21 +88,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     reg = get_registry()
-    (task_name, task_opts), (model_name, model_opts), epochs, batch = CASES[args.case]
+    epochs, batch = CASES[args.case][2:]
     print(f"{args.case}: {epochs} epochs; look at {args.at:.0%} of the run, {args.steps} steps "
           f"at each multiple, then {args.cooldown} steps of cool-down; meta loss (metric)")
     for name in args.optimizers:
-        opt_name, opt_opts = OPTIMIZERS[name]
         for seed in (0, 1, 2):
-            task = reg.get("task", task_name).build(**task_opts)
-            task.setup(seed, torch.device("cpu"))
-            per_epoch = task.num_train_batches(batch)
-            total = per_epoch * epochs
-            torch.manual_seed(seed)
-            model = reg.get("model", model_name).build(task.spec, **model_opts)
-            opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_opts)
-            start = probe.probe_lr(task, model, opt, total_steps=total, steps_per_epoch=per_epoch,
-                                   batch_size=batch, meta_batch_size=batch, seed=seed).lr
+            task, model, opt, start, total = start_run(reg, CASES[args.case], OPTIMIZERS[name],
+                                                       seed)
             train(task, model, opt, endless(task, batch, seed), round(args.at * total),
                   lambda _, lr=start: lr)
             weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 from metalr.contracts.registry import get_registry
-from metalr.engine import probe
 
 sys.path.insert(0, str(Path(__file__).parent))  # also when imported from its file (the tests)
-from cooldown_judge import CASES, OPTIMIZERS, endless  # the same cases (after the path)
+from cooldown_judge import CASES, OPTIMIZERS, endless, start_run  # the same cases (after the path)
 
 COOLDOWN = 0.2  # the control's: the last 20% linear to 0
 CASES = {**CASES,  # and the CPU suites' other models (recipes/cpu/, recipes/transfer/)
@@ -106,26 +105,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     reg = get_registry()
-    (task_name, task_opts), (model_name, model_opts), epochs, batch = CASES[args.case]
+    epochs, batch = CASES[args.case][2:]
     print(f"{args.case}: {epochs} epochs, fixed LR then {COOLDOWN:.0%} cool-down; r = d L_meta / "
           f"d log lr / L_meta one step ahead, stable phase, every {args.every} steps")
     for name in args.optimizers:
-        opt_name, opt_opts = OPTIMIZERS[name]
         rows: dict[float, tuple[list[float], list[float]]] = {f: ([], []) for f in args.factors}
         starts = []
         for seed in args.seeds:
             for factor in args.factors:
-                task = reg.get("task", task_name).build(**task_opts)
-                task.setup(seed, torch.device("cpu"))
-                per_epoch = task.num_train_batches(batch)
-                total = per_epoch * epochs
-                torch.manual_seed(seed)
-                model = reg.get("model", model_name).build(task.spec, **model_opts)
-                opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_opts)
-                start = probe.probe_lr(task, model, opt, total_steps=total,
-                                       steps_per_epoch=per_epoch, batch_size=batch,
-                                       meta_batch_size=batch, seed=seed,
-                                       clip_grad_norm=getattr(task, "clip_grad_norm", None)).lr
+                task, model, opt, start, total = start_run(reg, CASES[args.case],
+                                                           OPTIMIZERS[name], seed)
                 if factor == args.factors[0]:
                     starts.append(start)
                 found, metric = run(task, model, opt, batch, seed, total, factor * start,
