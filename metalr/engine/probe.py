@@ -227,8 +227,9 @@ def recheck_lr(
     wins (a few steps favour small LRs, the module docstring, so a larger one that wins is
     real); down when ``lr`` does harm, its loss after the steps higher than before them by
     more than the noise and ``HARM`` (50%) of it, or holds the run at no progress (below). A
-    smaller LR winning a few steps is otherwise the short horizon speaking: on the MNIST-1D MLP with SGD momentum the loss at the right LR
-    (0.26) rises 3-6% over 28 steps from mid-run weights, and moving down on that evidence cost
+    smaller LR winning a few steps is otherwise the short horizon speaking: on the MNIST-1D MLP
+    with SGD momentum the loss at the right LR (0.26) rises 3-6% over 28 steps from mid-run
+    weights, and moving down on that evidence cost
     3 points; on the CPU suite's MLP (40 epochs) the loss at 0.5 rose 20% and the move down to
     0.05 cost 8 points on that seed (10% was the rule then). Too-high starts are the brake's. It
     moves to the best point, not past it: on digits, moving to the largest point tied with the best
@@ -327,9 +328,10 @@ def recheck_lr(
     moved = better and (best > lr or not here <= initial + max(noise, HARM * abs(initial)))
     chosen = (min(best, max(ceiling, lr)) if best > lr else best) if moved else lr
     # a run no better than the untrained model after a tenth of its steps, while smaller LRs
-    # make progress from where it stands (beyond the noise and the signal floor) and beat its
-    # own: its LR is what holds it there. Down to the largest of those, the least move the
-    # look supports (a plateau's smaller LRs make no such progress: the next rule's case)
+    # beat its own and make progress from where it stands (beyond the noise and the signal
+    # floor; a run that had learned and fell back needs no such progress): its LR is what holds
+    # it there. Down to the largest of those, the least move the look supports (a plateau's
+    # smaller LRs make no such progress: the next rule's case)
     down = [at for at, v in losses.items() if at < lr and math.isfinite(v) and here - v > tied
             and (learned or has_signal(initial, v, noise))] if idle and math.isfinite(here) else []
     if not moved and down:
@@ -349,14 +351,15 @@ def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> boo
     """Whether a run's training loss (per step, in order) had fallen ``SIGNAL_FLOOR`` below where
     it started: some ``window``-step mean that far below the first ``window`` steps' mean. Means,
     not single steps: on the hard suite's GRU and LSTM plateaus and the deep plain MLP's the
-    lowest 10-step mean before the recheck is at most 1.9% below the first, on every task that
-    learns at least 7% (up to 100%); single batches of a plateau dip 2.6%."""
+    lowest 10-step mean before the recheck is at most 1.9% below the first (5-step means: 2.6%),
+    on every task that learns at least 7% (up to 100%). Only completed epochs' losses reach the
+    engine's history, so a recheck in the first epoch sees none (False)."""
     if len(losses) < 2 * window:
         return False
     sums = [sum(losses[:window])]
     for i in range(window, len(losses)):
         sums.append(sums[-1] + losses[i] - losses[i - window])
-    return min(sums) < (1 - SIGNAL_FLOOR) * sums[0]
+    return min(sums) < sums[0] - SIGNAL_FLOOR * abs(sums[0])
 
 
 def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> float:
