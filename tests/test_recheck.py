@@ -249,18 +249,18 @@ def test_a_fall_back_is_told_from_a_plateau_by_the_runs_own_training_loss():
     assert not learned_before([3.0] * 10 + [2.9] * 30)  # 3.3% below: within the floor
 
 
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench, seed):
+def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench):
     """Default MLR-SNet with SGD momentum on ``clusters`` of bench/unseen.py, a task kept outside
     the suites (eight classes of scikit-learn's ``make_classification``; 30 epochs, about 2 s a
     run), where a 26-step probe's start (0.28-0.5) is 3-5x what whole runs prefer (WSD at 0.1:
     52%; at 0.3: 36%; at 1: chance). The probe starts seeds 1 and 2 at 0.5, and at 10% of the
     run the loss is no better than the untrained model's while LRs a half-decade or more below
-    make progress from there. The recheck moves
-    down (to ~0.15) and the run trains (0.46 and 0.49 on seeds 1 and 2, measured); without the
-    recheck it ends at 0.29 and 0.25 (chance: 0.125). Before this rule the recheck kept the LR
-    (MLR-SNet) or, taking the run for a plateau, moved it up to 1 (the control, seed 2: chance)."""
+    make progress from there. The recheck moves down (to ~0.15) and the run trains (0.46 and
+    0.49 on seeds 1 and 2, measured; seed 2 here); without the recheck it ends at 0.29 and 0.25
+    (chance: 0.125). Before this rule the recheck kept MLR-SNet's LR, and kept the control's
+    (seed 2) or took it for a plateau and moved it up to 1 (seed 1): chance, both."""
+    seed = 2
+
     def run(**options):
         task = load_bench("unseen").Unseen("clusters")
         task.setup(seed, torch.device("cpu"))
