@@ -7,8 +7,8 @@ on these. Tasks (scikit-learn, offline): ``clusters``, eight classes of ``make_c
 (4,000 points, 40 features, 12 informative, two clusters a class, 5% of labels flipped);
 ``clusters20``, twenty (6,000 points, 100 features, 30 informative, 2% flipped); ``moons``
 (3,000 points, noise 0.3); ``cancer`` (the bundled breast-cancer data, 569 points). Features
-standardised, a quarter held out as the test split, 300 (clusters) or 80 training points as the
-meta split. An MLP 128-128, batch 64, seeds 0-2. Printed per method: the final test accuracy,
+standardised, a quarter held out as the test split, 300 (the cluster tasks) or 80 training
+points as the meta split. An MLP 128-128, batch 64, seeds 0-2. Printed per method: the final test accuracy,
 mean and per seed, and the probe's start. The WSD grid is the best a fixed LR can do with the
 control's shape, chosen on the test split here: an upper bound for tuning, not a tuned baseline.
 """
