@@ -68,22 +68,11 @@ class Unseen(TensorClassificationTask):
         n = len(self.y) // 4
         return (self.x[n:], self.y[n:]), (self.x[:n], self.y[:n])
 
-    def loss(self, model, batch):
-        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
 
-    def evaluate(self, model, split: str) -> dict[str, float]:
-        inputs, targets = self.splits[split]
-        model.eval()
-        with torch.no_grad():
-            out = model(inputs)
-        model.train()
-        return {"loss": float(torch.nn.functional.cross_entropy(out, targets)),
-                "accuracy": float((out.argmax(1) == targets).float().mean())}
-
-
-def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30,
-        **options) -> tuple[float, float | None]:
-    """``(final test accuracy, probe start or None)`` of one run (a diverged run: nan)."""
+def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30,
+          **options) -> Engine:
+    """One run's engine (the tests fit it themselves to read its history): the task, an MLP
+    128-128 and the optimizer, for ``seed``, batch 64; ``options`` are the LR policy's."""
     reg = get_registry()
     task = Unseen(task_name)
     task.setup(seed, torch.device("cpu"))
@@ -92,10 +81,15 @@ def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30
     opt_name, opt_options = OPTIMIZERS[optimizer]
     opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     lr_policy = reg.get("lr_policy", policy).build(**options)
-    engine = Engine(task, model, opt, lr_policy,
-                    EngineConfig(epochs=epochs, batch_size=64, meta_batch_size=64, seed=seed))
+    return Engine(task, model, opt, lr_policy,
+                  EngineConfig(epochs=epochs, batch_size=64, meta_batch_size=64, seed=seed))
+
+
+def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30,
+        **options) -> tuple[float, float | None]:
+    """``(final test accuracy, probe start or None)`` of one run (a diverged run: nan)."""
     try:
-        history = engine.fit()
+        history = build(task_name, optimizer, policy, seed, epochs, **options).fit()
     except (TrainingDiverged, FloatingPointError):  # FloatingPointError: every probe LR diverged
         return float("nan"), None
     return history.epochs[-1]["test_accuracy"], (history.probe.lr if history.probe else None)

@@ -249,7 +249,7 @@ def test_a_fall_back_is_told_from_a_plateau_by_the_runs_own_training_loss():
     assert not learned_before([3.0] * 10 + [2.9] * 30)  # 3.3% below: within the floor
 
 
-def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench):
+def test_a_run_its_lr_holds_at_no_progress_is_moved_down(load_bench):
     """Default MLR-SNet with SGD momentum on ``clusters`` of bench/unseen.py, a task kept outside
     the suites (eight classes of scikit-learn's ``make_classification``; 30 epochs, about 2 s a
     run), where a 26-step probe's start (0.28-0.5) is 3-5x what whole runs prefer (WSD at 0.1:
@@ -262,15 +262,8 @@ def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench):
     seed = 2
 
     def run(**options):
-        task = load_bench("unseen").Unseen("clusters")
-        task.setup(seed, torch.device("cpu"))
-        torch.manual_seed(seed)
-        model = registry.get("model", "mlp").build(task.spec, hidden=[128, 128])
-        opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
-                                                     weight_decay=5e-4)
-        policy = registry.get("lr_policy", "mlrsnet").build(**options)
-        history = Engine(task, model, opt, policy, EngineConfig(
-            epochs=30, batch_size=64, meta_batch_size=64, seed=seed)).fit()
+        history = load_bench("unseen").build("clusters", "sgdm", "mlrsnet", seed,
+                                             **options).fit()
         return history, history.epochs[-1]["test_accuracy"]
 
     moved, moved_acc = run()
@@ -282,7 +275,7 @@ def test_a_run_its_lr_holds_at_no_progress_is_moved_down(registry, load_bench):
     assert moved_acc > 0.4 and moved_acc > held_acc + 0.1
 
 
-def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(registry, load_bench):
+def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(load_bench):
     """MLR-SNet with SGD momentum on ``clusters20`` of bench/unseen.py (twenty classes), seed 1:
     28% after its first epoch at the probe's 0.28, back within 5% of its untrained loss by the
     recheck (its training loss had fallen: ``learned``), where 26 steps at its LR raise the loss
@@ -291,15 +284,8 @@ def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(registry, load
     from metalr.engine.probe import learned_before
 
     def run(**options):
-        task = load_bench("unseen").Unseen("clusters20")
-        task.setup(1, torch.device("cpu"))
-        torch.manual_seed(1)
-        model = registry.get("model", "mlp").build(task.spec, hidden=[128, 128])
-        opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
-                                                     weight_decay=5e-4)
-        policy = registry.get("lr_policy", "mlrsnet").build(**options)
-        history = Engine(task, model, opt, policy, EngineConfig(
-            epochs=30, batch_size=64, meta_batch_size=64, seed=1)).fit()
+        history = load_bench("unseen").build("clusters20", "sgdm", "mlrsnet", 1,
+                                             **options).fit()
         return history, history.epochs[-1]["test_accuracy"]
 
     moved, moved_acc = run()
