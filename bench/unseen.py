@@ -1,6 +1,6 @@
-"""The default on classification tasks kept outside the suites, beside the control and a WSD grid.
+"""The default on tasks kept outside the suites, beside the control and a WSD grid.
 
-    python bench/unseen.py TASK OPTIMIZER [--epochs 30] [--grid 0.01 0.03 0.1 0.3 1]
+    python bench/unseen.py TASK OPTIMIZER [--epochs N] [--grid 0.01 0.03 0.1 0.3 1]
 
 Issue 18's bar is checked on tasks outside the repository's suites too: nothing here was tuned
 on these. Tasks (scikit-learn, offline): ``clusters``, eight classes of ``make_classification``
@@ -8,8 +8,12 @@ on these. Tasks (scikit-learn, offline): ``clusters``, eight classes of ``make_c
 ``clusters20``, twenty (6,000 points, 100 features, 30 informative, 2% flipped); ``moons``
 (3,000 points, noise 0.3); ``cancer`` (the bundled breast-cancer data, 569 points). Features
 standardised, a quarter held out as the test split, 300 (the cluster tasks) or 80 training
-points as the meta split. An MLP 128-128, batch 64, seeds 0-2. Printed per method: the final test accuracy,
-mean and per seed, and the probe's start. The WSD grid is the best a fixed LR can do with the
+points as the meta split. Two regressions on raw targets, as a practitioner's loss has them
+(MSE, headline RMSE, lower is better): ``diabetes``, scikit-learn's bundled data (442 patients,
+targets 152 +- 78, 80 meta points, 150 epochs: four steps an epoch), and ``linreg``,
+``make_regression`` (3,000 points, 20 features, 10 informative, noise 10, targets 6 +- 154).
+An MLP 128-128, batch 64, seeds 0-2. Printed per method: the final test metric, mean and per
+seed, and the probe's start. The WSD grid is the best a fixed LR can do with the
 control's shape, chosen on the test split here: an upper bound for tuning, not a tuned baseline.
 """
 
@@ -19,6 +23,7 @@ import argparse
 import statistics
 
 import torch
+from metalr_hard.regression import Regression
 
 from metalr.contracts.protocols import ModelSpec
 from metalr.contracts.registry import get_registry
@@ -27,13 +32,24 @@ from metalr.engine.data import TensorClassificationTask
 
 OPTIMIZERS = {"sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}),
               "sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}), "adam": ("adam", {})}
-TASKS = ("clusters", "clusters20", "moons", "cancer")
+EPOCHS = {"clusters": 30, "clusters20": 30, "moons": 30, "cancer": 30, "diabetes": 150,
+          "linreg": 30}
+TASKS = tuple(EPOCHS)
+REGRESSIONS = ("diabetes", "linreg")
 GRIDS = {"sgd": [0.03, 0.1, 0.3, 1.0, 3.0], "sgdm": [0.01, 0.03, 0.1, 0.3, 1.0],
          "adam": [0.0003, 0.001, 0.003, 0.01, 0.03]}
+REGRESSION_GRIDS = {"sgd": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "sgdm": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4],
+                    "adam": [1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03]}
 
 
 def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_breast_cancer, make_classification, make_moons
+    from sklearn.datasets import (
+        load_breast_cancer,
+        load_diabetes,
+        make_classification,
+        make_moons,
+        make_regression,
+    )
 
     if name == "clusters":
         x, y = make_classification(4000, 40, n_informative=12, n_classes=8,
@@ -47,17 +63,26 @@ def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = make_moons(3000, noise=0.3, random_state=2)
     elif name == "cancer":
         x, y = load_breast_cancer(return_X_y=True)
+    elif name == "diabetes":
+        x, y = load_diabetes(return_X_y=True)
+    elif name == "linreg":
+        x, y = make_regression(3000, 20, n_informative=10, noise=10.0, random_state=1)
     else:
         raise ValueError(f"unknown task {name!r}: {', '.join(TASKS)}")
     x = torch.as_tensor(x, dtype=torch.float32)
-    y = torch.as_tensor(y, dtype=torch.long)
+    y = torch.as_tensor(y, dtype=torch.float32 if name in REGRESSIONS else torch.long)
     x = (x - x.mean(0)) / x.std(0)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     return x[order], y[order]
 
 
+def _split(x: torch.Tensor, y: torch.Tensor):
+    n = len(y) // 4
+    return (x[n:], y[n:]), (x[:n], y[:n])
+
+
 class Unseen(TensorClassificationTask):
-    """One of the tasks above (the module docstring), as the engine takes a task."""
+    """One of the classification tasks above (the module docstring), as the engine takes it."""
 
     def __init__(self, name: str):
         super().__init__(meta_size=300 if name.startswith("clusters") else 80)
@@ -65,16 +90,31 @@ class Unseen(TensorClassificationTask):
         self.spec = ModelSpec(input_shape=(self.x.shape[1],), num_outputs=int(self.y.max()) + 1)
 
     def load(self):
-        n = len(self.y) // 4
-        return (self.x[n:], self.y[n:]), (self.x[:n], self.y[:n])
+        return _split(self.x, self.y)
 
 
-def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30,
+class UnseenRegression(Regression):
+    """One of the regressions above: the hard suite's regression task (MSE on the targets' own
+    scale, RMSE), on other data."""
+
+    def __init__(self, name: str):
+        x, y = _data(name)
+        TensorClassificationTask.__init__(self, meta_size=80 if name == "diabetes" else 300)
+        self._train, self._test = _split(x, y)
+        self.spec = ModelSpec(input_shape=(x.shape[1],), num_outputs=1)
+        self.loss_scale = float(self._train[1].var(unbiased=False))
+
+
+def make_task(name: str) -> TensorClassificationTask:
+    return UnseenRegression(name) if name in REGRESSIONS else Unseen(name)
+
+
+def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
           **options) -> Engine:
     """One run's engine (the tests fit it themselves to read its history): the task, an MLP
     128-128 and the optimizer, for ``seed``, batch 64; ``options`` are the LR policy's."""
     reg = get_registry()
-    task = Unseen(task_name)
+    task = make_task(task_name)
     task.setup(seed, torch.device("cpu"))
     torch.manual_seed(seed)
     model = reg.get("model", "mlp").build(task.spec, hidden=[128, 128])
@@ -82,35 +122,39 @@ def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 
     opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     lr_policy = reg.get("lr_policy", policy).build(**options)
     return Engine(task, model, opt, lr_policy,
-                  EngineConfig(epochs=epochs, batch_size=64, meta_batch_size=64, seed=seed))
+                  EngineConfig(epochs=epochs or EPOCHS[task_name], batch_size=64, meta_batch_size=64, seed=seed))
 
 
-def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int = 30,
+def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
         **options) -> tuple[float, float | None]:
-    """``(final test accuracy, probe start or None)`` of one run (a diverged run: nan)."""
+    """``(final test metric, probe start or None)`` of one run (a diverged run: nan)."""
     try:
         history = build(task_name, optimizer, policy, seed, epochs, **options).fit()
     except (TrainingDiverged, FloatingPointError):  # FloatingPointError: every probe LR diverged
         return float("nan"), None
-    return history.epochs[-1]["test_accuracy"], (history.probe.lr if history.probe else None)
+    metric = "test_rmse" if task_name in REGRESSIONS else "test_accuracy"
+    return history.epochs[-1][metric], (history.probe.lr if history.probe else None)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("optimizer", choices=sorted(OPTIMIZERS))
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, help="default: 150 for diabetes, else 30")
     parser.add_argument("--grid", type=float, nargs="*", help="WSD LRs (default: per optimizer)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    grid = GRIDS[args.optimizer] if args.grid is None else args.grid
+    grids = REGRESSION_GRIDS if args.task in REGRESSIONS else GRIDS
+    grid = grids[args.optimizer] if args.grid is None else args.grid
+    epochs = args.epochs or EPOCHS[args.task]
+    metric = "RMSE" if args.task in REGRESSIONS else "accuracy"
     methods = [("mlrsnet", "mlrsnet", {}), ("control", "probed-wsd", {})]
     methods += [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
-    print(f"{args.task}, {args.optimizer}, {args.epochs} epochs: final test accuracy "
+    print(f"{args.task}, {args.optimizer}, {epochs} epochs: final test {metric} "
           "(per seed), probe start per seed")
     for label, policy, options in methods:
-        found = [run(args.task, args.optimizer, policy, seed, args.epochs, **options)
+        found = [run(args.task, args.optimizer, policy, seed, epochs, **options)
                  for seed in args.seeds]
         accs = [acc for acc, _ in found]
         starts = " / ".join(f"{s:.3g}" for _, s in found) if found[0][1] is not None else "-"

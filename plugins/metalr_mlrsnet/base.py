@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from metalr.contracts.protocols import RunInfo, StepContext
-from metalr.engine.probe import jump_step
+from metalr.engine.probe import JUMP, jump_step
 from metalr.engine.run_state import load_attributes, save_attributes
 
 Preset = Literal["auto", "paper"]
@@ -247,7 +247,8 @@ class ProbedSchedule(nn.Module):
         # a jump that the next step does not undo: a language model at a good LR spikes for
         # one step (8.9 -> 15.5 -> 7.9 at LR 28) and must not be braked (cut there, its
         # perplexity rose from 453 to 550, CPU suite, 3 seeds)
-        held, self.jumped = jump_step(self.first_loss, self.jumped, loss)
+        held, self.jumped = jump_step(self.first_loss, self.jumped, loss,
+                                      JUMP if self.probe is None else self.probe.jump)
         if (held and len(self.braked) < BRAKE_CUTS
                 and (not self.braked or ctx.step - self.braked[-1] >= BRAKE_GAP)):
             self.rescale(1 / math.sqrt(10))
