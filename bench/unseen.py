@@ -12,9 +12,13 @@ points as the meta split. Two regressions on raw targets, as a practitioner's lo
 (MSE, headline RMSE, lower is better): ``diabetes``, scikit-learn's bundled data (442 patients,
 targets 152 +- 78, 80 meta points, 150 epochs: four steps an epoch), and ``linreg``,
 ``make_regression`` (3,000 points, 20 features, 10 informative, noise 10, targets 6 +- 154).
-An MLP 128-128, batch 64, seeds 0-2. Printed per method: the final test metric, mean and per
-seed, and the probe's start. The WSD grid is the best a fixed LR can do with the
-control's shape, chosen on the test split here: an upper bound for tuning, not a tuned baseline.
+An MLP 128-128, batch 64, seeds 0-2. And a model no plugin ships: ``gpt-char``, a causal
+transformer (two pre-norm layers, width 128, four heads, learned positions) on the hard suite's
+character LM (bptt 64, batch 32, 4 epochs; bits per character), and ``gpt-char-postln``, the
+same with post-norm layers, the kind known to need a warm-up when deep. Printed per method: the
+final test metric, mean and per seed, and the probe's start. The WSD grid is the best a fixed
+LR can do with the control's shape, chosen on the test split here: an upper bound for tuning,
+not a tuned baseline.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import statistics
 
 import torch
 from metalr_hard.regression import Regression
+from torch import nn
 
 from metalr.contracts.protocols import ModelSpec
 from metalr.contracts.registry import get_registry
@@ -32,14 +37,20 @@ from metalr.engine.data import TensorClassificationTask
 
 OPTIMIZERS = {"sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}),
               "sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}), "adam": ("adam", {})}
-EPOCHS = {"clusters": 30, "clusters20": 30, "moons": 30, "cancer": 30, "diabetes": 150,
-          "linreg": 30}
-TASKS = tuple(EPOCHS)
+# task: epochs, batch size, the headline metric (its key in a run's history is "test_" + it)
+TASKS = {"clusters": (30, 64, "accuracy"), "clusters20": (30, 64, "accuracy"),
+         "moons": (30, 64, "accuracy"), "cancer": (30, 64, "accuracy"),
+         "diabetes": (150, 64, "rmse"), "linreg": (30, 64, "rmse"),
+         "gpt-char": (4, 32, "bpc"), "gpt-char-postln": (4, 32, "bpc")}
 REGRESSIONS = ("diabetes", "linreg")
-GRIDS = {"sgd": [0.03, 0.1, 0.3, 1.0, 3.0], "sgdm": [0.01, 0.03, 0.1, 0.3, 1.0],
-         "adam": [0.0003, 0.001, 0.003, 0.01, 0.03]}
-REGRESSION_GRIDS = {"sgd": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "sgdm": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4],
-                    "adam": [1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03]}
+GRIDS = {  # the WSD LRs, by metric and optimizer
+    "accuracy": {"sgd": [0.03, 0.1, 0.3, 1.0, 3.0], "sgdm": [0.01, 0.03, 0.1, 0.3, 1.0],
+                 "adam": [0.0003, 0.001, 0.003, 0.01, 0.03]},
+    "rmse": {"sgd": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "sgdm": [3e-6, 1e-5, 3e-5, 1e-4, 3e-4],
+             "adam": [1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03]},
+    "bpc": {"sgd": [0.3, 1.0, 3.0, 10.0], "sgdm": [0.03, 0.1, 0.3, 1.0],
+            "adam": [0.0003, 0.001, 0.003, 0.01]},
+}
 
 
 def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,24 +116,59 @@ class UnseenRegression(Regression):
         self.loss_scale = float(self._train[1].var(unbiased=False))
 
 
-def make_task(name: str) -> TensorClassificationTask:
+class TinyGPT(nn.Module):
+    """A causal transformer LM, ``forward(x, hidden) -> (logits, ())`` as the LM tasks call it
+    (``x``: ``(seq_len, batch)`` token ids; no state carried between windows)."""
+
+    def __init__(self, vocab: int, width: int = 128, layers: int = 2, heads: int = 4,
+                 context: int = 64, norm_first: bool = True):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(context, 1, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
+                                           norm_first=norm_first)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, x: torch.Tensor, hidden: object = None) -> tuple[torch.Tensor, tuple]:
+        n = x.shape[0]
+        mask = torch.triu(torch.full((n, n), float("-inf")), 1)
+        h = self.body(self.embed(x) + self.position[:n], mask=mask, is_causal=True)
+        return self.head(self.norm(h)), ()
+
+
+def make_task(name: str):
+    if name.startswith("gpt-"):
+        return get_registry().get("task", "char-lm").build(bptt=64)
     return UnseenRegression(name) if name in REGRESSIONS else Unseen(name)
+
+
+def make_model(name: str, spec: ModelSpec) -> nn.Module:
+    if name.startswith("gpt-"):
+        return TinyGPT(spec.num_outputs, norm_first=not name.endswith("postln"))
+    return get_registry().get("model", "mlp").build(spec, hidden=[128, 128])
 
 
 def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
           **options) -> Engine:
-    """One run's engine (the tests fit it themselves to read its history): the task, an MLP
-    128-128 and the optimizer, for ``seed``, batch 64; ``options`` are the LR policy's."""
+    """One run's engine (the tests fit it themselves to read its history): the task, its model
+    and the optimizer, for ``seed`` (``TASKS`` has the epochs and batch size); ``options`` are
+    the LR policy's."""
     reg = get_registry()
     task = make_task(task_name)
     task.setup(seed, torch.device("cpu"))
     torch.manual_seed(seed)
-    model = reg.get("model", "mlp").build(task.spec, hidden=[128, 128])
+    model = make_model(task_name, task.spec)
     opt_name, opt_options = OPTIMIZERS[optimizer]
     opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     lr_policy = reg.get("lr_policy", policy).build(**options)
+    default_epochs, batch, _ = TASKS[task_name]
     return Engine(task, model, opt, lr_policy,
-                  EngineConfig(epochs=epochs or EPOCHS[task_name], batch_size=64, meta_batch_size=64, seed=seed))
+                  EngineConfig(epochs=epochs or default_epochs, batch_size=batch,
+                               meta_batch_size=batch, seed=seed))
 
 
 def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
@@ -132,7 +178,7 @@ def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | No
         history = build(task_name, optimizer, policy, seed, epochs, **options).fit()
     except (TrainingDiverged, FloatingPointError):  # FloatingPointError: every probe LR diverged
         return float("nan"), None
-    metric = "test_rmse" if task_name in REGRESSIONS else "test_accuracy"
+    metric = "test_" + TASKS[task_name][2]
     return history.epochs[-1][metric], (history.probe.lr if history.probe else None)
 
 
@@ -140,15 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("optimizer", choices=sorted(OPTIMIZERS))
-    parser.add_argument("--epochs", type=int, help="default: 150 for diabetes, else 30")
+    parser.add_argument("--epochs", type=int, help="default: the task's (TASKS)")
     parser.add_argument("--grid", type=float, nargs="*", help="WSD LRs (default: per optimizer)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    grids = REGRESSION_GRIDS if args.task in REGRESSIONS else GRIDS
-    grid = grids[args.optimizer] if args.grid is None else args.grid
-    epochs = args.epochs or EPOCHS[args.task]
-    metric = "RMSE" if args.task in REGRESSIONS else "accuracy"
+    default_epochs, _, metric = TASKS[args.task]
+    grid = GRIDS[metric][args.optimizer] if args.grid is None else args.grid
+    epochs = args.epochs or default_epochs
     methods = [("mlrsnet", "mlrsnet", {}), ("control", "probed-wsd", {})]
     methods += [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
     print(f"{args.task}, {args.optimizer}, {epochs} epochs: final test {metric} "

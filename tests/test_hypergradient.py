@@ -55,6 +55,21 @@ CASES = [
 ]
 
 
+class _Attention(nn.Module):
+    """One pre-norm transformer encoder layer over MNIST-1D's 40 positions, mean-pooled: a
+    model no plugin ships, whose meta step goes through multi-head attention and layer norm."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.embed = nn.Linear(1, 8)
+        self.body = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                               norm_first=True)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.head(self.body(self.embed(x.reshape(len(x), -1, 1))).mean(1))
+
+
 @pytest.mark.parametrize("learn_scale", [False, True])
 @pytest.mark.parametrize("policy_name", ["mlrsnet", "mlp-lr"])
 @pytest.mark.parametrize("opt_name,opt_options", CASES)
@@ -64,6 +79,18 @@ def test_hypergradient_matches_torch_func_and_finite_differences(
     """Through the LR alone, and with log(gamma) learned too (the auto preset's scale)."""
     torch.manual_seed(0)
     model = registry.get("model", "mlp").build(task.spec, hidden=[16]).double()
+    _check_hypergradient(registry, task, model, opt_name, opt_options, policy_name, learn_scale)
+
+
+@pytest.mark.parametrize("opt_name,opt_options", [CASES[0], CASES[3]], ids=["momentum", "adamw"])
+def test_hypergradient_through_attention(registry, task, opt_name, opt_options):
+    """The same check through a transformer layer (bench/unseen.py's ``gpt-char`` family)."""
+    torch.manual_seed(0)
+    model = _Attention(task.spec.num_outputs).double()
+    _check_hypergradient(registry, task, model, opt_name, opt_options, "mlrsnet", True)
+
+
+def _check_hypergradient(registry, task, model, opt_name, opt_options, policy_name, learn_scale):
     opt = registry.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     gamma = 0.05 if opt_name == "sgd" else 0.01
     policy = registry.get("lr_policy", policy_name).build(
