@@ -66,8 +66,9 @@ class ProbedOptions(BaseModel):
         "auto 0.1 with a probed scale, else 0)")
     brake: float | None = Field(
         None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
-        "10% above the first step's, and still above it a step later, cuts the scale by sqrt(10) "
-        "(at most once in 3 steps, twice in all); 0: "
+        "10% above the first step's (more where the probe saw batch noise alone rise more), and "
+        "still above it a step later, cuts the scale by sqrt(10) (at most once in 3 steps, "
+        "twice in all); 0: "
         "never (unset: auto 0.05 with a probed scale, else 0)")
 
     @model_validator(mode="after")
