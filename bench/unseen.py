@@ -36,7 +36,10 @@ from metalr.engine.algorithm import Engine, EngineConfig, TrainingDiverged
 from metalr.engine.data import TensorClassificationTask
 
 OPTIMIZERS = {"sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}),
-              "sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}), "adam": ("adam", {})}
+              "sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}), "adam": ("adam", {}),
+              "nesterov": ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+              "adamw": ("adamw", {"weight_decay": 0.01})}
+FAMILY = {"nesterov": "sgdm", "adamw": "adam"}  # whose WSD grid an optimizer shares
 # task: epochs, batch size, the headline metric (its key in a run's history is "test_" + it)
 TASKS = {"clusters": (30, 64, "accuracy"), "clusters20": (30, 64, "accuracy"),
          "moons": (30, 64, "accuracy"), "cancer": (30, 64, "accuracy"),
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     default_epochs, _, metric = TASKS[args.task]
-    grid = GRIDS[metric][args.optimizer] if args.grid is None else args.grid
+    family = FAMILY.get(args.optimizer, args.optimizer)
+    grid = GRIDS[metric][family] if args.grid is None else args.grid
     epochs = args.epochs or default_epochs
     methods = [("mlrsnet", "mlrsnet", {}), ("control", "probed-wsd", {})]
     methods += [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         found = [run(args.task, args.optimizer, policy, seed, epochs, **options)
                  for seed in args.seeds]
         accs = [acc for acc, _ in found]
-        starts = " / ".join(f"{s:.3g}" for _, s in found) if found[0][1] is not None else "-"
+        starts = (" / ".join("-" if s is None else f"{s:.3g}" for _, s in found)
+                  if any(s is not None for _, s in found) else "-")  # None: a run that failed
         print(f"  {label}: {statistics.fmean(accs):.4f} ("
               + " / ".join(f"{a:.3f}" for a in accs) + f"), start {starts}", flush=True)
 
