@@ -130,12 +130,17 @@ def test_a_harmful_lr_is_moved_down_and_a_merely_slower_one_is_not(registry):
     assert right.lr >= 0.003  # never down from an LR that makes progress
 
 
-def _braked(registry, losses):
-    """The steps at which MLR-SNet's brake cuts, for this sequence of training losses."""
+def _braked(registry, losses, jump=None):
+    """The steps at which MLR-SNet's brake cuts, for this sequence of training losses (``jump``:
+    the threshold the run's probe measured, :func:`metalr.engine.probe.jump_tolerance`)."""
     from types import SimpleNamespace
+
+    from metalr.engine.probe import ProbeResult
 
     policy = registry.get("lr_policy", "mlrsnet").build()
     policy.total_steps = 1000  # a 50-step window
+    if jump is not None:
+        policy.probe = ProbeResult(float(policy.gamma) / 2, jump=jump)
     scale = float(policy.gamma)
     for step, loss in enumerate(losses):
         policy._brake(SimpleNamespace(step=step, loss=torch.tensor(loss)))
@@ -152,6 +157,15 @@ def test_the_brake_cuts_a_jump_that_holds_not_a_one_step_spike(registry):
     assert _braked(registry, [2.3] + [3.0] * 30) == [2, 5]
     # only in the window (5% of the run)
     assert _braked(registry, [2.3] * 60 + [3.0] * 10) == []
+
+
+def test_the_brake_reads_the_noise_its_probe_measured(registry):
+    """Batch losses 30% apart with no step taken (a regression on raw targets) are no jump
+    where the probe measured that much noise; a rise beyond it still is."""
+    noisy = [100.0, 125.0, 128.0, 95.0, 110.0, 127.0, 126.0, 90.0]
+    assert _braked(registry, noisy) == [2, 6]  # with 10%, noise alone is cut twice
+    assert _braked(registry, noisy, jump=0.3) == []
+    assert _braked(registry, [100.0, 90.0, 150.0, 140.0, 80.0], jump=0.3) == [3]
 
 
 
