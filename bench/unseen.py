@@ -45,7 +45,7 @@ TASKS = {"clusters": (30, 64, "accuracy"), "clusters20": (30, 64, "accuracy"),
          "moons": (30, 64, "accuracy"), "cancer": (30, 64, "accuracy"),
          "diabetes": (150, 64, "rmse"), "linreg": (30, 64, "rmse"),
          "gpt-char": (4, 32, "bpc"), "gpt-char-postln": (4, 32, "bpc")}
-REGRESSIONS = ("diabetes", "linreg")
+REGRESSIONS = tuple(name for name, (_, _, metric) in TASKS.items() if metric == "rmse")
 GRIDS = {  # the WSD LRs, by metric and optimizer
     "accuracy": {"sgd": [0.03, 0.1, 0.3, 1.0, 3.0], "sgdm": [0.01, 0.03, 0.1, 0.3, 1.0],
                  "adam": [0.0003, 0.001, 0.003, 0.01, 0.03]},
