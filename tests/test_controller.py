@@ -48,14 +48,23 @@ def maker(task, base_seed: int = 100):
 
 
 @pytest.fixture(scope="module")
-def trained(registry, task):
-    """A controller after a few hundred PPO timesteps on the tiny task, and its episodes."""
+def trained(registry, task, tmp_path_factory):
+    """A controller after a few hundred PPO timesteps on the tiny task, and its episodes.
+
+    The temp dir is a fresh folder, so that what meta-training leaves in it can be listed."""
+    import tempfile
+
     from metalr.engine.episodes import train_episodes
 
     ctrl = build(registry, act_every=2, episodes=20, batch_size=13, n_epochs=4, ppo_lr=3e-3)
     before = {k: v.clone() for k, v in ctrl.state_dict().items()}
-    records = train_episodes(ctrl, maker(task), progress=False)
-    return ctrl, before, records
+    tmp, saved = tmp_path_factory.mktemp("tempdir"), tempfile.tempdir
+    tempfile.tempdir = str(tmp)
+    try:
+        records = train_episodes(ctrl, maker(task), progress=False)
+    finally:
+        tempfile.tempdir = saved
+    return ctrl, before, records, sorted(p.name for p in tmp.iterdir())
 
 
 def test_protocols_tell_the_kinds_apart(registry):
@@ -87,7 +96,8 @@ def test_env_passes_check_env_and_ends_truncated(registry, task):
 
 
 def test_tiny_meta_training_learns_and_reports_episodes(trained):
-    ctrl, before, records = trained
+    ctrl, before, records, left = trained
+    assert left == [], f"meta-training left {left} in the temp dir"
     after = ctrl.state_dict()
     assert len(records) == 20 and all(math.isfinite(r["reward"]) for r in records)
     assert all(len(r["lrs"]) == EPOCHS * 14 and "test_accuracy" in r["metrics"] for r in records)
@@ -101,7 +111,7 @@ def frozen_lrs(ctrl, task, seed=7, order_seed=None) -> list[float]:
 
 
 def test_save_load_round_trip_gives_the_same_actions(trained, task, tmp_path):
-    ctrl, _, _ = trained
+    ctrl, _, _, _ = trained
     path = save_meta_learner(tmp_path / "ctrl.safetensors", "lr-controller", ctrl)
     twin = load_meta_learner(path, frozen=True)  # rebuilt from the header through the registry
     assert twin.frozen and twin.options() == ctrl.options()
@@ -119,7 +129,7 @@ def test_meta_test_reproduces_the_env_lr_trace(trained, task, order_seed):
     once shuffled with ``train.seed``)."""
     from metalr_controller.env import ControllerEnv
 
-    ctrl, _, _ = trained
+    ctrl, _, _, _ = trained
     env = ControllerEnv(ctrl, lambda i, acting: engine_for(task, acting, 7, order_seed),
                         update_stats=False)
     obs, _ = env.reset()
@@ -131,7 +141,7 @@ def test_meta_test_reproduces_the_env_lr_trace(trained, task, order_seed):
 
 
 def test_bad_controller_files_are_refused(registry, trained, tmp_path):
-    ctrl, _, _ = trained
+    ctrl, _, _, _ = trained
     good = save_meta_learner(tmp_path / "good.safetensors", "lr-controller", ctrl)
     five = build(registry, act_every=2, features=["meta_loss", "train_loss", "log_lr",
                                                   "first_w_mean", "last_w_var"])
@@ -228,7 +238,7 @@ def test_hand_loop_gives_the_recipe_lrs(trained, task, tmp_path):
     """A saved controller in a plain PyTorch loop sets the LRs of the engine's meta-test run."""
     from metalr import ControlledLR
 
-    ctrl, _, _ = trained
+    ctrl, _, _, _ = trained
     path = save_meta_learner(tmp_path / "ctrl.safetensors", "lr-controller", ctrl)
     want = frozen_lrs(ctrl, task, seed=3)
     torch.manual_seed(3)

@@ -168,6 +168,7 @@ class LRController:
         if self.frozen:
             raise RuntimeError("lr-controller: frozen (meta-test mode) cannot be meta-trained")
         from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import Logger
 
         from .env import ControllerEnv
 
@@ -180,6 +181,9 @@ class LRController:
                         n_epochs=o.n_epochs, learning_rate=o.ppo_lr, gamma=o.gamma,
                         gae_lambda=o.gae_lambda, ent_coef=o.ent_coef, seed=o.seed,
                         device="cpu", policy_kwargs=self.policy_kwargs(), verbose=0)
+        # metalr tracks episodes itself; SB3's default logger would leave an empty SB3-<time> folder
+        # in the temp dir on every meta-train.
+        model.set_logger(Logger(folder=None, output_formats=[]))
         model.policy.load_state_dict(self.net.state_dict())
         model.learn(total_timesteps=self.episodes * n)
         self.net.load_state_dict(model.policy.state_dict())
