@@ -1,6 +1,7 @@
 """The default on tasks kept outside the suites, beside the control and a WSD grid.
 
     python bench/unseen.py TASK OPTIMIZER [--epochs N] [--grid 0.01 0.03 0.1 0.3 1]
+        [--objective averaged ...] [--no-grid]
 
 Issue 18's bar is checked on tasks outside the repository's suites too: nothing here was tuned
 on these. Tasks (scikit-learn, offline): ``clusters``, eight classes of ``make_classification``
@@ -156,10 +157,11 @@ def make_model(name: str, spec: ModelSpec) -> nn.Module:
 
 
 def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
-          **options) -> Engine:
+          objective: str | None = None, **options) -> Engine:
     """One run's engine (the tests fit it themselves to read its history): the task, its model
-    and the optimizer, for ``seed`` (``TASKS`` has the epochs and batch size); ``options`` are
-    the LR policy's."""
+    and the optimizer, for ``seed`` (``TASKS`` has the epochs and batch size); ``objective``
+    names a registered meta-objective (default: the engine's, one-step); ``options`` are the
+    LR policy's."""
     reg = get_registry()
     task = make_task(task_name)
     task.setup(seed, torch.device("cpu"))
@@ -169,16 +171,17 @@ def build(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | 
     opt = reg.get("optimizer", opt_name).build(model.parameters(), **opt_options)
     lr_policy = reg.get("lr_policy", policy).build(**options)
     default_epochs, batch, _ = TASKS[task_name]
+    meta_objective = reg.get("meta_objective", objective).build() if objective else None
     return Engine(task, model, opt, lr_policy,
                   EngineConfig(epochs=epochs or default_epochs, batch_size=batch,
-                               meta_batch_size=batch, seed=seed))
+                               meta_batch_size=batch, seed=seed), meta_objective)
 
 
 def run(task_name: str, optimizer: str, policy: str, seed: int, epochs: int | None = None,
-        **options) -> tuple[float, float | None]:
+        objective: str | None = None, **options) -> tuple[float, float | None]:
     """``(final test metric, probe start or None)`` of one run (a diverged run: nan)."""
     try:
-        history = build(task_name, optimizer, policy, seed, epochs, **options).fit()
+        history = build(task_name, optimizer, policy, seed, epochs, objective, **options).fit()
     except (TrainingDiverged, FloatingPointError):  # FloatingPointError: every probe LR diverged
         return float("nan"), None
     metric = "test_" + TASKS[task_name][2]
@@ -192,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="default: the task's (TASKS)")
     parser.add_argument("--grid", type=float, nargs="*", help="WSD LRs (default: per optimizer)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--objective", nargs="*", default=[],
+                        help="more MLR-SNet rows, meta-trained with these registered objectives")
+    parser.add_argument("--no-grid", action="store_true", help="skip the WSD rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     default_epochs, _, metric = TASKS[args.task]
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     grid = GRIDS[metric][family] if args.grid is None else args.grid
     epochs = args.epochs or default_epochs
     methods = [("mlrsnet", "mlrsnet", {}), ("control", "probed-wsd", {})]
-    methods += [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
+    methods += [(f"mlrsnet {name}", "mlrsnet", {"objective": name}) for name in args.objective]
+    methods += [] if args.no_grid else [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
     print(f"{args.task}, {args.optimizer}, {epochs} epochs: final test {metric} "
           "(per seed), probe start per seed")
     for label, policy, options in methods:
