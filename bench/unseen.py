@@ -13,6 +13,9 @@ points as the meta split. Two regressions on raw targets, as a practitioner's lo
 (MSE, headline RMSE, lower is better): ``diabetes``, scikit-learn's bundled data (442 patients,
 targets 152 +- 78, 80 meta points, 150 epochs: four steps an epoch), and ``linreg``,
 ``make_regression`` (3,000 points, 20 features, 10 informative, noise 10, targets 6 +- 154).
+And ``wine``, the bundled wine data (178 samples, three classes; 30 meta points, batch 32, 100
+epochs), and ``friedman``, ``make_friedman1`` (3,000 points, 10 features, a nonlinear target
+14 +- 5; pass ``--grid``: the raw-target grids are for targets 10-30x larger).
 An MLP 128-128, batch 64, seeds 0-2. And a model no plugin ships: ``gpt-char``, a causal
 transformer (two pre-norm layers, width 128, four heads, learned positions) on the hard suite's
 character LM (bptt 64, batch 32, 4 epochs; bits per character), and ``gpt-char-postln``, the
@@ -44,8 +47,11 @@ FAMILY = {"nesterov": "sgdm", "adamw": "adam"}  # whose WSD grid an optimizer sh
 # task: epochs, batch size, the headline metric (its key in a run's history is "test_" + it)
 TASKS = {"clusters": (30, 64, "accuracy"), "clusters20": (30, 64, "accuracy"),
          "moons": (30, 64, "accuracy"), "cancer": (30, 64, "accuracy"),
-         "diabetes": (150, 64, "rmse"), "linreg": (30, 64, "rmse"),
+         "wine": (100, 32, "accuracy"),
+         "diabetes": (150, 64, "rmse"), "linreg": (30, 64, "rmse"), "friedman": (30, 64, "rmse"),
          "gpt-char": (4, 32, "bpc"), "gpt-char-postln": (4, 32, "bpc")}
+# meta split sizes; otherwise 80 for a classifier, 300 for a regression
+META_SIZE = {"clusters": 300, "clusters20": 300, "wine": 30, "diabetes": 80}
 REGRESSIONS = tuple(name for name, (_, _, metric) in TASKS.items() if metric == "rmse")
 GRIDS = {  # the WSD LRs, by metric and optimizer
     "accuracy": {"sgd": [0.03, 0.1, 0.3, 1.0, 3.0], "sgdm": [0.01, 0.03, 0.1, 0.3, 1.0],
@@ -61,7 +67,9 @@ def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import (
         load_breast_cancer,
         load_diabetes,
+        load_wine,
         make_classification,
+        make_friedman1,
         make_moons,
         make_regression,
     )
@@ -82,6 +90,10 @@ def _data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = load_diabetes(return_X_y=True)
     elif name == "linreg":
         x, y = make_regression(3000, 20, n_informative=10, noise=10.0, random_state=1)
+    elif name == "wine":
+        x, y = load_wine(return_X_y=True)
+    elif name == "friedman":
+        x, y = make_friedman1(3000, 10, noise=1.0, random_state=4)
     else:
         raise ValueError(f"unknown task {name!r}: {', '.join(TASKS)}")
     x = torch.as_tensor(x, dtype=torch.float32)
@@ -100,7 +112,7 @@ class Unseen(TensorClassificationTask):
     """One of the classification tasks above (the module docstring), as the engine takes it."""
 
     def __init__(self, name: str):
-        super().__init__(meta_size=300 if name.startswith("clusters") else 80)
+        super().__init__(meta_size=META_SIZE.get(name, 80))
         self.x, self.y = _data(name)
         self.spec = ModelSpec(input_shape=(self.x.shape[1],), num_outputs=int(self.y.max()) + 1)
 
@@ -114,7 +126,7 @@ class UnseenRegression(Regression):
 
     def __init__(self, name: str):
         x, y = _data(name)
-        TensorClassificationTask.__init__(self, meta_size=80 if name == "diabetes" else 300)
+        TensorClassificationTask.__init__(self, meta_size=META_SIZE.get(name, 300))
         self._train, self._test = _split(x, y)
         self.spec = ModelSpec(input_shape=(x.shape[1],), num_outputs=1)
         self.loss_scale = float(self._train[1].var(unbiased=False))

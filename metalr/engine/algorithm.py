@@ -39,7 +39,14 @@ from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import ProbeResult, learned_before, probe_lr, probe_steps, recheck_lr
+from metalr.engine.probe import (
+    ProbeResult,
+    fell_back,
+    learned_before,
+    probe_lr,
+    probe_steps,
+    recheck_lr,
+)
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
@@ -366,7 +373,8 @@ class Engine:
                             seed=self.order.seed, clip_grad_norm=cfg.clip_grad_norm,
                             ceiling=math.inf if probed is None else probed.ceiling,
                             untrained=None if probed is None else probed.initial_loss,
-                            learned=learned_before(history.losses))
+                            learned=learned_before(history.losses),
+                            fell=fell_back(history.losses))
         if result.lr != lr:
             self.policy.rescale(result.lr / lr)
         history.recheck, history.recheck_step = result, step
