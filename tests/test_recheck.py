@@ -10,6 +10,7 @@ start 10x too high is moved down where it does harm. What the recheck did is in 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -244,9 +245,12 @@ def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
     flat = recheck_lr(task, model, opt, 1e-7, ceiling=1e-6, **kwargs)
     assert max(flat.losses.values()) < (1 + 0.01) * flat.initial_loss  # nothing moves it
     assert flat.signal and flat.lr == pytest.approx(1e-6)  # off the "plateau", to the ceiling
-    # a run whose training loss had fallen before (``learned``) is never taken for a plateau
+    # a run whose training loss had fallen before (``learned``) is never taken for a plateau:
+    # never moved up; back at its untrained loss with a flat look, it is a killed net, restarted
+    # a half-decade lower (the next tests)
     fallen = recheck_lr(task, model, opt, 1e-7, ceiling=1e-6, learned=True, **kwargs)
-    assert fallen.losses == flat.losses and fallen.lr == 1e-7 and not fallen.signal
+    assert fallen.losses == flat.losses and not flat.restart
+    assert fallen.restart and fallen.lr == pytest.approx(1e-7 / math.sqrt(10))
 
 
 def test_a_fall_back_is_told_from_a_plateau_by_the_runs_own_training_loss():
@@ -293,8 +297,9 @@ def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(load_bench):
     """MLR-SNet with SGD momentum on ``clusters20`` of bench/unseen.py (twenty classes), seed 1:
     28% after its first epoch at the probe's 0.28, back within 5% of its untrained loss by the
     recheck (its training loss had fallen: ``learned``), where 26 steps at its LR raise the loss
-    7% and every smaller LR holds it. Moved down, it ends at 0.41 (measured); kept, at 0.17
-    (chance: 0.05)."""
+    7% and every smaller LR holds it. Moved down (to 0.029), it ended at 0.41; kept, at 0.17
+    (chance: 0.05). With a look that flat after a fall, the net is taken for killed and the run
+    restarts from its first weights at a half-decade below the probe's start: 0.59 (measured)."""
     from metalr.engine.probe import learned_before
 
     def run(**options):
@@ -308,6 +313,7 @@ def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(load_bench):
     assert learned_before(moved.losses[:at])
     assert moved.recheck.initial_loss > (1 - SIGNAL_FLOOR) * moved.probe.initial_loss  # back
     assert moved.recheck.signal and moved.lrs[at] < moved.lrs[at - 1] / 2
+    assert moved.recheck.restart
     assert moved_acc > held_acc + 0.1
 
 
@@ -347,3 +353,64 @@ def test_a_run_that_gave_back_most_of_its_gain_is_moved_down(load_bench):
     assert has_signal(moved.probe.initial_loss, look.initial_loss, 0.0)  # not "held"
     assert moved.lrs[at] < moved.lrs[at - 1] / 2 and look.signal
     assert moved_acc > 0.4 and moved_acc > held_acc + 0.1
+
+
+def test_blew_up_is_far_past_a_jump():
+    """``blew_up``: a rise to 1.5x the first loss at least, or past twice the noise's jump."""
+    from metalr.engine.probe import blew_up
+
+    assert blew_up([2.3, 2.9, 1.0, 3.5])  # 1.52x
+    assert not blew_up([2.3, 2.9, 1.0, 3.4])  # 1.48x
+    assert not blew_up([2.3, 3.4], jump=0.3)  # noise that reaches 30% asks for 1.6x
+    assert blew_up([2.3, 3.7], jump=0.3)
+    assert not blew_up([])
+
+
+DIGITS_SGDM = ("digits", {}, "cnn-digits", {}, "sgd", {"momentum": 0.9, "weight_decay": 5e-4}, 30)
+
+
+def test_a_start_that_killed_the_net_restarts_from_the_first_weights(registry):
+    """SGD momentum at 10x its probed LR kills the digits CNN on seeds 1 and 2 (measured): the
+    loss rises to 1.9-14x its first value within the first epoch, and by the recheck it is back
+    at its untrained value, where no LR of the look moves it (a dead net). Nothing done to those
+    weights helps (the brake and the recheck's moves leave both at chance, 7-10%), so the
+    recheck restarts the run from its first weights, optimizer state cleared, a half-decade
+    below the probe's own start: 0.983 and 0.987 (measured; the default start: 0.980 and
+    0.993). Seed 2 here."""
+    seed = 2
+    killed, killed_acc, _ = _run(registry, *DIGITS_SGDM, seed=seed, start_factor=10)
+    _, none_acc, _ = _run(registry, *DIGITS_SGDM, seed=seed, start_factor=10, recheck=0)
+    look, at = killed.recheck, killed.recheck_step
+    assert look.restart and look.signal
+    assert killed.lrs[at] == pytest.approx(killed.probe.lr / math.sqrt(10), rel=0.05)
+    assert none_acc < 0.15 and killed_acc > 0.95
+
+
+def test_a_resume_before_the_restart_restarts_the_same(registry, tmp_path):
+    """The first weights travel in the checkpoint until the recheck: a run stopped in its first
+    epoch and resumed ends bit for bit as the one that never stopped (without them it would
+    not restart)."""
+    from metalr.engine import checkpoint
+    from metalr.engine.algorithm import RunInterrupted
+
+    def engine():
+        task = registry.get("task", "digits").build()
+        task.setup(2, torch.device("cpu"))
+        torch.manual_seed(2)
+        model = registry.get("model", "cnn-digits").build(task.spec)
+        opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.9,
+                                                     weight_decay=5e-4)
+        policy = registry.get("lr_policy", "mlrsnet").build(start_factor=10)
+        return Engine(task, model, opt, policy, EngineConfig(epochs=30, seed=2))
+
+    reference = engine().fit()
+    assert reference.recheck.restart
+    saved, steps = [], iter(range(10**6))
+    with pytest.raises(RunInterrupted):
+        engine().fit(checkpoint=lambda s: saved.append(checkpoint.save(tmp_path / "c.pt", s)),
+                     stop=lambda: next(steps) == 5)
+    state, _ = checkpoint.load(saved[-1])
+    assert state["first_weights"] is not None
+    resumed = engine().fit(resume=state)
+    assert resumed.lrs == reference.lrs and resumed.losses == reference.losses
+    assert resumed.epochs[-1]["test_accuracy"] == reference.epochs[-1]["test_accuracy"]

@@ -40,7 +40,9 @@ from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
 from metalr.engine.probe import (
+    JUMP,
     ProbeResult,
+    blew_up,
     fell_back,
     learned_before,
     probe_lr,
@@ -196,6 +198,7 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
+        self.first_weights: dict[str, torch.Tensor] | None = None  # kept until the recheck
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = self.order.meta_generator()
@@ -374,7 +377,13 @@ class Engine:
                             ceiling=math.inf if probed is None else probed.ceiling,
                             untrained=None if probed is None else probed.initial_loss,
                             learned=learned_before(history.losses),
-                            fell=fell_back(history.losses))
+                            fell=fell_back(history.losses),
+                            blew_up=blew_up(history.losses,
+                                            JUMP if probed is None else probed.jump))
+        if result.restart and self.first_weights is not None:  # the start killed the net
+            self.model.load_state_dict(self.first_weights)
+            self.optimizer.state.clear()
+        self.first_weights = None
         if result.lr != lr:
             self.policy.rescale(result.lr / lr)
         history.recheck, history.recheck_step = result, step
@@ -426,6 +435,10 @@ class Engine:
         history.t_val = t_val if self.meta_learning else None
         recheck_at = (self.policy.recheck_step(run.total_steps)
                       if isinstance(self.policy, Rechecked) else None)
+        # the weights a recheck restarts a killed run from (on the CPU: no device memory held)
+        self.first_weights = ({k: v.detach().to("cpu", copy=True)
+                               for k, v in self.model.state_dict().items()}
+                              if recheck_at is not None else None)
         generator = self.order.train_generator()
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
@@ -433,6 +446,7 @@ class Engine:
             first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
             self.restore(resume, generator)
+            self.first_weights = resume.get("first_weights") if history.recheck is None else None
         start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
@@ -517,6 +531,7 @@ class Engine:
             "rng": {**ckpt.rng_state(), "data": epoch_rng.clone(),
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
+            "first_weights": self.first_weights,  # until the recheck (a restart needs them)
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
             "grad_scaler": (self.precision.scaler.state_dict()
                             if self.precision.scaler.is_enabled() else None),

@@ -56,6 +56,7 @@ JUMP = 0.1  # a training loss this fraction above its first value, still up the 
 # this fraction: the probe raises it to what batch noise alone reaches (jump_tolerance)
 LEARNED_WINDOW = 10  # steps averaged where a run's training loss is compared with its start
 FELL = 0.5  # a run that gave back more than this fraction of its training loss's gain fell back
+BLOW_UP = 0.5  # a training loss this fraction above its first value (at least) blew up
 PLATEAU = 0.1  # on a loss plateau an LR does no harm while its loss stays within this fraction
 # of the loss before it (the jump MLR-SNet's brake cuts): larger steps wobble a flat loss
 
@@ -89,6 +90,7 @@ class ProbeResult:
     noise: float = 0.0  # how far the best point's loss moved with another data order
     jumped: list[float] = field(default_factory=list)  # LRs whose training loss jumped (JUMP)
     jump: float = JUMP  # the rise that counts as a jump here (:func:`jump_tolerance`)
+    restart: bool = False  # a recheck found the net dead: the run restarts from its first weights
 
 
     @property
@@ -220,6 +222,7 @@ def recheck_lr(
     steps: int, batch_size: int, meta_batch_size: int, seed: int,
     clip_grad_norm: float | None = None, meta_batches: int = 2, ceiling: float = math.inf,
     untrained: float | None = None, learned: bool = False, fell: bool = False,
+    blew_up: bool = False,
 ) -> ProbeResult:
     """Probe again, part-way into a run, around the LR it runs at: is ``lr`` wrong by far?
 
@@ -279,6 +282,15 @@ def recheck_lr(
     loss from 2.81 to 2.89, 0.089 lowered it to 2.74 and 0.028 to 2.57, yet the harm rule
     wants 50%; MLR-SNet's seed 0 the same, its smaller LRs' win inside a noise replicate 0.17
     apart. Kept, they ended at 0.23 and 0.33; moved, at 0.49 and 0.50).
+
+    A run the start killed is the last case: back at its untrained loss, no LR of the look
+    moving it (a dead net's loss is as flat as a plateau's), after it had learned or its
+    training loss :func:`blew_up` on the way. A plateau never did
+    either. No LR helps weights that are dead, so the result says ``restart``: the engine puts
+    the run's first weights back and clears the optimizer's state, at a half-decade below the
+    lower of ``lr`` and the first probe's start (``ceiling / 2``), the LR that killed it being
+    at most that. (The digits CNN with SGD momentum at 10x its probed LR: the loss 32 at step 6,
+    then 2.3 at every LR of the look, at chance to the end on two seeds of three.)
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
     was nothing to move for), ``initial_loss`` the loss at the current weights, ``signal``
@@ -358,6 +370,10 @@ def recheck_lr(
             ] if fell and math.isfinite(here) else []
     if not moved and back:
         chosen, moved = max(back), True
+    dead = (idle and (learned or blew_up) and math.isfinite(here)
+            and not has_signal(initial, min(finite, default=initial), noise))
+    if dead:  # killed on the way: nothing to move from, start again lower
+        chosen, moved = min(lr, ceiling / 2) / HALF_DECADE, True
     if not moved and stuck:
         # no progress since the start, no measured win: off the plateau with a larger step
         wobble = initial + max(noise, PLATEAU * abs(initial))
@@ -366,7 +382,7 @@ def recheck_lr(
         moved = chosen > lr
     return ProbeResult(chosen, dict(sorted(losses.items())), steps, False, best, chosen,
                        initial, steps=spent, seconds=time.perf_counter() - began,
-                       signal=moved, noise=noise)
+                       signal=moved, noise=noise, restart=dead)
 
 
 def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> bool:
@@ -382,6 +398,15 @@ def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> boo
     for i in range(window, len(losses)):
         sums.append(sums[-1] + losses[i] - losses[i - window])
     return min(sums) < sums[0] - SIGNAL_FLOOR * abs(sums[0])
+
+
+def blew_up(losses: Sequence[float], jump: float = JUMP) -> bool:
+    """Whether a run's training loss (per step) rose to ``1 + max(BLOW_UP, 2 jump)`` times its
+    first value: far past a jump (``jump``: the rise batch noise alone reaches,
+    :func:`jump_tolerance`). A plateau's loss wobbles by a few percent at the LRs that escape
+    it (a GRU's: 2% at LR 1); the digits CNN killed by SGD momentum at 10x its probed LR rose to
+    1.9x (seed 2) and 14x (seed 1) before it died."""
+    return bool(losses) and max(losses) > (1 + max(BLOW_UP, 2 * jump)) * abs(losses[0])
 
 
 def fell_back(losses: Sequence[float], window: int = LEARNED_WINDOW) -> bool:

@@ -69,7 +69,8 @@ def save_history(folder: Path, history: History, metric: str, tracker: Tracker |
     recheck = history.recheck
     if recheck is not None and callable(log_params):
         log_params(run_id, {"recheck_step": history.recheck_step,
-                            "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps})
+                            "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps,
+                            "recheck_restart": recheck.restart})
     if tracker is not None:
         setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
                  if probe is not None else {})

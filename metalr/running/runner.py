@@ -381,6 +381,7 @@ class Runner:
             probed += (f", recheck at step {history.recheck_step}: "
                        + (f"LR {before:.3g} -> {recheck.lr:.3g}" if recheck.signal
                           else f"LR {before:.3g} kept")
+                       + (", restarted from the first weights" if recheck.restart else "")
                        + f" ({recheck.steps} steps, {recheck.seconds:.1f} s)")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
