@@ -62,8 +62,9 @@ class ProbedOptions(BaseModel):
         "and theta frozen (unset: auto 0.2, paper 0)")
     recheck: float | None = Field(
         None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
-        "LR reached and move the scale if a far better one is measured; 0: never (unset: "
-        "auto 0.1 with a probed scale, else 0)")
+        "LR reached and move the scale if a far better one is measured, or restart a run the "
+        "start killed from its first weights; 0: never (unset: auto 0.1 with a probed scale, "
+        "else 0)")
     brake: float | None = Field(
         None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
         "10% above the first step's (more where the probe saw batch noise alone rise more), and "
