@@ -18,7 +18,13 @@ from test_probe_signal import FirstToken, GRUHead
 
 from metalr.engine.data import TensorClassificationTask
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import JUMP, _fresh, _train_and_judge, jump_tolerance, probe_lr
+from metalr.engine.probe import (
+    JUMP,
+    fresh_optimizer,
+    jump_tolerance,
+    probe_lr,
+    train_and_judge,
+)
 
 
 def _setup(seed: int):
@@ -31,7 +37,7 @@ def _setup(seed: int):
 
 def _training_losses(task, model, opt, lr: float, steps: int, seed: int) -> list[float]:
     """The training losses of ``steps`` Adam steps at ``lr`` on the run's first batches."""
-    opt = _fresh(opt, model.parameters(), lr)
+    opt = fresh_optimizer(opt, model.parameters(), lr)
     out = []
     for _, batch in itertools.islice(DataOrder(seed).batches(task, 128), steps):
         opt.zero_grad()
@@ -96,7 +102,7 @@ def test_train_and_judge_reports_a_jump_the_next_step_keeps_and_not_a_one_step_s
         model = GRUHead()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         judge = [task.meta_batch(4, torch.Generator().manual_seed(0))]
-        return _train_and_judge(task, model, opt, len(losses), 4, DataOrder(0), judge, None)
+        return train_and_judge(task, model, opt, len(losses), 4, DataOrder(0), judge, None)
 
     assert run([2.0, 1.8, 3.0, 1.5, 1.4])[1] is False  # spike undone at once
     assert run([2.0, 1.8, 3.0, 2.1, 1.4])[1] is True  # still above the first: held

@@ -22,8 +22,8 @@ from metalr.engine.probe import (
     has_signal,
     probe_lr,
     probe_steps,
-    recheck_lr,
 )
+from metalr.engine.recheck import recheck_lr
 
 
 class FirstToken(TensorClassificationTask):

@@ -1,7 +1,7 @@
 """Recovery from a wrong start (issue 18, part 2): the recheck part-way into the run.
 
 MLR-SNet under ``preset: auto`` probes the run's LR again at 10% of the run, from the current
-weights and optimizer state (:func:`metalr.engine.probe.recheck_lr`), and moves its scale when a far
+weights and optimizer state (:func:`metalr.engine.recheck.recheck_lr`), and moves its scale when a far
 better LR is measured. A start 30x too low (``start_factor``) is moved up on two tasks and the
 run ends far above the same run without the recheck; a start that is right is left alone; a
 start 10x too high is moved down where it does harm. What the recheck did is in the history.
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from metalr.engine.algorithm import Engine, EngineConfig
-from metalr.engine.probe import SIGNAL_FLOOR, probe_steps, recheck_lr
+from metalr.engine.probe import SIGNAL_FLOOR, probe_steps
+from metalr.engine.recheck import recheck_lr
 
 
 def _run(registry, task_name, task_options, model_name, model_options, opt_name, opt_options,
@@ -257,7 +258,7 @@ def test_a_fall_back_is_told_from_a_plateau_by_the_runs_own_training_loss():
     """``learned_before``: 10-step means of the training loss, against the first 10 steps'. A
     plateau's batches wobble (single steps 3% below the start here) without a learned run's
     fall; a run that fell 20% and came back had learned."""
-    from metalr.engine.probe import learned_before
+    from metalr.engine.recheck import learned_before
 
     wobble = [1.40, 1.36, 1.42, 1.39, 1.41, 1.38, 1.40, 1.37, 1.43, 1.39] * 6
     assert min(wobble) < 0.975 * wobble[0] and not learned_before(wobble)
@@ -300,7 +301,7 @@ def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(load_bench):
     7% and every smaller LR holds it. Moved down (to 0.029), it ended at 0.41; kept, at 0.17
     (chance: 0.05). With a look that flat after a fall, the net is taken for killed and the run
     restarts from its first weights at a half-decade below the probe's start: 0.59 (measured)."""
-    from metalr.engine.probe import learned_before
+    from metalr.engine.recheck import learned_before
 
     def run(**options):
         history = load_bench("unseen").build("clusters20", "sgdm", "mlrsnet", 1,
@@ -320,7 +321,7 @@ def test_a_run_that_fell_back_to_its_untrained_loss_is_moved_down(load_bench):
 def test_fell_back_counts_the_share_of_the_gain_given_back():
     """``fell_back``: the last 10-step mean above the lowest by more than half of the first's
     distance to the lowest (closed forms: 3.0 -> 2.0 and back up to 2.6 gave back 60%)."""
-    from metalr.engine.probe import fell_back
+    from metalr.engine.recheck import fell_back
 
     assert fell_back([3.0] * 10 + [2.0] * 10 + [2.6] * 10)  # 60% given back
     assert not fell_back([3.0] * 10 + [2.0] * 10 + [2.4] * 10)  # 40%
@@ -339,7 +340,8 @@ def test_a_run_that_gave_back_most_of_its_gain_is_moved_down(load_bench):
     run stands, yet raises it by far less than the harm rule's 50%. Moved down it ends at 0.49
     (measured); kept by the recheck before this rule, at 0.23 (chance: 0.05); the test holds
     it against the same run without a recheck."""
-    from metalr.engine.probe import fell_back, has_signal
+    from metalr.engine.probe import has_signal
+    from metalr.engine.recheck import fell_back
 
     def run(**options):
         history = load_bench("unseen").build("clusters20", "sgdm", "probed-wsd", 0,
@@ -357,7 +359,7 @@ def test_a_run_that_gave_back_most_of_its_gain_is_moved_down(load_bench):
 
 def test_blew_up_is_far_past_a_jump():
     """``blew_up``: a rise to 1.5x the first loss at least, or past twice the noise's jump."""
-    from metalr.engine.probe import blew_up
+    from metalr.engine.recheck import blew_up
 
     assert blew_up([2.3, 2.9, 1.0, 3.5])  # 1.52x
     assert not blew_up([2.3, 2.9, 1.0, 3.4])  # 1.48x

@@ -189,7 +189,7 @@ class MetaObjective(Protocol):
 @runtime_checkable
 class Rechecked(LRPolicy, Protocol):
     """A policy whose LR scale the engine checks once, part-way into the run, and moves when the
-    check measures a far better one (:func:`metalr.engine.probe.recheck_lr`), so that a start wrong
+    check measures a far better one (:func:`metalr.engine.recheck.recheck_lr`), so that a start wrong
     by 10x either way does not decide the run.
 
     ``recheck_step(total_steps)``: the 0-based step before which the check runs (None: never).

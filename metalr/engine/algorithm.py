@@ -39,16 +39,8 @@ from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import (
-    JUMP,
-    ProbeResult,
-    blew_up,
-    fell_back,
-    learned_before,
-    probe_lr,
-    probe_steps,
-    recheck_lr,
-)
+from metalr.engine.probe import JUMP, ProbeResult, probe_lr, probe_steps
+from metalr.engine.recheck import blew_up, fell_back, learned_before, recheck_lr
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
@@ -365,7 +357,7 @@ class Engine:
     def _recheck(self, history: History, step: int, steps_per_epoch: int,
                  total_steps: int) -> None:
         """Checks the LR the run has reached (the last step's) and moves the policy's scale to
-        what the check chose (:func:`metalr.engine.probe.recheck_lr`); recorded in the history."""
+        what the check chose (:func:`metalr.engine.recheck.recheck_lr`); recorded in the history."""
         cfg, lr = self.cfg, history.lrs[-1]
         if not lr > 0:
             return
@@ -378,7 +370,7 @@ class Engine:
                             untrained=None if probed is None else probed.initial_loss,
                             learned=learned_before(history.losses),
                             fell=fell_back(history.losses),
-                            blew_up=blew_up(history.losses,
+                            blown=blew_up(history.losses,
                                             JUMP if probed is None else probed.jump))
         if result.restart and self.first_weights is not None:  # the start killed the net
             self.model.load_state_dict(self.first_weights)
