@@ -371,8 +371,10 @@ class Engine:
                             learned=learned_before(history.losses),
                             fell=fell_back(history.losses),
                             blown=blew_up(history.losses,
-                                            JUMP if probed is None else probed.jump))
-        if result.restart and self.first_weights is not None:  # the start killed the net
+                                          JUMP if probed is None else probed.jump))
+        if result.restart and self.first_weights is None:  # a checkpoint without them
+            result = dataclasses.replace(result, restart=False)
+        if result.restart:  # the start killed the net: begin again from the first weights
             self.model.load_state_dict(self.first_weights)
             self.optimizer.state.clear()
         self.first_weights = None
