@@ -214,6 +214,7 @@ def fill_then_free(tmp_path: Path, full_disk) -> tuple[Path, str, dict[str, tupl
     return folder, f"sqlite:///{store}", runs_of(f"sqlite:///{store}")
 
 
+@pytest.mark.slow  # a real suite into a filling disk (about 9 s); tox -e faults runs it
 def test_a_store_whose_disk_fills_stops_in_one_line_and_ends_every_run(tmp_path, full_disk):
     folder, uri, runs = fill_then_free(tmp_path, full_disk)
     error = (folder / "error.txt").read_text()
@@ -241,6 +242,7 @@ def test_a_run_stopped_by_a_full_store_resumes_into_the_same_runs(tmp_path, full
     assert sorted(steps) == list(range(len(history["lrs"])))  # every step, once
 
 
+@pytest.mark.slow  # a real suite into a disk that stays full (about 10 s); tox -e faults runs it
 def test_a_store_that_stays_full_says_runs_may_remain_running_and_how_to_clean(
         tmp_path, full_disk, capsys):
     launcher, recipe, store = full_disk

@@ -212,6 +212,8 @@ def swept(tmp_path_factory) -> tuple[Path, Path]:
     return root, next((root / "out").glob("reproduce-sw-*"))
 
 
+# slow: a real sweep of four points and a bench script regenerated (about 20 s); tox -e slow
+@pytest.mark.slow
 def test_a_sweep_section_shows_every_points_value(swept):
     root, folder = swept
     body = block((root / "docs" / "page.md").read_text(), "sw")

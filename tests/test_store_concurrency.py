@@ -64,6 +64,7 @@ def _new_store(tmp_path: Path) -> str:
     return f"sqlite:///{db}"
 
 
+@pytest.mark.slow  # four processes into one new store (about 10 s); tox -e slow
 def test_four_trackers_released_at_once_into_a_new_store(tmp_path):
     uri, gate = _new_store(tmp_path), tmp_path / "gate"
     gate.mkdir()

@@ -22,6 +22,7 @@ pytest.importorskip("submitit")  # the `submitit` extra (quickstart.sh and tox i
 LOCAL = {"name": "submitit", "options": {"cluster": "local", "folder": "jobs"}}
 
 
+@pytest.mark.slow  # submitit's local executor runs a real job array (about 9 s); tox -e slow
 def test_a_sweep_as_a_local_job_array(where, tmp_path, monkeypatch, capsys):
     """Two points, each a job of submitit's local cluster: the good one FINISHED, the one whose
     LR explodes at run time (it passes validation) FAILED with its error, and the sweep goes on;

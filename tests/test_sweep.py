@@ -119,6 +119,7 @@ def test_a_changed_grid_is_refused_in_the_same_folder(where, capsys):
     assert "holds a sweep with other points" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # spawned workers train the points (about 9 s); tox -e slow
 def test_local_executor_runs_points_in_parallel_workers(where, capsys):
     """Two points, two spawned workers: both nested runs FINISHED, tagged; mean ± std; and a
     second invocation skips them all (no worker started, no new run)."""

@@ -146,6 +146,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # tuning over a grid on several seeds (about 13 s); tox -e slow
 def test_a_value_that_collapses_on_one_seed_is_not_chosen(tmp_path, one_thread):
     """Digits, a CNN, SGD with momentum 0.9, 4 epochs. On seed 2 alone LR 0.3 beats 0.01 on the
     meta split (the one-seed protocol picked it); on seeds 3 and 5 it collapses. LR 0.5 collapses
