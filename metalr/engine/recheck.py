@@ -192,6 +192,8 @@ def recheck_lr(
             and (learned or has_signal(initial, v, noise))] if idle and math.isfinite(here) else []
     if not moved and down:
         chosen, moved = max(down), True
+    # a run that gave back most of its gain (``fell``): the fall was the long look, the few
+    # steps only say how far down; no noise gate, 1% each against its LR and where it stands
     back = [at for at, v in losses.items() if at < lr and math.isfinite(v)
             and here - v > 0.01 * abs(here) and initial - v > 0.01 * abs(initial)
             ] if fell and math.isfinite(here) else []
@@ -199,7 +201,7 @@ def recheck_lr(
         chosen, moved = max(back), True
     dead = (idle and (learned or blown) and math.isfinite(here)
             and not has_signal(initial, min(finite, default=initial), noise))
-    if dead:  # killed on the way: nothing to move from, start again lower
+    if dead:  # killed on the way: no LR helps these weights, whatever moved above; restart
         chosen, moved = min(lr, ceiling / 2) / HALF_DECADE, True
     if not moved and stuck:
         # no progress since the start, no measured win: off the plateau with a larger step
