@@ -1,10 +1,11 @@
 """Recovery from a wrong start (issue 18, part 2): the recheck part-way into the run.
 
 MLR-SNet under ``preset: auto`` probes the run's LR again at 10% of the run, from the current
-weights and optimizer state (:func:`metalr.engine.recheck.recheck_lr`), and moves its scale when a far
-better LR is measured. A start 30x too low (``start_factor``) is moved up on two tasks and the
-run ends far above the same run without the recheck; a start that is right is left alone; a
-start 10x too high is moved down where it does harm. What the recheck did is in the history.
+weights and optimizer state (:func:`metalr.engine.recheck.recheck_lr`), and moves its scale when
+a far better LR is measured. A start 30x too low (``start_factor``) is moved up on two tasks and
+the run ends far above the same run without the recheck; a start that is right is left alone; a
+start 10x too high is braked, moved down where it does harm, and restarted from the first
+weights where it killed the net (MNIST-1D and digits). What the recheck did is in the history.
 """
 
 from __future__ import annotations

@@ -113,10 +113,11 @@ def recheck_lr(
 
     A run the start killed is the last case: back at its untrained loss, no LR of the look
     moving it (a dead net's loss is as flat as a plateau's), after it had learned or its
-    training loss :func:`blew_up` on the way (``blown``). A plateau never did either. No LR helps weights that are dead, so the result says ``restart``: the engine puts
-    the run's first weights back and clears the optimizer's state, at a half-decade below the
-    lower of ``lr`` and the first probe's start (``ceiling / 2``), the LR that killed it being
-    at most that. (The digits CNN with SGD momentum at 10x its probed LR: the loss 32 at step 6,
+    training loss :func:`blew_up` on the way (``blown``). A plateau never did either. No LR
+    helps weights that are dead, so the result says ``restart``: the engine puts the run's
+    first weights back and clears the optimizer's state, at a half-decade below the lower of
+    ``lr`` and the first probe's start (``ceiling / 2``), the LR that killed it being at most
+    that. (The digits CNN with SGD momentum at 10x its probed LR: the loss 32 at step 6,
     then 2.3 at every LR of the look, at chance to the end on two seeds of three.)
 
     Returns a :class:`ProbeResult` whose ``lr`` is the LR to run at (``lr`` itself when there
