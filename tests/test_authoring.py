@@ -155,6 +155,7 @@ def test_only_and_skip_select_methods_and_name_the_recipes_methods(tmp_path, cap
 
 # -- metalr new-plugin ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # pip-installs a generated plugin and runs its test (about 6 s); tox -e slow
 def test_new_plugin_installs_registers_and_passes_its_own_test(tmp_path):
     assert main(["new-plugin", "metalr-acme", "--out", str(tmp_path)]) == 0
     package, site = tmp_path / "metalr-acme", tmp_path / "site"

@@ -69,6 +69,7 @@ def test_es_meta_trains_over_whole_runs_then_runs_frozen(registry, tmp_path, mon
     assert run.final("test_accuracy") > 0.2
 
 
+@pytest.mark.slow  # ES over whole runs, twice (about 7 s); tox -e slow
 def test_es_on_the_head_moves_only_the_output_layer(tmp_path, monkeypatch):
     """``perturb: head``: ES moves the output layer on the LSTM's state and nothing else. Three
     meta-trainings from the same initial net (4 whole runs of the quickstart's task at a tiny

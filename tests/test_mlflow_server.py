@@ -72,6 +72,7 @@ def server(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow  # a real MLflow server process, a run and a report through it (about 14 s)
 def test_a_run_a_logged_model_and_a_report_through_a_server(server, tmp_path, monkeypatch):
     from metalr import LearnedLR
 

@@ -470,6 +470,7 @@ def paper_data(data, tmp_path_factory) -> Path:
 
 
 
+@pytest.mark.slow  # every paper recipe validated (about 8 s); tox -e slow
 def test_every_paper_recipe_validates_or_names_its_missing_files(data, paper_data, tmp_path):
     """All recipes in two processes (one per case, a few seconds each), not one per recipe."""
     assert len(PAPER) >= 15

@@ -40,7 +40,8 @@ MLP_ADAM = ("mnist1d", {"meta_size": 500}, "mlp", {"hidden": [100, 100]}, "adam"
 DIGITS_ADAM = ("digits", {}, "cnn-digits", {}, "adam", {}, 30)
 
 
-@pytest.mark.parametrize("setting,margin", [(MLP_SGDM, 0.05), (MLP_ADAM, 0.04),
+@pytest.mark.parametrize("setting,margin", [(MLP_SGDM, 0.05),
+                                            pytest.param(MLP_ADAM, 0.04, marks=pytest.mark.slow),
                                             (DIGITS_ADAM, -0.005)],
                          ids=["mnist1d-mlp-sgdm", "mnist1d-mlp-adam", "digits-cnn-adam"])
 def test_a_start_30x_too_low_is_moved_up_and_the_run_recovers(registry, setting, margin):
@@ -67,7 +68,8 @@ def test_a_right_start_is_left_alone(registry):
     assert policy.braked == []  # the brake never fired
 
 
-@pytest.mark.parametrize("setting", [MLP_SGDM, MLP_ADAM], ids=["sgdm", "adam"])
+@pytest.mark.parametrize("setting", [MLP_SGDM, pytest.param(MLP_ADAM, marks=pytest.mark.slow)],
+                         ids=["sgdm", "adam"])  # Adam's cases (7-11 s): tox -e slow
 def test_a_start_10x_too_high_is_braked_before_it_kills_the_net(registry, setting):
     """SGD momentum at 10x the probed LR leaves the MNIST-1D MLP at chance for the rest of the
     run (measured: 9-10% on seeds 0-2); Adam at 10x, 9-35%. The brake cuts the scale at the
