@@ -222,12 +222,18 @@ def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> boo
     lowest 10-step mean before the recheck is at most 1.9% below the first (5-step means: 2.6%),
     on every task that learns at least 7% (up to 100%). Only completed epochs' losses reach the
     engine's history, so a recheck in the first epoch sees none (False)."""
+    sums = _window_sums(losses, window)
+    return bool(sums) and min(sums) < sums[0] - SIGNAL_FLOOR * abs(sums[0])
+
+
+def _window_sums(losses: Sequence[float], window: int) -> list[float]:
+    """Running ``window``-step sums of the losses; none below two windows' worth of steps."""
     if len(losses) < 2 * window:
-        return False
+        return []
     sums = [sum(losses[:window])]
     for i in range(window, len(losses)):
         sums.append(sums[-1] + losses[i] - losses[i - window])
-    return min(sums) < sums[0] - SIGNAL_FLOOR * abs(sums[0])
+    return sums
 
 
 def blew_up(losses: Sequence[float], jump: float = JUMP) -> bool:
@@ -249,6 +255,6 @@ def fell_back(losses: Sequence[float], window: int = LEARNED_WINDOW) -> bool:
     untrained 3.0 by the recheck, where the look's smaller LRs won by less than its noise)."""
     if not learned_before(losses, window):
         return False
-    means = [sum(losses[i:i + window]) / window for i in range(len(losses) - window + 1)]
-    first, low, last = means[0], min(means), means[-1]
+    sums = _window_sums(losses, window)  # sums, not means: the shares are the same
+    first, low, last = sums[0], min(sums), sums[-1]
     return last - low > FELL * (first - low)
