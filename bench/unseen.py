@@ -19,7 +19,12 @@ epochs), and ``friedman``, ``make_friedman1`` (3,000 points, 10 features, a nonl
 An MLP 128-128, batch 64, seeds 0-2. And a model no plugin ships: ``gpt-char``, a causal
 transformer (two pre-norm layers, width 128, four heads, learned positions) on the hard suite's
 character LM (bptt 64, batch 32, 4 epochs; bits per character), and ``gpt-char-postln``, the
-same with post-norm layers, the kind known to need a warm-up when deep. Printed per method: the
+same with post-norm layers, the kind known to need a warm-up when deep. Three more models on
+the suites' own data, built here and in no plugin: ``digits-bn``, a residual CNN with batch norm
+on scikit-learn's digits (30 epochs, batch 128); ``digits-deep``, six plain 3x3 convs without
+normalisation or skips on the same digits (the hard suite's deep plain MLP, as a CNN); and
+``clusters20-res``, four pre-norm residual MLP blocks (LayerNorm, GELU) on ``clusters20``.
+Printed per method: the
 final test metric, mean and per seed, and the probe's start. The WSD grid is the best a fixed
 LR can do with the control's shape, chosen on the test split here: an upper bound for tuning,
 not a tuned baseline.
@@ -49,7 +54,9 @@ TASKS = {"clusters": (30, 64, "accuracy"), "clusters20": (30, 64, "accuracy"),
          "moons": (30, 64, "accuracy"), "cancer": (30, 64, "accuracy"),
          "wine": (100, 32, "accuracy"),
          "diabetes": (150, 64, "rmse"), "linreg": (30, 64, "rmse"), "friedman": (30, 64, "rmse"),
-         "gpt-char": (4, 32, "bpc"), "gpt-char-postln": (4, 32, "bpc")}
+         "gpt-char": (4, 32, "bpc"), "gpt-char-postln": (4, 32, "bpc"),
+         "digits-bn": (30, 128, "accuracy"), "digits-deep": (30, 128, "accuracy"),
+         "clusters20-res": (30, 64, "accuracy")}
 # meta split sizes; otherwise 80 for a classifier, 300 for a regression
 META_SIZE = {"clusters": 300, "clusters20": 300, "wine": 30, "diabetes": 80}
 REGRESSIONS = tuple(name for name, (_, _, metric) in TASKS.items() if metric == "rmse")
@@ -132,6 +139,48 @@ class UnseenRegression(Regression):
         self.loss_scale = float(self._train[1].var(unbiased=False))
 
 
+class ResidualCNN(nn.Module):
+    """A small residual CNN with batch norm (conv-BN-ReLU, two residual blocks, global average
+    pooling): the normalised kind of image model the suites' plain CNNs are not."""
+
+    def __init__(self, classes: int, width: int = 32):
+        super().__init__()
+
+        def unit(relu: bool = True) -> list[nn.Module]:
+            return [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)] + (
+                [nn.ReLU()] if relu else [])
+
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(*unit(), *unit(relu=False)) for _ in range(2))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = torch.relu(h + block(h))
+        return self.head(h.mean((2, 3)))
+
+
+class ResidualMLP(nn.Module):
+    """Pre-norm residual MLP blocks (LayerNorm, Linear, GELU, Linear) between a linear embedding
+    and a normalised head: a transformer's feed-forward stack without the attention."""
+
+    def __init__(self, inputs: int, classes: int, width: int = 128, blocks: int = 4):
+        super().__init__()
+        self.embed = nn.Linear(inputs, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
+                          nn.Linear(2 * width, width)) for _ in range(blocks))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
 class TinyGPT(nn.Module):
     """A causal transformer LM, ``forward(x, hidden) -> (logits, ())`` as the LM tasks call it
     (``x``: ``(seq_len, batch)`` token ids; no state carried between windows)."""
@@ -159,12 +208,22 @@ class TinyGPT(nn.Module):
 def make_task(name: str):
     if name.startswith("gpt-"):
         return get_registry().get("task", "char-lm").build(bptt=64)
+    if name.startswith("digits-"):
+        return get_registry().get("task", "digits").build(meta_size=200)
+    if name.endswith("-res"):
+        return Unseen(name.removesuffix("-res"))
     return UnseenRegression(name) if name in REGRESSIONS else Unseen(name)
 
 
 def make_model(name: str, spec: ModelSpec) -> nn.Module:
     if name.startswith("gpt-"):
         return TinyGPT(spec.num_outputs, norm_first=not name.endswith("postln"))
+    if name == "digits-bn":
+        return ResidualCNN(spec.num_outputs)
+    if name == "digits-deep":  # six plain 3x3 convs, no normalisation, no skips
+        return get_registry().get("model", "cnn-digits").build(spec, channels=[16] * 6)
+    if name.endswith("-res"):
+        return ResidualMLP(spec.input_shape[0], spec.num_outputs)
     return get_registry().get("model", "mlp").build(spec, hidden=[128, 128])
 
 

@@ -48,3 +48,26 @@ def test_probe_start_is_on_the_console_in_the_tables_and_in_mlflow(tmp_path, cap
         params = client.get_run(run.run_id).data.params
         assert float(params["probe_lr"]) == float(f"{probe.lr:.6g}")
         assert int(params["probe_steps"]) == probe.steps
+
+
+def test_a_run_that_ended_at_chance_says_so_on_its_line(tmp_path, capsys):
+    """A final run at chance (test accuracy at most 1/classes + 0.05) says so and where to look;
+    a run that learned does not. The LR of 1e-9 leaves the untrained net where it started."""
+    sgdm = {"name": "sgd", "options": {"momentum": 0.9}}
+    recipe = Recipe.model_validate({
+        "name": "chance",
+        "task": {"name": "digits", "options": {"meta_size": 200}},
+        "model": {"name": "cnn-digits"},
+        "train": {"epochs": 2, "seeds": [0], "batch_size": 128, "device": "cpu"},
+        "methods": {
+            "still": {"optimizer": sgdm, "lr_policy": {"name": "fixed", "options": {"lr": 1e-9}}},
+            "learns": {"optimizer": sgdm, "lr_policy": {"name": "fixed", "options": {"lr": 0.1}}}},
+        "output_dir": str(tmp_path / "out"), "tracking": None})
+    summary = Runner(recipe, progress=False).run()
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()
+             if ": test accuracy" in line}
+    final = {r.method: r.history.epochs[-1]["test_accuracy"] for r in summary.results}
+    assert final["still"] <= 0.15 < final["learns"]
+    assert lines["still/seed0"].endswith(
+        '; ended at chance (<= 0.15): what to try is in docs/hard-tasks.md, "On your own task"')
+    assert "ended at chance" not in lines["learns/seed0"]

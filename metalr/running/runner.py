@@ -38,7 +38,7 @@ from metalr.recipes.schema import Recipe, resolve_device
 from metalr.running import provenance, rundir
 from metalr.running.job import Job, Training
 from metalr.running.outputs import new_output_dir, save_error, save_history, write_outputs
-from metalr.running.results import MethodResult, RunSummary, chance_level
+from metalr.running.results import CHANCE_MARGIN, MethodResult, RunSummary, chance_level
 from metalr.running.rundir import RunError, StoreError
 from metalr.running.tracking import (
     HOST,
@@ -85,6 +85,7 @@ class Runner:
         self.parent_run: str | None = None  # a sweep's run: the suite's run is nested in it
         self.extra_tags: dict[str, str] = {}  # a sweep point's key values, on all its runs
         self.run_name: str | None = None  # the suite run's name; unset: the recipe's name
+        self._chance: float | None = None  # the task's, once run() has built it
         self.watch = None  # each evaluated epoch of a final run (metalr.run's on_epoch)
         self.tracking_uri: str | None = None  # the store (resume --tracking-uri); unset: the
         # one the folder recorded when resuming, else the recipe's
@@ -297,7 +298,7 @@ class Runner:
         total = len(tuning_jobs) * tune_epochs + final_count * recipe.train.epochs
         metric, higher_is_better, chance = self._task_info(seeds)
         summary = RunSummary(recipe.name, out, metric, higher_is_better, chance=chance)
-        self._metric = metric
+        self._metric, self._chance = metric, chance
         self.tags = {**self.provenance, OUTPUT_TAG: str(out.resolve()), HOST_TAG: HOST,
                      **self.extra_tags}
         params = flatten(recipe.resolved())
@@ -385,7 +386,16 @@ class Runner:
                        + f" ({recheck.steps} steps, {recheck.seconds:.1f} s)")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
-                f"{result.history.wall_time:.1f} s")
+                f"{result.history.wall_time:.1f} s{self._at_chance(value, result.tuning)}")
+
+    def _at_chance(self, value: float | None, tuning: bool) -> str:
+        """A run that ended at chance says so on its line, and what to try (a tuning run's
+        grid point is rejected for it in the tables instead)."""
+        chance = self._chance
+        if tuning or chance is None or value is None or value > chance + CHANCE_MARGIN:
+            return ""
+        return (f"; ended at chance (<= {chance + CHANCE_MARGIN:.3g}): what to try is in "
+                'docs/hard-tasks.md, "On your own task"')
 
     def _run_job(self, job: Job, tracker: Tracker | None, parent: str | None, out: Path,
                  bar: tqdm, into: list[MethodResult]) -> None:
