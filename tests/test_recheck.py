@@ -232,8 +232,8 @@ def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
     of the rule is given here (``untrained=0``: no loss lies below it) and the other half is
     tested: a look whose smaller LRs improve the loss is no plateau, so never up. Since a run
     that its LR holds at no progress moves down (the next test), it moves down, to the largest
-    smaller LR that beats 0.5 and makes progress (0.16 here; the look's best, 0.05, is more
-    than the look supports). At a tiny LR, where no point of the look moves the loss, the same
+    smaller LR that beats 0.5 and makes progress (0.16 here; where the look's best is 0.05,
+    that is more than the look supports). At a tiny LR, where no point of the look moves the loss, the same
     weights are moved up."""
     task, model, opt = _mlp_at_half(registry, 112)
     kwargs = dict(steps=probe_steps(1120, 28), batch_size=128, meta_batch_size=128, seed=0,
@@ -243,7 +243,8 @@ def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
     assert fell_back.signal and fell_back.lr < 0.5  # down, never up
     beats = [lr for lr, v in fell_back.losses.items()
              if lr < 0.5 and v < fell_back.losses[0.5] - 0.01 * fell_back.losses[0.5]]
-    assert fell_back.lr == max(beats) and fell_back.lr > fell_back.best
+    # the largest, not the best (0.05 where this was found; with other CPU kernels 0.16 is both)
+    assert fell_back.lr == max(beats) and fell_back.lr >= fell_back.best
     kept = recheck_lr(task, model, opt, 0.5, ceiling=1.0, **{**kwargs, "untrained": 2 * 2.33})
     assert kept.lr == 0.5 and not kept.signal  # the same look, a run that made progress: kept
     flat = recheck_lr(task, model, opt, 1e-7, ceiling=1e-6, **kwargs)
@@ -385,16 +386,17 @@ def test_a_start_that_killed_the_net_restarts_from_the_first_weights(registry):
     seed = 2
     killed, killed_acc, _ = _run(registry, *DIGITS_SGDM, seed=seed, start_factor=10)
     _, none_acc, _ = _run(registry, *DIGITS_SGDM, seed=seed, start_factor=10, recheck=0)
-    look, at = killed.recheck, killed.recheck_step
-    assert look.restart and look.signal
-    assert killed.lrs[at] == pytest.approx(killed.probe.lr / math.sqrt(10), rel=0.05)
+    # dead by the end of its second epoch: restarted there, a half-decade below the LR that
+    # killed it (the recheck would have, at step 33; ``test_a_dead_net_restarts_...`` below)
+    assert killed.restarts == [22]
+    assert killed.lrs[22] == pytest.approx(killed.lrs[21] / math.sqrt(10), rel=0.01)
     assert none_acc < 0.15 and killed_acc > 0.95
 
 
 def test_a_resume_before_the_restart_restarts_the_same(registry, tmp_path):
-    """The first weights travel in the checkpoint until the recheck: a run stopped in its first
-    epoch and resumed ends bit for bit as the one that never stopped (without them it would
-    not restart)."""
+    """The first weights travel in the checkpoint while a restart may need them: a run stopped
+    in its first epoch and resumed ends bit for bit as the one that never stopped (without
+    them it would not restart)."""
     from metalr.engine import checkpoint
     from metalr.engine.algorithm import RunInterrupted
 
@@ -409,7 +411,7 @@ def test_a_resume_before_the_restart_restarts_the_same(registry, tmp_path):
         return Engine(task, model, opt, policy, EngineConfig(epochs=30, seed=2))
 
     reference = engine().fit()
-    assert reference.recheck.restart
+    assert reference.restarts
     saved, steps = [], iter(range(10**6))
     with pytest.raises(RunInterrupted):
         engine().fit(checkpoint=lambda s: saved.append(checkpoint.save(tmp_path / "c.pt", s)),

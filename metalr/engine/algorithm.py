@@ -39,7 +39,7 @@ from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import JUMP, ProbeResult, probe_lr, probe_steps
+from metalr.engine.probe import HALF_DECADE, JUMP, ProbeResult, died, probe_lr, probe_steps
 from metalr.engine.recheck import blew_up, fell_back, learned_before, recheck_lr
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
@@ -97,6 +97,29 @@ class History:
     t_val: int | None = None  # steps between meta-updates, when meta-training
     recheck: ProbeResult | None = None  # the check of the LR part-way in (Rechecked policies)
     recheck_step: int | None = None  # the step it ran before
+    restarts: list[int] = field(default_factory=list)  # steps after which a dead net restarted
+
+    def killing_lr(self) -> float:
+        """The lowest LR at which the run's net died or the recheck found it killed (inf:
+        none); a restart goes below it and no later move goes back up to it."""
+        return min((self.lrs[s - 1] for s in self.restarts if s > 0), default=math.inf)
+
+    def halved(self, window: int = 10) -> bool:
+        """Whether the training loss since the last restart has had a ``window``-step mean
+        below half of its first one (it trains: a death watch need not keep the first weights)."""
+        since = self.since_restart()
+        if len(since) < 2 * window:
+            return False
+        first = total = sum(since[:window])
+        for i in range(window, len(since)):  # the running sum of the last ``window`` losses
+            total += since[i] - since[i - window]
+            if total < first / 2:
+                return True
+        return False
+
+    def since_restart(self) -> list[float]:
+        """The training losses since the run last restarted from its first weights."""
+        return self.losses[self.restarts[-1] if self.restarts else 0:]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (a checkpoint or a JSON file holds them exactly)."""
@@ -105,7 +128,7 @@ class History:
                 "probe": None if self.probe is None else dataclasses.asdict(self.probe),
                 "t_val": self.t_val,
                 "recheck": None if self.recheck is None else dataclasses.asdict(self.recheck),
-                "recheck_step": self.recheck_step}
+                "recheck_step": self.recheck_step, "restarts": list(self.restarts)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> History:
@@ -117,7 +140,8 @@ class History:
         return cls(lrs=list(data["lrs"]), losses=list(data["losses"]),
                    epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
                    probe=probed(data.get("probe")), t_val=data.get("t_val"),
-                   recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"))
+                   recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"),
+                   restarts=list(data.get("restarts", [])))
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -190,7 +214,8 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
-        self.first_weights: dict[str, torch.Tensor] | None = None  # kept until the recheck
+        # kept until the recheck, and after it until the run learns (a dead net restarts)
+        self.first_weights: dict[str, torch.Tensor] | None = None
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = self.order.meta_generator()
@@ -361,26 +386,41 @@ class Engine:
         cfg, lr = self.cfg, history.lrs[-1]
         if not lr > 0:
             return
+        since = history.since_restart()
         steps = probe_steps(total_steps, steps_per_epoch)
         probed = self.probe_result
         result = recheck_lr(self.task, self.model, self.optimizer, lr, steps=steps,
                             batch_size=cfg.batch_size, meta_batch_size=cfg.meta_batch_size,
                             seed=self.order.seed, clip_grad_norm=cfg.clip_grad_norm,
-                            ceiling=math.inf if probed is None else probed.ceiling,
+                            ceiling=min(math.inf if probed is None else probed.ceiling,
+                                        history.killing_lr() / HALF_DECADE),
                             untrained=None if probed is None else probed.initial_loss,
-                            learned=learned_before(history.losses),
-                            fell=fell_back(history.losses),
-                            blown=blew_up(history.losses,
+                            learned=learned_before(since), fell=fell_back(since),
+                            blown=blew_up(since,
                                           JUMP if probed is None else probed.jump))
         if result.restart and self.first_weights is None:  # a checkpoint without them
             result = dataclasses.replace(result, restart=False)
         if result.restart:  # the start killed the net: begin again from the first weights
-            self.model.load_state_dict(self.first_weights)
-            self.optimizer.state.clear()
-        self.first_weights = None
+            self._restart()
+            history.restarts.append(step)
         if result.lr != lr:
             self.policy.rescale(result.lr / lr)
         history.recheck, history.recheck_step = result, step
+
+    def _restart(self) -> None:
+        """The run's first weights back, the optimizer's state cleared (a net the LR killed)."""
+        self.model.load_state_dict(self.first_weights)
+        self.optimizer.state.clear()
+
+    def _revive(self, history: History, step: int) -> None:
+        """A net that died (:func:`metalr.engine.recheck.died`) restarts from its first weights a
+        half-decade below the lower of its LR and the probe's start: no LR moves dead weights."""
+        lr = history.lrs[-1]
+        below = min(lr, history.killing_lr())
+        self._restart()
+        if lr > 0:
+            self.policy.rescale(below / HALF_DECADE / lr)
+        history.restarts.append(step)
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of every split, with schedule-free optimizers switched to their eval weights."""
@@ -440,7 +480,7 @@ class Engine:
             first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
             self.restore(resume, generator)
-            self.first_weights = resume.get("first_weights") if history.recheck is None else None
+            self.first_weights = resume.get("first_weights")
         start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
@@ -496,6 +536,13 @@ class Engine:
             if on_epoch is not None:
                 on_epoch(epoch, metrics, history)
             done, losses, meta_losses = 0, [], []
+            if self.first_weights is not None and epoch + 1 < cfg.epochs:
+                # the death watch: a net whose weights all lost their gradient restarts
+                if died(self.params):
+                    self._revive(history, step)
+                elif history.recheck is not None and (2 * step >= run.total_steps
+                                                      or history.halved()):
+                    self.first_weights = None  # half-way, or trained: no restart needs them
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
             if progress is not None:
@@ -525,7 +572,7 @@ class Engine:
             "rng": {**ckpt.rng_state(), "data": epoch_rng.clone(),
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
-            "first_weights": self.first_weights,  # until the recheck (a restart needs them)
+            "first_weights": self.first_weights,  # while a restart may need them
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
             "grad_scaler": (self.precision.scaler.state_dict()
                             if self.precision.scaler.is_enabled() else None),

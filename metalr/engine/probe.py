@@ -86,6 +86,7 @@ class ProbeResult:
     jumped: list[float] = field(default_factory=list)  # LRs whose training loss jumped (JUMP)
     jump: float = JUMP  # the rise that counts as a jump here (:func:`jump_tolerance`)
     restart: bool = False  # a recheck found the net dead: the run restarts from its first weights
+    died: list[float] = field(default_factory=list)  # LRs after whose steps the net was dead
 
 
     @property
@@ -162,6 +163,7 @@ def probe_lr(
                                                for _ in range(meta_batches)], judge)
     spent = 0  # training steps taken, all passes together
     jumped: set[float] = set()  # points of the last pass whose training loss jumped
+    killed: set[float] = set()  # points whose net was dead after their steps (:func:`died`)
     jump = JUMP
 
     def measure(lr: float, horizon: int, data: DataOrder = order) -> float:
@@ -174,6 +176,8 @@ def probe_lr(
                                     clip_grad_norm, jump)
         if up and data is order:  # the noise replicate's draws decide nothing here
             jumped.add(lr)
+        if died(list(model.parameters())):
+            killed.add(lr)
         return loss
 
     with rng_aside(model):  # every device's, given back
@@ -202,29 +206,35 @@ def probe_lr(
         raise FloatingPointError(
             "every LR of the probe diverged; set the scale by hand (lr_policy option gamma)")
     if not signal:  # nothing measured: half the largest LR that did not lift the plateau
-        start = _plateau_edge(passes, initial, noise) / 2
+        start = _plateau_edge(passes, initial, noise, killed) / 2
     else:
         start = _calm_best(found, jumped) if adaptive else found.edge / 2
     return ProbeResult(start, dict(sorted(found.losses.items())), steps, found.at_edge,
                        found.best, found.edge, initial, steps=spent,
                        seconds=time.perf_counter() - began, signal=signal, noise=noise,
                        jumped=sorted(jumped), jump=jump, constant_loss=constant,
-                       constant_mark=signal and found.constant_mark)
+                       constant_mark=signal and found.constant_mark, died=sorted(killed))
 
 
-def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float) -> float:
+def _plateau_edge(passes: Sequence[_Found], initial: float, noise: float,
+                  killed: set[float] = frozenset()) -> float:
     """The largest LR that did no harm on a loss plateau in every pass that measured it: its
     loss within ``PLATEAU`` of the untrained loss (or the noise). A few percent is what larger
     steps do to a flat loss before they find a way off it (a GRU on its plateau: +1.7-2% at LR
     1, the LR that escapes; 60x at 10), so the 1% of :meth:`_Found.harmless` is too strict.
     It reaches at most a decade past the 1% edge: a dead net's plateau is flat at any LR (the
     deep plain MLP's loss at LR 10 is 4-8% above the untrained one), and a start of 5 there
-    says more than the probe measured."""
+    says more than the probe measured. A point whose net died (``killed``) did harm, however
+    flat its loss: dead ReLUs sit at the prior's loss."""
     strict = max(passes[0].harmless(initial, noise))
     fine = {lr for lr in passes[0].harmless(initial, noise, PLATEAU) if lr <= 10.001 * strict}
+    fine -= killed
     for longer in passes[1:]:  # measured again with more steps: that verdict counts
         fine -= set(longer.losses) - set(longer.harmless(initial, noise, PLATEAU))
-    return max(fine) if fine else max(passes[-1].harmless(initial, noise))
+    if fine:
+        return max(fine)
+    alive = [lr for lr in passes[-1].harmless(initial, noise) if lr not in killed]
+    return max(alive) if alive else min(passes[-1].losses)
 
 
 def jump_step(first: float, up: bool, loss: float, jump: float = JUMP) -> tuple[bool, bool]:
@@ -475,6 +485,20 @@ def _batch_losses(task: Task, model: nn.Module, steps: int, batch_size: int,
     with torch.no_grad():
         return [float(task.loss(model, batch))
                 for _, batch in itertools.islice(order.batches(task, batch_size), steps)]
+
+
+def died(params: Sequence[torch.Tensor]) -> bool:
+    """Whether a net is dead: the last training step gave every weight (each parameter with
+    more than one dimension) an exactly zero gradient. Then the units feeding the output are off
+    for every input, the output is a constant and only biases move, whatever the LR: no step
+    brings it back. Dead ReLUs do this; a plateau does not (a GRU's or a sigmoid's gradients are
+    small, never exactly zero), nor does a live ReLU net. bench/unseen.py's ``digits-deep``
+    (six plain convs) with SGD momentum is dead within 20 steps at LR 1 and within 100-165 at
+    0.1; at 0.05 it trains every seed (tests/test_dead_nets.py). A weight without any gradient
+    (unused) makes the answer no."""
+    weights = [p for p in params if p.dim() > 1]
+    grads = [p.grad for p in weights if p.grad is not None]
+    return bool(grads) and len(grads) == len(weights) and not any(bool(g.any()) for g in grads)
 
 
 def train_and_judge(task: Task, model: nn.Module, opt: torch.optim.Optimizer, steps: int,

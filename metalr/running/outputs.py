@@ -71,6 +71,8 @@ def save_history(folder: Path, history: History, metric: str, tracker: Tracker |
         log_params(run_id, {"recheck_step": history.recheck_step,
                             "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps,
                             "recheck_restart": recheck.restart})
+    if history.restarts and callable(log_params):  # the steps after which a dead net restarted
+        log_params(run_id, {"restarts": " ".join(map(str, history.restarts))})
     if tracker is not None:
         setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
                  if probe is not None else {})
