@@ -233,8 +233,8 @@ def test_a_run_that_learned_and_fell_back_is_not_taken_for_a_plateau(registry):
     tested: a look whose smaller LRs improve the loss is no plateau, so never up. Since a run
     that its LR holds at no progress moves down (the next test), it moves down, to the largest
     smaller LR that beats 0.5 and makes progress (0.16 here; where the look's best is 0.05,
-    that is more than the look supports). At a tiny LR, where no point of the look moves the loss, the same
-    weights are moved up."""
+    that is more than the look supports). At a tiny LR, where no point of the look moves the
+    loss, the same weights are moved up."""
     task, model, opt = _mlp_at_half(registry, 112)
     kwargs = dict(steps=probe_steps(1120, 28), batch_size=128, meta_batch_size=128, seed=0,
                   untrained=0.0)
