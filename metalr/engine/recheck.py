@@ -184,7 +184,8 @@ def recheck_lr(
     # down: only when the current LR does harm, its loss after the steps above the loss before
     moved = better and (best > lr or not here <= initial + max(noise, HARM * abs(initial)))
     chosen = (min(best, max(ceiling, lr)) if best > lr else best) if moved else lr
-    moved = moved and chosen != lr  # a win above a ceiling the run already stands at: kept
+    if moved and math.isclose(chosen, lr, rel_tol=1e-6):  # a win above a ceiling the run
+        chosen, moved = lr, False  # already stands at: kept, and the later rules may speak
     # a run no better than the untrained model after a tenth of its steps, while smaller LRs
     # beat its own and make progress from where it stands (beyond the noise and the signal
     # floor; a run that had learned and fell back needs no such progress): its LR is what holds
