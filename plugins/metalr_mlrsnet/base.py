@@ -63,8 +63,8 @@ class ProbedOptions(BaseModel):
     recheck: float | None = Field(
         None, ge=0, le=0.5, description="at this fraction of the run, probe again around the "
         "LR reached and move the scale if a far better one is measured, or restart a run the "
-        "start killed from its first weights; 0: never (unset: auto 0.1 with a probed scale, "
-        "else 0)")
+        "start killed from its first weights; with it, a net that dies (no weight with a "
+        "gradient) restarts lower; 0: neither (unset: auto 0.1 with a probed scale, else 0)")
     brake: float | None = Field(
         None, ge=0, le=0.5, description="in this first fraction of the run, a training loss "
         "10% above the first step's (more where the probe saw batch noise alone rise more), and "
