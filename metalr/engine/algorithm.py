@@ -97,7 +97,8 @@ class History:
     t_val: int | None = None  # steps between meta-updates, when meta-training
     recheck: ProbeResult | None = None  # the check of the LR part-way in (Rechecked policies)
     recheck_step: int | None = None  # the step it ran before
-    restarts: list[int] = field(default_factory=list)  # steps after which a dead net restarted
+    restarts: list[int] = field(default_factory=list)  # steps after which the run restarted
+    # from its first weights (a dead net: the death watch's, or the recheck's)
 
     def killing_lr(self) -> float:
         """The lowest LR at which the run's net died or the recheck found it killed (inf:
@@ -214,7 +215,7 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
-        # kept until the recheck, and after it until the run learns (a dead net restarts)
+        # kept until the recheck, then until half the run or a halved loss (a dead net restarts)
         self.first_weights: dict[str, torch.Tensor] | None = None
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
@@ -413,8 +414,9 @@ class Engine:
         self.optimizer.state.clear()
 
     def _revive(self, history: History, step: int) -> None:
-        """A net that died (:func:`metalr.engine.recheck.died`) restarts from its first weights a
-        half-decade below the lower of its LR and the probe's start: no LR moves dead weights."""
+        """A net that died (:func:`metalr.engine.probe.died`) restarts from its first weights a
+        half-decade below the lowest LR that killed it (this one or an earlier): no LR moves
+        dead weights."""
         lr = history.lrs[-1]
         below = min(lr, history.killing_lr())
         self._restart()
