@@ -107,5 +107,27 @@ def test_a_restart_is_on_the_console_line_and_in_mlflow(tmp_path, capsys):
                 f"{history.lrs[at]:.3g}") in out
     params = MlflowClient(uri).get_run(run.run_id).data.params
     assert params["restarts"] == " ".join(map(str, history.restarts))
+    assert params["restarts_blown"] == "-" and not history.blown  # died, did not blow up
     saved = (summary.output_dir / "control-seed0" / "history.json").read_text()
     assert f'"restarts": {history.restarts}' in saved
+
+
+def test_a_run_that_blew_up_restarts_instead_of_ending(registry):
+    """Plain SGD, seed 2: the recheck's plateau rule moves the run from its start (0.89) up to
+    its ceiling, 1.78, where the loss goes from 2.3 to 7e15 within ten steps. That ended the
+    run (``TrainingDiverged``); now it restarts from its first weights and the policy's first
+    state, a half-decade below the LR that blew it up, and the run finishes."""
+    task = registry.get("task", "digits").build()
+    task.setup(2, torch.device("cpu"))
+    torch.manual_seed(2)
+    model = registry.get("model", "cnn-digits").build(task.spec, channels=[16] * 6)
+    opt = registry.get("optimizer", "sgd").build(model.parameters(), momentum=0.0,
+                                                 weight_decay=5e-4)
+    policy = registry.get("lr_policy", "probed-wsd").build()
+    history = Engine(task, model, opt, policy, EngineConfig(epochs=30, seed=2)).fit()
+    assert history.blown and set(history.blown) <= set(history.restarts)
+    at = history.blown[0]
+    assert max(history.losses[:at]) > 1e3 * history.losses[0]  # it did blow up
+    assert history.lrs[at] == pytest.approx(history.lrs[at - 1] / math.sqrt(10), rel=0.01)
+    assert all(math.isfinite(v) for v in history.losses[at:])
+    assert len(history.epochs) == 30 and math.isfinite(history.epochs[-1]["test_loss"])

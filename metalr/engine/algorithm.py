@@ -9,6 +9,7 @@ theta, the look-ahead needs no second forward/backward of the batch and no Hessi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -99,6 +100,7 @@ class History:
     recheck_step: int | None = None  # the step it ran before
     restarts: list[int] = field(default_factory=list)  # steps after which the run restarted
     # from its first weights (a dead net: the death watch's, or the recheck's)
+    blown: list[int] = field(default_factory=list)  # those of them after a blow-up
 
     def killing_lr(self) -> float:
         """The lowest LR at which the run's net died or the recheck found it killed (inf:
@@ -129,7 +131,8 @@ class History:
                 "probe": None if self.probe is None else dataclasses.asdict(self.probe),
                 "t_val": self.t_val,
                 "recheck": None if self.recheck is None else dataclasses.asdict(self.recheck),
-                "recheck_step": self.recheck_step, "restarts": list(self.restarts)}
+                "recheck_step": self.recheck_step, "restarts": list(self.restarts),
+                "blown": list(self.blown)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> History:
@@ -142,7 +145,7 @@ class History:
                    epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
                    probe=probed(data.get("probe")), t_val=data.get("t_val"),
                    recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"),
-                   restarts=list(data.get("restarts", [])))
+                   restarts=list(data.get("restarts", [])), blown=list(data.get("blown", [])))
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -413,16 +416,39 @@ class Engine:
         self.model.load_state_dict(self.first_weights)
         self.optimizer.state.clear()
 
-    def _revive(self, history: History, step: int) -> None:
+    def _revive(self, history: History, step: int, blown: bool = False) -> None:
         """A net that died (:func:`metalr.engine.probe.died`) restarts from its first weights a
         half-decade below the lowest LR that killed it (this one or an earlier): no LR moves
-        dead weights."""
-        lr = history.lrs[-1]
+        dead weights. A run that blew up (``blown``: a non-finite or exploded loss, a policy
+        that gave a non-finite LR) does the same, with the policy's first state put back too."""
+        lr = history.lrs[-1] if history.lrs else math.nan
         below = min(lr, history.killing_lr())
         self._restart()
-        if lr > 0:
+        if blown:  # the policy at its start again: its scale is the one it started with
+            self._load_policy_state(self.first_policy)
+            lr = history.lrs[0] if history.lrs else math.nan  # what it gave at its first step
+        if lr > 0 and math.isfinite(below):
             self.policy.rescale(below / HALF_DECADE / lr)
         history.restarts.append(step)
+        if blown:
+            history.blown.append(step)
+
+    def _can_restart(self, epoch: int, epochs: int) -> bool:
+        """A run that blew up restarts while its first state is kept and epochs are left."""
+        return (self.first_weights is not None and self.first_policy is not None
+                and self.first_policy["policy"].get("state") is not None
+                and epoch + 1 < epochs)
+
+    def _policy_state(self) -> dict[str, Any]:
+        return {"policy": ckpt.component_state("lr_policy", self.policy),
+                "meta_optimizer": (None if self.meta_optimizer is None
+                                   else self.meta_optimizer.state_dict())}
+
+    def _load_policy_state(self, state: Mapping[str, Any]) -> None:
+        ckpt.load_component_state("lr_policy", self.policy, copy.deepcopy(state["policy"]),
+                                  self.names.get("lr_policy"))
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(copy.deepcopy(state["meta_optimizer"]))
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of every split, with schedule-free optimizers switched to their eval weights."""
@@ -475,6 +501,10 @@ class Engine:
         self.first_weights = ({k: v.detach().to("cpu", copy=True)
                                for k, v in self.model.state_dict().items()}
                               if recheck_at is not None else None)
+        # and the policy's (and theta's optimizer's) state then: a run that blew up restarts
+        # with them too (a policy that read a non-finite loss is itself broken)
+        self.first_policy = (copy.deepcopy(self._policy_state())
+                             if recheck_at is not None else None)
         generator = self.order.train_generator()
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
@@ -483,6 +513,7 @@ class Engine:
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
             self.restore(resume, generator)
             self.first_weights = resume.get("first_weights")
+            self.first_policy = resume.get("first_policy")
         start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
@@ -507,8 +538,13 @@ class Engine:
                 try:
                     result = self.step(batch, meta_batch, step, epoch)
                 except TrainingDiverged as exc:
-                    exc.history = history
-                    raise
+                    if not self._can_restart(epoch, cfg.epochs):
+                        exc.history = history
+                        raise
+                    history.losses.extend(torch.stack(losses).tolist() if losses else [])
+                    losses = []  # the epoch's check reads the losses since the restart
+                    self._revive(history, step, blown=True)
+                    continue
                 history.lrs.append(result.lr)
                 losses.append(result.loss)
                 if result.meta_loss is not None:
@@ -517,16 +553,22 @@ class Engine:
                 if stop is not None and stop():
                     snapshot(epoch, index + 1)
                     raise RunInterrupted(history)
-            epoch_losses = torch.stack(losses).tolist()
+            epoch_losses = torch.stack(losses).tolist() if losses else []
             first_step = len(history.losses)
             history.losses.extend(epoch_losses)
-            limit = cfg.explode_factor * abs(history.losses[0])
+            limit = cfg.explode_factor * abs(history.losses[0]) if history.losses else math.inf
             for i, value in enumerate(epoch_losses):  # checked once an epoch: no per-step sync
                 if not math.isfinite(value) or value > limit:
-                    raise TrainingDiverged(f"training loss {value:.4g} at step {first_step + i} "
-                                           f"(epoch {epoch + 1})", history, first_step + i)
-            metrics = {"epoch": epoch + 1, "train_batch_loss": sum(epoch_losses) / len(epoch_losses),
-                       "lr": history.lrs[-1]}
+                    if not self._can_restart(epoch, cfg.epochs):
+                        raise TrainingDiverged(f"training loss {value:.4g} at step "
+                                               f"{first_step + i} (epoch {epoch + 1})", history,
+                                               first_step + i)
+                    self._revive(history, step, blown=True)
+                    break
+            metrics = {"epoch": epoch + 1,
+                       "train_batch_loss": (sum(epoch_losses) / len(epoch_losses)
+                                            if epoch_losses else math.nan),
+                       "lr": history.lrs[-1] if history.lrs else math.nan}
             if meta_losses:  # each rank's are on its slice of the meta batches: their mean
                 metrics["virtual_meta_loss"] = distributed.all_reduce_mean(
                     torch.stack(meta_losses).mean()).item()
@@ -544,7 +586,8 @@ class Engine:
                     self._revive(history, step)
                 elif history.recheck is not None and (2 * step >= run.total_steps
                                                       or history.halved()):
-                    self.first_weights = None  # half-way, or trained: no restart needs them
+                    # half-way, or trained: no restart needs them
+                    self.first_weights = self.first_policy = None
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
             if progress is not None:
@@ -575,6 +618,7 @@ class Engine:
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
             "first_weights": self.first_weights,  # while a restart may need them
+            "first_policy": self.first_policy,
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
             "grad_scaler": (self.precision.scaler.state_dict()
                             if self.precision.scaler.is_enabled() else None),

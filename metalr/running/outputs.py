@@ -72,7 +72,8 @@ def save_history(folder: Path, history: History, metric: str, tracker: Tracker |
                             "recheck_lr": f"{recheck.lr:.6g}", "recheck_steps": recheck.steps,
                             "recheck_restart": recheck.restart})
     if history.restarts and callable(log_params):  # the steps after which a dead net restarted
-        log_params(run_id, {"restarts": " ".join(map(str, history.restarts))})
+        log_params(run_id, {"restarts": " ".join(map(str, history.restarts)),
+                            "restarts_blown": " ".join(map(str, history.blown)) or "-"})
     if tracker is not None:
         setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
                  if probe is not None else {})

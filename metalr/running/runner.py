@@ -386,7 +386,8 @@ class Runner:
                        + f" ({recheck.steps} steps, {recheck.seconds:.1f} s)")
         for at in history.restarts:  # the death watch's (the recheck's own is said above)
             if not (recheck is not None and recheck.restart and at == history.recheck_step):
-                probed += (f", dead at step {at}: restarted from the first weights at LR "
+                why = "blew up" if at in history.blown else "dead"
+                probed += (f", {why} at step {at}: restarted from the first weights at LR "
                            f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
