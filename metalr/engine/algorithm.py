@@ -218,8 +218,10 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
-        # kept until the recheck, then until half the run or a halved loss (a dead net restarts)
+        # kept until the recheck, then until half the run or a halved loss (a dead net restarts),
+        # with the policy's first state (a run that blew up restarts with it)
         self.first_weights: dict[str, torch.Tensor] | None = None
+        self.first_policy: dict[str, Any] | None = None
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = self.order.meta_generator()
