@@ -92,7 +92,7 @@ def test_a_restart_is_on_the_console_line_and_in_mlflow(tmp_path, capsys):
         "name": "dead",
         "task": {"name": "digits"},
         "model": {"name": "cnn-digits", "options": {"channels": [16] * 6}},
-        "train": {"epochs": 30, "seeds": [0], "batch_size": 128, "device": "cpu"},
+        "train": {"epochs": 6, "seeds": [0], "batch_size": 128, "device": "cpu"},
         "methods": {"control": {"optimizer": {"name": "sgd", "options": {
             "momentum": 0.9, "weight_decay": 5e-4}}, "lr_policy": {"name": "probed-wsd"}}},
         "output_dir": str(tmp_path / "out"),
