@@ -16,6 +16,7 @@ from torch import nn
 
 from metalr.engine.algorithm import Engine, EngineConfig
 from metalr.engine.probe import died
+from metalr.engine.recheck import halved
 
 
 def _backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -48,6 +49,14 @@ def test_died_is_every_weight_without_a_gradient():
     _backward(relu, x, y)
     assert not died(list(unused.parameters()))
     assert not died([])  # nothing trained, nothing dead
+
+
+def test_halved_reads_window_means_against_the_first():
+    """When the death watch lets the first weights go: a 10-step mean below half the first."""
+    assert not halved([2.0] * 19)  # under two windows: nothing to compare
+    assert not halved([2.0] * 10 + [1.01] * 10)  # 0.505 of the first: not yet
+    assert halved([2.0] * 10 + [0.99] * 10)
+    assert halved([2.0] * 10 + [0.1] * 10 + [3.0] * 30)  # once is enough
 
 
 def _deep_digits(registry, seed: int, **policy_options):

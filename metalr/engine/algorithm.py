@@ -41,7 +41,7 @@ from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
 from metalr.engine.probe import HALF_DECADE, JUMP, ProbeResult, died, probe_lr, probe_steps
-from metalr.engine.recheck import blew_up, fell_back, learned_before, recheck_lr
+from metalr.engine.recheck import blew_up, fell_back, halved, learned_before, recheck_lr
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
@@ -106,19 +106,6 @@ class History:
         """The lowest LR at which the run's net died or the recheck found it killed (inf:
         none); a restart goes below it and no later move goes back up to it."""
         return min((self.lrs[s - 1] for s in self.restarts if s > 0), default=math.inf)
-
-    def halved(self, window: int = 10) -> bool:
-        """Whether the training loss since the last restart has had a ``window``-step mean
-        below half of its first one (it trains: a death watch need not keep the first weights)."""
-        since = self.since_restart()
-        if len(since) < 2 * window:
-            return False
-        first = total = sum(since[:window])
-        for i in range(window, len(since)):  # the running sum of the last ``window`` losses
-            total += since[i] - since[i - window]
-            if total < first / 2:
-                return True
-        return False
 
     def since_restart(self) -> list[float]:
         """The training losses since the run last restarted from its first weights."""
@@ -587,7 +574,7 @@ class Engine:
                 if died(self.params):
                     self._revive(history, step)
                 elif history.recheck is not None and (2 * step >= run.total_steps
-                                                      or history.halved()):
+                                                      or halved(history.since_restart())):
                     # half-way, or trained: no restart needs them
                     self.first_weights = self.first_policy = None
             epoch_rng = generator.get_state()

@@ -228,6 +228,14 @@ def learned_before(losses: Sequence[float], window: int = LEARNED_WINDOW) -> boo
     return bool(sums) and min(sums) < sums[0] - SIGNAL_FLOOR * abs(sums[0])
 
 
+def halved(losses: Sequence[float], window: int = LEARNED_WINDOW) -> bool:
+    """Whether a run's training loss (per step, in order) has had a ``window``-step mean below
+    half of its first one: it trains, and the engine's death watch need not keep the first
+    weights any longer."""
+    sums = _window_sums(losses, window)  # sums, not means: the shares are the same
+    return any(s < sums[0] / 2 for s in sums[1:])
+
+
 def _window_sums(losses: Sequence[float], window: int) -> list[float]:
     """Running ``window``-step sums of the losses; none below two windows' worth of steps."""
     if len(losses) < 2 * window:
