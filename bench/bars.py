@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from metalr.contracts.registry import get_registry
-from metalr.running.results import CHANCE_MARGIN, chance_level
+from metalr.running.results import at_chance, chance_level
 
 TUNED = ("fixed", "cosine", "wsd")
 
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 if base is None:
                     continue
                 if higher and chance is not None:
-                    line = chance + CHANCE_MARGIN
-                    if value <= line < base:
+                    if at_chance(value, chance) and not at_chance(base, chance):
                         failed.append(seed)
                 elif not higher and value > 2 * base:
                     failed.append(seed)

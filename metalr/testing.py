@@ -435,7 +435,7 @@ def check_learned(summary: Any, may_not_learn: Collection[str] = ()) -> None:
 
 
 def _not_learned(r: Any, summary: Any, finish_only: bool) -> str | None:
-    from metalr.running.results import CHANCE_MARGIN
+    from metalr.running.results import at_chance
 
     if r.status != "FINISHED":
         return f"{r.label}: {r.status} ({r.error})"
@@ -447,7 +447,7 @@ def _not_learned(r: Any, summary: Any, finish_only: bool) -> str | None:
     if key is None or not math.isfinite(last[key]):
         return f"{r.label}: no finite test or meta {summary.metric} in the last epoch"
     if summary.chance is not None:
-        if last[key] <= summary.chance + CHANCE_MARGIN:
+        if at_chance(last[key], summary.chance):
             return f"{r.label}: {key} {last[key]:.4f} is chance ({summary.chance:.4f})"
     elif not last["train_batch_loss"] < r.history.losses[0]:
         return (f"{r.label}: training loss {r.history.losses[0]:.4g} -> "

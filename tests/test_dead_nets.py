@@ -71,6 +71,7 @@ def _deep_digits(registry, seed: int, **policy_options):
     return history, history.epochs[-1]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_a_dead_net_restarts_below_the_lr_that_killed_it(registry):
     """Seed 0: the probe, blind on the plateau, saw 1-10 kill the net within its 20 steps and
     starts at half the largest LR that left it alive, 0.16 (1.6 before it counted dead points as

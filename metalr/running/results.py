@@ -55,6 +55,13 @@ def chance_level(task: Any) -> float | None:
     return None
 
 
+def at_chance(value: float, chance: float | None) -> bool:
+    """A higher-is-better ``value`` no better than ``chance`` plus ``CHANCE_MARGIN``: the one
+    rule that rejects a tuning point, marks a run's console line and fails a seed in the bars
+    (False where the task has no chance level)."""
+    return chance is not None and value <= chance + CHANCE_MARGIN
+
+
 @dataclass
 class MethodResult:
     method: str
@@ -203,9 +210,9 @@ class RunSummary:
         if value is None or not math.isfinite(value):
             return f"seed {run.seed}: no finite meta {m}"
         if self.chance is not None:
-            threshold = self.chance + CHANCE_MARGIN
-            if value <= threshold:
-                return f"seed {run.seed} at chance (meta {m} {value:.4f} <= {threshold:.4f})"
+            if at_chance(value, self.chance):
+                return (f"seed {run.seed} at chance (meta {m} {value:.4f} <= "
+                        f"{self.chance + CHANCE_MARGIN:.4f})")
             return None
         evaluated = [e[key] for e in run.history.epochs if key in e]
         if len(evaluated) >= 2:

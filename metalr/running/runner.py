@@ -38,7 +38,13 @@ from metalr.recipes.schema import Recipe, resolve_device
 from metalr.running import provenance, rundir
 from metalr.running.job import Job, Training
 from metalr.running.outputs import new_output_dir, save_error, save_history, write_outputs
-from metalr.running.results import CHANCE_MARGIN, MethodResult, RunSummary, chance_level
+from metalr.running.results import (
+    CHANCE_MARGIN,
+    MethodResult,
+    RunSummary,
+    at_chance,
+    chance_level,
+)
 from metalr.running.rundir import RunError, StoreError
 from metalr.running.tracking import (
     HOST,
@@ -397,7 +403,7 @@ class Runner:
         """A run that ended at chance says so on its line, and what to try (a tuning run's
         grid point is rejected for it in the tables instead)."""
         chance = self._chance
-        if tuning or chance is None or value is None or value > chance + CHANCE_MARGIN:
+        if tuning or value is None or not at_chance(value, chance):
             return ""
         return (f"; ended at chance (<= {chance + CHANCE_MARGIN:.3g}): what to try is in "
                 'docs/hard-tasks.md, "On your own task"')
