@@ -269,14 +269,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objective", nargs="*", default=[],
                         help="more MLR-SNet rows, meta-trained with these registered objectives")
     parser.add_argument("--no-grid", action="store_true", help="skip the WSD rows")
+    parser.add_argument("--start-factor", type=float, default=1.0,
+                        help="MLR-SNet and the control start at this multiple of the probe's LR "
+                             "(a start wrong on purpose: how the run recovers)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     default_epochs, _, metric = TASKS[args.task]
     family = FAMILY.get(args.optimizer, args.optimizer)
     grid = GRIDS[metric][family] if args.grid is None else args.grid
     epochs = args.epochs or default_epochs
-    methods = [("mlrsnet", "mlrsnet", {}), ("control", "probed-wsd", {})]
-    methods += [(f"mlrsnet {name}", "mlrsnet", {"objective": name}) for name in args.objective]
+    wrong = {} if args.start_factor == 1.0 else {"start_factor": args.start_factor}
+    methods = [("mlrsnet", "mlrsnet", wrong), ("control", "probed-wsd", wrong)]
+    methods += [(f"mlrsnet {name}", "mlrsnet", {"objective": name, **wrong})
+                for name in args.objective]
     methods += [] if args.no_grid else [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
     print(f"{args.task}, {args.optimizer}, {epochs} epochs: final test {metric} "
           "(per seed), probe start per seed")

@@ -41,10 +41,18 @@ from metalr.engine.differentiable import VirtualSteps
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
 from metalr.engine.probe import HALF_DECADE, JUMP, ProbeResult, died, probe_lr, probe_steps
-from metalr.engine.recheck import blew_up, fell_back, halved, learned_before, recheck_lr
+from metalr.engine.recheck import (
+    BLOW_UP,
+    blew_up,
+    fell_back,
+    halved,
+    learned_before,
+    recheck_lr,
+)
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
+ROLLBACKS = 3  # a run that blows up more often than this after its first weights are let go fails
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,6 +109,8 @@ class History:
     restarts: list[int] = field(default_factory=list)  # steps after which the run restarted
     # from its first weights (a dead net: the death watch's, or the recheck's)
     blown: list[int] = field(default_factory=list)  # those of them after a blow-up
+    rollbacks: list[int] = field(default_factory=list)  # steps after which a run that blew up
+    # went back to its last good epoch's state (its first weights let go: Engine._roll_back)
 
     def killing_lr(self) -> float:
         """The lowest LR at which the run's net died or the recheck found it killed (inf:
@@ -119,7 +129,7 @@ class History:
                 "t_val": self.t_val,
                 "recheck": None if self.recheck is None else dataclasses.asdict(self.recheck),
                 "recheck_step": self.recheck_step, "restarts": list(self.restarts),
-                "blown": list(self.blown)}
+                "blown": list(self.blown), "rollbacks": list(self.rollbacks)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> History:
@@ -132,7 +142,8 @@ class History:
                    epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
                    probe=probed(data.get("probe")), t_val=data.get("t_val"),
                    recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"),
-                   restarts=list(data.get("restarts", [])), blown=list(data.get("blown", [])))
+                   restarts=list(data.get("restarts", [])), blown=list(data.get("blown", [])),
+                   rollbacks=list(data.get("rollbacks", [])))
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -141,6 +152,26 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, history: History):
         super().__init__("interrupted")
         self.history = history
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy of a state dict with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _good_epoch(epochs: Sequence[Mapping[str, float]]) -> bool:
+    """The last epoch's mean training loss is within ``BLOW_UP`` (50%) of the best epoch's so
+    far: a state worth going back to. A run that blows up late is often unstable for epochs
+    before its loss passes ``explode_factor``; its last epochs are not."""
+    means = [e["train_batch_loss"] for e in epochs if math.isfinite(e["train_batch_loss"])]
+    return bool(means) and means[-1] == epochs[-1]["train_batch_loss"] and (
+        means[-1] <= (1 + BLOW_UP) * min(means))
 
 
 def step_context(
@@ -209,6 +240,7 @@ class Engine:
         # with the policy's first state (a run that blew up restarts with it)
         self.first_weights: dict[str, torch.Tensor] | None = None
         self.first_policy: dict[str, Any] | None = None
+        self.last_good: dict[str, Any] | None = None  # the state a late blow-up goes back to
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = self.order.meta_generator()
@@ -422,6 +454,41 @@ class Engine:
         if blown:
             history.blown.append(step)
 
+    def _recover(self, history: History, step: int) -> None:
+        """A run that blew up: a restart while its first state is kept, else a roll back."""
+        if self.first_weights is not None:
+            self._revive(history, step, blown=True)
+        else:
+            self._roll_back(history, step)
+
+    def _can_recover(self, history: History, epoch: int, epochs: int) -> bool:
+        """Whether a blow-up at ``epoch`` can be recovered from (:meth:`_recover`)."""
+        if self.first_weights is not None:
+            return self._can_restart(epoch, epochs)
+        return self.last_good is not None and len(history.rollbacks) < ROLLBACKS
+
+    def _roll_back(self, history: History, step: int) -> None:
+        """A run that blew up after its first weights were let go (a start that trained, an LR
+        that stopped working late) goes back to the weights, optimizer state and policy state
+        of its last epoch that ended well, at a half-decade lower LR, instead of ending as
+        diverged; a second blow-up before the next good epoch goes a half-decade lower again."""
+        good = self.last_good
+        self.model.load_state_dict(good["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
+        self._load_policy_state(good["policy"])
+        self.policy.rescale(1 / HALF_DECADE)
+        good["policy"] = copy.deepcopy(self._policy_state())  # the lower scale, if it recurs
+        history.rollbacks.append(step)
+
+    def _keep_good(self) -> None:
+        """This epoch ended well: what a later blow-up goes back to (on the CPU: no device
+        memory held)."""
+        self.last_good = {
+            "model": {k: v.detach().to("cpu", copy=True)
+                      for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "policy": copy.deepcopy(self._policy_state())}
+
     def _can_restart(self, epoch: int, epochs: int) -> bool:
         """A run that blew up restarts while its first state is kept and epochs are left."""
         return (self.first_weights is not None and self.first_policy is not None
@@ -503,6 +570,7 @@ class Engine:
             self.restore(resume, generator)
             self.first_weights = resume.get("first_weights")
             self.first_policy = resume.get("first_policy")
+            self.last_good = resume.get("last_good")
         start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
@@ -527,12 +595,12 @@ class Engine:
                 try:
                     result = self.step(batch, meta_batch, step, epoch)
                 except TrainingDiverged as exc:
-                    if not self._can_restart(epoch, cfg.epochs):
+                    if not self._can_recover(history, epoch, cfg.epochs):
                         exc.history = history
                         raise
                     history.losses.extend(torch.stack(losses).tolist() if losses else [])
                     losses = []  # the epoch's check reads the losses since the restart
-                    self._revive(history, step, blown=True)
+                    self._recover(history, step)
                     continue
                 history.lrs.append(result.lr)
                 losses.append(result.loss)
@@ -546,14 +614,17 @@ class Engine:
             first_step = len(history.losses)
             history.losses.extend(epoch_losses)
             limit = cfg.explode_factor * abs(history.losses[0]) if history.losses else math.inf
+            ended_well = False
             for i, value in enumerate(epoch_losses):  # checked once an epoch: no per-step sync
                 if not math.isfinite(value) or value > limit:
-                    if not self._can_restart(epoch, cfg.epochs):
+                    if not self._can_recover(history, epoch, cfg.epochs):
                         raise TrainingDiverged(f"training loss {value:.4g} at step "
                                                f"{first_step + i} (epoch {epoch + 1})", history,
                                                first_step + i)
-                    self._revive(history, step, blown=True)
+                    self._recover(history, step)
                     break
+            else:
+                ended_well = True
             metrics = {"epoch": epoch + 1,
                        "train_batch_loss": (sum(epoch_losses) / len(epoch_losses)
                                             if epoch_losses else math.nan),
@@ -577,6 +648,9 @@ class Engine:
                                                       or halved(history.since_restart())):
                     # half-way, or trained: no restart needs them
                     self.first_weights = self.first_policy = None
+            if (ended_well and recheck_at is not None and epoch + 1 < cfg.epochs
+                    and _good_epoch(history.epochs)):
+                self._keep_good()  # what a later blow-up goes back to (Engine._roll_back)
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
             if progress is not None:
@@ -608,6 +682,7 @@ class Engine:
             "history": history.to_dict(),
             "first_weights": self.first_weights,  # while a restart may need them
             "first_policy": self.first_policy,
+            "last_good": self.last_good,  # once they are let go: what a blow-up goes back to
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
             "grad_scaler": (self.precision.scaler.state_dict()
                             if self.precision.scaler.is_enabled() else None),

@@ -74,6 +74,9 @@ def save_history(folder: Path, history: History, metric: str, tracker: Tracker |
     if history.restarts and callable(log_params):  # the steps after which a dead net restarted
         log_params(run_id, {"restarts": " ".join(map(str, history.restarts)),
                             "restarts_blown": " ".join(map(str, history.blown)) or "-"})
+    if history.rollbacks and callable(log_params):  # the steps after which a run that blew up
+        # late went back to its last good epoch
+        log_params(run_id, {"rollbacks": " ".join(map(str, history.rollbacks))})
     if tracker is not None:
         setup = ({"probe_lr": probe.lr, "probe_seconds": probe.seconds}
                  if probe is not None else {})

@@ -395,6 +395,9 @@ class Runner:
                 why = "blew up" if at in history.blown else "dead"
                 probed += (f", {why} at step {at}: restarted from the first weights at LR "
                            f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}")
+        for at in history.rollbacks:
+            probed += (f", blew up at step {at}: rolled back to its last good epoch at LR "
+                       f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
                 f"{result.history.wall_time:.1f} s{self._at_chance(value, result.tuning)}")
