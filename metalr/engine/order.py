@@ -8,6 +8,7 @@ used ``train.order_seed``; nothing here can drift that way again).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class DataOrder:
     """The generators a run's batches come from, all derived from one seed."""
 
     seed: int
+    skip: int = 0  # batches of the first epoch left out (:meth:`replicate`)
 
     @classmethod
     def of(cls, seed: int, order_seed: int | None = None) -> DataOrder:
@@ -48,6 +50,34 @@ class DataOrder:
         """``(epoch, batch)`` in the order a run trains on them; endless when ``epochs`` is None."""
         generator, epoch = self.train_generator(), 0
         while epochs is None or epoch < epochs:
-            for batch in task.train_batches(batch_size, generator):
-                yield epoch, batch
+            for index, batch in enumerate(task.train_batches(batch_size, generator)):
+                if epoch > 0 or index >= self.skip:
+                    yield epoch, batch
             epoch += 1
+
+    def replicate(self, offset: int, task: Task, batch_size: int, skip: int) -> DataOrder:
+        """Another order of the same data, for a noise replicate: seed + ``offset``. A task whose
+        generator does not decide its order (a language model's windows, in the text's order)
+        gives the same batches for every seed, so its replicate leaves out the first ``skip``
+        batches instead: a replicate on the same batches measures no noise at all."""
+        other = DataOrder(self.seed + offset)
+        if _same(_first(task, batch_size, self), _first(task, batch_size, other)):
+            return dataclasses.replace(other, skip=skip)
+        return other
+
+
+def _first(task: Task, batch_size: int, order: DataOrder) -> object:
+    return next(iter(task.train_batches(batch_size, order.train_generator())), None)
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two batches hold equal tensors (tuples, lists and dataclasses of them)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and bool(torch.equal(a, b)))
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        return all(_same(getattr(a, f.name), getattr(b, f.name))
+                   for f in dataclasses.fields(a))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

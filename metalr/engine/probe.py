@@ -186,7 +186,8 @@ def probe_lr(
             jump = jump_tolerance(_batch_losses(task, model, steps, batch_size, order))
             found = _search(lambda lr: measure(lr, steps), optimizer, grid, initial,
                             constant=constant)
-            noise = _noise(found, lambda lr: measure(lr, steps, DataOrder(seed + REPLICATE)))
+            replicate = order.replicate(REPLICATE, task, batch_size, skip=steps)
+            noise = _noise(found, lambda lr: measure(lr, steps, replicate))
             signal = has_signal(initial, found.losses[found.best], noise)
             passes = [found]
             harmless = found.harmless(initial, noise, PLATEAU)

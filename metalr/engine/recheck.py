@@ -165,7 +165,7 @@ def recheck_lr(
             best = min(losses, key=losses.__getitem__)
             noise = 0.0  # an LR that diverges here is harm enough: nothing to replicate
             if math.isfinite(losses[lr]):
-                again = measure(lr, DataOrder(seed + REPLICATE + RECHECK_ORDER))
+                again = measure(lr, order.replicate(REPLICATE, task, batch_size, skip=steps))
                 noise = abs(again - losses[lr]) if math.isfinite(again) else abs(losses[lr])
             # on a plateau: no progress since the start, and no point of this look moves the
             # loss beyond its noise either (a run that learned and then fell back is no plateau)
