@@ -169,9 +169,9 @@ def _good_epoch(epochs: Sequence[Mapping[str, float]]) -> bool:
     """The last epoch's mean training loss is within ``BLOW_UP`` (50%) of the best epoch's so
     far: a state worth going back to. A run that blows up late is often unstable for epochs
     before its loss passes ``explode_factor``; its last epochs are not."""
-    means = [e["train_batch_loss"] for e in epochs if math.isfinite(e["train_batch_loss"])]
-    return bool(means) and means[-1] == epochs[-1]["train_batch_loss"] and (
-        means[-1] <= (1 + BLOW_UP) * min(means))
+    last = epochs[-1]["train_batch_loss"] if epochs else math.nan
+    finite = [e["train_batch_loss"] for e in epochs if math.isfinite(e["train_batch_loss"])]
+    return math.isfinite(last) and last <= (1 + BLOW_UP) * min(finite)
 
 
 def step_context(
@@ -484,8 +484,7 @@ class Engine:
         """This epoch ended well: what a later blow-up goes back to (on the CPU: no device
         memory held)."""
         self.last_good = {
-            "model": {k: v.detach().to("cpu", copy=True)
-                      for k, v in self.model.state_dict().items()},
+            "model": _to_cpu(self.model.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "policy": copy.deepcopy(self._policy_state())}
 
@@ -554,8 +553,7 @@ class Engine:
         recheck_at = (self.policy.recheck_step(run.total_steps)
                       if isinstance(self.policy, Rechecked) else None)
         # the weights a recheck restarts a killed run from (on the CPU: no device memory held)
-        self.first_weights = ({k: v.detach().to("cpu", copy=True)
-                               for k, v in self.model.state_dict().items()}
+        self.first_weights = (_to_cpu(self.model.state_dict())
                               if recheck_at is not None else None)
         # and the policy's (and theta's optimizer's) state then: a run that blew up restarts
         # with them too (a policy that read a non-finite loss is itself broken)
@@ -649,7 +647,7 @@ class Engine:
                     # half-way, or trained: no restart needs them
                     self.first_weights = self.first_policy = None
             if (ended_well and recheck_at is not None and epoch + 1 < cfg.epochs
-                    and _good_epoch(history.epochs)):
+                    and step not in history.restarts and _good_epoch(history.epochs)):
                 self._keep_good()  # what a later blow-up goes back to (Engine._roll_back)
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
