@@ -314,7 +314,8 @@ class Engine:
         return meta_loss.detach()
 
     def _lookahead(self, ctx: StepContext, meta_batch: Batch) -> Lookahead:
-        """What the meta-objective looks ahead with (:class:`metalr.contracts.protocols.Lookahead`)."""
+        """What the meta-objective looks ahead with
+        (:class:`metalr.contracts.protocols.Lookahead`)."""
         meta_local, meta_weight = distributed.shard(meta_batch, self.ranks)
         grads = [p.grad for p in self.params]
         # further batches from a data order of their own, seeded by the step (nothing to
