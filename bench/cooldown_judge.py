@@ -12,7 +12,9 @@ from those weights and that optimizer state, each multiple (0.7, 1, 1.4) then tr
 split judges it. With ``--cooldown 0`` the judge is a plain short look, as the recheck's: it
 favours small LRs (the short-horizon bias); the cool-down takes the annealing gain out of that
 comparison. Compare the printed order with the whole runs of
-``recipes/ablations/start-factor-mnist1d.yaml``.
+``recipes/ablations/start-factor-mnist1d.yaml``. ``--case cnn1d`` and ``--case pydoc-lm`` (with
+the optimizer ``sgd-lm``, the LM suite's plain SGD) are where twice the probe's LR ends worse
+with plain SGD; every step clips gradients as the task asks (the LM: 0.25), as the engine does.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ CASES = {  # task, model, epochs, batch size
                      ("mlp", {"hidden": [256, 256]}), 60, 128),
     "shifted": (("shifted", {"base": "mnist1d", "shift": "imbalance", "imbalance": 20.0}),
                 ("mlp", {"hidden": [256, 256]}), 60, 128),
+    # the suites' 1D CNN (recipes/transfer/mnist1d-cnn.yaml) and word-level LM
+    # (recipes/cpu/pydoc-lm.yaml; with --case pydoc-lm use the optimizer sgd-lm)
+    "cnn1d": (("mnist1d", {"meta_size": 500}), ("cnn1d", {"channels": 32}), 40, 128),
+    "pydoc-lm": (("pydoc-lm", {"bptt": 35}), ("lstm-lm", {"emb_size": 64, "hidden_size": 64,
+                                                        "num_layers": 2, "dropout": 0.2}), 6, 32),
 }
 OPTIMIZERS = {"sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}),
-              "sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}), "adam": ("adam", {})}
+              "sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}), "adam": ("adam", {}),
+              "sgd-lm": ("sgd", {"momentum": 0.0, "weight_decay": 5e-6})}
 
 
 def endless(task, batch: int, seed: int) -> Iterator:
@@ -48,12 +56,16 @@ def endless(task, batch: int, seed: int) -> Iterator:
 
 
 def train(task, model, opt, batches: Iterator, steps: int, lr_at: Callable[[int], float]) -> None:
+    """``steps`` steps at ``lr_at(step)``, with the task's gradient clipping as the engine's."""
     model.train()
+    clip = getattr(task, "clip_grad_norm", None)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         task.loss(model, next(batches)).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
 
 
