@@ -471,20 +471,27 @@ class Engine:
     def _roll_back(self, history: History, step: int) -> None:
         """A run that blew up after its first weights were let go (a start that trained, an LR
         that stopped working late) goes back to the weights, optimizer state and policy state
-        of its last epoch that ended well, at a half-decade lower LR, instead of ending as
-        diverged; a second blow-up before the next good epoch goes a half-decade lower again."""
+        of its last epoch that ended well, a half-decade below the lower of its LR then and the
+        LR that blew up, instead of ending as diverged; a second blow-up before the next good
+        epoch goes a half-decade lower again."""
         good = self.last_good
+        lrs = history.lrs  # the LR the kept state gave next, and the last one given
+        then = lrs[min(good["step"], len(lrs) - 1)] if lrs else math.nan
+        now = lrs[-1] if lrs else math.nan
         self.model.load_state_dict(good["model"])
         self.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
         self._load_policy_state(good["policy"])
-        self.policy.rescale(1 / HALF_DECADE)
+        lower = min(now, then) / then if then > 0 and now > 0 else 1.0
+        self.policy.rescale(lower / HALF_DECADE)
         good["policy"] = copy.deepcopy(self._policy_state())  # the lower scale, if it recurs
+        good["step"] = len(history.lrs)  # its LR now is the one the next step gives
         history.rollbacks.append(step)
 
-    def _keep_good(self) -> None:
-        """This epoch ended well: what a later blow-up goes back to (on the CPU: no device
-        memory held)."""
+    def _keep_good(self, step: int) -> None:
+        """This epoch ended well, ``step`` steps in (the index of the LR this state gives
+        next): what a later blow-up goes back to (on the CPU: no device memory held)."""
         self.last_good = {
+            "step": step,
             "model": _to_cpu(self.model.state_dict()),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "policy": copy.deepcopy(self._policy_state())}
@@ -649,7 +656,7 @@ class Engine:
                     self.first_weights = self.first_policy = None
             if (ended_well and recheck_at is not None and epoch + 1 < cfg.epochs
                     and step not in history.restarts and _good_epoch(history.epochs)):
-                self._keep_good()  # what a later blow-up goes back to (Engine._roll_back)
+                self._keep_good(step)  # what a later blow-up goes back to (Engine._roll_back)
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
             if progress is not None:
