@@ -455,18 +455,18 @@ class Engine:
         if blown:
             history.blown.append(step)
 
-    def _recover(self, history: History, step: int) -> None:
-        """A run that blew up: a restart while its first state is kept, else a roll back."""
-        if self.first_weights is not None:
+    def _recover(self, history: History, step: int, epoch: int, epochs: int) -> None:
+        """A run that blew up: a restart while its first state is kept (and epochs are left),
+        else a roll back (:meth:`_can_recover` said one of them can)."""
+        if self._can_restart(epoch, epochs):
             self._revive(history, step, blown=True)
         else:
             self._roll_back(history, step)
 
     def _can_recover(self, history: History, epoch: int, epochs: int) -> bool:
         """Whether a blow-up at ``epoch`` can be recovered from (:meth:`_recover`)."""
-        if self.first_weights is not None:
-            return self._can_restart(epoch, epochs)
-        return self.last_good is not None and len(history.rollbacks) < ROLLBACKS
+        return self._can_restart(epoch, epochs) or (
+            self.last_good is not None and len(history.rollbacks) < ROLLBACKS)
 
     def _roll_back(self, history: History, step: int) -> None:
         """A run that blew up after its first weights were let go (a start that trained, an LR
@@ -606,7 +606,7 @@ class Engine:
                         raise
                     history.losses.extend(torch.stack(losses).tolist() if losses else [])
                     losses = []  # the epoch's check reads the losses since the restart
-                    self._recover(history, step)
+                    self._recover(history, step, epoch, cfg.epochs)
                     continue
                 history.lrs.append(result.lr)
                 losses.append(result.loss)
@@ -627,7 +627,7 @@ class Engine:
                         raise TrainingDiverged(f"training loss {value:.4g} at step "
                                                f"{first_step + i} (epoch {epoch + 1})", history,
                                                first_step + i)
-                    self._recover(history, step)
+                    self._recover(history, step, epoch, cfg.epochs)
                     break
             else:
                 ended_well = True
