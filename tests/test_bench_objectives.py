@@ -14,8 +14,10 @@ def test_the_objectives_bench_times_each_objective_and_prints_what_it_returns(ca
     assert set(found) == {"fixed", "control", "one-step", "averaged", "unroll-5", "unroll-20",
                           "es"}
     assert found["fixed"]["over fixed wall"] == 1.0
-    # the probe alone costs a plain run's steps several times over on a 2-epoch run
-    assert found["control"]["over fixed wall"] > 1.05
+    # the probe alone costs a plain run's steps several times over on a 2-epoch run; read on
+    # the process's CPU clock: one round's wall clock follows whatever else the machine runs
+    # (0.95 while another test ran beside it)
+    assert found["control"]["over fixed cpu"] > 1.05
     assert found["es"]["over control wall"] > 5  # 24 meta-training runs and the frozen one
     for name, row in found.items():
         line = next(s for s in out.splitlines() if s.strip().startswith(name + " "))
