@@ -390,14 +390,17 @@ class Runner:
                           else f"LR {before:.3g} kept")
                        + (", restarted from the first weights" if recheck.restart else "")
                        + f" ({recheck.steps} steps, {recheck.seconds:.1f} s)")
+        def lr_after(at: int) -> str:  # the LR of the first step after ``at``
+            return f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}"
+
         for at in history.restarts:  # the death watch's (the recheck's own is said above)
             if not (recheck is not None and recheck.restart and at == history.recheck_step):
                 why = "blew up" if at in history.blown else "dead"
                 probed += (f", {why} at step {at}: restarted from the first weights at LR "
-                           f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}")
+                           f"{lr_after(at)}")
         for at in history.rollbacks:
             probed += (f", blew up at step {at}: rolled back to its last good epoch at LR "
-                       f"{history.lrs[min(at, len(history.lrs) - 1)]:.3g}")
+                       f"{lr_after(at)}")
         return (f"{result.label}: {split} {metric} {shown}, "
                 f"final LR {result.history.lrs[-1]:.4g}{probed}, "
                 f"{result.history.wall_time:.1f} s{self._at_chance(value, result.tuning)}")
