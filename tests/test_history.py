@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 from metalr.engine.probe import ProbeResult
 from metalr.running.outputs import save_history
 

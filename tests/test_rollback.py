@@ -14,8 +14,9 @@ import math
 import pytest
 import torch
 
-from metalr.engine import algorithm
-from metalr.engine.algorithm import TrainingDiverged, _good_epoch
+from metalr.engine import recovery
+from metalr.engine.algorithm import TrainingDiverged
+from metalr.engine.recovery import good_epoch
 
 
 def _cancer(load_bench, **options):
@@ -28,12 +29,12 @@ def test_good_epoch_is_within_half_of_the_best_mean_so_far():
     def epochs(*means):
         return [{"train_batch_loss": m} for m in means]
 
-    assert _good_epoch(epochs(0.4))
-    assert _good_epoch(epochs(0.4, 0.1, 0.15))  # 0.15 <= 1.5 * 0.1
-    assert not _good_epoch(epochs(0.4, 0.1, 0.151))
-    assert not _good_epoch(epochs(0.4, math.nan))
-    assert not _good_epoch(epochs(math.inf))
-    assert not _good_epoch([])
+    assert good_epoch(epochs(0.4))
+    assert good_epoch(epochs(0.4, 0.1, 0.15))  # 0.15 <= 1.5 * 0.1
+    assert not good_epoch(epochs(0.4, 0.1, 0.151))
+    assert not good_epoch(epochs(0.4, math.nan))
+    assert not good_epoch(epochs(math.inf))
+    assert not good_epoch([])
 
 
 def test_a_run_that_blew_up_late_rolls_back_and_finishes(load_bench, monkeypatch):
@@ -47,7 +48,7 @@ def test_a_run_that_blew_up_late_rolls_back_and_finishes(load_bench, monkeypatch
     assert sum(history.losses[at:at + 6]) / 6 < 0.5
     assert len(history.epochs) == 30 and history.epochs[-1]["test_accuracy"] > 0.95
 
-    monkeypatch.setattr(algorithm, "ROLLBACKS", 0)  # the same run without the roll back
+    monkeypatch.setattr(recovery, "ROLLBACKS", 0)  # the same run without the roll back
     with pytest.raises(TrainingDiverged, match="at step 62"):
         _cancer(load_bench).fit()
 

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from metalr.contracts.protocols import ModelSpec
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 from metalr.recipes.schema import Recipe
 from metalr.running.results import CHANCE_MARGIN, MethodResult, RunSummary, chance_level
 from metalr.running.runner import Runner

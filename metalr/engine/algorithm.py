@@ -38,21 +38,15 @@ from metalr.engine import distributed
 from metalr.engine.data import loss_output
 from metalr.engine.device import AmpDtype, Precision, channels_last, rng_aside
 from metalr.engine.differentiable import VirtualSteps
+from metalr.engine.history import History
 from metalr.engine.objectives import OneStep
 from metalr.engine.order import DataOrder
-from metalr.engine.probe import HALF_DECADE, JUMP, ProbeResult, died, probe_lr, probe_steps
-from metalr.engine.recheck import (
-    BLOW_UP,
-    blew_up,
-    fell_back,
-    halved,
-    learned_before,
-    recheck_lr,
-)
+from metalr.engine.probe import HALF_DECADE, JUMP, ProbeResult, probe_lr, probe_steps
+from metalr.engine.recheck import blew_up, fell_back, learned_before, recheck_lr
+from metalr.engine.recovery import Recovery
 
 UNROLL_ORDER = 3_000_017  # the data order of an objective's further batches: seed + this + step
 META_DRAWS = 4_000_037  # a meta-update's dropout draws: torch's generator seeded seed + this + step
-ROLLBACKS = 3  # a run that blows up more often than this after its first weights are let go fails
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,84 +88,12 @@ class StepResult:
     meta_loss: torch.Tensor | None
 
 
-@dataclass
-class History:
-    """What one training run produced, step by step and epoch by epoch."""
-
-    lrs: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    wall_time: float = 0.0
-    probe: ProbeResult | None = None  # the LR probe, when the policy asked for one
-    t_val: int | None = None  # steps between meta-updates, when meta-training
-    recheck: ProbeResult | None = None  # the check of the LR part-way in (Rechecked policies)
-    recheck_step: int | None = None  # the step it ran before
-    restarts: list[int] = field(default_factory=list)  # steps after which the run restarted
-    # from its first weights (a dead net: the death watch's, or the recheck's)
-    blown: list[int] = field(default_factory=list)  # those of them after a blow-up
-    rollbacks: list[int] = field(default_factory=list)  # steps after which a run that blew up
-    # went back to its last good epoch's state (its first weights let go: Engine._roll_back)
-
-    def killing_lr(self) -> float:
-        """The lowest LR at which the run's net died or the recheck found it killed (inf:
-        none); a restart goes below it and no later move goes back up to it."""
-        return min((self.lrs[s - 1] for s in self.restarts if s > 0), default=math.inf)
-
-    def since_restart(self) -> list[float]:
-        """The training losses since the run last restarted from its first weights."""
-        return self.losses[self.restarts[-1] if self.restarts else 0:]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values only (a checkpoint or a JSON file holds them exactly)."""
-        return {"lrs": list(self.lrs), "losses": list(self.losses),
-                "epochs": [dict(e) for e in self.epochs], "wall_time": self.wall_time,
-                "probe": None if self.probe is None else dataclasses.asdict(self.probe),
-                "t_val": self.t_val,
-                "recheck": None if self.recheck is None else dataclasses.asdict(self.recheck),
-                "recheck_step": self.recheck_step, "restarts": list(self.restarts),
-                "blown": list(self.blown), "rollbacks": list(self.rollbacks)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> History:
-        def probed(value: Mapping[str, Any] | None) -> ProbeResult | None:
-            if value is None:
-                return None
-            return ProbeResult(**{**value, "losses": {float(k): v
-                                                       for k, v in value["losses"].items()}})
-        return cls(lrs=list(data["lrs"]), losses=list(data["losses"]),
-                   epochs=[dict(e) for e in data["epochs"]], wall_time=data["wall_time"],
-                   probe=probed(data.get("probe")), t_val=data.get("t_val"),
-                   recheck=probed(data.get("recheck")), recheck_step=data.get("recheck_step"),
-                   restarts=list(data.get("restarts", [])), blown=list(data.get("blown", [])),
-                   rollbacks=list(data.get("rollbacks", [])))
-
-
 class RunInterrupted(KeyboardInterrupt):
     """Training stopped on request (SIGINT / SIGTERM) between two steps, after a checkpoint."""
 
     def __init__(self, history: History):
         super().__init__("interrupted")
         self.history = history
-
-
-def _to_cpu(value: Any) -> Any:
-    """A copy of a state dict with every tensor on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, Mapping):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return copy.deepcopy(value)
-
-
-def _good_epoch(epochs: Sequence[Mapping[str, float]]) -> bool:
-    """The last epoch's mean training loss is within ``BLOW_UP`` (50%) of the best epoch's so
-    far: a state worth going back to. A run that blows up late is often unstable for epochs
-    before its loss passes ``explode_factor``; its last epochs are not."""
-    last = epochs[-1]["train_batch_loss"] if epochs else math.nan
-    finite = [e["train_batch_loss"] for e in epochs if math.isfinite(e["train_batch_loss"])]
-    return math.isfinite(last) and last <= (1 + BLOW_UP) * min(finite)
 
 
 def step_context(
@@ -236,11 +158,9 @@ class Engine:
             else None
         )
         self.probe_result: ProbeResult | None = None
-        # kept until the recheck, then until half the run or a halved loss (a dead net restarts),
-        # with the policy's first state (a run that blew up restarts with it)
-        self.first_weights: dict[str, torch.Tensor] | None = None
-        self.first_policy: dict[str, Any] | None = None
-        self.last_good: dict[str, Any] | None = None  # the state a late blow-up goes back to
+        # the first weights and the last good epoch: a run with a recheck restarts or rolls back
+        self.recovery = Recovery(model, optimizer, self.params, policy,
+                                 self._policy_state, self._load_policy_state)
         self._max_lr = min((torch.finfo(p.dtype).max for p in self.params
                             if p.is_floating_point()), default=math.inf)
         self.meta_generator = self.order.meta_generator()
@@ -424,83 +344,14 @@ class Engine:
                             learned=learned_before(since), fell=fell_back(since),
                             blown=blew_up(since,
                                           JUMP if probed is None else probed.jump))
-        if result.restart and self.first_weights is None:  # a checkpoint without them
+        if result.restart and self.recovery.first_weights is None:  # a checkpoint without them
             result = dataclasses.replace(result, restart=False)
         if result.restart:  # the start killed the net: begin again from the first weights
-            self._restart()
+            self.recovery.restart()
             history.restarts.append(step)
         if result.lr != lr:
             self.policy.rescale(result.lr / lr)
         history.recheck, history.recheck_step = result, step
-
-    def _restart(self) -> None:
-        """The run's first weights back, the optimizer's state cleared (a net the LR killed)."""
-        self.model.load_state_dict(self.first_weights)
-        self.optimizer.state.clear()
-
-    def _revive(self, history: History, step: int, blown: bool = False) -> None:
-        """A net that died (:func:`metalr.engine.probe.died`) restarts from its first weights a
-        half-decade below the lowest LR that killed it (this one or an earlier): no LR moves
-        dead weights. A run that blew up (``blown``: a non-finite or exploded loss, a policy
-        that gave a non-finite LR) does the same, with the policy's first state put back too."""
-        lr = history.lrs[-1] if history.lrs else math.nan
-        below = min(lr, history.killing_lr())
-        self._restart()
-        if blown:  # the policy at its start again: its scale is the one it started with
-            self._load_policy_state(self.first_policy)
-            lr = history.lrs[0] if history.lrs else math.nan  # what it gave at its first step
-        if lr > 0 and math.isfinite(below):
-            self.policy.rescale(below / HALF_DECADE / lr)
-        history.restarts.append(step)
-        if blown:
-            history.blown.append(step)
-
-    def _recover(self, history: History, step: int, epoch: int, epochs: int) -> None:
-        """A run that blew up: a restart while its first state is kept (and epochs are left),
-        else a roll back (:meth:`_can_recover` said one of them can)."""
-        if self._can_restart(epoch, epochs):
-            self._revive(history, step, blown=True)
-        else:
-            self._roll_back(history, step)
-
-    def _can_recover(self, history: History, epoch: int, epochs: int) -> bool:
-        """Whether a blow-up at ``epoch`` can be recovered from (:meth:`_recover`)."""
-        return self._can_restart(epoch, epochs) or (
-            self.last_good is not None and len(history.rollbacks) < ROLLBACKS)
-
-    def _roll_back(self, history: History, step: int) -> None:
-        """A run that blew up after its first weights were let go (a start that trained, an LR
-        that stopped working late) goes back to the weights, optimizer state and policy state
-        of its last epoch that ended well, a half-decade below the lower of its LR then and the
-        LR that blew up, instead of ending as diverged; a second blow-up before the next good
-        epoch goes a half-decade lower again."""
-        good = self.last_good
-        lrs = history.lrs  # the LR the kept state gave next, and the last one given
-        then = lrs[min(good["step"], len(lrs) - 1)] if lrs else math.nan
-        now = lrs[-1] if lrs else math.nan
-        self.model.load_state_dict(good["model"])
-        self.optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
-        self._load_policy_state(good["policy"])
-        lower = min(now, then) / then if then > 0 and now > 0 else 1.0
-        self.policy.rescale(lower / HALF_DECADE)
-        good["policy"] = copy.deepcopy(self._policy_state())  # the lower scale, if it recurs
-        good["step"] = len(history.lrs)  # its LR now is the one the next step gives
-        history.rollbacks.append(step)
-
-    def _keep_good(self, step: int) -> None:
-        """This epoch ended well, ``step`` steps in (the index of the LR this state gives
-        next): what a later blow-up goes back to (on the CPU: no device memory held)."""
-        self.last_good = {
-            "step": step,
-            "model": _to_cpu(self.model.state_dict()),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "policy": copy.deepcopy(self._policy_state())}
-
-    def _can_restart(self, epoch: int, epochs: int) -> bool:
-        """A run that blew up restarts while its first state is kept and epochs are left."""
-        return (self.first_weights is not None and self.first_policy is not None
-                and self.first_policy["policy"].get("state") is not None
-                and epoch + 1 < epochs)
 
     def _policy_state(self) -> dict[str, Any]:
         return {"policy": ckpt.component_state("lr_policy", self.policy),
@@ -560,13 +411,8 @@ class Engine:
         history.t_val = t_val if self.meta_learning else None
         recheck_at = (self.policy.recheck_step(run.total_steps)
                       if isinstance(self.policy, Rechecked) else None)
-        # the weights a recheck restarts a killed run from (on the CPU: no device memory held)
-        self.first_weights = (_to_cpu(self.model.state_dict())
-                              if recheck_at is not None else None)
-        # and the policy's (and theta's optimizer's) state then: a run that blew up restarts
-        # with them too (a policy that read a non-finite loss is itself broken)
-        self.first_policy = (copy.deepcopy(self._policy_state())
-                             if recheck_at is not None else None)
+        if recheck_at is not None:  # what a recheck, the death watch, a blow-up restart from
+            self.recovery.keep_first()
         generator = self.order.train_generator()
         first_epoch, done, losses, meta_losses = 0, 0, [], []
         if resume is not None:
@@ -574,9 +420,7 @@ class Engine:
             first_epoch, done, step = resume["epoch"], resume["batch"], resume["step"]
             losses, meta_losses = list(resume["epoch_losses"]), list(resume["epoch_meta_losses"])
             self.restore(resume, generator)
-            self.first_weights = resume.get("first_weights")
-            self.first_policy = resume.get("first_policy")
-            self.last_good = resume.get("last_good")
+            self.recovery.load(resume)
         start = began - history.wall_time  # resumed: the time before the stop counts too
 
         def snapshot(epoch: int, batch: int) -> None:
@@ -601,12 +445,12 @@ class Engine:
                 try:
                     result = self.step(batch, meta_batch, step, epoch)
                 except TrainingDiverged as exc:
-                    if not self._can_recover(history, epoch, cfg.epochs):
+                    if not self.recovery.can_recover(history, epoch, cfg.epochs):
                         exc.history = history
                         raise
                     history.losses.extend(torch.stack(losses).tolist() if losses else [])
                     losses = []  # the epoch's check reads the losses since the restart
-                    self._recover(history, step, epoch, cfg.epochs)
+                    self.recovery.recover(history, step, epoch, cfg.epochs)
                     continue
                 history.lrs.append(result.lr)
                 losses.append(result.loss)
@@ -623,11 +467,11 @@ class Engine:
             ended_well = False
             for i, value in enumerate(epoch_losses):  # checked once an epoch: no per-step sync
                 if not math.isfinite(value) or value > limit:
-                    if not self._can_recover(history, epoch, cfg.epochs):
+                    if not self.recovery.can_recover(history, epoch, cfg.epochs):
                         raise TrainingDiverged(f"training loss {value:.4g} at step "
                                                f"{first_step + i} (epoch {epoch + 1})", history,
                                                first_step + i)
-                    self._recover(history, step, epoch, cfg.epochs)
+                    self.recovery.recover(history, step, epoch, cfg.epochs)
                     break
             else:
                 ended_well = True
@@ -646,17 +490,9 @@ class Engine:
             if on_epoch is not None:
                 on_epoch(epoch, metrics, history)
             done, losses, meta_losses = 0, [], []
-            if self.first_weights is not None and epoch + 1 < cfg.epochs:
-                # the death watch: a net whose weights all lost their gradient restarts
-                if died(self.params):
-                    self._revive(history, step)
-                elif history.recheck is not None and (2 * step >= run.total_steps
-                                                      or halved(history.since_restart())):
-                    # half-way, or trained: no restart needs them
-                    self.first_weights = self.first_policy = None
-            if (ended_well and recheck_at is not None and epoch + 1 < cfg.epochs
-                    and step not in history.restarts and _good_epoch(history.epochs)):
-                self._keep_good(step)  # what a later blow-up goes back to (Engine._roll_back)
+            if recheck_at is not None:  # the death watch; the state a blow-up goes back to
+                self.recovery.end_epoch(history, step, epoch, cfg.epochs, run.total_steps,
+                                        ended_well)
             epoch_rng = generator.get_state()
             snapshot(epoch + 1, 0)
             if progress is not None:
@@ -686,9 +522,7 @@ class Engine:
             "rng": {**ckpt.rng_state(), "data": epoch_rng.clone(),
                     "meta": self.meta_generator.get_state()},
             "history": history.to_dict(),
-            "first_weights": self.first_weights,  # while a restart may need them
-            "first_policy": self.first_policy,
-            "last_good": self.last_good,  # once they are let go: what a blow-up goes back to
+            **self.recovery.state(),  # the first weights, the last good epoch
             "epoch_losses": list(losses), "epoch_meta_losses": list(meta_losses),
             "grad_scaler": (self.precision.scaler.state_dict()
                             if self.precision.scaler.is_enabled() else None),

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 from metalr.reporting.comparisons import COMPARISON_HEAD, Comparison, comparison_rows
 from metalr.reporting.suites import CURVES, Suite, results_rows, seed_rows
 from metalr.running.results import SweepPointRecord, markdown_table, sweep_rows

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 
 
 def _pyplot():

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from metalr.contracts.protocols import Tracker
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 from metalr.running.figures import plot_curves, plot_lr
 from metalr.running.results import RunSummary
 from metalr.running.tracking import Landed, log_once

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metalr.engine.algorithm import History
+from metalr.engine.history import History
 
 CHANCE_MARGIN = 0.05
 """Final meta accuracy up to 1 / num_outputs plus this counts as chance (see the module doc)."""

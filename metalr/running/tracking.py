@@ -18,7 +18,7 @@ from metalr.running import rundir
 from metalr.running.rundir import RunError
 
 if TYPE_CHECKING:
-    from metalr.engine.algorithm import History
+    from metalr.engine.history import History
 
 OUTPUT_TAG, HOST_TAG = "metalr.output_dir", "metalr.host"
 """Tags of every run metalr starts: the folder it writes to and the machine (``runs --clean``
