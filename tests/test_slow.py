@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,29 @@ RECIPES = sorted(str(p.relative_to(Path(__file__).parents[1]))
                  for p in Path(__file__).parents[1].glob("recipes/**/*.yaml"))
 
 
+def _few_episodes(methods: dict) -> list[str]:
+    """Overrides that shrink meta-training over other tasks' whole runs (``meta.episode_tasks``)
+    to one update of one pair of one-epoch episodes: ``train.epochs`` does not reach those runs,
+    and at the recipe's own 300 episodes of 30-60 epochs the test took most of an hour."""
+    found = []
+    for name, method in methods.items():
+        tasks = (method.get("meta") or {}).get("episode_tasks")
+        if tasks:
+            found += [f"methods.{name}.meta.episode_tasks="
+                      + json.dumps([{**task, "epochs": 1} for task in tasks]),
+                      f"methods.{name}.lr_policy.options.episodes=2",
+                      f"methods.{name}.lr_policy.options.pairs=1"]
+    return found
+
+
 @pytest.mark.parametrize("path", RECIPES)
 def test_recipe_runs_at_a_tiny_budget(path, tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).parents[1])
     methods = yaml.safe_load(Path(path).read_text())["methods"]
     no_saves = [f"methods.{m}.meta.save_epochs=[]" for m, v in methods.items() if "meta" in v]
     recipe = load_recipe(path, ["train.epochs=2", "train.seeds=[0]", "tuning.epochs=1",
-                                "tracking=none", f"output_dir={tmp_path}", *no_saves])
+                                "tracking=none", f"output_dir={tmp_path}", *no_saves,
+                                *_few_episodes(methods)])
     summary = Runner(recipe, progress=False).run()
     for r in summary.tuning:
         # a grid point may diverge (tuning is there to find out); it may not crash (a bug)
