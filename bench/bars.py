@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from metalr.contracts.registry import get_registry
-from metalr.running.results import at_chance, chance_level
+from metalr.running.results import at_chance, chance_level, within_bar
 
 TUNED = ("fixed", "cosine", "wsd")
 
@@ -92,9 +92,6 @@ def main(argv: list[str] | None = None) -> int:
                 return None
             return (max if higher else min)(tuned, key=means.__getitem__)
 
-        def within(mine, theirs):
-            return mine >= theirs - 0.01 if higher else mine <= theirs * 1.03
-
         families = [m[: -len("-mlrsnet")] for m in rows if m.endswith("-mlrsnet")]
         any_best = best(families)
         for family in families:
@@ -114,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         failed.append(seed)
                 elif not higher and value > 2 * base:
                     failed.append(seed)
-            w_own = own is not None and within(mine, means[own])
-            w_any = any_best is not None and within(mine, means[any_best])
+            w_own = own is not None and within_bar(mine, means[own], higher)
+            w_any = any_best is not None and within_bar(mine, means[any_best], higher)
             at_sf = sf is not None and (mine >= sf if higher else mine <= sf)
             counts["rows"] += 1
             counts["within_family"] += w_own

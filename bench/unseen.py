@@ -49,6 +49,7 @@ from metalr.contracts.protocols import ModelSpec
 from metalr.contracts.registry import get_registry
 from metalr.engine.algorithm import Engine, EngineConfig, TrainingDiverged
 from metalr.engine.data import TensorClassificationTask
+from metalr.running.results import within_bar
 
 OPTIMIZERS = {"sgd": ("sgd", {"momentum": 0.0, "weight_decay": 5e-4}),
               "sgdm": ("sgd", {"momentum": 0.9, "weight_decay": 5e-4}), "adam": ("adam", {}),
@@ -316,14 +317,33 @@ def main(argv: list[str] | None = None) -> None:
     methods += [] if args.no_grid else [(f"wsd {lr:g}", "wsd", {"lr": lr}) for lr in grid]
     print(f"{args.task}, {args.optimizer}, {epochs} epochs: final test {metric} "
           "(per seed), probe start per seed")
+    means = {}
     for label, policy, options in methods:
         found = [run(args.task, args.optimizer, policy, seed, epochs, **options)
                  for seed in args.seeds]
         accs = [acc for acc, _ in found]
+        means[label] = statistics.fmean(accs)
         starts = (" / ".join("-" if s is None else f"{s:.3g}" for _, s in found)
                   if any(s is not None for _, s in found) else "-")  # None: a run that failed
-        print(f"  {label}: {statistics.fmean(accs):.4f} ("
+        print(f"  {label}: {means[label]:.4f} ("
               + " / ".join(f"{a:.3f}" for a in accs) + f"), start {starts}", flush=True)
+    verdict(means, higher=metric == "accuracy")
+
+
+def verdict(means: dict[str, float], higher: bool) -> None:
+    """Each learned row and the control against the grid's best WSD mean (a diverged seed makes
+    a mean nan: never the best), by issue 18's rule (``within_bar``)."""
+    grid = {label: m for label, m in means.items() if label.startswith("wsd ") and m == m}
+    if not grid:
+        return
+    best = (max if higher else min)(grid, key=grid.__getitem__)
+    for label, mean in means.items():
+        if label.startswith("wsd "):
+            continue
+        gap = mean - grid[best] if higher else mean / grid[best] - 1
+        word = "within" if within_bar(mean, grid[best], higher) else "outside"
+        print(f"  {label} against the best WSD ({best.removeprefix('wsd ')}): {word}, "
+              + (f"{100 * gap:+.1f} points" if higher else f"{100 * gap:+.1f}%"))
 
 
 if __name__ == "__main__":

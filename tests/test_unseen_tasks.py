@@ -40,3 +40,23 @@ def test_the_row_reader_reads_an_image_as_rows(load_bench):
     out = model(images)
     assert out.shape == (4, task.spec.num_outputs)
     assert not torch.allclose(model(images.flip(2)), out)  # rows reversed: another sequence
+
+
+def test_within_the_bar_is_a_point_for_accuracies_and_three_percent_for_losses():
+    from metalr.running.results import within_bar
+
+    assert within_bar(0.906, 0.915, True) and not within_bar(0.904, 0.915, True)
+    assert within_bar(0.99, 0.95, True)  # above the best: within
+    assert within_bar(1.03, 1.0, False) and not within_bar(1.031, 1.0, False)
+    assert within_bar(0.5, 1.0, False)
+
+
+def test_the_unseen_bench_says_which_rows_are_within_the_grids_best(load_bench, capsys):
+    unseen = load_bench("unseen")
+    unseen.verdict({"mlrsnet": 0.932, "control": 0.975, "wsd 0.01": 0.983, "wsd 0.1": float("nan")},
+                   higher=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["  mlrsnet against the best WSD (0.01): outside, -5.1 points",
+                   "  control against the best WSD (0.01): within, -0.8 points"]
+    unseen.verdict({"mlrsnet": 0.1159, "wsd 0.3": 0.1122, "wsd 1": float("nan")}, higher=False)
+    assert capsys.readouterr().out == "  mlrsnet against the best WSD (0.3): outside, +3.3%\n"

@@ -62,6 +62,13 @@ def at_chance(value: float, chance: float | None) -> bool:
     return chance is not None and value <= chance + CHANCE_MARGIN
 
 
+def within_bar(value: float, best: float, higher_is_better: bool) -> bool:
+    """Issue 18's "within": at most one point below ``best`` (an accuracy, higher is better)
+    or at most 3% above it (a loss, RMSE, perplexity or bits per character). The one rule of
+    ``bench/bars.py`` and ``bench/unseen.py``."""
+    return value >= best - 0.01 if higher_is_better else value <= best * 1.03
+
+
 @dataclass
 class MethodResult:
     method: str
