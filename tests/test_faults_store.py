@@ -569,3 +569,80 @@ def test_every_metric_lands_once_after_ctrl_c_and_resume(tmp_path):
     uri = f"sqlite:///{store}"
     assert {status for _, status in runs_of(uri).values()} == {"FINISHED"}
     assert assert_each_metric_once(uri) > 0
+
+
+def _half_made_store(path: Path) -> None:
+    """What a process killed while MLflow created its store leaves (the kill -9 test at a
+    random moment found it): some of MLflow's tables, no migration stamp, no run. Made at
+    another path and copied: a store this process's MLflow has opened stays open in it."""
+    made = path.with_name("made-elsewhere.db")
+    MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments(max_results=1)
+    path.write_bytes(made.read_bytes())
+    made.unlink()
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("DROP TABLE alembic_version")
+        con.execute("DROP TABLE latest_metrics")
+    con.close()
+
+
+def test_a_store_whose_creation_was_killed_is_made_again(tmp_path):
+    """MLflow creates a new SQLite store in place, table by table; a kill in between left a file
+    on which every later `metalr run` or `resume` failed ("table ... already exists"). A new
+    store is now made beside its path and moved into place whole, and a half-made one that
+    holds no run is made again."""
+    from metalr_mlflow.store import existing_store
+    from metalr_mlflow.tracker import MLflowTracker
+
+    db = tmp_path / "store.db"
+    _half_made_store(db)
+    tracker = MLflowTracker(tracking_uri=f"sqlite:///{db}")
+    run = tracker.start_run("exp", "a run", {"lr": 0.1})
+    tracker.end_run(run, "FINISHED")
+    tracker.close()
+    assert existing_store(f"sqlite:///{db}") == db.resolve()  # complete: every table, default
+    assert [r.info.run_name for r in MlflowClient(tracking_uri=f"sqlite:///{db}").search_runs(
+        [MlflowClient(tracking_uri=f"sqlite:///{db}").get_experiment_by_name("exp")
+         .experiment_id])] == ["a run"]
+    assert not (tmp_path / "store.db.creating").exists()  # moved into place, nothing left
+
+
+def test_a_half_made_store_that_holds_runs_is_not_replaced(tmp_path):
+    """A store that holds a run is never made again, however incomplete: MLflow opens it (and
+    migrates it, or fails in one line naming it), and the run is still there."""
+    from metalr_mlflow.tracker import MLflowTracker, _unfinished_store
+
+    db = tmp_path / "store.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").create_run("0", run_name="kept")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DROP TABLE latest_metrics")
+    con.close()
+    assert not _unfinished_store(db)
+    try:
+        MLflowTracker(tracking_uri=f"sqlite:///{db}").close()
+    except Exception as exc:  # noqa: BLE001 - MLflow's verdict on the store, either way
+        assert "store.db" in str(exc)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT name FROM runs").fetchall() == [("kept",)]
+    con.close()
+
+
+def test_only_a_store_without_runs_and_unfinished_counts_as_half_made(tmp_path):
+    from metalr_mlflow.tracker import _unfinished_store
+
+    db = tmp_path / "store.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+    assert not _unfinished_store(db)  # complete
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("DELETE FROM experiments")  # killed before the default experiment
+    con.close()
+    assert _unfinished_store(db)
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    with con:
+        con.execute("CREATE TABLE runs (x)")
+        con.execute("CREATE TABLE notes (y)")  # not MLflow's
+    con.close()
+    assert not _unfinished_store(other)

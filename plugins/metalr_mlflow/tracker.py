@@ -151,6 +151,29 @@ def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
 _FAILED_STORES: set[str] = set()  # stores a tracker of this process found unusable
 
 
+def _unfinished_store(db: Path) -> bool:
+    """Whether ``db`` is an MLflow store whose creation stopped part-way: only MLflow's tables,
+    not all of them or no default experiment yet (MLflow inserts it last), and no run in it
+    (nothing a new store would lose)."""
+    import sqlite3
+
+    try:
+        tables = sqlite_tables(db)
+        if not tables or not tables <= mlflow_tables():
+            return False
+        if "runs" in tables:
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                if con.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None:
+                    return False
+            finally:
+                con.close()
+        return (not mlflow_tables() <= tables or "experiments" not in tables
+                or not has_default_experiment(db))
+    except sqlite3.Error:
+        return False
+
+
 class _QuietStoreErrors(logging.Filter):
     """MLflow logs every database error with its traceback before raising it, and its system
     metrics monitor logs each failed send; the tracker raises the error as one line instead
@@ -205,6 +228,7 @@ class MLflowTracker:
         _quiet_mlflow_store_errors()
         self._refuse_foreign_file()
         with self._store_lock(new_only=True):  # a new store is created and migrated here
+            self._make_store_whole()
             self.client = self._call(MlflowClient, tracking_uri=self.uri)
             self._call(self.client.search_experiments, max_results=1)  # (MLflow versions that wait)
         self.flush_seconds = o.flush_seconds
@@ -254,11 +278,31 @@ class MLflowTracker:
             raise StoreError(f"MLflow store {db}: not a readable SQLite database ({exc}); "
                              "restore it from a copy, or point tracking_uri (or "
                              "MLFLOW_TRACKING_URI) at another file", str(db)) from None
-        if tables and not tables & {"experiments", "alembic_version"}:
+        if tables and not tables & {"experiments", "alembic_version"} and not (
+                tables <= mlflow_tables()):  # only MLflow's: one whose creation was killed
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise StoreError(f"MLflow store {db}: an SQLite database of something else (tables "
                              f"{shown}), not an MLflow store; point tracking_uri (or "
                              "MLFLOW_TRACKING_URI) at a new file", str(db))
+
+    def _make_store_whole(self) -> None:
+        """A new SQLite store (no file, an empty one, or one a killed process left half-made and
+        without a run) is made beside its path and moved into place once complete: MLflow
+        makes it in place, table by table, and a kill in between left a file that every later
+        run failed on ("table ... already exists", "no such table"). Called under the store's
+        lock, so no other process makes it at the same time; a store that holds runs is left
+        to MLflow (it migrates one of an older MLflow)."""
+        from mlflow.tracking import MlflowClient
+
+        db = self._sqlite_path()
+        if db is None or self._store_complete() or not (
+                not db.exists() or db.stat().st_size == 0 or _unfinished_store(db)):
+            return
+        made = db.with_name(db.name + ".creating")
+        made.unlink(missing_ok=True)  # what a creator killed before the move left
+        client = self._call(MlflowClient, tracking_uri=f"sqlite:///{made}")
+        self._call(client.search_experiments, max_results=1)  # made: tables, default experiment
+        os.replace(made, db)
 
     def _store_complete(self) -> bool:
         """Whether the SQLite store exists with all of MLflow's tables and its default
