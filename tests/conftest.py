@@ -115,3 +115,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             "fault suite: " + ", ".join(f"{n} {k}" for k, n in outcomes.items())
             + f" ({sum(outcomes.values())} cases; all of them: tox -e faults)")
+
+
+@pytest.fixture
+def run_tracked(tmp_path):
+    """``run_tracked(recipe, registry=None) -> (run, params, saved)``: one method, one seed of
+    ``recipe`` (a dict without ``output_dir`` and ``tracking``) through ``metalr run``'s runner
+    into a real MLflow store in ``tmp_path``: its result, the MLflow params of its run and its
+    history.json as written. For the tests of what a run's console line, store and folder say."""
+    from mlflow.tracking import MlflowClient
+
+    from metalr.recipes.schema import Recipe
+    from metalr.running.runner import Runner
+
+    def run(recipe: dict, registry=None):
+        uri = f"sqlite:///{tmp_path / 'store.db'}"
+        validated = Recipe.model_validate({
+            **recipe, "output_dir": str(tmp_path / "out"),
+            "tracking": {"name": "mlflow", "options": {"tracking_uri": uri}}})
+        summary = Runner(validated, registry=registry, progress=False).run()
+        (result,) = summary.results
+        params = MlflowClient(uri).get_run(result.run_id).data.params
+        saved = (summary.output_dir / f"{result.method}-seed{result.seed}" / "history.json")
+        return result, params, saved.read_text()
+
+    return run

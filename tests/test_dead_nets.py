@@ -89,36 +89,24 @@ def test_a_dead_net_restarts_below_the_lr_that_killed_it(registry):
     assert alone < 0.15 and accuracy > 0.9
 
 
-def test_a_restart_is_on_the_console_line_and_in_mlflow(tmp_path, capsys):
+def test_a_restart_is_on_the_console_line_and_in_mlflow(run_tracked, capsys):
     """The same run through ``metalr run``'s runner: its line says where the net died and the LR
     it restarted at; the steps are an MLflow param and in history.json."""
-    from mlflow.tracking import MlflowClient
-
-    from metalr.recipes.schema import Recipe
-    from metalr.running.runner import Runner
-
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    recipe = Recipe.model_validate({
+    run, params, saved = run_tracked({
         "name": "dead",
         "task": {"name": "digits"},
         "model": {"name": "cnn-digits", "options": {"channels": [16] * 6}},
         "train": {"epochs": 6, "seeds": [0], "batch_size": 128, "device": "cpu"},
         "methods": {"control": {"optimizer": {"name": "sgd", "options": {
-            "momentum": 0.9, "weight_decay": 5e-4}}, "lr_policy": {"name": "probed-wsd"}}},
-        "output_dir": str(tmp_path / "out"),
-        "tracking": {"name": "mlflow", "options": {"tracking_uri": uri}}})
-    summary = Runner(recipe, progress=False).run()
-    run = summary.results[0]
+            "momentum": 0.9, "weight_decay": 5e-4}}, "lr_policy": {"name": "probed-wsd"}}}})
     history = run.history
     assert history.restarts
     out = capsys.readouterr().out
     for at in history.restarts:
         assert (f"dead at step {at}: restarted from the first weights at LR "
                 f"{history.lrs[at]:.3g}") in out
-    params = MlflowClient(uri).get_run(run.run_id).data.params
     assert params["restarts"] == " ".join(map(str, history.restarts))
     assert params["restarts_blown"] == "-" and not history.blown  # died, did not blow up
-    saved = (summary.output_dir / "control-seed0" / "history.json").read_text()
     assert f'"restarts": {history.restarts}' in saved
 
 

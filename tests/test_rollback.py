@@ -74,18 +74,14 @@ def test_a_resume_between_the_good_epoch_and_the_blow_up_rolls_back_the_same(
     assert resumed.epochs[-1]["test_accuracy"] == reference.epochs[-1]["test_accuracy"]
 
 
-def test_a_roll_back_is_on_the_console_line_and_in_mlflow(load_bench, tmp_path, capsys):
+def test_a_roll_back_is_on_the_console_line_and_in_mlflow(load_bench, run_tracked, capsys):
     """The same run through ``metalr run``'s runner (the task registered by a test plugin, as a
     third party's would be): its line says where it blew up and the LR it rolled back to; the
     steps are an MLflow param and in history.json."""
     import types
 
-    from mlflow.tracking import MlflowClient
-
     from metalr import hookimpl
     from metalr.contracts.registry import Registry
-    from metalr.recipes.schema import Recipe
-    from metalr.running.runner import Runner
 
     unseen = load_bench("unseen")
 
@@ -100,19 +96,15 @@ def test_a_roll_back_is_on_the_console_line_and_in_mlflow(load_bench, tmp_path, 
     registry = Registry(strict=False).load_entry_points()
     assert registry.add_plugin(types.SimpleNamespace(register_tasks=register_tasks),
                                "tests:cancer")
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    recipe = Recipe.model_validate({
+    run, params, saved = run_tracked({
         "name": "late-blow-up",
         "task": {"name": "cancer"},
         "model": {"name": "mlp", "options": {"hidden": [128, 128]}},
         "train": {"epochs": 30, "seeds": [1], "batch_size": 64, "device": "cpu", "threads": 1},
         "methods": {"control": {"optimizer": {"name": "sgd", "options": {
             "momentum": 0.9, "weight_decay": 5e-4}},
-            "lr_policy": {"name": "probed-wsd", "options": {"start_factor": 3.0}}}},
-        "output_dir": str(tmp_path / "out"),
-        "tracking": {"name": "mlflow", "options": {"tracking_uri": uri}}})
-    summary = Runner(recipe, registry=registry, progress=False).run()
-    run = summary.results[0]
+            "lr_policy": {"name": "probed-wsd", "options": {"start_factor": 3.0}}}}},
+        registry=registry)
     assert run.status == "FINISHED"
     history = run.history
     assert history.rollbacks and not history.restarts
@@ -120,7 +112,5 @@ def test_a_roll_back_is_on_the_console_line_and_in_mlflow(load_bench, tmp_path, 
     for at in history.rollbacks:
         assert (f"blew up at step {at}: rolled back to its last good epoch at LR "
                 f"{history.lrs[at]:.3g}") in out
-    params = MlflowClient(uri).get_run(run.run_id).data.params
     assert params["rollbacks"] == " ".join(map(str, history.rollbacks))
-    saved = (summary.output_dir / "control-seed1" / "history.json").read_text()
     assert f'"rollbacks": {history.rollbacks}' in saved
