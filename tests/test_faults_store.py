@@ -646,3 +646,11 @@ def test_only_a_store_without_runs_and_unfinished_counts_as_half_made(tmp_path):
         con.execute("CREATE TABLE notes (y)")  # not MLflow's
     con.close()
     assert not _unfinished_store(other)
+    named = tmp_path / "named.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{named}")
+    client.create_experiment("someone's")  # an experiment, no run yet
+    con = sqlite3.connect(named)
+    with con:
+        con.execute("DROP TABLE latest_metrics")
+    con.close()
+    assert not _unfinished_store(named)

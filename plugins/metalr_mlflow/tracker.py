@@ -153,21 +153,22 @@ _FAILED_STORES: set[str] = set()  # stores a tracker of this process found unusa
 
 def _unfinished_store(db: Path) -> bool:
     """Whether ``db`` is an MLflow store whose creation stopped part-way: only MLflow's tables,
-    not all of them or no default experiment yet (MLflow inserts it last), and no run in it
-    (nothing a new store would lose)."""
+    not all of them or no default experiment yet (MLflow inserts it last), and no run or
+    experiment of anyone's in it (nothing a new store would lose)."""
     import sqlite3
 
     try:
         tables = sqlite_tables(db)
         if not tables or not tables <= mlflow_tables():
             return False
-        if "runs" in tables:
-            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-            try:
-                if con.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is not None:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            for table, kept in (("runs", "SELECT 1 FROM runs LIMIT 1"), (
+                    "experiments", "SELECT 1 FROM experiments WHERE experiment_id != 0 LIMIT 1")):
+                if table in tables and con.execute(kept).fetchone() is not None:
                     return False
-            finally:
-                con.close()
+        finally:
+            con.close()
         return (not mlflow_tables() <= tables or "experiments" not in tables
                 or not has_default_experiment(db))
     except sqlite3.Error:
