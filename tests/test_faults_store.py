@@ -610,7 +610,8 @@ def test_a_store_whose_creation_was_killed_is_made_again(tmp_path):
 def test_a_half_made_store_that_holds_runs_is_not_replaced(tmp_path):
     """A store that holds a run is never made again, however incomplete: MLflow opens it (and
     migrates it, or fails in one line naming it), and the run is still there."""
-    from metalr_mlflow.tracker import MLflowTracker, _unfinished_store
+    from metalr_mlflow.store import unfinished_store
+    from metalr_mlflow.tracker import MLflowTracker
 
     db = tmp_path / "store.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").create_run("0", run_name="kept")
@@ -618,7 +619,7 @@ def test_a_half_made_store_that_holds_runs_is_not_replaced(tmp_path):
     with con:
         con.execute("DROP TABLE latest_metrics")
     con.close()
-    assert not _unfinished_store(db)
+    assert not unfinished_store(db)
     try:
         MLflowTracker(tracking_uri=f"sqlite:///{db}").close()
     except Exception as exc:  # noqa: BLE001 - MLflow's verdict on the store, either way
@@ -629,23 +630,23 @@ def test_a_half_made_store_that_holds_runs_is_not_replaced(tmp_path):
 
 
 def test_only_a_store_without_runs_and_unfinished_counts_as_half_made(tmp_path):
-    from metalr_mlflow.tracker import _unfinished_store
+    from metalr_mlflow.store import unfinished_store
 
     db = tmp_path / "store.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
-    assert not _unfinished_store(db)  # complete
+    assert not unfinished_store(db)  # complete
     con = sqlite3.connect(db)
     with con:
         con.execute("DELETE FROM experiments")  # killed before the default experiment
     con.close()
-    assert _unfinished_store(db)
+    assert unfinished_store(db)
     other = tmp_path / "other.db"
     con = sqlite3.connect(other)
     with con:
         con.execute("CREATE TABLE runs (x)")
         con.execute("CREATE TABLE notes (y)")  # not MLflow's
     con.close()
-    assert not _unfinished_store(other)
+    assert not unfinished_store(other)
     named = tmp_path / "named.db"
     client = MlflowClient(tracking_uri=f"sqlite:///{named}")
     client.create_experiment("someone's")  # an experiment, no run yet
@@ -653,4 +654,4 @@ def test_only_a_store_without_runs_and_unfinished_counts_as_half_made(tmp_path):
     with con:
         con.execute("DROP TABLE latest_metrics")
     con.close()
-    assert not _unfinished_store(named)
+    assert not unfinished_store(named)

@@ -19,6 +19,16 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 """The store when neither ``tracking_uri`` nor ``$MLFLOW_TRACKING_URI`` names one."""
 
 
+def _first_row(path: Path, query: str) -> tuple | None:
+    """The first row ``query`` gives on the SQLite file ``path``, read without writing anything
+    (read-only mode: not even a journal); ``sqlite3.Error`` if it cannot be read."""
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return con.execute(query).fetchone()
+    finally:
+        con.close()
+
+
 def sqlite_tables(path: Path) -> set[str]:
     """The tables of the SQLite file ``path``, read without writing anything (read-only mode:
     not even a journal). ``sqlite3.Error`` for a file that is no readable SQLite database."""
@@ -45,12 +55,25 @@ def mlflow_tables() -> set[str]:
 def has_default_experiment(path: Path) -> bool:
     """Whether the store holds MLflow's default experiment (id 0), which MLflow adds, a write,
     to a store without it; read-only, ``sqlite3.Error`` if it cannot be read."""
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    return _first_row(path, "SELECT 1 FROM experiments WHERE experiment_id = 0") is not None
+
+
+def unfinished_store(path: Path) -> bool:
+    """Whether ``path`` is an MLflow store whose creation stopped part-way: only MLflow's
+    tables, not all of them or no default experiment yet (MLflow inserts it last), and no run
+    or experiment of anyone's in it (nothing a new store would lose). Read-only."""
     try:
-        found = con.execute("SELECT 1 FROM experiments WHERE experiment_id = 0").fetchone()
-    finally:
-        con.close()
-    return found is not None
+        tables = sqlite_tables(path)
+        if not tables or not tables <= mlflow_tables():
+            return False
+        for table, kept in (("runs", "SELECT 1 FROM runs LIMIT 1"), (
+                "experiments", "SELECT 1 FROM experiments WHERE experiment_id != 0 LIMIT 1")):
+            if table in tables and _first_row(path, kept) is not None:
+                return False
+        return (not mlflow_tables() <= tables or "experiments" not in tables
+                or not has_default_experiment(path))
+    except sqlite3.Error:
+        return False
 
 
 def existing_store(uri: str) -> Path | None:

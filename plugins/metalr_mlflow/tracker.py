@@ -47,7 +47,13 @@ from metalr.running.rundir import StoreError
 from metalr.running.stores import sqlite_file
 
 from .reading import MLflowReader, fetch_artifact
-from .store import DEFAULT_URI, has_default_experiment, mlflow_tables, sqlite_tables
+from .store import (
+    DEFAULT_URI,
+    has_default_experiment,
+    mlflow_tables,
+    sqlite_tables,
+    unfinished_store,
+)
 
 _CHUNK = 1000  # MLflow's limit of metrics per log_batch call
 _PARAMS_CHUNK = 100
@@ -149,30 +155,6 @@ def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 _FAILED_STORES: set[str] = set()  # stores a tracker of this process found unusable
-
-
-def _unfinished_store(db: Path) -> bool:
-    """Whether ``db`` is an MLflow store whose creation stopped part-way: only MLflow's tables,
-    not all of them or no default experiment yet (MLflow inserts it last), and no run or
-    experiment of anyone's in it (nothing a new store would lose)."""
-    import sqlite3
-
-    try:
-        tables = sqlite_tables(db)
-        if not tables or not tables <= mlflow_tables():
-            return False
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            for table, kept in (("runs", "SELECT 1 FROM runs LIMIT 1"), (
-                    "experiments", "SELECT 1 FROM experiments WHERE experiment_id != 0 LIMIT 1")):
-                if table in tables and con.execute(kept).fetchone() is not None:
-                    return False
-        finally:
-            con.close()
-        return (not mlflow_tables() <= tables or "experiments" not in tables
-                or not has_default_experiment(db))
-    except sqlite3.Error:
-        return False
 
 
 class _QuietStoreErrors(logging.Filter):
@@ -297,7 +279,7 @@ class MLflowTracker:
 
         db = self._sqlite_path()
         if db is None or self._store_complete() or not (
-                not db.exists() or db.stat().st_size == 0 or _unfinished_store(db)):
+                not db.exists() or db.stat().st_size == 0 or unfinished_store(db)):
             return
         made = db.with_name(db.name + ".creating")
         made.unlink(missing_ok=True)  # what a creator killed before the move left
